@@ -1,0 +1,356 @@
+"""AnomCLIPModel: a frozen transformers CLIPModel + V-V attention + learned prompts + visual memory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_anomclip import AnomCLIPConfig
+from .losses import TextFeatures
+from .processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_images
+from .prompt_learner import PromptTokenTable
+from .prompts import HeadPrompts, build_head_prompts, build_zero_shot_prompts, class_name_for, manual_phrases
+from .scoring import (gaussian_blur, harmonic_fusion, memory_patch_scores, scaled_sigma, text_anomaly_probability,
+                      upsample_patch_map)
+from .text_encoding import encode_text_embeddings, truncate_to_longest
+from .vv_attention import VisionFeatures, dual_stream_vision_forward
+
+HEADS = ("image", "pixel")
+SCORING_MODES = ("full", "memory", "text")
+
+
+@dataclass
+class AnomCLIPOutput(ModelOutput):
+    """image_scores (B,) and anomaly_maps (B, H, W), both in [0, 1], higher = more anomalous."""
+
+    image_scores: Optional[torch.Tensor] = None
+    anomaly_maps: Optional[torch.Tensor] = None
+    text_image_scores: Optional[torch.Tensor] = None
+    memory_patch_scores: Optional[torch.Tensor] = None
+
+
+@dataclass
+class CategoryState:
+    """Everything one category adds to the base model (saved as one adapter folder)."""
+
+    name: str
+    class_name: str
+    phrases: list[str]
+    learned_prompts: bool = False  # False: hand-written zero-shot prompts until the vectors are trained
+    memory_bank: Optional[list[torch.Tensor]] = None  # per memory layer (k, P, W) unit vectors
+    prototypes: dict[str, torch.Tensor] = field(default_factory=dict)  # head -> (2, D), cached
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shots(self) -> int:
+        return 0 if self.memory_bank is None else int(self.memory_bank[0].shape[0])
+
+
+def add_prompt_tokens(tokenizer: CLIPTokenizer, config: AnomCLIPConfig) -> list[int]:
+    """Add the prompt tokens to a tokenizer (idempotent) and return their ids in config order."""
+    names = config.prompt_token_names
+    missing = [name for name in names if name not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+    return tokenizer.convert_tokens_to_ids(names)
+
+
+class AnomCLIPPreTrainedModel(PreTrainedModel):
+    config_class = AnomCLIPConfig
+    base_model_prefix = "anomclip"
+    main_input_name = "pixel_values"
+    _keys_to_ignore_on_load_missing = [r"prompt_tokens\."]
+
+    def _init_weights(self, module):
+        # Weights come from the wrapped CLIP checkpoint; the prompt table's base rows are zeros.
+        if isinstance(module, PromptTokenTable):
+            torch.nn.init.zeros_(module.token_embedding.weight if hasattr(module.token_embedding, "weight")
+                                 else module.token_embedding.base_layer.weight)
+
+
+class AnomCLIPModel(AnomCLIPPreTrainedModel):
+    """PromptAD on a frozen CLIP: dual-stream vision, learnable prompts per category, visual memory."""
+
+    def __init__(self, config: AnomCLIPConfig):
+        super().__init__(config)
+        self.clip = CLIPModel(config.clip_config)
+        self.clip.requires_grad_(False)
+        width = config.clip_config.text_config.hidden_size
+        self.prompt_tokens = PromptTokenTable(len(config.prompt_token_names), width)
+        self.tokenizer: Optional[CLIPTokenizer] = None
+        self._categories: dict[str, CategoryState] = {}
+        self._active: Optional[str] = None
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_clip(cls, clip: Union[str, os.PathLike, CLIPModel], tokenizer: Optional[CLIPTokenizer] = None,
+                  revision: Optional[str] = None, **config_kwargs) -> "AnomCLIPModel":
+        """Wrap a CLIP checkpoint: an HF id, a local folder, or a `CLIPModel` object (then pass `tokenizer`,
+        or it is loaded from the model's `name_or_path`)."""
+        if isinstance(clip, CLIPModel):
+            clip_model = clip
+            name = clip.config.name_or_path or None
+        else:
+            name = os.fspath(clip)
+            clip_model = CLIPModel.from_pretrained(name, revision=revision)
+        if tokenizer is None:
+            if not name:
+                raise ValueError("from_clip(CLIPModel) needs tokenizer= when the model has no name_or_path")
+            tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision)
+        config = AnomCLIPConfig(clip_config=clip_model.config, base_model_name_or_path=name,
+                                base_model_revision=revision, **config_kwargs)
+        config.prompt_token_ids = add_prompt_tokens(tokenizer, config)
+        model = cls(config)
+        model.clip.load_state_dict(clip_model.state_dict())
+        model.tokenizer = tokenizer
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+        try:
+            model.tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        except (OSError, ValueError):
+            model.tokenizer = None  # a bare config/weights folder; set model.tokenizer before adding categories
+        if model.tokenizer is not None:
+            model._check_tokenizer(model.tokenizer)
+        return model.eval()
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save the base model (CLIP + settings) and its tokenizer; categories are saved as adapters."""
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("prompt_tokens.")}
+        kwargs.setdefault("state_dict", state)
+        super().save_pretrained(save_directory, **kwargs)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+
+    def _check_tokenizer(self, tokenizer: CLIPTokenizer) -> None:
+        ids = tokenizer.convert_tokens_to_ids(self.config.prompt_token_names)
+        if ids != self.config.prompt_token_ids:
+            raise ValueError(f"tokenizer prompt-token ids {ids} differ from the model's {self.config.prompt_token_ids}")
+
+    # ----------------------------------------------------------------------------------------- features
+    @property
+    def temperature(self) -> float:
+        """tau: the configured value, else the raw logit_scale parameter (reference code)."""
+        if self.config.temperature is not None:
+            return self.config.temperature
+        return float(self.clip.logit_scale.detach())
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.image_size
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[2:]) != (size, size):
+            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, 3, {size}, {size})"
+                             " (use AnomCLIPProcessor)")
+        if not torch.isfinite(pixel_values).all():
+            bad = int((~torch.isfinite(pixel_values)).sum())
+            raise ValueError(f"pixel_values contains {bad} NaN or infinite values")
+
+    def encode_images(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised)."""
+        self._check_pixel_values(pixel_values)
+        dtype = self.clip.visual_projection.weight.dtype
+        return dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
+                                          pixel_values.to(self.device, dtype), self.config.resolved_vv_layers,
+                                          self.config.resolved_memory_layers, self.config.memory_tap)
+
+    def _prompt_embeddings(self, category: str, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the category's learned vectors substituted at the prompt tokens."""
+        prompt_ids = torch.tensor(self.config.prompt_token_ids, device=input_ids.device)
+        matches = input_ids.unsqueeze(-1) == prompt_ids
+        is_prompt = matches.any(-1)
+        token_embedding = self.clip.text_model.embeddings.token_embedding
+        embeds = token_embedding(torch.where(is_prompt, torch.zeros_like(input_ids), input_ids))
+        if bool(is_prompt.any()):
+            rows = matches.int().argmax(-1)[is_prompt]
+            learned = self.prompt_tokens.lookup(category, rows).to(embeds.dtype)
+            embeds = embeds.masked_scatter(is_prompt.unsqueeze(-1), learned)
+        return embeds
+
+    def tokenize_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise ValueError("this AnomCLIPModel has no tokenizer: load it with from_clip/from_pretrained or set "
+                             "model.tokenizer")
+        length = self.config.clip_config.text_config.max_position_embeddings
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True,
+                             return_tensors="pt")["input_ids"]
+        return ids.to(self.device)
+
+    def encode_prompt_texts(self, category: str, prompts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised text features (len(prompts), D) of prompts that may contain prompt tokens."""
+        if not prompts:
+            return torch.zeros(0, self.config.clip_config.projection_dim, device=self.device)
+        eos = self.config.clip_config.text_config.eos_token_id
+        input_ids = truncate_to_longest(self.tokenize_prompts(prompts), eos)
+        embeds = self._prompt_embeddings(category, input_ids)
+        return encode_text_embeddings(self.clip.text_model, self.clip.text_projection, embeds, input_ids, eos)
+
+    def head_prompts(self, category: str, head: str) -> HeadPrompts:
+        state = self.get_category(category)
+        if not state.learned_prompts:
+            return build_zero_shot_prompts(state.class_name, state.phrases)
+        return build_head_prompts(self.config, head, state.class_name, state.phrases)
+
+    def encode_prompts(self, category: str, head: str) -> TextFeatures:
+        """Per-prompt text features of one head (with gradients to the prompt vectors when enabled)."""
+        prompts = self.head_prompts(category, head)
+        features = self.encode_prompt_texts(category, prompts.normal + prompts.manual + prompts.learned)
+        n_normal, n_manual = len(prompts.normal), len(prompts.manual)
+        return TextFeatures(normal=features[:n_normal], manual=features[n_normal:n_normal + n_manual],
+                            learned=features[n_normal + n_manual:])
+
+    def text_prototypes(self, category: Optional[str] = None) -> dict[str, torch.Tensor]:
+        """{head: (2, D) [normal, anomaly]}; constants after training, so computed once and cached."""
+        state = self.get_category(category)
+        if not state.prototypes:
+            with torch.no_grad():
+                state.prototypes = {head: self.encode_prompts(state.name, head).prototypes() for head in HEADS}
+        return state.prototypes
+
+    def clear_prototype_cache(self, category: Optional[str] = None) -> None:
+        """Call after changing a category's prompt vectors (training does)."""
+        self.get_category(category).prototypes = {}
+
+    # ----------------------------------------------------------------------------------------- categories
+    @property
+    def categories(self) -> list[str]:
+        return list(self._categories)
+
+    @property
+    def active_category(self) -> Optional[str]:
+        return self._active
+
+    def get_category(self, name: Optional[str] = None) -> CategoryState:
+        name = name or self._active
+        if name is None:
+            raise ValueError("no category is loaded: call add_category(...) or load_category(...) first")
+        if name not in self._categories:
+            raise ValueError(f"unknown category {name!r}; loaded categories: {self.categories}")
+        return self._categories[name]
+
+    def set_category(self, name: str) -> None:
+        self.get_category(name)
+        self._active = name
+        self.prompt_tokens.activate(name)
+
+    def initial_prompt_vectors(self, seed: int) -> torch.Tensor:
+        """N(0, std^2) vectors for every prompt token, reproducible from `seed`."""
+        generator = torch.Generator().manual_seed(int(seed))
+        shape = (len(self.config.prompt_token_names), self.config.clip_config.text_config.hidden_size)
+        return torch.randn(shape, generator=generator) * self.config.ctx_init_std
+
+    def prompt_parameters(self, category: Optional[str] = None) -> list[torch.nn.Parameter]:
+        """The only trainable tensors of a category: its prompt vectors."""
+        return [self.prompt_tokens.vectors(self.get_category(category).name)]
+
+    def build_memory_bank(self, reference_images) -> list[torch.Tensor]:
+        """Per memory layer (k, P, W) unit patch features of the reference images (PIL, paths or pixel_values)."""
+        if isinstance(reference_images, torch.Tensor):
+            pixel_values = reference_images
+        else:
+            references = list(reference_images)
+            if not references:
+                raise ValueError("reference_images is empty: pass at least one normal image (or None for "
+                                 "text-only zero-shot scoring)")
+            pixel_values = preprocess_images(references, self.config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        if pixel_values.shape[0] == 0:
+            raise ValueError("reference_images is empty: pass at least one normal image")
+        with torch.no_grad():
+            return [f.float() for f in self.encode_images(pixel_values).memory_features]
+
+    def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
+                     phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
+                     learned_prompts: bool = False, seed: int = 0, activate: bool = True) -> CategoryState:
+        """Register a category: its memory bank (from normal reference images, or None for text-only),
+        its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
+        the same name. `learned_prompts=False` scores with hand-written prompts until trained."""
+        use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
+        state = CategoryState(
+            name=name,
+            class_name=class_name or class_name_for(name),
+            phrases=manual_phrases(name, use_category_phrases, phrases),
+            learned_prompts=learned_prompts,
+            memory_bank=None if reference_images is None else self.build_memory_bank(reference_images),
+            metadata={"seed": int(seed)},
+        )
+        self.prompt_tokens.add_adapter(name, self.initial_prompt_vectors(seed).to(self.device))
+        self._categories[name] = state
+        if activate or self._active is None:
+            self.set_category(name)
+        else:
+            self.prompt_tokens.activate(self._active)
+        return state
+
+    def remove_category(self, name: str) -> None:
+        self.get_category(name)
+        del self._categories[name]
+        self.prompt_tokens.delete_adapter(name)
+        if self._active == name:
+            self._active = next(iter(self._categories), None)
+            if self._active is not None:
+                self.prompt_tokens.activate(self._active)
+
+    # ----------------------------------------------------------------------------------------- scoring
+    def forward(self, pixel_values: torch.Tensor, category: Optional[str] = None, output_size=None,
+                mode: Optional[str] = None, return_dict: bool = True, **kwargs):
+        """Score images for a category.
+
+        mode: "full" (memory + text), "memory" (references only) or "text" (prompts only); default full
+        when the category has references, else text.
+        """
+        if kwargs:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        state = self.get_category(category)
+        mode = mode or ("full" if state.memory_bank is not None else "text")
+        if mode not in SCORING_MODES:
+            raise ValueError(f"mode={mode!r}; expected one of {SCORING_MODES}")
+        if mode in ("full", "memory") and state.memory_bank is None:
+            raise ValueError(f"mode={mode!r} needs reference images, but category {state.name!r} has none")
+        output_size = output_size or self.config.output_size or self.config.image_size
+        features = self.encode_images(pixel_values)
+        text_image = text_patch = visual_patch = None
+        if mode in ("full", "text"):
+            prototypes = self.text_prototypes(state.name)
+            text_image = text_anomaly_probability(features.global_embeds.float(), prototypes["image"], self.temperature)
+            text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
+        if mode in ("full", "memory"):
+            bank = [layer.reshape(-1, layer.shape[-1]).to(self.device) for layer in state.memory_bank]
+            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], bank)
+        if mode == "full":
+            patch_scores = harmonic_fusion(text_patch, visual_patch)
+            visual_peak = upsample_patch_map(visual_patch, output_size).flatten(1).max(dim=1).values
+            image_scores = harmonic_fusion(visual_peak, text_image)
+        elif mode == "memory":
+            patch_scores = visual_patch
+            image_scores = upsample_patch_map(visual_patch, output_size).flatten(1).max(dim=1).values
+        else:
+            patch_scores, image_scores = text_patch, text_image
+        sigma = scaled_sigma(self.config.gaussian_sigma, self.config.sigma_reference_size, output_size)
+        maps = gaussian_blur(upsample_patch_map(patch_scores, output_size), sigma)
+        output = AnomCLIPOutput(image_scores=image_scores, anomaly_maps=maps, text_image_scores=text_image,
+                                memory_patch_scores=visual_patch)
+        return output if return_dict else output.to_tuple()
+
+    # ----------------------------------------------------------------------------------------- adapters
+    def save_category(self, save_directory: str, category: Optional[str] = None) -> str:
+        """Write a category adapter folder (atomically); see `category_io` for the layout."""
+        from .category_io import save_category
+
+        return save_category(self, self.get_category(category), save_directory)
+
+    def load_category(self, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
+                      **hub_kwargs) -> CategoryState:
+        """Load a category adapter from a folder or a Hub repo id; it becomes the active category."""
+        from .category_io import load_category
+
+        return load_category(self, path_or_repo_id, name=name, activate=activate, **hub_kwargs)

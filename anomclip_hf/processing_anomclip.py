@@ -1,0 +1,138 @@
+"""AnomCLIPProcessor: CLIP image preprocessing at the model's size, mask preprocessing, the prompt tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from .image_io import PathOrImage, load_image, load_mask
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PROCESSOR_CONFIG_NAME = "anomclip_processor_config.json"
+
+ImageInput = Union[PathOrImage, np.ndarray]
+
+
+def _as_list(items) -> list:
+    if items is None:
+        return []
+    return list(items) if isinstance(items, (list, tuple)) else [items]
+
+
+def _as_pil(item: ImageInput) -> Image.Image:
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8 (H, W[, C]); got {item.dtype}")
+        item = Image.fromarray(item)
+    return load_image(item)
+
+
+def preprocess_images(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_MEAN,
+                      std=OPENAI_CLIP_STD) -> torch.Tensor:
+    """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, bicubic resize to S x S, mean/std normalise.
+
+    The whole image is resized (no centre crop), so masks stay aligned and no border defect is cut off.
+    """
+    batch = []
+    for item in images:
+        image = _as_pil(item).resize((image_size, image_size), Image.BICUBIC)
+        batch.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    if not batch:
+        raise ValueError("no images given")
+    pixels = torch.stack(batch)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+def preprocess_masks(masks: Sequence[Union[PathOrImage, np.ndarray, None]], size: int) -> torch.Tensor:
+    """(B, S, S) uint8 0/1 masks: nearest-neighbour resize, nonzero -> 1; None -> an all-zero mask."""
+    batch = []
+    for item in masks:
+        if item is None:
+            batch.append(np.zeros((size, size), dtype=np.uint8))
+            continue
+        binary = (np.asarray(item) != 0).astype(np.uint8) if isinstance(item, np.ndarray) else load_mask(item)
+        if binary.ndim == 3:
+            binary = binary.any(axis=2).astype(np.uint8)
+        resized = Image.fromarray(binary * 255).resize((size, size), Image.NEAREST)
+        batch.append((np.asarray(resized) > 0).astype(np.uint8))
+    return torch.from_numpy(np.stack(batch))
+
+
+class AnomCLIPProcessor:
+    """Images, masks and prompt text for [`AnomCLIPModel`], with the same names as transformers processors."""
+
+    def __init__(self, tokenizer: Optional[CLIPTokenizer] = None, image_size: int = 224,
+                 image_mean: Sequence[float] = OPENAI_CLIP_MEAN, image_std: Sequence[float] = OPENAI_CLIP_STD):
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.image_mean = tuple(float(x) for x in image_mean)
+        self.image_std = tuple(float(x) for x in image_std)
+
+    @classmethod
+    def from_clip(cls, name_or_path: str, **kwargs) -> "AnomCLIPProcessor":
+        """From an HF CLIP id or folder: its tokenizer plus the prompt tokens, its image size and mean/std."""
+        from transformers import CLIPImageProcessor
+
+        from .modeling_anomclip import add_prompt_tokens
+        from .configuration_anomclip import AnomCLIPConfig
+        from transformers import CLIPConfig
+
+        tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **kwargs)
+        clip_config = CLIPConfig.from_pretrained(name_or_path, **kwargs)
+        add_prompt_tokens(tokenizer, AnomCLIPConfig(clip_config=clip_config))
+        try:
+            image_processor = CLIPImageProcessor.from_pretrained(name_or_path, **kwargs)
+            mean, std = image_processor.image_mean, image_processor.image_std
+        except OSError:
+            mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        return cls(tokenizer, clip_config.vision_config.image_size, mean, std)
+
+    @classmethod
+    def from_model(cls, model) -> "AnomCLIPProcessor":
+        """The processor matching a loaded [`AnomCLIPModel`] (its tokenizer and image size)."""
+        return cls(model.tokenizer, model.config.image_size)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> "AnomCLIPProcessor":
+        from huggingface_hub import hf_hub_download
+
+        local = os.path.join(path, PROCESSOR_CONFIG_NAME) if os.path.isdir(path) else hf_hub_download(
+            path, PROCESSOR_CONFIG_NAME, **kwargs)
+        with open(local, encoding="utf-8") as handle:
+            settings = json.load(handle)
+        return cls(CLIPTokenizer.from_pretrained(path, **kwargs), **settings)
+
+    def save_pretrained(self, save_directory: str) -> None:
+        os.makedirs(save_directory, exist_ok=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+        with open(os.path.join(save_directory, PROCESSOR_CONFIG_NAME), "w", encoding="utf-8") as handle:
+            json.dump({"image_size": self.image_size, "image_mean": list(self.image_mean),
+                       "image_std": list(self.image_std)}, handle, indent=2)
+
+    def __call__(self, images=None, masks=None, text=None, return_tensors: str = "pt", **tokenizer_kwargs) -> dict:
+        if return_tensors != "pt":
+            raise ValueError(f"return_tensors={return_tensors!r}; only 'pt' is supported")
+        out = {}
+        if images is not None:
+            out["pixel_values"] = preprocess_images(_as_list(images), self.image_size, self.image_mean,
+                                                    self.image_std)
+        if masks is not None:
+            out["masks"] = preprocess_masks(_as_list(masks), self.image_size)
+        if text is not None:
+            if self.tokenizer is None:
+                raise ValueError("this processor has no tokenizer")
+            tokenizer_kwargs.setdefault("padding", True)
+            out.update(self.tokenizer(text, return_tensors="pt", **tokenizer_kwargs))
+        if not out:
+            raise ValueError("pass images, masks or text")
+        return out

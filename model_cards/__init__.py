@@ -1,0 +1,1 @@
+"""Model-card templates of category adapters (installed as anomclip_hf.model_cards)."""
