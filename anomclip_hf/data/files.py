@@ -1,0 +1,69 @@
+"""Finding image files in folders and checking them cheaply.
+
+Loaders list files here so every dataset accepts the same extensions (case-insensitive) and
+ignores the same clutter (hidden files, Thumbs.db, text files).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, Tuple
+
+from PIL import Image, UnidentifiedImageError
+
+from ..image_io import ImageReadError
+from .errors import DatasetLayoutError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def is_image_file(name: str) -> bool:
+    """True for a visible file name with one of IMAGE_EXTENSIONS, in any letter case."""
+    return not os.path.basename(name).startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def require_dir(folder: str, what: str) -> str:
+    """`folder` as a string, or DatasetLayoutError naming it if it is not a directory."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise DatasetLayoutError(f"{what} folder not found: {folder}")
+    return folder
+
+
+def list_images(folder: str) -> List[str]:
+    """Full paths of the image files directly inside `folder`, sorted by name (not recursive)."""
+    names = sorted(name for name in os.listdir(folder) if is_image_file(name))
+    return [os.path.join(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
+
+
+def list_subdirs(folder: str) -> List[str]:
+    """Names of the visible sub-folders of `folder`, sorted."""
+    return sorted(
+        name for name in os.listdir(folder) if not name.startswith(".") and os.path.isdir(os.path.join(folder, name))
+    )
+
+
+def probe_size(path: str, what: str = "image") -> Tuple[int, int]:
+    """(width, height) from the file header, or ImageReadError naming the file.
+
+    Only the header is read (not the pixels), so a whole MVTec category is checked in well under a
+    second; full decoding, and errors for truncated pixel data, happen later in image_io.load_image.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ImageReadError(f"cannot read {what} file {path}: {error}") from error
+
+
+def check_row_files(rows: Iterable[Dict]) -> None:
+    """Header-check every image and mask of dataset rows; a mask must have its image's size."""
+    for row in rows:
+        size = probe_size(row["path"], "image")
+        if row["mask_path"] is not None:
+            mask_size = probe_size(row["mask_path"], "mask")
+            if mask_size != size:
+                raise DatasetLayoutError(
+                    f"mask {row['mask_path']} is {mask_size[0]}x{mask_size[1]} "
+                    f"but image {row['path']} is {size[0]}x{size[1]}"
+                )

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random CLIP models, offline tokenizers and the golden reference files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+from anomclip_hf import AnomCLIPModel
+from anomclip_hf.tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+
+
+def tiny_clip_config(layers: int = 2, image_size: int = 30, patch_size: int = 2) -> CLIPConfig:
+    """As transformers' own CLIP tests: hidden 32, 2 layers; a byte-level vocabulary of 514 tokens."""
+    tokenizer = build_offline_clip_tokenizer(real_vocab=False)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=layers,
+                num_attention_heads=4, max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act="gelu")
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=layers, num_attention_heads=4,
+                  image_size=image_size, patch_size=patch_size, hidden_act="gelu")
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+
+
+def perturb_norms(clip: CLIPModel, seed: int = 0) -> CLIPModel:
+    """Random init leaves LayerNorms at 1/0 and biases at 0; perturb them so mistakes cannot hide."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in clip.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return clip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> CLIPModel:
+    torch.manual_seed(0)
+    return perturb_norms(CLIPModel(tiny_clip_config())).eval()
+
+
+@pytest.fixture
+def tiny_model(tiny_clip) -> AnomCLIPModel:
+    return AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+
+
+@pytest.fixture(scope="session")
+def golden():
+    path = GOLDEN_DIR / "tiny_vv_reference.pt"
+    if not path.exists():
+        pytest.fail(f"golden reference files missing: {path}")
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_clip() -> CLIPModel:
+    from anomclip_hf.convert_open_clip import clip_model_from_open_clip_state_dict
+
+    config = json.loads((GOLDEN_DIR / "tiny_vv_config.json").read_text())
+    state = torch.load(GOLDEN_DIR / "tiny_vv_open_clip.pt", weights_only=True)
+    return clip_model_from_open_clip_state_dict(config, state)
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    if open_clip_bpe_path() is None:
+        pytest.fail("the real CLIP vocabulary needs open_clip_torch (pip install --no-deps open_clip_torch)")
+    return build_offline_clip_tokenizer(real_vocab=True)
