@@ -7,6 +7,10 @@ checkpoint loading on top.
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Optional
+
 import torch
 from transformers import CLIPConfig
 
@@ -98,3 +102,43 @@ def clip_model_from_open_clip_state_dict(model_cfg: dict, state: dict):
     if missing or unexpected:
         raise ValueError(f"open_clip conversion mismatch: missing {missing}, unexpected {unexpected}")
     return model.eval()
+
+
+def save_converted_open_clip(model_name: str, checkpoint: str, output_dir: str,
+                             config_path: Optional[str] = None) -> str:
+    """Convert an open_clip checkpoint into a transformers CLIP folder (model, tokenizer, image processor).
+
+    With `config_path` (an open_clip model-config JSON) and a checkpoint file, open_clip itself is not needed;
+    otherwise the config (and a pretrained tag's download) come from open_clip.
+    """
+    from transformers import CLIPImageProcessor
+
+    from .atomic_io import atomic_directory
+    from .tokenization import build_offline_clip_tokenizer
+
+    if config_path is not None:
+        with open(config_path, encoding="utf-8") as handle:
+            model_cfg = json.load(handle)
+    else:
+        import open_clip
+
+        model_cfg = open_clip.get_model_config(model_name)
+        if model_cfg is None:
+            raise ValueError(f"open_clip knows no model named {model_name!r}")
+    if os.path.isfile(checkpoint):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    else:
+        import open_clip
+
+        state = open_clip.create_model(model_name, pretrained=checkpoint).state_dict()
+    model = clip_model_from_open_clip_state_dict(model_cfg, state)
+    model.config.name_or_path = f"open_clip:{model_name}:{os.path.basename(checkpoint)}"
+    size = model_cfg["vision_cfg"]["image_size"]
+    with atomic_directory(output_dir) as staging:
+        model.save_pretrained(staging)
+        build_offline_clip_tokenizer(real_vocab=True).save_pretrained(staging)
+        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
+            staging)
+    return output_dir

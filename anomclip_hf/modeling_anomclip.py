@@ -113,6 +113,18 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         return model.eval()
 
     @classmethod
+    def from_base(cls, base: Union[str, os.PathLike, CLIPModel], **config_overrides) -> "AnomCLIPModel":
+        """`--base` of the command line: an AnomCLIP base (folder or repo id) or any CLIP one (wrapped)."""
+        if isinstance(base, CLIPModel):
+            return cls.from_clip(base, **config_overrides)
+        from transformers import PretrainedConfig
+
+        config_dict, _ = PretrainedConfig.get_config_dict(os.fspath(base))
+        if config_dict.get("model_type") == AnomCLIPConfig.model_type:
+            return cls.from_pretrained(base, **config_overrides)
+        return cls.from_clip(base, **config_overrides)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}

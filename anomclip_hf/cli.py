@@ -1,0 +1,95 @@
+"""The `anomclip` command line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    metrics = run_demo(args.output, base=args.base, shots=args.shots, seed=args.seed, batch_size=args.batch_size)
+    print(json.dumps(metrics, indent=2))
+    print(f"scores.csv, heatmaps/, adapter/ and metrics.json written to {args.output}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .convert_open_clip import save_converted_open_clip
+
+    folder = save_converted_open_clip(args.model, args.checkpoint, args.output, config_path=args.config)
+    print(f"transformers CLIP folder written to {folder}; use it as --base")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .data.files import list_images
+    from .image_io import load_image
+    from .inference import score_images
+    from .modeling_anomclip import AnomCLIPModel
+    from .visualization import anomaly_overlay
+
+    model = AnomCLIPModel.from_base(args.base)
+    state = model.load_category(args.category)
+    paths = list_images(args.images)
+    if not paths:
+        raise SystemExit(f"no images found in {args.images}")
+    os.makedirs(os.path.join(args.output, "heatmaps"), exist_ok=True)
+    threshold = state.metadata.get("decision_threshold")
+    with open(os.path.join(args.output, "scores.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "image_score", "anomalous"])
+        for batch in score_images(model, paths, batch_size=args.batch_size, output_size=args.output_size):
+            for offset, index in enumerate(batch.indices):
+                score = float(batch.image_scores[offset])
+                verdict = "" if threshold is None else str(score > threshold).lower()
+                writer.writerow([paths[index], f"{score:.6f}", verdict])
+                image = load_image(paths[index])
+                name = os.path.splitext(os.path.basename(paths[index]))[0] + ".png"
+                anomaly_overlay(image, batch.anomaly_maps[offset]).save(os.path.join(args.output, "heatmaps", name))
+    print(f"{len(paths)} images scored; scores.csv and heatmaps/ in {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomclip", description="PromptAD few-shot anomaly detection on CLIP")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the whole job on a generated category (offline by default)")
+    demo.add_argument("--output", default="anomclip_demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--base", default=None, help="CLIP or AnomCLIP base; default: an embedded random CLIP")
+    demo.add_argument("--shots", type=int, default=2)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--batch-size", type=int, default=8)
+    demo.set_defaults(func=_cmd_demo)
+
+    convert = commands.add_parser("convert-open-clip", help="convert an open_clip checkpoint to a transformers CLIP")
+    convert.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-16-plus-240")
+    convert.add_argument("--checkpoint", required=True, help="checkpoint file or open_clip pretrained tag")
+    convert.add_argument("--config", default=None, help="open_clip model config JSON (else taken from open_clip)")
+    convert.add_argument("--output", required=True)
+    convert.set_defaults(func=_cmd_convert)
+
+    predict = commands.add_parser("predict", help="score a folder of images with a category adapter")
+    predict.add_argument("--base", required=True)
+    predict.add_argument("--category", required=True, help="category adapter folder or Hub repo id")
+    predict.add_argument("--images", required=True)
+    predict.add_argument("--output", required=True)
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
+    predict.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
