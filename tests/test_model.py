@@ -199,3 +199,21 @@ def test_memory_layer_defaults_scale_with_depth():
         AnomCLIPConfig(clip_config=tiny_clip_config(), anomaly_token_position="middle")
     with pytest.raises(ValueError, match="memory_layers"):
         AnomCLIPConfig(clip_config=tiny_clip_config(), memory_layers=[5])
+
+
+def test_from_clip_folder_matches_object_and_processor_from_clip(tmp_path, tiny_clip):
+    tokenizer = build_offline_clip_tokenizer(real_vocab=False)
+    tiny_clip.save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    from_folder = AnomCLIPModel.from_clip(str(tmp_path / "clip"))
+    from_object = AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+    assert from_folder.config.base_model_name_or_path == str(tmp_path / "clip")
+    assert from_folder.config.prompt_token_ids == from_object.config.prompt_token_ids
+    processor = AnomCLIPProcessor.from_clip(str(tmp_path / "clip"))
+    assert processor.image_size == 30
+    pixel_values = processor(images=[_object_image(2)])["pixel_values"]
+    with torch.no_grad():
+        a = from_folder.encode_images(pixel_values).patch_embeds
+        b = from_object.encode_images(pixel_values).patch_embeds
+    assert torch.equal(a, b)
+    assert AnomCLIPModel.from_base(str(tmp_path / "clip")).config.prompt_token_ids == from_object.config.prompt_token_ids
