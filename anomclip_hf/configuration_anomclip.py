@@ -27,7 +27,8 @@ class AnomCLIPConfig(PretrainedConfig):
         vv_layers: vision blocks running the V-V path (None = all).
         memory_layers: blocks whose stream feeds the visual memory (None = 3/12 and 8/12 of the depth).
         memory_tap: "after_attention" (what the reference code effectively used) or "block_output".
-        temperature: text logit scale tau; None = the raw `logit_scale` parameter (reference code).
+        text_temperature: text logit scale tau; None = the raw `logit_scale` parameter (reference code). Not
+            named `temperature`: transformers 4.x configs own that name (a generation setting, default 1.0).
         gaussian_sigma: blur of the pixel map at `sigma_reference_size` pixels; scaled with the map size.
         output_size: default anomaly-map size (None = the input resolution).
         prompt_token_ids: vocabulary ids of the added prompt tokens, in `prompt_token_names` order.
@@ -50,7 +51,7 @@ class AnomCLIPConfig(PretrainedConfig):
         vv_layers: Optional[Sequence[int]] = None,
         memory_layers: Optional[Sequence[int]] = None,
         memory_tap: str = "after_attention",
-        temperature: Optional[float] = None,
+        text_temperature: Optional[float] = None,
         gaussian_sigma: float = 4.0,
         sigma_reference_size: int = 400,
         output_size: Optional[int] = None,
@@ -89,7 +90,7 @@ class AnomCLIPConfig(PretrainedConfig):
             if layers is not None and (not layers or any(i < 0 or i >= depth for i in layers)):
                 raise ValueError(f"{name}={layers}; expected indices in [0, {depth - 1}]")
         self.memory_tap = memory_tap
-        self.temperature = None if temperature is None else float(temperature)
+        self.text_temperature = None if text_temperature is None else float(text_temperature)
         self.gaussian_sigma = float(gaussian_sigma)
         self.sigma_reference_size = int(sigma_reference_size)
         self.output_size = None if output_size is None else int(output_size)

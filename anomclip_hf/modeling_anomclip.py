@@ -153,8 +153,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
     @property
     def temperature(self) -> float:
         """tau: the configured value, else the raw logit_scale parameter (reference code)."""
-        if self.config.temperature is not None:
-            return self.config.temperature
+        if self.config.text_temperature is not None:
+            return self.config.text_temperature
         return float(self.clip.logit_scale.detach())
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ import torch
 from anomclip_hf import AnomCLIPModel
 
 REFERENCE_PRESET = dict(anomaly_token_position="before_class", memory_layers=[3, 8], memory_tap="after_attention",
-                        temperature=None, gaussian_sigma=4.0, sigma_reference_size=400)
+                        text_temperature=None, gaussian_sigma=4.0, sigma_reference_size=400)
 HEAD_SETTINGS = (("image", "cls"), ("pixel", "seg"))
 
 

@@ -217,3 +217,15 @@ def test_from_clip_folder_matches_object_and_processor_from_clip(tmp_path, tiny_
         b = from_object.encode_images(pixel_values).patch_embeds
     assert torch.equal(a, b)
     assert AnomCLIPModel.from_base(str(tmp_path / "clip")).config.prompt_token_ids == from_object.config.prompt_token_ids
+
+
+def test_config_round_trip_keeps_every_setting(tmp_path):
+    config = AnomCLIPConfig(clip_config=tiny_clip_config(), text_temperature=100.0, n_ctx=2, vv_layers=[1],
+                            memory_layers=[0, 1], memory_tap="block_output", anomaly_token_position="before_class",
+                            output_size=64, category_phrases=False)
+    config.save_pretrained(tmp_path)
+    loaded = AnomCLIPConfig.from_pretrained(tmp_path)
+    for key in ("text_temperature", "n_ctx", "vv_layers", "memory_layers", "memory_tap", "anomaly_token_position",
+                "output_size", "category_phrases"):
+        assert getattr(loaded, key) == getattr(config, key), key
+    assert loaded.clip_config.vision_config.hidden_size == 32
