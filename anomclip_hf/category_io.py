@@ -153,9 +153,4 @@ def load_category(model, path_or_repo_id: str, name: Optional[str] = None, activ
     )
     weights = {k: v.to(model.device) for k, v in load_file(os.path.join(folder, ADAPTER_WEIGHTS)).items()}
     model.prompt_tokens.load_adapter_state_dict(name, weights)
-    model._categories[name] = state
-    if activate or model.active_category is None:
-        model.set_category(name)
-    else:
-        model.prompt_tokens.activate(model.active_category)
-    return state
+    return model.register_category(state, activate)

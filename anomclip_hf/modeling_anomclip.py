@@ -296,10 +296,15 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             metadata={"seed": int(seed)},
         )
         self.prompt_tokens.add_adapter(name, self.initial_prompt_vectors(seed).to(self.device))
-        self._categories[name] = state
+        return self.register_category(state, activate)
+
+    def register_category(self, state: CategoryState, activate: bool = True) -> CategoryState:
+        """Make a category whose prompt adapter is already in `prompt_tokens` available (and active)."""
+        self._categories[state.name] = state
         if activate or self._active is None:
-            self.set_category(name)
+            self.set_category(state.name)
         else:
+            # PEFT switched to the newly added adapter; switch back to the active category.
             self.prompt_tokens.activate(self._active)
         return state
 
