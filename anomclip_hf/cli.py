@@ -56,6 +56,33 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_fit(args) -> int:
+    from .data import load_split
+    from .training import config_from_args, train_category
+
+    config = config_from_args(args)
+    shots = args.shots or len(load_split("folder", args.references, args.category, "train"))
+    summary = train_category(args.base, args.category, args.output, dataset="folder", data_root=args.references,
+                             shots=shots, seed=args.seed, config=config, class_name=args.class_name,
+                             resume_from_checkpoint=args.resume_from_checkpoint)
+    print(json.dumps({k: summary[k] for k in ("category", "shots", "epochs", "final_losses", "adapter_dir")}, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation import run_evaluation
+    from .training import config_from_args
+
+    results = run_evaluation(args.base, args.dataset, args.data_root, args.output, categories=args.categories,
+                             shots=args.shots, seeds=args.seeds, config=config_from_args(args),
+                             resolution=args.resolution, pixel_mode=args.pixel_mode, train=not args.no_train,
+                             batch_size=args.batch_size)
+    with open(os.path.join(args.output, "results.md"), encoding="utf-8") as handle:
+        print(handle.read())
+    print(f"{len(results['cells'])} cells; results.csv, results.json and results.md in {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomclip", description="PromptAD few-shot anomaly detection on CLIP")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
     predict.set_defaults(func=_cmd_predict)
+
+    from .training import add_training_arguments
+
+    fit = commands.add_parser("fit", help="train the prompts of one category on a folder of normal images")
+    fit.add_argument("--base", required=True)
+    fit.add_argument("--references", required=True, help="folder of normal images (or of category sub-folders)")
+    fit.add_argument("--category", required=True)
+    fit.add_argument("--class-name", default=None, help="text for the class (default: from the category name)")
+    fit.add_argument("--output", required=True, help="job folder; the adapter goes to OUTPUT/adapter")
+    fit.add_argument("--shots", type=int, default=None, help="k reference images (default: every image)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the shot draw when --shots is smaller")
+    fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
+    add_training_arguments(fit)  # --preset, --epochs, --lr, ...
+    fit.set_defaults(func=_cmd_fit)
+
+    evaluate = commands.add_parser("evaluate", help="the few-shot benchmark protocol (results.csv/json/md)")
+    evaluate.add_argument("--base", required=True)
+    evaluate.add_argument("--dataset", required=True, choices=["mvtec", "visa", "folder"])
+    evaluate.add_argument("--data-root", required=True)
+    evaluate.add_argument("--categories", nargs="+", default=["all"])
+    evaluate.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4])
+    evaluate.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    evaluate.add_argument("--output", required=True)
+    evaluate.add_argument("--resolution", type=int, default=400, help="pixel-metric resolution (default: 400)")
+    evaluate.add_argument("--pixel-mode", choices=["exact", "binned"], default="exact")
+    evaluate.add_argument("--no-train", action="store_true", help="memory + hand-written prompts, no training")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    add_training_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,144 @@
+"""`anomclip evaluate`: the protocol of spec section 6, one resumable cell per (category, shots, seed).
+
+Output folder:
+    adapters/<dataset>/<category>/<k>shot/seed<s>/   training job folders (adapter/, summary.json, ...)
+    cells/<category>_<k>shot_seed<s>.json             the metrics of one finished cell
+    results.csv, results.json, results.md             the tables, rebuilt from every finished cell
+
+A cell whose JSON exists (with the same settings) is not recomputed; an existing adapter is loaded
+instead of trained. The number reported is the final epoch's (training never looks at the test split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import load_split, read_mask
+from ..inference import score_images
+from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
+from ..modeling_anomclip import AnomCLIPModel
+from ..training.config import TrainingConfig
+from ..training.grid import Job, build_jobs
+from ..training.inputs import load_base_model, read_references, select_references
+from ..training.job import ADAPTER_DIR, train_category
+from .tables import write_results
+
+CELL_DIR = "cells"
+
+
+@dataclass
+class EvaluationSettings:
+    """What makes two runs' cells comparable (a changed setting recomputes the cells)."""
+
+    dataset: str
+    resolution: int = 400  # pixel metrics at resolution x resolution (the reference evaluates at 400)
+    pixel_mode: str = "exact"  # "exact" or "binned" (fixed thresholds, constant memory)
+    num_bins: int = 2000
+    train: bool = True  # False: memory + hand-written prompts, no prompt training
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pixel_mode not in ("exact", "binned"):
+            raise ValueError(f"pixel_mode={self.pixel_mode!r}; expected 'exact' or 'binned'")
+        if self.resolution < 1:
+            raise ValueError(f"resolution={self.resolution}; expected a positive size in pixels")
+
+
+def _cell_path(output_dir: str, job: Job) -> str:
+    return os.path.join(output_dir, CELL_DIR, f"{job.category}_{job.shots}shot_seed{job.seed}.json")
+
+
+def _load_finished(path: str, settings: EvaluationSettings) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        cell = json.load(handle)
+    return cell if cell.get("settings") == _as_json(asdict(settings)) else None
+
+
+def _as_json(value):
+    """What `value` reads back as from JSON (tuples become lists), so settings compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def _prepare_category(model: AnomCLIPModel, job: Job, data_root: str, output_dir: str,
+                      settings: EvaluationSettings, config: TrainingConfig) -> dict:
+    """Make the cell's category active in `model`: load its adapter, train it, or (no training) build it."""
+    job_dir = job.directory(os.path.join(output_dir, "adapters"))
+    adapter = os.path.join(job_dir, ADAPTER_DIR)
+    if os.path.isfile(os.path.join(adapter, "category.json")):
+        model.load_category(adapter, name=job.category)
+        return {"adapter": adapter, "source": "loaded"}
+    if settings.train:
+        summary = train_category(model, job.category, job_dir, dataset=job.dataset, data_root=data_root,
+                                 shots=job.shots, seed=job.seed, config=config)
+        return {"adapter": summary["adapter_dir"], "source": "trained", "train_wall_time_s": summary["train_wall_time_s"]}
+    references = select_references(job.dataset, data_root, job.category, job.shots, job.seed)
+    state = model.add_category(job.category, reference_images=read_references(references), seed=job.seed)
+    state.metadata["reference_files"] = [os.path.relpath(p, data_root) for p in references]
+    model.save_category(adapter, job.category)
+    return {"adapter": adapter, "source": "memory-only"}
+
+
+def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: EvaluationSettings,
+                  batch_size: int = 16, progress: bool = True) -> dict:
+    """Score a category's whole test split batch by batch and return its metrics (maps never all in memory)."""
+    test = load_split(job.dataset, data_root, job.category, "test")
+    pixels = PixelMetricAccumulator(mode=settings.pixel_mode, num_bins=settings.num_bins)
+    images = ImageMetricAccumulator()
+    size = settings.resolution
+    began = time.perf_counter()
+    for batch in score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
+                              progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}"):
+        rows = [test[i] for i in batch.indices]
+        masks = np.stack([read_mask(row, size=(size, size)) for row in rows])
+        labels = np.array([row["label"] for row in rows])
+        pixels.update(batch.anomaly_maps, masks)
+        images.update(batch.image_scores, labels)
+    return {**images.compute(), **pixels.compute(), "test_images": len(test),
+            "eval_wall_time_s": round(time.perf_counter() - began, 3)}
+
+
+def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, data_root: str, output_dir: str,
+                   categories: Union[str, Sequence[str]] = "all", shots: Sequence[int] = (1, 2, 4),
+                   seeds: Sequence[int] = (0, 1, 2, 3, 4), config: Optional[TrainingConfig] = None,
+                   resolution: int = 400, pixel_mode: str = "exact", train: bool = True, batch_size: int = 16,
+                   progress: bool = True) -> dict:
+    """Run (or resume) the protocol and write results.csv / results.json / results.md; return the summary."""
+    config = config or TrainingConfig()
+    settings = EvaluationSettings(dataset=str(dataset).lower(), resolution=int(resolution), pixel_mode=pixel_mode,
+                                  train=train, training=config.run_fingerprint() if train else {})
+    jobs = build_jobs(dataset, data_root, categories, shots, seeds)
+    model = base if isinstance(base, AnomCLIPModel) else None
+    cells = []
+    for job in tqdm(jobs, desc="evaluate", unit="cell", disable=not progress):
+        path = _cell_path(output_dir, job)
+        cell = _load_finished(path, settings)
+        if cell is None:
+            if model is None:
+                model = load_base_model(base, config.model)  # loaded only if some cell needs work
+            origin = _prepare_category(model, job, data_root, output_dir, settings, config)
+            metrics = evaluate_cell(model, job, data_root, settings, batch_size=batch_size, progress=progress)
+            # The adapter's model card then carries its measured results (model-index).
+            model.get_category(job.category).metadata["evaluation"] = {
+                "dataset": job.dataset, "resolution": settings.resolution, "test_images": metrics["test_images"],
+                "metrics": {key: metrics[key] for key in ("image_auroc", "pixel_auroc", "aupro")}}
+            model.save_category(origin["adapter"], job.category)
+            cell = {**asdict(job), **origin, "metrics": metrics, "settings": _as_json(asdict(settings))}
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w", encoding="utf-8") as handle:
+                json.dump(cell, handle, indent=2)
+            os.replace(path + ".tmp", path)  # a killed run never leaves a half-written cell
+            model.remove_category(job.category)
+        else:
+            cell["reused"] = True
+        cells.append(cell)
+    base_name = base.config.base_model_name_or_path if isinstance(base, AnomCLIPModel) else os.fspath(base)
+    return write_results(output_dir, cells, settings, base=base_name)

@@ -1,0 +1,68 @@
+"""Command-line flags for every TrainingConfig field, shared by training/train.py and `anomclip fit`.
+
+Every flag defaults to None, so only what the user types overrides the preset. Spelling: `--weight-decay`
+or `--weight_decay`; model settings as `--model-setting KEY=VALUE` (VALUE parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any, Optional
+
+import yaml
+
+from .config import MIXED_PRECISION, SCHEDULES, TrainingConfig
+
+# Fields a job or grid defines itself (shots per job) or that get their own flag below.
+_SKIPPED = {"model", "shots", "preset", "progress_bar", "cpu"}
+_CHOICES = {"schedule": SCHEDULES, "mixed_precision": MIXED_PRECISION}
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("training hyper-parameters (override the preset)")
+    group.add_argument("--preset", default="paper", help="paper | ref-code | a YAML file (default: %(default)s)")
+    group.add_argument("--epochs", type=int, default=None,
+                       help="run length: joint -> all epochs, two_stage -> split in half between the stages")
+    for spec in dataclasses.fields(TrainingConfig):
+        if spec.name in _SKIPPED:
+            continue
+        default = spec.default
+        kind = type(default) if isinstance(default, (int, float)) else str
+        flags = [f"--{spec.name.replace('_', '-')}"] + ([f"--{spec.name}"] if "_" in spec.name else [])
+        choices = _CHOICES.get(spec.name)
+        group.add_argument(*flags, dest=spec.name, type=kind, default=None, choices=choices,
+                           help=f"(without preset: {default})")
+    group.add_argument("--model-setting", "--model_setting", dest="model_settings", action="append", default=[],
+                       metavar="KEY=VALUE", help="an AnomCLIPConfig setting, e.g. anomaly_token_position=before_class")
+    group.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None,
+                       help="no tqdm progress bar")
+    group.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even if a GPU is visible")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """The preset, then --epochs, then the individual flags (so --stage1-epochs beats --epochs)."""
+    config = TrainingConfig.from_preset(args.preset)
+    if getattr(args, "epochs", None) is not None:
+        config = config.with_epochs(args.epochs)
+    overrides: dict[str, Any] = {}
+    for spec in dataclasses.fields(TrainingConfig):
+        value = getattr(args, spec.name, None)
+        if value is not None and spec.name not in ("model", "shots", "preset"):
+            overrides[spec.name] = value
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if getattr(args, "mixed_precision", None) is None and launcher in ("bf16", "fp16"):
+        overrides["mixed_precision"] = launcher  # `accelerate launch --mixed_precision bf16` applies too
+    model = dict(_parse_setting(item) for item in getattr(args, "model_settings", []) or [])
+    if model:
+        overrides["model"] = model
+    return config.with_overrides(overrides)
+
+
+def _parse_setting(item: str) -> tuple[str, Optional[Any]]:
+    if "=" not in item:
+        raise ValueError(f"--model-setting {item!r}: expected KEY=VALUE")
+    key, value = item.split("=", 1)
+    return key.strip(), yaml.safe_load(value)

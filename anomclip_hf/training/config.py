@@ -1,0 +1,223 @@
+"""TrainingConfig: every hyper-parameter of a PromptAD training run (spec section 4), and its YAML presets.
+
+Presets live in `training/presets/<name>.yaml` at the repository root (`paper`, `ref-code`); any YAML
+path works too. A preset is a flat mapping of TrainingConfig fields; its `model:` mapping holds
+AnomCLIPConfig settings that go to `AnomCLIPModel.from_clip(**model)` (or `from_base`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+SCHEDULES = ("two_stage", "joint")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# training/presets/ of the repository, shipped in the package as anomclip_hf.presets (see pyproject.toml).
+PRESET_DIR = Path(str(resources.files("anomclip_hf.presets")))
+# Settings that change the prompt tokens themselves; an AnomCLIP base fixes them (its tokenizer holds the tokens).
+STRUCTURAL_MODEL_SETTINGS = ("n_ctx", "n_prompts_image", "n_prompts_pixel", "n_anomaly_ctx", "n_anomaly_prompts")
+# Fields that must match for a checkpoint to continue a run (the rest only changes logging or bookkeeping).
+RUN_DEFINING_FIELDS = ("schedule", "stage1_epochs", "stage2_epochs", "joint_epochs", "lr", "momentum",
+                       "weight_decay", "min_lr", "eam_margin", "align_weight", "prompt_seed",
+                       "mixed_precision", "model")
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of one training run; defaults = the `paper` preset.
+
+    schedule: "two_stage" (stage 1: L_ce + align_weight * L_align for `stage1_epochs`, stage 2 adds the
+        margin term L_eam for `stage2_epochs`) or "joint" (reference code: all terms from step one,
+        `joint_epochs`). One full-batch SGD step per epoch (all k shots), cosine decay of the learning rate
+        from `lr` to `min_lr` over the whole run, stepped per epoch.
+    prompt_seed: initialises the prompt vectors (the reference uses 111 for every run); the shot draw has
+        its own seed, given per job.
+    shots: k, the default number of normal reference images when a job does not say.
+    mixed_precision: "no" | "bf16" | "fp16": the frozen CLIP runs in that dtype on a GPU (prompt vectors and
+        losses stay float32); always float32 on CPU.
+    checkpoint_every: save an accelerate checkpoint every N epochs (0: never); checkpoint_limit keeps the
+        newest N (0: all).
+    trackers: "auto" (tensorboard when installed), "none", or a comma-separated list for `log_with`.
+    model: AnomCLIPConfig settings for `from_clip` / `from_base`, e.g. {"anomaly_token_position": "before_class"}.
+    preset: the preset the config came from (recorded in the training summary).
+    """
+
+    schedule: str = "two_stage"
+    stage1_epochs: int = 50
+    stage2_epochs: int = 50
+    joint_epochs: int = 100
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    min_lr: float = 1e-5
+    eam_margin: float = 0.0
+    align_weight: float = 0.001
+    prompt_seed: int = 111
+    shots: int = 1
+    mixed_precision: str = "no"
+    checkpoint_every: int = 10
+    checkpoint_limit: int = 2
+    trackers: str = "auto"
+    progress_bar: bool = True
+    cpu: bool = False
+    model: dict = field(default_factory=dict)
+    preset: Optional[str] = None
+
+    def __post_init__(self):
+        # YAML 1.1 reads "1e-5" as a string and CLI values arrive as strings: coerce by the default's type.
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            default = spec.default if spec.default is not dataclasses.MISSING else None
+            if isinstance(default, bool):
+                setattr(self, spec.name, _as_bool(spec.name, value))
+            elif isinstance(default, (int, float)):
+                setattr(self, spec.name, _as_number(spec.name, value, type(default)))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision={self.mixed_precision!r}; expected one of {MIXED_PRECISION}")
+        for name in ("stage1_epochs", "stage2_epochs", "joint_epochs", "checkpoint_every", "checkpoint_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}; expected a non-negative integer")
+        if self.total_epochs < 1:
+            raise ValueError(f"schedule {self.schedule!r} has no epochs; set its epoch counts")
+        if self.shots < 1:
+            raise ValueError(f"shots={self.shots}; expected a positive integer")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"lr={self.lr}, min_lr={self.min_lr}; expected 0 <= min_lr <= lr and lr > 0")
+        if not isinstance(self.model, Mapping):
+            raise ValueError(f"model settings must be a mapping, got {type(self.model).__name__}")
+        self.model = dict(self.model)
+        validate_model_settings(self.model)
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def total_epochs(self) -> int:
+        return self.joint_epochs if self.schedule == "joint" else self.stage1_epochs + self.stage2_epochs
+
+    def stage(self, epoch: int) -> str:
+        """The stage of a 1-based epoch: "stage1" / "stage2" (two_stage) or "joint"; derived, never stored."""
+        if not 1 <= epoch <= self.total_epochs:
+            raise ValueError(f"epoch {epoch} is outside 1..{self.total_epochs}")
+        if self.schedule == "joint":
+            return "joint"
+        return "stage1" if epoch <= self.stage1_epochs else "stage2"
+
+    def uses_margin(self, epoch: int) -> bool:
+        """Whether the explicit anomaly margin L_eam is part of the loss at this epoch."""
+        return self.stage(epoch) != "stage1"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainingConfig":
+        names = {spec.name for spec in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; valid: {sorted(names)}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_preset(cls, preset: str = "paper", overrides: Optional[Mapping[str, Any]] = None) -> "TrainingConfig":
+        """A preset name (`paper`, `ref-code`) or YAML path, then `overrides` (their `model` merges key by key)."""
+        path = resolve_preset(preset)
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+        if not isinstance(values, Mapping):
+            raise ValueError(f"preset {path} must hold a mapping of training settings")
+        values = dict(values)
+        values.setdefault("preset", Path(path).stem)
+        return cls.from_dict(values).with_overrides(overrides or {})
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainingConfig":
+        values = self.to_dict()
+        for key, value in overrides.items():
+            if key == "model":
+                values["model"] = {**values["model"], **dict(value)}
+            else:
+                values[key] = value
+        return type(self).from_dict(values)
+
+    def with_epochs(self, epochs: int) -> "TrainingConfig":
+        """Set the run length: joint -> all epochs; two_stage -> split in half (stage 1 gets the smaller half)."""
+        epochs = int(epochs)
+        if self.schedule == "joint":
+            return self.with_overrides({"joint_epochs": epochs})
+        return self.with_overrides({"stage1_epochs": epochs // 2, "stage2_epochs": epochs - epochs // 2})
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["model"] = dict(self.model)
+        return values
+
+    def run_fingerprint(self) -> dict:
+        """The settings a resumed run must share with the run that wrote the checkpoint."""
+        values = self.to_dict()
+        return {name: values[name] for name in RUN_DEFINING_FIELDS}
+
+
+def _as_number(name: str, value, kind: type):
+    if isinstance(value, bool):
+        raise ValueError(f"training setting {name}={value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"training setting {name}={value!r} is not a number") from None
+    if kind is int:
+        if not number.is_integer():
+            raise ValueError(f"training setting {name}={value!r} is not an integer")
+        return int(number)
+    return number
+
+
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"training setting {name}={value!r} is not a boolean")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
+
+
+def resolve_preset(preset: str) -> str:
+    """The YAML file of a preset name or path."""
+    preset = os.fspath(preset)
+    if os.path.isfile(preset):
+        return preset
+    if preset.endswith((".yaml", ".yml")) or os.sep in preset:
+        raise ValueError(f"preset file not found: {preset}")
+    path = PRESET_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {preset!r}; available in {PRESET_DIR}: {available_presets()} "
+                         "(or pass a YAML file path)")
+    return str(path)
+
+
+def _model_setting_names() -> set[str]:
+    from ..configuration_anomclip import AnomCLIPConfig
+
+    parameters = inspect.signature(AnomCLIPConfig.__init__).parameters
+    internal = {"self", "kwargs", "clip_config", "prompt_token_ids", "base_model_name_or_path", "base_model_revision"}
+    return {name for name in parameters if name not in internal}
+
+
+def validate_model_settings(settings: Mapping[str, Any], clip_config=None) -> None:
+    """Unknown names or values AnomCLIPConfig refuses raise ValueError here, before any model is loaded."""
+    from ..configuration_anomclip import AnomCLIPConfig
+
+    unknown = sorted(set(settings) - _model_setting_names())
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {unknown}; valid: {sorted(_model_setting_names())}")
+    AnomCLIPConfig(clip_config=clip_config, **dict(settings))

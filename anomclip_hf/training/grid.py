@@ -1,0 +1,130 @@
+"""A grid of independent jobs (categories x shots x seeds), shared out over the processes of a launch.
+
+Under `accelerate launch --num_processes N` each process takes its share of the jobs
+(`split_between_processes`) and trains them one after another on its own device; the main process
+gathers every job summary (`gather_object`) into `<output_dir>/summary.json`. No DDP: the jobs share
+nothing. A job whose adapter folder exists is skipped, so an interrupted grid is restarted by running
+the same command again (add `--resume_from_checkpoint latest` to continue unfinished jobs mid-run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence, Union
+
+from accelerate import PartialState
+from accelerate.utils import gather_object
+
+from ..data import list_categories
+from ..data.loading import DATASETS
+from ..modeling_anomclip import AnomCLIPModel
+from .config import TrainingConfig
+from .inputs import load_base_model
+from .job import ADAPTER_DIR, SUMMARY_FILE, train_category, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    category: str
+    shots: int
+    seed: int
+
+    def directory(self, output_dir: str) -> str:
+        return os.path.join(output_dir, self.dataset, self.category, f"{self.shots}shot", f"seed{self.seed}")
+
+
+def build_jobs(dataset: str, data_root: str, categories: Union[str, Sequence[str]], shots: Sequence[int],
+               seeds: Sequence[int]) -> list[Job]:
+    """The grid in a fixed order; `categories` "all" (or ["all"]) means every category under data_root."""
+    if str(dataset).lower() not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+    dataset = str(dataset).lower()
+    names = [categories] if isinstance(categories, str) else list(categories)
+    if names == ["all"]:
+        names = list_categories(dataset, data_root)
+    if not names or not list(shots) or not list(seeds):
+        raise ValueError("the grid is empty: give at least one category, one shot count and one seed")
+    return [Job(dataset, category, int(k), int(s)) for category in names for k in shots for s in seeds]
+
+
+def run_grid(
+    base: Union[str, os.PathLike, AnomCLIPModel],
+    dataset: str,
+    data_root: str,
+    categories: Union[str, Sequence[str]],
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    output_dir: str,
+    *,
+    config: Optional[TrainingConfig] = None,
+    resume_from_checkpoint: Optional[str] = None,
+    on_error: str = "record",
+) -> list[dict]:
+    """Train every job of the grid not trained yet; returns all job summaries (on every process).
+
+    on_error: "record" (a failing job gets status "failed" and its error; the others still run) or "raise".
+    resume_from_checkpoint: "latest" continues each unfinished job from its newest checkpoint.
+    """
+    if on_error not in ("record", "raise"):
+        raise ValueError(f"on_error={on_error!r}; expected 'record' or 'raise'")
+    config = config or TrainingConfig()
+    jobs = build_jobs(dataset, data_root, categories, shots, seeds)
+    if resume_from_checkpoint not in (None, "latest") and len(jobs) > 1:
+        raise ValueError("a checkpoint folder can resume one job only; use 'latest' for a grid")
+    state = PartialState(cpu=config.cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > state.num_processes:
+        # Each process would believe it is alone and train the whole grid, all writing the same folders.
+        raise ValueError(f"{launched} processes were launched but accelerate sees {state.num_processes}; "
+                         "without GPUs pass --cpu (TrainingConfig.cpu=True) so they form a CPU process group")
+    model = base if isinstance(base, AnomCLIPModel) else None
+    owns_model = model is None
+    results = []
+    with state.split_between_processes(jobs) as my_jobs:
+        for job in my_jobs:
+            job_dir = job.directory(output_dir)
+            if os.path.isfile(os.path.join(job_dir, ADAPTER_DIR, "category.json")):
+                results.append(_skipped(job, job_dir))
+                continue
+            if model is None:  # once per process, shared by its jobs; a bad base stops the grid
+                model = load_base_model(base, config.model)
+            try:
+                results.append(train_category(model, job.category, job_dir, dataset=job.dataset,
+                                              data_root=data_root, shots=job.shots, seed=job.seed, config=config,
+                                              resume_from_checkpoint=resume_from_checkpoint))
+            except Exception as error:  # noqa: BLE001 - one bad category must not stop the grid
+                if on_error == "raise":
+                    raise
+                logger.error("job %s failed: %s", job, error)
+                results.append({**asdict(job), "status": "failed", "job_dir": job_dir,
+                                "error": f"{type(error).__name__}: {error}",
+                                "traceback": traceback.format_exc(limit=5)})
+            finally:
+                if owns_model and job.category in model.categories:
+                    model.remove_category(job.category)  # keep one process's model lean across its jobs
+    results = gather_object(results)
+    order = {job: index for index, job in enumerate(jobs)}
+    results.sort(key=lambda r: order[Job(r["dataset"], r["category"], r["shots"], r["seed"])])
+    if state.is_main_process:
+        base_name = base.config.base_model_name_or_path if isinstance(base, AnomCLIPModel) else os.fspath(base)
+        write_json(os.path.join(output_dir, SUMMARY_FILE),
+                   {"base": base_name, "dataset": dataset, "data_root": os.fspath(data_root), "config": config.to_dict(),
+                    "processes": state.num_processes, "jobs": results})
+    return results
+
+
+def _skipped(job: Job, job_dir: str) -> dict:
+    path = os.path.join(job_dir, SUMMARY_FILE)
+    summary = {**asdict(job), "job_dir": job_dir, "adapter_dir": os.path.join(job_dir, ADAPTER_DIR)}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            summary.update({k: v for k, v in json.load(handle).items() if k != "history"})
+    summary["status"] = "skipped"
+    return summary

@@ -1,0 +1,58 @@
+"""What a job needs before training starts: the base model and the k reference images, checked up front.
+
+Everything that can fail on bad input (unknown dataset, missing or empty category, k too large, an
+unreadable image) fails here, before any output folder is created.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Union
+
+from transformers import PretrainedConfig
+
+from ..configuration_anomclip import AnomCLIPConfig
+from ..data import load_split, sample_shots
+from ..data.schema import NORMAL
+from ..image_io import load_image
+from ..modeling_anomclip import AnomCLIPModel
+from .config import STRUCTURAL_MODEL_SETTINGS, validate_model_settings
+
+
+def select_references(dataset: str, data_root: str, category: str, shots: Union[int, str], seed: int) -> list[str]:
+    """The k normal training images of a job: `sample_shots` over the category's train split ("all": every one)."""
+    if data_root is None:
+        raise ValueError("data_root is required: the folder holding the dataset")
+    train = load_split(dataset, data_root, category, "train")
+    if shots == "all":
+        shots = sum(1 for label in train["label"] if label == NORMAL)
+    return sample_shots(train, shots, seed)
+
+
+def read_references(paths) -> list:
+    """Decode the images now, so a truncated file fails before training (the loaders only read headers)."""
+    return [load_image(path) for path in paths]
+
+
+def load_base_model(base, model_settings: Optional[Mapping[str, Any]] = None) -> AnomCLIPModel:
+    """`--base`: an AnomCLIP base folder/repo (from_pretrained) or any CLIP id/folder (from_clip), with the
+    preset's model settings applied. An AnomCLIP base keeps its prompt-token structure."""
+    settings = dict(model_settings or {})
+    config_dict, _ = PretrainedConfig.get_config_dict(os.fspath(base))
+    is_anomclip = config_dict.get("model_type") == AnomCLIPConfig.model_type
+    validate_model_settings(settings, config_dict.get("clip_config") if is_anomclip else config_dict)
+    if is_anomclip:
+        changed = sorted(k for k in STRUCTURAL_MODEL_SETTINGS if k in settings and settings[k] != config_dict.get(k))
+        if changed:
+            raise ValueError(f"model settings {changed} change the prompt tokens of the AnomCLIP base {base}; "
+                             "start from its CLIP model instead")
+    return AnomCLIPModel.from_base(base, **settings)
+
+
+def check_model_settings(model: AnomCLIPModel, model_settings: Mapping[str, Any]) -> None:
+    """A model passed in directly must already have the preset's settings (they cannot change after loading)."""
+    differing = {k: (getattr(model.config, k, None), v) for k, v in model_settings.items()
+                 if getattr(model.config, k, None) != v}
+    if differing:
+        raise ValueError(f"the given model's settings differ from the training config's model settings "
+                         f"(model, config): {differing}; load the model with them")

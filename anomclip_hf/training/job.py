@@ -1,0 +1,152 @@
+"""One training job = one (dataset, category, shots, seed): references -> prompt training -> adapter folder.
+
+Job folder (`output_dir`):
+    adapter/          the category adapter (model.save_category, atomic: it exists only when the job finished)
+    summary.json      the job summary (also gathered into the grid's summary.json)
+    checkpoints/      accelerate checkpoints, epoch_NNNN/
+    logs/             per-epoch loss curves of the trackers (tensorboard when installed; main process only)
+
+Decision threshold: recorded as None. The obvious candidate, the highest score over the k shots, is
+degenerate: the shots are the memory bank, so each one's memory score (and so its fused score) is 0.
+A usable threshold needs held-out normal (or labelled) images; `anomclip evaluate` reports F1-max
+thresholds on labelled test data, and users can set `decision_threshold` from their own validation data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional, Sequence, Union
+
+from accelerate import Accelerator, PartialState
+from accelerate.utils import is_tensorboard_available
+
+from ..modeling_anomclip import AnomCLIPModel
+from ..processing_anomclip import AnomCLIPProcessor
+from .checkpointing import resolve_resume
+from .config import TrainingConfig
+from .inputs import check_model_settings, load_base_model, read_references, select_references
+from .loop import EpochCallback, fit_prompts
+from .precision import resolve_mixed_precision
+from .step import encode_shots
+
+ADAPTER_DIR, SUMMARY_FILE, CHECKPOINT_DIR, TENSORBOARD_RUN = "adapter", "summary.json", "checkpoints", "logs"
+
+
+def train_category(
+    base: Union[str, os.PathLike, AnomCLIPModel],
+    category: str,
+    output_dir: str,
+    *,
+    dataset: str = "mvtec",
+    data_root: Optional[str] = None,
+    shots: Union[int, str, None] = None,
+    seed: int = 0,
+    config: Optional[TrainingConfig] = None,
+    class_name: Optional[str] = None,
+    resume_from_checkpoint: Optional[str] = None,
+    callbacks: Sequence[EpochCallback] = (),
+    adapter_dir: Optional[str] = None,
+) -> dict:
+    """Train the prompts of one category on k normal shots and write its adapter; returns the job summary.
+
+    base: an AnomCLIP base / CLIP id or folder (loaded with config.model settings), or a loaded
+        AnomCLIPModel, which keeps the trained category afterwards (its CLIP weights stay untouched).
+    dataset, data_root, category: as `anomclip_hf.data.load_split` ("mvtec", "visa" or "folder").
+    shots, seed: k (default config.shots; "all": every normal image) and the seed of the shot draw.
+    resume_from_checkpoint: "latest" (this job's newest checkpoint, or a fresh start if none) or a folder.
+    adapter_dir: where the adapter goes (default `output_dir/adapter`).
+    """
+    config = config or TrainingConfig()
+    references = select_references(dataset, data_root, category, config.shots if shots is None else shots, seed)
+    shots = len(references)
+    images = read_references(references)
+    if isinstance(base, AnomCLIPModel):
+        check_model_settings(base, config.model)
+        model = base
+    else:
+        model = load_base_model(base, config.model)
+    checkpoint_dir = os.path.join(output_dir, CHECKPOINT_DIR)
+    resume_from = resolve_resume(resume_from_checkpoint, checkpoint_dir)
+    adapter_dir = adapter_dir or os.path.join(output_dir, ADAPTER_DIR)
+    reference_files = [os.path.relpath(path, data_root) for path in references]
+    job = {"dataset": dataset, "category": category, "shots": shots, "seed": int(seed)}
+
+    began = time.perf_counter()
+    accelerator = _job_accelerator(config, output_dir)
+    model.to(accelerator.device)
+    pixel_values = AnomCLIPProcessor.from_model(model)(images=images)["pixel_values"]
+    # add_category encodes the shots for the memory bank; encode_shots once more for the training features
+    # (k images, once per run, in float32 before any low-precision cast).
+    state = model.add_category(category, reference_images=pixel_values, class_name=class_name,
+                               learned_prompts=True, seed=config.prompt_seed)
+    features = encode_shots(model, pixel_values)
+    try:
+        _init_trackers(accelerator, config, job)
+        result = fit_prompts(model, category, features, config, accelerator, checkpoint_dir=checkpoint_dir,
+                             resume_from=resume_from, callbacks=callbacks,
+                             fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
+                             description=f"{dataset}/{category} {shots}-shot seed {seed}")
+    finally:
+        # Not accelerator.end_training(): it also destroys the process group the other jobs still need.
+        for tracker in accelerator.trackers:
+            tracker.finish()
+
+    training = {
+        "config": config.to_dict(), "preset": config.preset, "schedule": config.schedule,
+        "epochs": result.epochs, "stage_epochs": _stage_epochs(config),
+        "final_losses": result.final_losses(), "wall_time_s": round(result.wall_time_s, 3),
+        "dataset": dataset, "shot_seed": int(seed), "prompt_seed": config.prompt_seed,
+        "mixed_precision": accelerator.mixed_precision, "resumed_from": result.resumed_from,
+    }
+    state.metadata.update(seed=config.prompt_seed, reference_files=reference_files, training=training,
+                          decision_threshold=None)
+    summary = {**job, "status": "trained", "class_name": state.class_name, "job_dir": output_dir,
+               "adapter_dir": adapter_dir, "reference_files": reference_files, "prompt_seed": config.prompt_seed,
+               "schedule": config.schedule, "epochs": result.epochs, "final_losses": result.final_losses(),
+               "train_wall_time_s": round(result.wall_time_s, 3),
+               "job_wall_time_s": round(time.perf_counter() - began, 3), "decision_threshold": None,
+               "resumed_from": result.resumed_from}
+    write_json(os.path.join(output_dir, SUMMARY_FILE), {**summary, "history": result.history})
+    model.save_category(adapter_dir, category)  # last: an existing adapter marks a finished job
+    return summary
+
+
+def _job_accelerator(config: TrainingConfig, output_dir: str) -> Accelerator:
+    """A fresh Accelerator per job: its own project folder, trackers and checkpoint registrations."""
+    device = PartialState(cpu=config.cpu).device
+    trackers = _trackers(config.trackers)
+    return Accelerator(cpu=config.cpu, mixed_precision=resolve_mixed_precision(config.mixed_precision, device),
+                       log_with=trackers or None, project_dir=output_dir)
+
+
+def _trackers(setting: str) -> list[str]:
+    if setting == "none":
+        return []
+    if setting == "auto":
+        return ["tensorboard"] if is_tensorboard_available() else []
+    return [name.strip() for name in setting.split(",") if name.strip()]
+
+
+def _init_trackers(accelerator: Accelerator, config: TrainingConfig, job: dict) -> None:
+    # Tracker configs take scalars only; flatten the model settings and stringify the rest.
+    hparams = {**job, **{k: v for k, v in config.to_dict().items() if k != "model"},
+               **{f"model.{k}": v for k, v in config.model.items()}}
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+    accelerator.init_trackers(TENSORBOARD_RUN, config=hparams)
+
+
+def _stage_epochs(config: TrainingConfig) -> dict:
+    if config.schedule == "joint":
+        return {"joint": config.joint_epochs}
+    return {"stage1": config.stage1_epochs, "stage2": config.stage2_epochs}
+
+
+def write_json(path: str, payload) -> None:
+    """Write a JSON file atomically (a temporary file beside it, then a rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.partial-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(temporary, path)

@@ -1,0 +1,92 @@
+"""The training loop: full-batch SGD on the prompt vectors of one category, one step per epoch.
+
+No test-set evaluation inside the loop (the reported model is the final epoch's, spec section 6), and
+no data loader: the k shots' frozen features are computed once, before the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from .checkpointing import PromptVectors, TrainingProgress, clear_checkpoints, save_checkpoint
+from .precision import frozen_clip_dtype
+from .step import ShotFeatures, build_optimizer, build_scheduler, training_step
+
+logger = logging.getLogger(__name__)
+# callback(epoch, logs) after every epoch (after its checkpoint); raising stops the run there.
+EpochCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class FitResult:
+    history: list  # one dict per epoch: epoch, stage, lr and every loss term
+    epochs: int
+    resumed_from: Optional[str]
+    start_epoch: int  # first epoch run in this session
+    wall_time_s: float  # cumulative over resumed sessions
+
+    def final_losses(self) -> dict:
+        """The logs of the last epoch of every stage, keyed by stage name."""
+        finals: dict = {}
+        for logs in self.history:
+            finals[logs["stage"]] = {k: v for k, v in logs.items() if k not in ("stage",)}
+        return finals
+
+
+def fit_prompts(model, category: str, features: ShotFeatures, config, accelerator, *,
+                checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
+                fingerprint: Optional[dict] = None, callbacks: Sequence[EpochCallback] = (),
+                description: str = "") -> FitResult:
+    """Train `category`'s prompt vectors in place for config.total_epochs (or what is left after `resume_from`).
+
+    The prompt tensor, optimizer and scheduler are registered with `accelerator` for `save_state`/`load_state`;
+    nothing is wrapped in DDP (each job is an independent run).
+    """
+    temperature = model.temperature  # read before any low-precision cast of logit_scale
+    vectors = model.prompt_parameters(category)
+    optimizer = build_optimizer(vectors, config)
+    scheduler = build_scheduler(optimizer, config)
+    # The scheduler stays unprepared: accelerate's wrapper steps it once per process, which would
+    # fast-forward the cosine schedule of independent jobs under a multi-process launch.
+    optimizer = accelerator.prepare_optimizer(optimizer)
+    progress = TrainingProgress(fingerprint=fingerprint or config.run_fingerprint())
+    objects = [PromptVectors(vectors[0]), scheduler, progress]
+    accelerator.register_for_checkpointing(*objects)
+    if resume_from:
+        accelerator.load_state(resume_from)
+        logger.info("resumed %s from %s after epoch %d", description or category, resume_from, progress.epoch)
+    elif checkpoint_dir:
+        clear_checkpoints(checkpoint_dir)
+
+    total, start = config.total_epochs, progress.epoch + 1
+    bar = tqdm(total=total, initial=progress.epoch, desc=description or category, unit="epoch",
+               disable=not config.progress_bar)
+    try:
+        with frozen_clip_dtype(model, accelerator.mixed_precision):
+            for epoch in range(start, total + 1):
+                began = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                terms = training_step(model, category, features, optimizer, config, config.uses_margin(epoch),
+                                      backward=accelerator.backward, temperature=temperature)
+                scheduler.step()
+                logs = {"epoch": epoch, "stage": config.stage(epoch), "lr": lr, **terms}
+                progress.epoch = epoch
+                progress.history.append(logs)
+                progress.wall_time_s += time.perf_counter() - began
+                accelerator.log({f"train/{k}": v for k, v in logs.items() if k not in ("epoch", "stage")}, step=epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", stage=logs["stage"])
+                if checkpoint_dir and config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                    save_checkpoint(accelerator, checkpoint_dir, epoch, optimizer, objects, config.checkpoint_limit)
+                for callback in callbacks:
+                    callback(epoch, logs)
+    finally:
+        bar.close()
+        model.clear_prototype_cache(category)  # the vectors changed; prototypes are recomputed on demand
+    return FitResult(history=list(progress.history), epochs=total, resumed_from=resume_from, start_epoch=start,
+                     wall_time_s=progress.wall_time_s)

@@ -1,0 +1,74 @@
+"""One PromptAD optimisation step over both heads: the only training math, shared by the loop and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..losses import TextFeatures, promptad_loss
+from ..modeling_anomclip import HEADS
+
+
+@dataclass
+class ShotFeatures:
+    """Frozen, L2-normalised image features of the k shots: computed once per run (no augmentation)."""
+
+    image: torch.Tensor  # (k, D) global embeddings, input of the image-level head
+    pixel: torch.Tensor  # (k, P, D) V-V patch embeddings, input of the pixel-level head
+
+    def for_head(self, head: str) -> torch.Tensor:
+        return {"image": self.image, "pixel": self.pixel}[head]
+
+
+def encode_shots(model, pixel_values: torch.Tensor) -> ShotFeatures:
+    """One float32 forward of the frozen vision tower over the shots."""
+    with torch.no_grad():
+        features = model.encode_images(pixel_values)
+    return ShotFeatures(image=features.global_embeds.float(), pixel=features.patch_embeds.float())
+
+
+def build_optimizer(parameters, config) -> torch.optim.SGD:
+    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer, config) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """Cosine decay from lr to min_lr over the whole run, stepped once per epoch."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.total_epochs, eta_min=config.min_lr)
+
+
+def _float32(text: TextFeatures) -> TextFeatures:
+    # The text tower may run in bf16/fp16; the losses are always computed in float32.
+    return TextFeatures(normal=text.normal.float(), manual=text.manual.float(), learned=text.learned.float())
+
+
+def promptad_objective(model, category: str, features: ShotFeatures, config, use_margin: bool,
+                       temperature: Optional[float] = None) -> dict[str, torch.Tensor]:
+    """Loss terms of both heads ("image/loss_ce", ..., "pixel/loss_eam") and their sum "loss".
+
+    The heads own disjoint rows of the prompt table, so summing them trains each head on its own loss.
+    """
+    temperature = model.temperature if temperature is None else temperature
+    terms: dict[str, torch.Tensor] = {}
+    total = None
+    for head in HEADS:
+        text = _float32(model.encode_prompts(category, head))
+        head_terms = promptad_loss(features.for_head(head), text, temperature, use_margin=use_margin,
+                                   margin=config.eam_margin, align_weight=config.align_weight)
+        terms.update({f"{head}/{name}": value for name, value in head_terms.items()})
+        total = head_terms["loss"] if total is None else total + head_terms["loss"]
+    terms["loss"] = total
+    return terms
+
+
+def training_step(model, category: str, features: ShotFeatures, optimizer, config, use_margin: bool,
+                  backward: Optional[Callable[[torch.Tensor], None]] = None,
+                  temperature: Optional[float] = None) -> dict[str, float]:
+    """Zero the gradients, compute the objective, backpropagate (`backward`, e.g. accelerator.backward),
+    take one optimiser step; returns the terms as floats. The gradients stay on the parameters."""
+    optimizer.zero_grad(set_to_none=True)
+    terms = promptad_objective(model, category, features, config, use_margin, temperature)
+    (backward or torch.Tensor.backward)(terms["loss"])
+    optimizer.step()
+    return {name: float(value.detach()) for name, value in terms.items()}
