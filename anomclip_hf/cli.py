@@ -13,9 +13,10 @@ from typing import Optional, Sequence
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    metrics = run_demo(args.output, base=args.base, shots=args.shots, seed=args.seed, batch_size=args.batch_size)
+    metrics = run_demo(args.output, base=args.base, shots=args.shots, seed=args.seed, batch_size=args.batch_size,
+                       epochs=args.epochs)
     print(json.dumps(metrics, indent=2))
-    print(f"scores.csv, heatmaps/, adapter/ and metrics.json written to {args.output}")
+    print(f"scores.csv, heatmaps/, adapter/, metrics.json (and base/ when embedded) written to {args.output}")
     return 0
 
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shots", type=int, default=2)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batch-size", type=int, default=8)
+    demo.add_argument("--epochs", type=int, default=0, help="train the prompts this many epochs (default: none)")
     demo.set_defaults(func=_cmd_demo)
 
     convert = commands.add_parser("convert-open-clip", help="convert an open_clip checkpoint to a transformers CLIP")

@@ -45,20 +45,32 @@ def embedded_demo_model(seed: int = 0) -> AnomCLIPModel:
 
 
 def run_demo(output_dir: str, base: Optional[str] = None, shots: int = 2, seed: int = 0, batch_size: int = 8,
-             data_root: Optional[str] = None, progress: bool = True) -> dict:
-    """Generate (or reuse) a category, build its memory from `shots` normal images, score the test split,
-    write scores.csv, heat-map PNGs, the category adapter and metrics.json; return the metrics."""
+             data_root: Optional[str] = None, epochs: int = 0, progress: bool = True) -> dict:
+    """Generate (or reuse) a category, build its memory from `shots` normal images (and train its prompts
+    for `epochs` epochs, two-stage), score the test split, write scores.csv, heat-map PNGs, the category
+    adapter and metrics.json; return the metrics. The embedded base is saved to `output_dir/base`, so the
+    other commands (train.py, fit, evaluate, predict) can be tried on it."""
     os.makedirs(output_dir, exist_ok=True)
     data_root = data_root or os.path.join(output_dir, "data")
     if not os.path.isdir(os.path.join(data_root, DEMO_CATEGORY)):
         generate_mvtec_tree(data_root, categories=(DEMO_CATEGORY,), n_train=8, n_test_good=6, n_test_defect=4,
                             image_size=112, seed=seed, exist_ok=True)
-    model = embedded_demo_model(seed) if base is None else AnomCLIPModel.from_base(base)
-    train = load_split("mvtec", data_root, DEMO_CATEGORY, "train")
+    if base is None:
+        model = embedded_demo_model(seed)
+        model.save_pretrained(os.path.join(output_dir, "base"))
+    else:
+        model = AnomCLIPModel.from_base(base)
     test = load_split("mvtec", data_root, DEMO_CATEGORY, "test")
-    references = sample_shots(train, shots, seed)
-    state = model.add_category(DEMO_CATEGORY, reference_images=[load_image(p) for p in references], seed=seed)
-    state.metadata["reference_files"] = [os.path.relpath(p, data_root) for p in references]
+    if epochs > 0:
+        from .training import TrainingConfig, train_category
+
+        config = TrainingConfig(progress_bar=progress).with_epochs(epochs)
+        train_category(model, DEMO_CATEGORY, os.path.join(output_dir, "training"), dataset="mvtec",
+                       data_root=data_root, shots=shots, seed=seed, config=config)
+    else:
+        references = sample_shots(load_split("mvtec", data_root, DEMO_CATEGORY, "train"), shots, seed)
+        state = model.add_category(DEMO_CATEGORY, reference_images=[load_image(p) for p in references], seed=seed)
+        state.metadata["reference_files"] = [os.path.relpath(p, data_root) for p in references]
 
     paths, labels = test["path"], np.array(test["label"])
     size = model.config.image_size
@@ -76,7 +88,8 @@ def run_demo(output_dir: str, base: Optional[str] = None, shots: int = 2, seed: 
     masks = np.stack([read_mask(test[i], size=(size, size)) for i in range(len(test))])
     metrics = {"image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks),
                "aupro": aupro(maps, masks), "shots": shots, "test_images": len(paths),
-               "base": base or "embedded random CLIP (offline demo)", "evaluation_resolution": size}
+               "base": base or "embedded random CLIP (offline demo)", "evaluation_resolution": size,
+               "prompt_training_epochs": epochs}
     with open(os.path.join(output_dir, "scores.csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "defect_type", "image_score"])
