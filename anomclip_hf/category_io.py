@@ -17,7 +17,6 @@ import json
 import os
 from typing import Optional
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic_io import atomic_directory

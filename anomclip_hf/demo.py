@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from .data import generate_mvtec_tree, load_split, read_mask, sample_shots
+from .data import generate_mvtec_tree, load_split, read_mask
 from .inference import score_images
 from .metrics import aupro, image_auroc, pixel_auroc
 from .modeling_anomclip import AnomCLIPModel
+from .training.inputs import add_reference_category
 from .tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
 from .visualization import anomaly_overlay
 from .image_io import load_image
@@ -68,9 +69,7 @@ def run_demo(output_dir: str, base: Optional[str] = None, shots: int = 2, seed: 
         train_category(model, DEMO_CATEGORY, os.path.join(output_dir, "training"), dataset="mvtec",
                        data_root=data_root, shots=shots, seed=seed, config=config)
     else:
-        references = sample_shots(load_split("mvtec", data_root, DEMO_CATEGORY, "train"), shots, seed)
-        state = model.add_category(DEMO_CATEGORY, reference_images=[load_image(p) for p in references], seed=seed)
-        state.metadata["reference_files"] = [os.path.relpath(p, data_root) for p in references]
+        add_reference_category(model, "mvtec", data_root, DEMO_CATEGORY, shots, seed)
 
     paths, labels = test["path"], np.array(test["label"])
     size = model.config.image_size

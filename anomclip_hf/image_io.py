@@ -85,5 +85,13 @@ def load_mask(source: PathOrImage) -> np.ndarray:
     return (array != 0).astype(np.uint8)
 
 
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a binary (H, W) mask to size = (width, height); it stays 0/1."""
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(tuple(size), Image.NEAREST)
+    return (np.asarray(resized) > 127).astype(np.uint8)
+
+
 def _name(source: PathOrImage) -> str:
     return "<in-memory image>" if isinstance(source, Image.Image) else os.fspath(source)

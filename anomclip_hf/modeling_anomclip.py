@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from .image_io import PathOrImage, load_image, load_mask
+from .image_io import PathOrImage, load_image, load_mask, resize_mask
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -62,8 +62,7 @@ def preprocess_masks(masks: Sequence[Union[PathOrImage, np.ndarray, None]], size
         binary = (np.asarray(item) != 0).astype(np.uint8) if isinstance(item, np.ndarray) else load_mask(item)
         if binary.ndim == 3:
             binary = binary.any(axis=2).astype(np.uint8)
-        resized = Image.fromarray(binary * 255).resize((size, size), Image.NEAREST)
-        batch.append((np.asarray(resized) > 0).astype(np.uint8))
+        batch.append(resize_mask(binary, (size, size)))
     return torch.from_numpy(np.stack(batch))
 
 

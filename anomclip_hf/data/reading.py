@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ..image_io import load_image, load_mask
+from ..image_io import load_image, load_mask, resize_mask
 from .files import probe_size
 
 RowOrPath = Union[Mapping, str, os.PathLike]
@@ -37,7 +37,4 @@ def read_mask(row_or_path: RowOrPath, size: Optional[Tuple[int, int]] = None) ->
     else:
         mask_path = row_or_path
     mask = load_mask(mask_path)
-    if size is not None and (mask.shape[1], mask.shape[0]) != tuple(size):
-        resized = Image.fromarray(mask * 255).resize(tuple(size), Image.NEAREST)
-        mask = (np.asarray(resized) > 127).astype(np.uint8)
-    return mask
+    return mask if size is None else resize_mask(mask, size)

@@ -26,7 +26,7 @@ from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
 from ..modeling_anomclip import AnomCLIPModel
 from ..training.config import TrainingConfig
 from ..training.grid import Job, build_jobs
-from ..training.inputs import load_base_model, read_references, select_references
+from ..training.inputs import add_reference_category, load_base_model
 from ..training.job import ADAPTER_DIR, train_category
 from .tables import write_results
 
@@ -80,9 +80,7 @@ def _prepare_category(model: AnomCLIPModel, job: Job, data_root: str, output_dir
         summary = train_category(model, job.category, job_dir, dataset=job.dataset, data_root=data_root,
                                  shots=job.shots, seed=job.seed, config=config)
         return {"adapter": summary["adapter_dir"], "source": "trained", "train_wall_time_s": summary["train_wall_time_s"]}
-    references = select_references(job.dataset, data_root, job.category, job.shots, job.seed)
-    state = model.add_category(job.category, reference_images=read_references(references), seed=job.seed)
-    state.metadata["reference_files"] = [os.path.relpath(p, data_root) for p in references]
+    add_reference_category(model, job.dataset, data_root, job.category, job.shots, job.seed)
     model.save_category(adapter, job.category)
     return {"adapter": adapter, "source": "memory-only"}
 

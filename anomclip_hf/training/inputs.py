@@ -34,6 +34,16 @@ def read_references(paths) -> list:
     return [load_image(path) for path in paths]
 
 
+def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, category: str, shots: int,
+                           seed: int):
+    """An untrained category: k drawn shots as its memory bank, hand-written prompts; the drawn files
+    are recorded in its metadata (and so in category.json)."""
+    references = select_references(dataset, data_root, category, shots, seed)
+    state = model.add_category(category, reference_images=read_references(references), seed=seed)
+    state.metadata["reference_files"] = [os.path.relpath(path, data_root) for path in references]
+    return state
+
+
 def load_base_model(base, model_settings: Optional[Mapping[str, Any]] = None) -> AnomCLIPModel:
     """`--base`: an AnomCLIP base folder/repo (from_pretrained) or any CLIP id/folder (from_clip), with the
     preset's model settings applied. An AnomCLIP base keeps its prompt-token structure."""
