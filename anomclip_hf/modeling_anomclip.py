@@ -265,7 +265,10 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         return [self.prompt_tokens.vectors(self.get_category(category).name)]
 
     def build_memory_bank(self, reference_images) -> list[torch.Tensor]:
-        """Per memory layer (k, P, W) unit patch features of the reference images (PIL, paths or pixel_values)."""
+        """Per memory layer (k, P, W) unit patch features of the reference images: PIL images, paths,
+        pixel_values, or their `encode_images` output (so a caller that needs the features too encodes once)."""
+        if isinstance(reference_images, VisionFeatures):
+            return [f.detach().float() for f in reference_images.memory_features]
         if isinstance(reference_images, torch.Tensor):
             pixel_values = reference_images
         else:

@@ -19,6 +19,7 @@ import os
 import time
 from typing import Optional, Sequence, Union
 
+import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import is_tensorboard_available
 
@@ -29,7 +30,7 @@ from .config import TrainingConfig
 from .inputs import check_model_settings, load_base_model, read_references, select_references
 from .loop import EpochCallback, fit_prompts
 from .precision import resolve_mixed_precision
-from .step import encode_shots
+from .step import ShotFeatures
 
 ADAPTER_DIR, SUMMARY_FILE, CHECKPOINT_DIR, TENSORBOARD_RUN = "adapter", "summary.json", "checkpoints", "logs"
 
@@ -77,11 +78,13 @@ def train_category(
     accelerator = _job_accelerator(config, output_dir)
     model.to(accelerator.device)
     pixel_values = AnomCLIPProcessor.from_model(model)(images=images)["pixel_values"]
-    # add_category encodes the shots for the memory bank; encode_shots once more for the training features
-    # (k images, once per run, in float32 before any low-precision cast).
-    state = model.add_category(category, reference_images=pixel_values, class_name=class_name,
+    # One float32 forward of the k shots (before any low-precision cast) serves the memory bank and the
+    # training features alike.
+    with torch.no_grad():
+        vision = model.encode_images(pixel_values)
+    state = model.add_category(category, reference_images=vision, class_name=class_name,
                                learned_prompts=True, seed=config.prompt_seed)
-    features = encode_shots(model, pixel_values)
+    features = ShotFeatures.from_vision(vision)
     try:
         _init_trackers(accelerator, config, job)
         result = fit_prompts(model, category, features, config, accelerator, checkpoint_dir=checkpoint_dir,

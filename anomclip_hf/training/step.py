@@ -9,6 +9,7 @@ import torch
 
 from ..losses import TextFeatures, promptad_loss
 from ..modeling_anomclip import HEADS
+from ..vv_attention import VisionFeatures
 
 
 @dataclass
@@ -22,11 +23,15 @@ class ShotFeatures:
         return {"image": self.image, "pixel": self.pixel}[head]
 
 
+    @classmethod
+    def from_vision(cls, features: VisionFeatures) -> "ShotFeatures":
+        return cls(image=features.global_embeds.detach().float(), pixel=features.patch_embeds.detach().float())
+
+
 def encode_shots(model, pixel_values: torch.Tensor) -> ShotFeatures:
     """One float32 forward of the frozen vision tower over the shots."""
     with torch.no_grad():
-        features = model.encode_images(pixel_values)
-    return ShotFeatures(image=features.global_embeds.float(), pixel=features.patch_embeds.float())
+        return ShotFeatures.from_vision(model.encode_images(pixel_values))
 
 
 def build_optimizer(parameters, config) -> torch.optim.SGD:
