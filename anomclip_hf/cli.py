@@ -30,7 +30,6 @@ def _cmd_convert(args) -> int:
 
 def _cmd_predict(args) -> int:
     from .data.files import list_images
-    from .image_io import load_image
     from .inference import score_images
     from .modeling_anomclip import AnomCLIPModel
     from .visualization import anomaly_overlay
@@ -50,9 +49,8 @@ def _cmd_predict(args) -> int:
                 score = float(batch.image_scores[offset])
                 verdict = "" if threshold is None else str(score > threshold).lower()
                 writer.writerow([paths[index], f"{score:.6f}", verdict])
-                image = load_image(paths[index])
                 name = os.path.splitext(os.path.basename(paths[index]))[0] + ".png"
-                anomaly_overlay(image, batch.anomaly_maps[offset]).save(os.path.join(args.output, "heatmaps", name))
+                anomaly_overlay(batch.images[offset], batch.anomaly_maps[offset]).save(os.path.join(args.output, "heatmaps", name))
     print(f"{len(paths)} images scored; scores.csv and heatmaps/ in {args.output}")
     return 0
 

@@ -16,6 +16,7 @@ from .processing_anomclip import preprocess_images
 @dataclass
 class ScoredBatch:
     indices: list[int]
+    images: list  # the decoded RGB PIL images, for pictures without reading the files again
     image_scores: np.ndarray  # (b,)
     anomaly_maps: np.ndarray  # (b, H, W) float32
 
@@ -29,10 +30,11 @@ def score_images(model, images: Sequence[PathOrImage], batch_size: int = 16, out
     with tqdm(total=len(images), desc=description, disable=not progress, unit="img") as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start: start + batch_size]
-            pixel_values = preprocess_images([load_image(item) for item in chunk], model.config.image_size)
+            decoded = [load_image(item) for item in chunk]
+            pixel_values = preprocess_images(decoded, model.config.image_size)
             with torch.no_grad():
                 out = model(pixel_values, category=category, output_size=output_size)
-            yield ScoredBatch(indices=list(range(start, start + len(chunk))),
+            yield ScoredBatch(indices=list(range(start, start + len(chunk))), images=decoded,
                               image_scores=out.image_scores.float().cpu().numpy(),
                               anomaly_maps=out.anomaly_maps.float().cpu().numpy())
             bar.update(len(chunk))
