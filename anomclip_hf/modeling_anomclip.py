@@ -361,15 +361,25 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     # ----------------------------------------------------------------------------------------- adapters
-    def save_category(self, save_directory: str, category: Optional[str] = None) -> str:
-        """Write a category adapter folder (atomically); see `category_io` for the layout."""
+    def save_category(self, save_directory: str, name: Optional[str] = None) -> str:
+        """Write category `name` (default: the active one) as an adapter folder, atomically; see `category_io`."""
         from .category_io import save_category
 
-        return save_category(self, self.get_category(category), save_directory)
+        return save_category(self, self.get_category(name), save_directory)
 
     def load_category(self, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
-                      **hub_kwargs) -> CategoryState:
-        """Load a category adapter from a folder or a Hub repo id; it becomes the active category."""
+                      revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
+        """Load a category adapter from a folder or a Hub repo id (at `revision`: branch, tag or commit; also
+        cache_dir, token, local_files_only, force_download); it becomes the active category."""
         from .category_io import load_category
 
-        return load_category(self, path_or_repo_id, name=name, activate=activate, **hub_kwargs)
+        return load_category(self, path_or_repo_id, name=name, activate=activate, revision=revision, **hub_kwargs)
+
+    def push_category_to_hub(self, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
+                             token=None, revision: Optional[str] = None, commit_message: Optional[str] = None):
+        """Push category `name` (default: the active one) to its own Hub repo, with its model card; returns the
+        commit info (`.oid` pins the revision). `revision` is the branch to push to (created if needed)."""
+        from .hub.push import push_category_to_hub
+
+        return push_category_to_hub(self, repo_id, name, private=private, token=token, revision=revision,
+                                    commit_message=commit_message)

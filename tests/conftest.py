@@ -73,3 +73,25 @@ def real_tokenizer():
     if open_clip_bpe_path() is None:
         pytest.fail("the real CLIP vocabulary needs open_clip_torch (pip install --no-deps open_clip_torch)")
     return build_offline_clip_tokenizer(real_vocab=True)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """A loopback fake Hub (tests/fake_hub.py) behind the real huggingface_hub client, with an empty cache in
+    tmp_path and no token: nothing can reach the network or the user's cache."""
+    from huggingface_hub import constants
+
+    from fake_hub import FakeHub
+
+    with FakeHub() as hub:
+        for name, value in (("ENDPOINT", hub.url),
+                            ("HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"),
+                            ("HF_HUB_OFFLINE", False), ("HF_HUB_DISABLE_TELEMETRY", True),
+                            ("HF_HUB_CACHE", str(tmp_path / "hf-cache")),
+                            ("HF_TOKEN_PATH", str(tmp_path / "hf-token")),
+                            ("HF_STORED_TOKENS_PATH", str(tmp_path / "hf-stored-tokens"))):
+            monkeypatch.setattr(constants, name, value)
+        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)  # for subprocesses
+        yield hub

@@ -1,0 +1,65 @@
+"""Fetch a category adapter repo through huggingface_hub: one repo's snapshot, the layout files only.
+
+`snapshot_download` gives revision pinning (branch, tag or commit), the shared cache (a second load makes
+no file transfer) and HF_HUB_OFFLINE. `allow_patterns` lists the known layout files by exact name, so a
+pickle or any other file in the repo is never even downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from huggingface_hub import constants, get_cached_repo_tree, snapshot_download
+from huggingface_hub.errors import (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+
+from .validation import validate_repo_id
+
+
+class CategoryDownloadError(OSError):
+    """A category repo could not be fetched (not found, offline and not cached, ...)."""
+
+
+@dataclass(frozen=True)
+class CategorySnapshot:
+    folder: str  # the snapshot folder in the cache (files are links into the cache's blobs)
+    commit: str  # the commit the revision resolved to
+    repo_files: Optional[tuple]  # every file of the repo at that commit, when the listing is cached
+
+
+def download_category(repo_id: str, revision: Optional[str] = None, *, cache_dir: Optional[str] = None,
+                      token=None, local_files_only: bool = False, force_download: bool = False) -> CategorySnapshot:
+    """Download (or find in the cache) the adapter files of `repo_id` at `revision` (default: main)."""
+    from .. import __version__
+    from ..category_io import LAYOUT_FILES
+
+    validate_repo_id(repo_id)
+    wanted = f"{repo_id!r} (revision {revision or constants.DEFAULT_REVISION})"
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                   local_files_only=local_files_only, force_download=force_download,
+                                   allow_patterns=list(LAYOUT_FILES), library_name="anomclip-hf",
+                                   library_version=__version__)
+    except RevisionNotFoundError:
+        raise CategoryDownloadError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise CategoryDownloadError(f"category repo {repo_id!r} was not found on {constants.ENDPOINT} (a private "
+                                    "or gated repo needs a token: `hf auth login` or token=...)") from None
+    except LocalEntryNotFoundError as error:
+        cache = cache_dir or constants.HF_HUB_CACHE
+        if constants.is_offline_mode() or local_files_only:
+            raise CategoryDownloadError(
+                f"category {wanted} is not in the Hugging Face cache ({cache}) and downloads are off "
+                "(HF_HUB_OFFLINE=1 or local_files_only=True): load it once with network access, or pass a local "
+                "adapter folder") from None
+        raise CategoryDownloadError(f"category {wanted} could not be downloaded and is not in the cache ({cache}): "
+                                    f"{error}") from None
+    commit = os.path.basename(folder)
+    try:
+        listing = get_cached_repo_tree(repo_id, revision=commit, cache_dir=cache_dir)
+        repo_files = tuple(entry.path for entry in listing)
+    except CachedRepoTreeNotFoundError:
+        repo_files = None
+    return CategorySnapshot(folder=folder, commit=commit, repo_files=repo_files)
