@@ -97,6 +97,23 @@ def manual_phrases(category: str, use_category_phrases: bool = True,
     return phrases
 
 
+def read_phrases_file(path: str) -> list[str]:
+    """Anomaly phrases from a text file, one per line ("{} with a scratch"); blank lines and # comments skipped."""
+    phrases = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            phrase = line.strip()
+            if not phrase or phrase.startswith("#"):
+                continue
+            if "{}" not in phrase:
+                raise ValueError(f"{path} line {number}: phrase {phrase!r} must contain '{{}}' where the class "
+                                 "name goes, e.g. '{} with a scratch'")
+            phrases.append(phrase)
+    if not phrases:
+        raise ValueError(f"{path} holds no phrases; expected one per line, e.g. '{{}} with a scratch'")
+    return phrases
+
+
 @dataclass(frozen=True)
 class HeadPrompts:
     """The prompt texts of one head: N normal, N*M manual anomaly, N*L learned anomaly prompts."""

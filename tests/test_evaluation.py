@@ -34,6 +34,16 @@ def test_evaluate_writes_tables_and_reuses_finished_cells(setup):
     for row in rows:
         for key, _ in METRICS:
             assert 0.0 <= float(row[key]) <= 1.0
+    # thresholds: the F1-max one always; the stored leave-one-out one only with 2+ references
+    for row in rows:
+        assert float(row["image_f1_threshold"]) > 0
+        record = json.loads((out / "adapters" / "mvtec" / row["category"] / f"{row['shots']}shot" / f"seed{row['seed']}"
+                             / "adapter" / "category.json").read_text())
+        if row["shots"] == "1":
+            assert row["stored_threshold"] == "" and record["decision_threshold"] is None
+        else:
+            assert float(row["stored_threshold"]) == pytest.approx(record["decision_threshold"], abs=1e-6)
+            assert 0.0 <= float(row["stored_threshold_f1"]) <= 1.0
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["resolution"] == 40 and results["shots"] == [1, 2]
     table = results["tables"]["image_auroc"]

@@ -36,6 +36,22 @@ def list_images(folder: str) -> List[str]:
     return [os.path.join(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
 
 
+def walk_images(folder: str) -> Tuple[List[str], List[str]]:
+    """(image files, other visible files) anywhere under `folder`, each sorted by path.
+
+    Hidden files and folders are skipped; the other files are returned so callers can report them.
+    """
+    folder = require_dir(folder, "image")
+    images, others = [], []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            (images if is_image_file(name) else others).append(os.path.join(root, name))
+    return sorted(images), sorted(others)
+
+
 def list_subdirs(folder: str) -> List[str]:
     """Names of the visible sub-folders of `folder`, sorted."""
     return sorted(

@@ -24,6 +24,7 @@ from ..data import load_split, read_mask
 from ..inference import score_images
 from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
 from ..modeling_anomclip import AnomCLIPModel
+from ..thresholds import decision
 from ..training.config import TrainingConfig
 from ..training.grid import Job, build_jobs
 from ..training.inputs import add_reference_category, load_base_model
@@ -92,16 +93,34 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     pixels = PixelMetricAccumulator(mode=settings.pixel_mode, num_bins=settings.num_bins)
     images = ImageMetricAccumulator()
     size = settings.resolution
+    scores, labels = [], []
     began = time.perf_counter()
     for batch in score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
                               progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}"):
         rows = [test[i] for i in batch.indices]
         masks = np.stack([read_mask(row, size=(size, size)) for row in rows])
-        labels = np.array([row["label"] for row in rows])
         pixels.update(batch.anomaly_maps, masks)
-        images.update(batch.image_scores, labels)
-    return {**images.compute(), **pixels.compute(), "test_images": len(test),
-            "eval_wall_time_s": round(time.perf_counter() - began, 3)}
+        images.update(batch.image_scores, np.array([row["label"] for row in rows]))
+        scores.append(batch.image_scores)
+        labels += [row["label"] for row in rows]
+    stored = model.get_category(job.category).metadata.get("decision_threshold")
+    return {**images.compute(), **pixels.compute(), **stored_threshold_metrics(np.concatenate(scores), labels, stored),
+            "test_images": len(test), "eval_wall_time_s": round(time.perf_counter() - began, 3)}
+
+
+def stored_threshold_metrics(scores: np.ndarray, labels, threshold: Optional[float]) -> dict:
+    """How the category's own threshold (leave-one-out over its references) does on the labelled test split,
+    next to the best possible one (image_f1_threshold): its F1, precision and recall."""
+    if threshold is None:
+        return {"stored_threshold": None}
+    predicted = np.array([decision(float(s), threshold) == "anomalous" for s in scores])
+    truth = np.asarray(labels).astype(bool)
+    true_positives = int((predicted & truth).sum())
+    precision = true_positives / max(int(predicted.sum()), 1)
+    recall = true_positives / max(int(truth.sum()), 1)
+    f1 = 0.0 if true_positives == 0 else 2 * precision * recall / (precision + recall)
+    return {"stored_threshold": float(threshold), "stored_threshold_f1": f1,
+            "stored_threshold_precision": precision, "stored_threshold_recall": recall}
 
 
 def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, data_root: str, output_dir: str,

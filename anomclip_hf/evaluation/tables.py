@@ -15,8 +15,14 @@ import numpy as np
 METRICS = (("image_auroc", "Image AUROC"), ("pixel_auroc", "Pixel AUROC"), ("aupro", "PRO (AUPRO@0.3)"),
            ("image_f1_max", "Image F1-max"), ("pixel_f1_max", "Pixel F1-max"), ("image_ap", "Image AP"),
            ("pixel_ap", "Pixel AP"))
+# Decision thresholds: the F1-max one of the labelled test split, and the category's stored (leave-one-out) one.
+THRESHOLD_COLUMNS = ("image_f1_threshold", "stored_threshold", "stored_threshold_f1")
 CSV_COLUMNS = ("dataset", "category", "shots", "seed", "source") + tuple(key for key, _ in METRICS) + (
-    "test_images", "resolution")
+    THRESHOLD_COLUMNS + ("test_images", "resolution"))
+
+
+def _optional(value) -> str:
+    return "" if value is None else f"{value:.6f}"
 
 
 def summarize(cells: Sequence[dict]) -> dict:
@@ -82,6 +88,7 @@ def write_results(output_dir: str, cells: Sequence[dict], settings, base: str) -
             writer.writerow({"dataset": cell["dataset"], "category": cell["category"], "shots": cell["shots"],
                              "seed": cell["seed"], "source": cell.get("source"),
                              **{key: f"{cell['metrics'][key]:.6f}" for key, _ in METRICS},
+                             **{key: _optional(cell["metrics"].get(key)) for key in THRESHOLD_COLUMNS},
                              "test_images": cell["metrics"]["test_images"], "resolution": settings.resolution})
     payload = {"base": base, "settings": asdict(settings), **summary,
                "cells": [{k: v for k, v in c.items() if k != "settings"} for c in cells]}

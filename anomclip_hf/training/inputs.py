@@ -16,6 +16,8 @@ from ..data import load_split, sample_shots
 from ..data.schema import NORMAL
 from ..image_io import load_image
 from ..modeling_anomclip import AnomCLIPModel
+from ..processing_anomclip import preprocess_images
+from ..thresholds import try_estimate_thresholds
 from .config import STRUCTURAL_MODEL_SETTINGS, validate_model_settings
 
 
@@ -36,11 +38,13 @@ def read_references(paths) -> list:
 
 def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, category: str, shots: int,
                            seed: int):
-    """An untrained category: k drawn shots as its memory bank, hand-written prompts; the drawn files
-    are recorded in its metadata (and so in category.json)."""
+    """An untrained category: k drawn shots as its memory bank, hand-written prompts, leave-one-out
+    thresholds; the drawn files are recorded in its metadata (and so in category.json)."""
     references = select_references(dataset, data_root, category, shots, seed)
-    state = model.add_category(category, reference_images=read_references(references), seed=seed)
+    pixel_values = preprocess_images(read_references(references), model.config.image_size)
+    state = model.add_category(category, reference_images=pixel_values, seed=seed)
     state.metadata["reference_files"] = [os.path.relpath(path, data_root) for path in references]
+    try_estimate_thresholds(model, pixel_values, category)
     return state
 
 

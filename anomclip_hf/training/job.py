@@ -6,10 +6,9 @@ Job folder (`output_dir`):
     checkpoints/      accelerate checkpoints, epoch_NNNN/
     logs/             per-epoch loss curves of the trackers (tensorboard when installed; main process only)
 
-Decision threshold: recorded as None. The obvious candidate, the highest score over the k shots, is
-degenerate: the shots are the memory bank, so each one's memory score (and so its fused score) is 0.
-A usable threshold needs held-out normal (or labelled) images; `anomclip evaluate` reports F1-max
-thresholds on labelled test data, and users can set `decision_threshold` from their own validation data.
+Decision threshold: estimated after training by leave-one-out over the k shots (`thresholds.py`; the
+shots' own scores are 0, they are the memory bank), None for a single shot. `anomclip evaluate` also
+reports the F1-max threshold of labelled test data; `predict --threshold` overrides either.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from .inputs import check_model_settings, load_base_model, read_references, sele
 from .loop import EpochCallback, fit_prompts
 from .precision import resolve_mixed_precision
 from .step import ShotFeatures
+from ..thresholds import try_estimate_thresholds
 
 ADAPTER_DIR, SUMMARY_FILE, CHECKPOINT_DIR, TENSORBOARD_RUN = "adapter", "summary.json", "checkpoints", "logs"
 
@@ -46,6 +46,7 @@ def train_category(
     seed: int = 0,
     config: Optional[TrainingConfig] = None,
     class_name: Optional[str] = None,
+    phrases: Optional[Sequence[str]] = None,
     resume_from_checkpoint: Optional[str] = None,
     callbacks: Sequence[EpochCallback] = (),
     adapter_dir: Optional[str] = None,
@@ -58,6 +59,7 @@ def train_category(
     shots, seed: k (default config.shots; "all": every normal image) and the seed of the shot draw.
     resume_from_checkpoint: "latest" (this job's newest checkpoint, or a fresh start if none) or a folder.
     adapter_dir: where the adapter goes (default `output_dir/adapter`).
+    phrases: anomaly phrases added to the category's hand-written ones ("{}" stands for the class name).
     """
     config = config or TrainingConfig()
     references = select_references(dataset, data_root, category, config.shots if shots is None else shots, seed)
@@ -82,7 +84,7 @@ def train_category(
     # training features alike.
     with torch.no_grad():
         vision = model.encode_images(pixel_values)
-    state = model.add_category(category, reference_images=vision, class_name=class_name,
+    state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
                                learned_prompts=True, seed=config.prompt_seed)
     features = ShotFeatures.from_vision(vision)
     try:
@@ -103,13 +105,14 @@ def train_category(
         "dataset": dataset, "shot_seed": int(seed), "prompt_seed": config.prompt_seed,
         "mixed_precision": accelerator.mixed_precision, "resumed_from": result.resumed_from,
     }
-    state.metadata.update(seed=config.prompt_seed, reference_files=reference_files, training=training,
-                          decision_threshold=None)
+    state.metadata.update(seed=config.prompt_seed, reference_files=reference_files, training=training)
+    thresholds = try_estimate_thresholds(model, pixel_values, category)
     summary = {**job, "status": "trained", "class_name": state.class_name, "job_dir": output_dir,
                "adapter_dir": adapter_dir, "reference_files": reference_files, "prompt_seed": config.prompt_seed,
                "schedule": config.schedule, "epochs": result.epochs, "final_losses": result.final_losses(),
                "train_wall_time_s": round(result.wall_time_s, 3),
-               "job_wall_time_s": round(time.perf_counter() - began, 3), "decision_threshold": None,
+               "job_wall_time_s": round(time.perf_counter() - began, 3),
+               "decision_threshold": None if thresholds is None else thresholds.image,
                "resumed_from": result.resumed_from}
     write_json(os.path.join(output_dir, SUMMARY_FILE), {**summary, "history": result.history})
     model.save_category(adapter_dir, category)  # last: an existing adapter marks a finished job

@@ -1,0 +1,94 @@
+"""The transformers pipeline "image-anomaly-detection", registered when `anomclip_hf` is imported.
+
+```python
+import anomclip_hf
+from transformers import pipeline
+
+detector = pipeline("image-anomaly-detection", model="path/to/anomclip-base", category="path/or/repo-of-adapter")
+detector(["a.png", "b.png"], batch_size=8)
+# [{"score": 0.41, "decision": "anomalous", "threshold": 0.3, "anomaly_map": array(H, W)}, ...]
+```
+
+`model` is an AnomCLIP base (folder, Hub id or a loaded AnomCLIPModel); `category` is the name of a
+loaded category, or an adapter folder / Hub repo id that is loaded once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from transformers import Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .image_io import load_image
+from .modeling_anomclip import AnomCLIPModel
+from .processing_anomclip import AnomCLIPProcessor
+from .thresholds import decision
+
+TASK = "image-anomaly-detection"
+
+
+class ImageAnomalyDetectionPipeline(Pipeline):
+    """Image score, decision and anomaly map per image, for one category of an AnomCLIPModel."""
+
+    # The model brings its own preprocessing; nothing is loaded from the checkpoint folder.
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+    _load_video_processor = False
+
+    def __init__(self, model, feature_extractor=None, **kwargs):
+        # The processor is the pipeline's feature extractor: transformers only batches pipelines that have
+        # one (pixel_values of one size are concatenated, no padding).
+        super().__init__(model, feature_extractor=feature_extractor or AnomCLIPProcessor.from_model(model), **kwargs)
+
+    def _sanitize_parameters(self, category: Optional[str] = None, threshold: Optional[float] = None,
+                             output_size: Optional[int] = None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{TASK} pipeline: unexpected arguments {sorted(kwargs)}; expected category, threshold, "
+                            "output_size, batch_size")
+        forward, postprocess = {}, {}
+        if category is not None:
+            forward["category"] = self._resolve_category(category)
+        if output_size is not None:
+            forward["output_size"] = output_size
+        if threshold is not None:
+            postprocess["threshold"] = threshold
+        return {}, forward, postprocess
+
+    def _resolve_category(self, category: str) -> str:
+        """A loaded category's name as is; otherwise an adapter folder / Hub repo id, loaded once."""
+        if category in self.model.categories:
+            return category
+        loaded = getattr(self, "_loaded_categories", {})
+        if category not in loaded:
+            loaded[category] = self.model.load_category(category, activate=False).name
+            self._loaded_categories = loaded
+        return loaded[category]
+
+    def preprocess(self, image):
+        return {"pixel_values": self.feature_extractor(images=[load_image(image)])["pixel_values"]}
+
+    def _forward(self, model_inputs, category: Optional[str] = None, output_size: Optional[int] = None):
+        name = self.model.get_category(category).name
+        out = self.model(model_inputs["pixel_values"].to(self.model.device), category=name, output_size=output_size)
+        # Plain tensors with the batch first, so the pipeline can split a batch into items.
+        return {"image_scores": out.image_scores, "anomaly_maps": out.anomaly_maps,
+                "category": [name] * out.image_scores.shape[0]}
+
+    def postprocess(self, model_outputs, threshold: Optional[float] = None):
+        name = model_outputs["category"][0] if isinstance(model_outputs["category"], list) else model_outputs["category"]
+        if threshold is None:
+            threshold = self.model.get_category(name).metadata.get("decision_threshold")
+        score = float(model_outputs["image_scores"].reshape(-1)[0])
+        anomaly_map = model_outputs["anomaly_maps"].float().cpu()
+        return {"score": score, "decision": decision(score, threshold) or None, "threshold": threshold,
+                "anomaly_map": anomaly_map.reshape(anomaly_map.shape[-2:]).numpy()}
+
+
+def register_pipeline() -> None:
+    if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ImageAnomalyDetectionPipeline,
+                                            pt_model=AnomCLIPModel, type="image")
