@@ -11,6 +11,7 @@ from PIL import Image
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import main
+from anomclip_hf.visualization import label_band_height
 
 from conftest import GOLDEN_DIR
 
@@ -22,14 +23,18 @@ def test_help_lists_commands():
         assert command in result.stdout
 
 
-def test_demo_writes_scores_heatmaps_adapter_and_detects_defects(tmp_path):
-    assert main(["demo", "--output", str(tmp_path), "--shots", "2"]) == 0
+def test_demo_writes_scores_overlays_adapter_and_detects_defects(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # never probe the network from a test
+    assert main(["demo", "--output", str(tmp_path), "--shots", "2", "--epochs", "0", "--quiet"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
     assert len(rows) == metrics["test_images"] == 18
-    assert len(os.listdir(tmp_path / "heatmaps")) == 18
-    with Image.open(next((tmp_path / "heatmaps").iterdir())) as picture:
-        assert picture.size == (224, 112)
+    overlays = sorted((tmp_path / "overlays").rglob("*.png"))
+    assert len(overlays) == 18
+    with Image.open(overlays[0]) as picture:
+        assert picture.size == (3 * 112, 112 + label_band_height(2))
     # the visual memory separates drawn-in defects even with random weights
     assert metrics["image_auroc"] > 0.75 and metrics["pixel_auroc"] > 0.8
     category = json.loads((tmp_path / "adapter" / "category.json").read_text())
@@ -56,4 +61,4 @@ def test_convert_golden_open_clip_and_predict(tmp_path, golden):
     rows = list(csv.DictReader(open(tmp_path / "pred" / "scores.csv")))
     scores = {os.path.basename(r["path"]): float(r["image_score"]) for r in rows}
     assert len(scores) == 6 and scores["img_0.png"] < min(scores["img_4.png"], scores["img_5.png"])
-    assert len(os.listdir(tmp_path / "pred" / "heatmaps")) == 6
+    assert len(os.listdir(tmp_path / "pred" / "overlays")) == 6

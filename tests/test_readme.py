@@ -29,7 +29,7 @@ def test_readme_walkthrough_runs(tmp_path):
         assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         last = result.stdout
     assert last.split() == ["1.0", "1.0"]  # the metrics one-liner: perfect map and perfect scores
-    for produced in ("anomclip_demo/heatmaps", "anomclip_demo/base/config.json",
+    for produced in ("anomclip_demo/overlays", "anomclip_demo/base/config.json",
                      "runs/train/mvtec/widget/2shot/seed0/adapter/adapter_model.safetensors",
                      "runs/fit/adapter/category.json", "runs/predict/scores.csv", "runs/eval/results.md"):
         assert (tmp_path / produced).exists(), produced
