@@ -321,3 +321,79 @@ def test_interrupted_save_keeps_the_previous_adapter_loadable(adapter_dir, train
     assert {p.name: p.read_bytes() for p in adapter_dir.iterdir()} == before
     assert sorted(p.name for p in adapter_dir.parent.iterdir()) == ["adapter"]  # no staging folder left
     assert _fresh(tiny_clip).load_category(str(adapter_dir)).name == "widget"
+
+
+def test_base_model_push_with_processor_and_card_loads_back(fake_hub, tiny_model):
+    from anomclip_hf import AnomCLIPProcessor
+    from anomclip_hf.hub import push_base_to_hub
+
+    tiny_model.config.base_model_name_or_path = "openai/clip-vit-base-patch16"
+    push_base_to_hub(tiny_model, "tester/anomclip-base", license="mit")
+    files = fake_hub.files("tester/anomclip-base")
+    assert {"config.json", "model.safetensors", "anomclip_processor_config.json", "README.md",
+            "tokenizer_config.json"} <= set(files)
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "anomclip-hf" and card.data.base_model == "openai/clip-vit-base-patch16"
+    assert card.data.license == "mit" and "promptad" in card.data.tags
+    assert 'AnomCLIPModel.from_pretrained("tester/anomclip-base")' in card.text
+
+    reloaded = AnomCLIPModel.from_pretrained("tester/anomclip-base")
+    processor = AnomCLIPProcessor.from_pretrained("tester/anomclip-base")
+    assert reloaded.config.prompt_token_ids == tiny_model.config.prompt_token_ids
+    assert processor.image_size == 30 and reloaded.tokenizer is not None
+    pixel_values = processor(images=[_image(7)])["pixel_values"]
+    for model in (tiny_model, reloaded):  # each builds its own memory bank: equal up to float rounding
+        model.add_category("widget", reference_images=[_image(0)])
+    assert torch.allclose(_scores(reloaded, pixel_values)[0], _scores(tiny_model, pixel_values)[0], atol=1e-6)
+
+
+def _train_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parents[1] / "training"
+                                                  / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_script_pushes_each_job_and_a_rerun_pushes_only_what_is_missing(fake_hub, tiny_model, tmp_path, capsys):
+    from anomclip_hf.data import generate_mvtec_tree
+
+    base = str(tmp_path / "base")
+    tiny_model.save_pretrained(base)
+    data = generate_mvtec_tree(str(tmp_path / "data"), categories=("widget",), n_train=3, n_test_good=1,
+                               n_test_defect=1, image_size=32)
+    out = tmp_path / "out"
+    script = _train_script()
+    common = ["--base", base, "--dataset", "mvtec", "--data-root", data, "--category", "widget", "--shots", "2",
+              "--output-dir", str(out), "--epochs", "2", "--checkpoint-every", "0", "--trackers", "none",
+              "--no-progress", "--push-to-hub", "--hub-org", "tester"]
+
+    # The default pattern has no {seed}: two seeds would share a repo, refused before anything is trained.
+    assert script.main(common + ["--seeds", "0", "1"]) == 2
+    assert "same repo 'tester/anomclip-mvtec-widget-2shot'" in capsys.readouterr().err and not out.exists()
+
+    assert script.main(common + ["--seeds", "0"]) == 0
+    repo = "tester/anomclip-mvtec-widget-2shot"
+    head = fake_hub.repos[repo].branches["main"]
+    assert f"-> {repo} ({head[:12]})" in capsys.readouterr().out
+    summary = json.loads((out / "mvtec" / "widget" / "2shot" / "seed0" / "summary.json").read_text())
+    assert (summary["hub_repo_id"], summary["hub_commit"]) == (repo, head)
+    record = json.loads(fake_hub.files(repo)["category.json"])
+    assert record["reference_files"] == summary["reference_files"] and record["training"]["epochs"] == 2
+    card = ModelCard(fake_hub.files(repo)["README.md"].decode())
+    assert all(name in card.text for name in summary["reference_files"])
+
+    # A finished job is not trained again; a new target gets it pushed, an unchanged one makes no request.
+    pattern = ["--hub-repo-id", "{org}/widget-{shots}shot-seed{seed}"]
+    assert script.main(common + ["--seeds", "0"] + pattern) == 0
+    assert "skipped" in capsys.readouterr().out and "tester/widget-2shot-seed0" in fake_hub.repos
+    requests = len(fake_hub.requests)
+    assert script.main(common + ["--seeds", "0"] + pattern) == 0
+    assert len(fake_hub.requests) == requests
+
+    args = script.build_parser().parse_args(["--base", "b", "--data-root", "d", "--category", "c", "--output-dir",
+                                             "o", "--hub-repo-id", "x/y"])
+    with pytest.raises(ValueError, match="--hub-repo-id is given without --push-to-hub"):
+        script.hub_target_from_args(args)

@@ -3,9 +3,11 @@
     accelerate launch training/train.py --base B --dataset mvtec --data-root P --category bottle \
         --shots 1 --seed 0 --output-dir OUT
     accelerate launch --num_processes 4 training/train.py ... --category all --shots 1 2 4 --seeds 0 1 2 3 4
+    ... --push-to-hub --hub-org my-org --hub-repo-id "{org}/anomclip-{dataset}-{category}-{shots}shot-seed{seed}"
 
 Also runs as plain `python training/train.py ...`. Writes OUT/<dataset>/<category>/<k>shot/seed<s>/
 {adapter/, summary.json, checkpoints/, tensorboard/} and OUT/summary.json; finished jobs are skipped.
+With --push-to-hub each finished adapter goes to its own Hub repo (a rerun pushes jobs not pushed yet).
 The logic lives in anomclip_hf.training (run_grid / train_category); this file only parses flags.
 """
 
@@ -17,6 +19,7 @@ import sys
 from accelerate import PartialState
 
 from anomclip_hf.training import add_training_arguments, config_from_args, run_grid
+from anomclip_hf.training.arguments import add_hub_arguments, hub_target_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True)
     parser.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint", default=None,
                         help="'latest' (each unfinished job's newest checkpoint) or a checkpoint folder (one job)")
+    add_hub_arguments(parser)
     return add_training_arguments(parser)
 
 
@@ -41,7 +45,8 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(args)
         results = run_grid(args.base, args.dataset, args.data_root, args.categories, args.shots, args.seeds,
-                           args.output_dir, config=config, resume_from_checkpoint=args.resume_from_checkpoint)
+                           args.output_dir, config=config, resume_from_checkpoint=args.resume_from_checkpoint,
+                           push_to_hub=hub_target_from_args(args))
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -51,6 +56,8 @@ def main(argv=None) -> int:
     for result in results:
         name = f"{result['dataset']}/{result['category']} {result['shots']}-shot seed {result['seed']}"
         detail = result.get("error") or result.get("adapter_dir", "")
+        if result.get("hub_repo_id"):
+            detail += f" -> {result['hub_repo_id']} ({result['hub_commit'][:12]})"
         print(f"{result['status']:8s} {name}: {detail}", file=sys.stderr if result["status"] == "failed" else sys.stdout)
     return 1 if failed else 0
 

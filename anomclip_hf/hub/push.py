@@ -39,7 +39,10 @@ def upload_category_folder(folder: str, repo_id: str, *, private: Optional[bool]
     from ..model_card import render_category_card
 
     validate_repo_id(repo_id)
-    record = read_category_record(os.fspath(folder))
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"category adapter folder {folder} does not exist")
+    record = read_category_record(folder)
     files = {name: os.path.join(folder, name) for name in LAYOUT_FILES
              if name != CARD_FILE and os.path.isfile(os.path.join(folder, name))}
     files[CARD_FILE] = render_category_card(record, repo_id).encode("utf-8")

@@ -2,6 +2,7 @@
 
 Every flag defaults to None, so only what the user types overrides the preset. Spelling: `--weight-decay`
 or `--weight_decay`; model settings as `--model-setting KEY=VALUE` (VALUE parsed as YAML).
+`add_hub_arguments`: --push-to-hub, --hub-repo-id (a repo id or a pattern), --hub-org, --hub-private, ...
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any, Optional
 
 import yaml
 
+from ..hub.push import HubTarget
 from .config import MIXED_PRECISION, SCHEDULES, TrainingConfig
 
 # Fields a job or grid defines itself (shots per job) or that get their own flag below.
 _SKIPPED = {"model", "shots", "preset", "progress_bar", "cpu"}
 _CHOICES = {"schedule": SCHEDULES, "mixed_precision": MIXED_PRECISION}
+DEFAULT_HUB_PATTERN = "{org}/anomclip-{dataset}-{category}-{shots}shot"
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -40,6 +43,33 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                        help="no tqdm progress bar")
     group.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even if a GPU is visible")
     return parser
+
+
+def add_hub_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--push-to-hub and where to: one repo id, or a pattern for runs over several jobs."""
+    group = parser.add_argument_group("pushing each trained adapter to the Hugging Face Hub")
+    group.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", action="store_true",
+                       help="push each job's adapter (with its model card) to its own Hub repo")
+    group.add_argument("--hub-repo-id", "--hub_repo_id", dest="hub_repo_id", default=None,
+                       help="repo id, or a pattern with {org} {dataset} {category} {shots} {seed} for several jobs "
+                            f"(default with --push-to-hub: {DEFAULT_HUB_PATTERN})")
+    group.add_argument("--hub-org", "--hub_org", dest="hub_org", default=None,
+                       help="user or organisation that {org} stands for")
+    group.add_argument("--hub-private", "--hub_private", dest="hub_private", action="store_true",
+                       help="create the repos private")
+    group.add_argument("--hub-revision", "--hub_revision", dest="hub_revision", default=None,
+                       help="branch to push to (default: main)")
+    return parser
+
+
+def hub_target_from_args(args: argparse.Namespace) -> Optional[HubTarget]:
+    """The push target of --push-to-hub (None without it); the token comes from HF_TOKEN or `hf auth login`."""
+    if not getattr(args, "push_to_hub", False):
+        if getattr(args, "hub_repo_id", None):
+            raise ValueError("--hub-repo-id is given without --push-to-hub")
+        return None
+    return HubTarget(repo_id=args.hub_repo_id or DEFAULT_HUB_PATTERN, org=args.hub_org,
+                     private=True if args.hub_private else None, revision=args.hub_revision)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:

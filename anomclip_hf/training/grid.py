@@ -21,10 +21,11 @@ from accelerate.utils import gather_object
 
 from ..data import list_categories
 from ..data.loading import DATASETS
+from ..hub.push import HubTarget
 from ..modeling_anomclip import AnomCLIPModel
 from .config import TrainingConfig
 from .inputs import load_base_model
-from .job import ADAPTER_DIR, SUMMARY_FILE, train_category, write_json
+from .job import ADAPTER_DIR, SUMMARY_FILE, push_job_adapter, train_category, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +67,20 @@ def run_grid(
     config: Optional[TrainingConfig] = None,
     resume_from_checkpoint: Optional[str] = None,
     on_error: str = "record",
+    push_to_hub: Optional[HubTarget] = None,
 ) -> list[dict]:
     """Train every job of the grid not trained yet; returns all job summaries (on every process).
 
     on_error: "record" (a failing job gets status "failed" and its error; the others still run) or "raise".
     resume_from_checkpoint: "latest" continues each unfinished job from its newest checkpoint.
+    push_to_hub: push each job's adapter to the repo its pattern names (checked for every job before any
+        training); a finished job that was not pushed yet (e.g. the Hub was down) is pushed on the rerun.
     """
     if on_error not in ("record", "raise"):
         raise ValueError(f"on_error={on_error!r}; expected 'record' or 'raise'")
     config = config or TrainingConfig()
     jobs = build_jobs(dataset, data_root, categories, shots, seeds)
+    hub_repo_ids = push_to_hub.check_unique(jobs) if push_to_hub is not None else {}
     if resume_from_checkpoint not in (None, "latest") and len(jobs) > 1:
         raise ValueError("a checkpoint folder can resume one job only; use 'latest' for a grid")
     state = PartialState(cpu=config.cpu)
@@ -91,21 +96,19 @@ def run_grid(
         for job in my_jobs:
             job_dir = job.directory(output_dir)
             if os.path.isfile(os.path.join(job_dir, ADAPTER_DIR, "category.json")):
-                results.append(_skipped(job, job_dir))
+                results.append(_skipped(job, job_dir, push_to_hub, hub_repo_ids.get(job), on_error))
                 continue
             if model is None:  # once per process, shared by its jobs; a bad base stops the grid
                 model = load_base_model(base, config.model)
             try:
                 results.append(train_category(model, job.category, job_dir, dataset=job.dataset,
                                               data_root=data_root, shots=job.shots, seed=job.seed, config=config,
-                                              resume_from_checkpoint=resume_from_checkpoint))
+                                              resume_from_checkpoint=resume_from_checkpoint,
+                                              push_to_hub=push_to_hub))
             except Exception as error:  # noqa: BLE001 - one bad category must not stop the grid
                 if on_error == "raise":
                     raise
-                logger.error("job %s failed: %s", job, error)
-                results.append({**asdict(job), "status": "failed", "job_dir": job_dir,
-                                "error": f"{type(error).__name__}: {error}",
-                                "traceback": traceback.format_exc(limit=5)})
+                results.append(_failed(job, job_dir, error))
             finally:
                 if owns_model and job.category in model.categories:
                     model.remove_category(job.category)  # keep one process's model lean across its jobs
@@ -120,11 +123,26 @@ def run_grid(
     return results
 
 
-def _skipped(job: Job, job_dir: str) -> dict:
+def _failed(job: Job, job_dir: str, error: Exception) -> dict:
+    logger.error("job %s failed: %s", job, error)
+    return {**asdict(job), "status": "failed", "job_dir": job_dir, "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(limit=5)}
+
+
+def _skipped(job: Job, job_dir: str, push_to_hub: Optional[HubTarget] = None, repo_id: Optional[str] = None,
+             on_error: str = "record") -> dict:
+    """A finished job's summary; with `push_to_hub`, its adapter is pushed unless summary.json records that."""
     path = os.path.join(job_dir, SUMMARY_FILE)
     summary = {**asdict(job), "job_dir": job_dir, "adapter_dir": os.path.join(job_dir, ADAPTER_DIR)}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             summary.update({k: v for k, v in json.load(handle).items() if k != "history"})
     summary["status"] = "skipped"
+    if push_to_hub is not None and (summary.get("hub_repo_id") != repo_id or not summary.get("hub_commit")):
+        try:
+            summary.update(push_job_adapter(job_dir, os.path.join(job_dir, ADAPTER_DIR), repo_id, push_to_hub))
+        except Exception as error:  # noqa: BLE001 - as a failed training job
+            if on_error == "raise":
+                raise
+            return _failed(job, job_dir, error)
     return summary

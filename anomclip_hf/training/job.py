@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import is_tensorboard_available
 
+from ..hub.push import HubTarget
 from ..modeling_anomclip import AnomCLIPModel
 from ..processing_anomclip import AnomCLIPProcessor
 from .checkpointing import resolve_resume
@@ -50,6 +51,7 @@ def train_category(
     resume_from_checkpoint: Optional[str] = None,
     callbacks: Sequence[EpochCallback] = (),
     adapter_dir: Optional[str] = None,
+    push_to_hub: Optional[HubTarget] = None,
 ) -> dict:
     """Train the prompts of one category on k normal shots and write its adapter; returns the job summary.
 
@@ -58,12 +60,15 @@ def train_category(
     dataset, data_root, category: as `anomclip_hf.data.load_split` ("mvtec", "visa" or "folder").
     shots, seed: k (default config.shots; "all": every normal image) and the seed of the shot draw.
     resume_from_checkpoint: "latest" (this job's newest checkpoint, or a fresh start if none) or a folder.
+    push_to_hub: push the adapter to the Hub repo this target names for the job (after it is saved).
     adapter_dir: where the adapter goes (default `output_dir/adapter`).
     phrases: anomaly phrases added to the category's hand-written ones ("{}" stands for the class name).
     """
     config = config or TrainingConfig()
     references = select_references(dataset, data_root, category, config.shots if shots is None else shots, seed)
     shots = len(references)
+    # The repo id is checked before anything is trained or written.
+    hub_repo_id = None if push_to_hub is None else push_to_hub.repo_id_for(dataset, category, shots, int(seed))
     images = read_references(references)
     if isinstance(base, AnomCLIPModel):
         check_model_settings(base, config.model)
@@ -116,7 +121,22 @@ def train_category(
                "resumed_from": result.resumed_from}
     write_json(os.path.join(output_dir, SUMMARY_FILE), {**summary, "history": result.history})
     model.save_category(adapter_dir, category)  # last: an existing adapter marks a finished job
+    if push_to_hub is not None:
+        summary.update(push_job_adapter(output_dir, adapter_dir, hub_repo_id, push_to_hub))
     return summary
+
+
+def push_job_adapter(job_dir: str, adapter_dir: str, repo_id: str, target: HubTarget) -> dict:
+    """Push a finished job's adapter and record the commit in its summary.json (so a rerun does not push
+    it again); returns {"hub_repo_id", "hub_commit"}."""
+    commit = target.push(adapter_dir, repo_id)
+    pushed = {"hub_repo_id": repo_id, "hub_commit": commit.oid}
+    path = os.path.join(job_dir, SUMMARY_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        write_json(path, {**summary, **pushed})
+    return pushed
 
 
 def _job_accelerator(config: TrainingConfig, output_dir: str) -> Accelerator:
