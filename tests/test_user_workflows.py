@@ -209,3 +209,27 @@ def test_bad_input_is_one_sentence_and_nonzero(tmp_path, capsys):
                  "--category", "x", "--output", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code != 0 and err.startswith("anomclip fit: error:") and "Traceback" not in err
+
+
+def test_python_api_thresholds_round_trip(tmp_path):
+    model = embedded_demo_model(seed=1)
+    generate_mvtec_tree(tmp_path / "data", categories=("gizmo",), n_train=3, n_test_good=1, n_test_defect=1,
+                        image_size=IMAGE_SIZE, seed=5)
+    references = [load_image(p) for p in sorted((tmp_path / "data" / "gizmo" / "train" / "good").iterdir())]
+    model.add_category("gizmo", reference_images=references)
+    estimate = model.estimate_thresholds(references, margin=0.25)
+    assert len(estimate.leave_one_out_image_scores) == 3
+    assert estimate.image == pytest.approx(1.25 * max(estimate.leave_one_out_image_scores))
+    assert estimate.pixel == pytest.approx(1.25 * max(estimate.leave_one_out_pixel_maxima))
+    # the memory bank is restored: each reference scores ~0 against the full memory
+    with torch.no_grad():
+        own = model(preprocess_images(references, model.config.image_size))
+    assert float(own.image_scores.max()) < 1e-5 < min(estimate.leave_one_out_image_scores)
+    model.save_category(tmp_path / "gizmo")
+    fresh = embedded_demo_model(seed=1)
+    state = fresh.load_category(str(tmp_path / "gizmo"))
+    assert state.metadata["decision_threshold"] == pytest.approx(estimate.image)
+    assert state.metadata["threshold_estimate"]["margin"] == 0.25
+    model.add_category("single", reference_images=references[:1])
+    with pytest.raises(ValueError, match="at least 2"):
+        model.estimate_thresholds(references[:1], category="single")
