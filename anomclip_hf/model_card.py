@@ -13,6 +13,8 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from .hub.validation import looks_like_local_path, validate_repo_id
+
 TEMPLATE_PACKAGE = "anomclip_hf.model_cards"
 CATEGORY_TEMPLATE = "category_adapter.md"
 BASE_TEMPLATE = "base_model.md"
@@ -43,8 +45,6 @@ def _template(name: str) -> str:
 
 def hub_base_model(name_or_path: Optional[str]) -> Optional[str]:
     """`name_or_path` when it names a Hub repo (the card's `base_model`); None for local folders."""
-    from .hub.validation import looks_like_local_path, validate_repo_id
-
     if not name_or_path or looks_like_local_path(name_or_path) or os.path.exists(name_or_path):
         return None
     try:
@@ -143,8 +143,6 @@ def _recipe_section(category: dict) -> str:
 
 
 def _model_name(category: dict, repo_or_folder: str) -> str:
-    from .hub.validation import looks_like_local_path
-
     if "/" in repo_or_folder and not looks_like_local_path(repo_or_folder) and not os.path.exists(repo_or_folder):
         return repo_or_folder.split("/")[-1]
     return f"anomclip-{category['category']}"
@@ -175,7 +173,7 @@ def render_category_card(category: dict, repo_or_folder: str) -> str:
 
 def render_base_card(model, repo_id: str, license: Optional[str] = None) -> str:
     """The README.md of an AnomCLIP base model pushed as `repo_id`."""
-    from .category_io import base_model_architecture, base_model_fingerprint
+    from .category_io import base_model_architecture, base_model_fingerprint  # category_io imports this module
 
     config = model.config
     architecture = base_model_architecture(model)
