@@ -28,6 +28,19 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_push(args) -> int:
+    from .hub import upload_category_folder
+
+    try:
+        commit = upload_category_folder(args.category, args.repo_id, private=args.private or None, token=args.token,
+                                        revision=args.revision, commit_message=args.commit_message)
+    except (ValueError, OSError) as error:  # a bad folder or repo id, the Hub refusing: a message, no trace
+        raise SystemExit(f"anomclip push: {error}") from error
+    print(f"category adapter {args.category} pushed to {args.repo_id} (commit {commit.oid}); load it with "
+          f"model.load_category({args.repo_id!r}) or pin revision={commit.oid!r}")
+    return 0
+
+
 def _cmd_predict(args) -> int:
     from .data.files import list_images
     from .inference import score_images
@@ -101,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--config", default=None, help="open_clip model config JSON (else taken from open_clip)")
     convert.add_argument("--output", required=True)
     convert.set_defaults(func=_cmd_convert)
+
+    push = commands.add_parser(
+        "push", help="push a category adapter folder to its own Hub repo (with its model card)",
+        description="Check a category adapter folder (as fit/evaluate/train.py write it) and push exactly its\n"
+                    "files, with a model card rendered for the repo, as one commit. Log in first\n"
+                    "(`hf auth login`) or set HF_TOKEN.",
+        epilog="examples:\n"
+               "  anomclip push --category runs/fit/adapter --repo-id user/anomclip-mvtec-bottle-1shot\n"
+               "  anomclip push --category runs/fit/adapter --repo-id my-org/anomclip-screws --private "
+               "--revision experiment",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    push.add_argument("--category", required=True, help="category adapter folder")
+    push.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/anomclip-mvtec-bottle-1shot")
+    push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                      "visibility)")
+    push.add_argument("--revision", default=None, help="branch to push to, created if needed (default: main)")
+    push.add_argument("--commit-message", default=None)
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` token)")
+    push.set_defaults(func=_cmd_push)
 
     predict = commands.add_parser("predict", help="score a folder of images with a category adapter")
     predict.add_argument("--base", required=True)

@@ -347,6 +347,27 @@ def test_base_model_push_with_processor_and_card_loads_back(fake_hub, tiny_model
     assert torch.allclose(_scores(reloaded, pixel_values)[0], _scores(tiny_model, pixel_values)[0], atol=1e-6)
 
 
+def test_cli_push(fake_hub, adapter_dir, tmp_path, capsys, tiny_clip):
+    from anomclip_hf.cli import main
+
+    assert main(["push", "--category", str(adapter_dir), "--repo-id", REPO, "--commit-message", "from the CLI"]) == 0
+    head = fake_hub.repos[REPO].branches["main"]
+    assert head in capsys.readouterr().out
+    assert fake_hub.repos[REPO].commits[head].message == "from the CLI"
+    files = fake_hub.files(REPO)
+    assert sorted(files) == sorted((".gitattributes",) + LAYOUT_FILES)
+    assert files["adapter_model.safetensors"] == (adapter_dir / "adapter_model.safetensors").read_bytes()
+    assert str(tmp_path) not in files["README.md"].decode()  # the card names the repo, not the local folder
+    assert _fresh(tiny_clip).load_category(REPO).name == "widget"
+
+    requests = len(fake_hub.requests)
+    with pytest.raises(SystemExit, match="anomclip push: category adapter folder .*missing does not exist"):
+        main(["push", "--category", str(tmp_path / "missing"), "--repo-id", REPO])
+    with pytest.raises(SystemExit, match="Hub repo id 'not/a/repo' is not valid"):
+        main(["push", "--category", str(adapter_dir), "--repo-id", "not/a/repo"])
+    assert len(fake_hub.requests) == requests
+
+
 def _train_script():
     import importlib.util
 
