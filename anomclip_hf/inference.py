@@ -37,11 +37,14 @@ def _decode(chunk, start: int, skip_unreadable: bool) -> tuple[list[int], list, 
 
 def score_images(model, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
                  category: Optional[str] = None, progress: bool = True, description: str = "scoring",
-                 skip_unreadable: bool = False) -> Iterator[ScoredBatch]:
+                 skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None
+                 ) -> Iterator[ScoredBatch]:
     """Yield scores batch by batch, so a whole test split never sits in memory at once.
 
     skip_unreadable: report files that cannot be decoded in `ScoredBatch.failures` and score the rest
     (default: raise the ImageReadError naming the file).
+    autocast_dtype: torch.bfloat16 / torch.float16 run the vision tower under autocast (for GPUs); the memory
+    distances, text scores and maps stay float32.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected >= 1")
@@ -51,7 +54,8 @@ def score_images(model, images: Sequence[PathOrImage], batch_size: int = 16, out
             indices, decoded, failures = _decode(chunk, start, skip_unreadable)
             if decoded:
                 pixel_values = preprocess_images(decoded, model.config.image_size)
-                with torch.no_grad():
+                with torch.inference_mode(), torch.autocast(model.device.type, dtype=autocast_dtype,
+                                                            enabled=autocast_dtype is not None):
                     out = model(pixel_values, category=category, output_size=output_size)
                 scores, maps = out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
             else:

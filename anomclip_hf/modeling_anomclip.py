@@ -15,8 +15,8 @@ from .losses import TextFeatures
 from .processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_images
 from .prompt_learner import PromptTokenTable
 from .prompts import HeadPrompts, build_head_prompts, build_zero_shot_prompts, class_name_for, manual_phrases
-from .scoring import (gaussian_blur, harmonic_fusion, memory_patch_scores, scaled_sigma, text_anomaly_probability,
-                      upsample_patch_map)
+from .scoring import (harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample, text_anomaly_probability,
+                      upsampled_peak)
 from .text_encoding import encode_text_embeddings, truncate_to_longest
 from .vv_attention import VisionFeatures, dual_stream_vision_forward
 
@@ -224,7 +224,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         """{head: (2, D) [normal, anomaly]}; constants after training, so computed once and cached."""
         state = self.get_category(category)
         if not state.prototypes:
-            with torch.no_grad():
+            # Plain tensors even when first asked inside torch.inference_mode: the cache outlives that block.
+            with torch.inference_mode(False), torch.no_grad():
                 state.prototypes = {head: self.encode_prompts(state.name, head).prototypes() for head in HEADS}
         return state.prototypes
 
@@ -347,15 +348,15 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             visual_patch = memory_patch_scores([f.float() for f in features.memory_features], bank)
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
-            visual_peak = upsample_patch_map(visual_patch, output_size).flatten(1).max(dim=1).values
+            visual_peak = upsampled_peak(visual_patch, output_size)
             image_scores = harmonic_fusion(visual_peak, text_image)
         elif mode == "memory":
             patch_scores = visual_patch
-            image_scores = upsample_patch_map(visual_patch, output_size).flatten(1).max(dim=1).values
+            image_scores = upsampled_peak(visual_patch, output_size)
         else:
             patch_scores, image_scores = text_patch, text_image
         sigma = scaled_sigma(self.config.gaussian_sigma, self.config.sigma_reference_size, output_size)
-        maps = gaussian_blur(upsample_patch_map(patch_scores, output_size), sigma)
+        maps = smooth_upsample(patch_scores, output_size, sigma)
         output = AnomCLIPOutput(image_scores=image_scores, anomaly_maps=maps, text_image_scores=text_image,
                                 memory_patch_scores=visual_patch)
         return output if return_dict else output.to_tuple()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -10,29 +11,40 @@ import torch.nn.functional as F
 
 
 def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Sequence[torch.Tensor],
-                        chunk_size: int = 4096) -> torch.Tensor:
+                        max_block_elements: int = 1 << 22) -> torch.Tensor:
     """s_vis per patch (B, P): mean over layers of the min over the bank of (1 - cos) / 2.
 
     memory_features: per layer (B, P, W) unit vectors; memory_bank: per layer (K, W) unit vectors.
-    Exact nearest neighbour, computed in bank chunks so memory stays bounded for large k.
+    Exact nearest neighbour as blocks of matrix products: no block of similarities holds more than
+    `max_block_elements` values (16 MiB in float32), whatever the batch size and the number of references.
+    Always float32, also inside an autocast region: a low-precision cosine would coarsen the scores.
     """
     if len(memory_features) != len(memory_bank):
         raise ValueError(f"{len(memory_features)} feature layers but {len(memory_bank)} memory layers")
     per_layer = []
-    for features, bank in zip(memory_features, memory_bank):
-        flat = features.reshape(-1, features.shape[-1])
-        best = torch.full((flat.shape[0],), -math.inf, dtype=flat.dtype, device=flat.device)
-        for start in range(0, bank.shape[0], chunk_size):
-            chunk = bank[start: start + chunk_size].to(flat)
-            best = torch.maximum(best, (flat @ chunk.T).max(dim=1).values)
-        per_layer.append(((1.0 - best) / 2.0).reshape(features.shape[:-1]))
+    with torch.autocast(memory_features[0].device.type, enabled=False):
+        for features, bank in zip(memory_features, memory_bank):
+            flat = features.reshape(-1, features.shape[-1]).float()
+            bank = bank.to(flat)
+            bank_rows = max(1, min(bank.shape[0], max_block_elements))
+            query_rows = max(1, max_block_elements // bank_rows)
+            nearest = []  # highest cosine per query row, block by block (no in-place writes: autograd works)
+            for query in range(0, flat.shape[0], query_rows):
+                best = None
+                for start in range(0, bank.shape[0], bank_rows):
+                    block = (flat[query: query + query_rows] @ bank[start: start + bank_rows].T).amax(dim=1)
+                    best = block if best is None else torch.maximum(best, block)
+                nearest.append(best)
+            per_layer.append(((1.0 - torch.cat(nearest)) / 2.0).reshape(features.shape[:-1]))
     return torch.stack(per_layer).mean(dim=0).clamp(0.0, 1.0)
 
 
 def text_anomaly_probability(features: torch.Tensor, prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(tau * [v.n, v.a])[1] for unit features (..., D) and prototypes (2, D) = [normal, anomaly]."""
-    logits = temperature * features @ prototypes.T.to(features)
-    return logits.softmax(dim=-1)[..., 1]
+    with torch.autocast(features.device.type, enabled=False):
+        features = features.float()
+        logits = temperature * features @ prototypes.T.to(features)
+        return logits.softmax(dim=-1)[..., 1]
 
 
 def harmonic_fusion(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -41,14 +53,25 @@ def harmonic_fusion(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, a * b / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
 
 
-def upsample_patch_map(patch_scores: torch.Tensor, output_size: int | tuple[int, int]) -> torch.Tensor:
-    """(B, P) patch scores on a square grid -> (B, H, W) by bilinear interpolation (align_corners=False)."""
+def _square_grid(patch_scores: torch.Tensor) -> torch.Tensor:
     side = math.isqrt(patch_scores.shape[-1])
     if side * side != patch_scores.shape[-1]:
         raise ValueError(f"{patch_scores.shape[-1]} patches do not form a square grid")
-    grid = patch_scores.reshape(-1, 1, side, side)
-    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return patch_scores.reshape(-1, side, side)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def upsample_grid(grid: torch.Tensor, output_size: int | tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W) by bilinear interpolation (align_corners=False)."""
+    return F.interpolate(grid.unsqueeze(1), size=_pair(output_size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def upsample_patch_map(patch_scores: torch.Tensor, output_size: int | tuple[int, int]) -> torch.Tensor:
+    """(B, P) patch scores on a square grid -> (B, H, W) by bilinear interpolation (align_corners=False)."""
+    return upsample_grid(_square_grid(patch_scores), output_size)
 
 
 def _symmetric_indices(length: int, radius: int, device) -> torch.Tensor:
@@ -57,20 +80,60 @@ def _symmetric_indices(length: int, radius: int, device) -> torch.Tensor:
     return torch.where(index < length, index, 2 * length - 1 - index)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps equal to scipy.ndimage.gaussian_filter(sigma) per map."""
-    if sigma <= 0:
-        return maps
+def _blur_along(maps: torch.Tensor, dim: int, sigma: float, truncate: float) -> torch.Tensor:
+    """1-D Gaussian blur of `maps` along `dim`, as scipy.ndimage.gaussian_filter1d (reflect mode)."""
     radius = int(truncate * sigma + 0.5)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=maps.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(maps.dtype)
-    out = maps
-    for dim in (1, 2):
-        padded = out.index_select(dim, _symmetric_indices(out.shape[dim], radius, maps.device))
-        windows = padded.unfold(dim, 2 * radius + 1, 1)
-        out = windows @ kernel
-    return out
+    padded = maps.index_select(dim, _symmetric_indices(maps.shape[dim], radius, maps.device))
+    return padded.unfold(dim, 2 * radius + 1, 1) @ kernel
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps equal to scipy.ndimage.gaussian_filter(sigma) per map."""
+    if sigma <= 0:
+        return maps
+    return _blur_along(_blur_along(maps, 1, sigma, truncate), 2, sigma, truncate)
+
+
+@functools.lru_cache(maxsize=16)
+def _smooth_upsampling_matrix(in_size: int, out_size: int, sigma: float, truncate: float) -> torch.Tensor:
+    """(out, in) float64 matrix of "bilinear upsample, then blur" along one axis.
+
+    Built by running upsample_grid and the blur on the identity (a (1, in) grid per basis vector): the
+    same computation as the plain path, only reordered.
+    """
+    basis = torch.eye(in_size, dtype=torch.float64).unsqueeze(1)  # (in, 1, in)
+    rows = upsample_grid(basis, (1, out_size))[:, 0]  # (in, out): row j = the upsampled basis vector j
+    if sigma > 0:
+        rows = _blur_along(rows, 1, sigma, truncate)
+    return rows.T.contiguous()
+
+
+def smooth_upsample(patch_scores: torch.Tensor, output_size: int | tuple[int, int], sigma: float = 0.0,
+                    truncate: float = 4.0) -> torch.Tensor:
+    """gaussian_blur(upsample_patch_map(patch_scores, output_size), sigma), computed faster.
+
+    Both steps are linear and separable, so the map is A_h @ grid @ A_w^T with small (H, side) and
+    (W, side) matrices: about 30x fewer operations than upsampling to H x W and blurring there.
+    Results equal the plain path to float32 rounding (tests/test_fast_paths.py).
+    """
+    grid = _square_grid(patch_scores)
+    height, width = _pair(output_size)
+    sigma = max(float(sigma), 0.0)
+
+    def operator(out_size: int) -> torch.Tensor:
+        matrix = _smooth_upsampling_matrix(grid.shape[-1], out_size, sigma, float(truncate))
+        return matrix.to(device=grid.device, dtype=grid.dtype)
+
+    with torch.autocast(grid.device.type, enabled=False):
+        return operator(height) @ grid @ operator(width).T
+
+
+def upsampled_peak(patch_scores: torch.Tensor, output_size: int | tuple[int, int]) -> torch.Tensor:
+    """(B,) max of the bilinearly upsampled (unsmoothed) patch map, as max(upsample_patch_map(...))."""
+    return smooth_upsample(patch_scores, output_size).flatten(1).amax(dim=1)
 
 
 def scaled_sigma(sigma: float, reference_size: int, output_size: int | tuple[int, int]) -> float:

@@ -39,19 +39,22 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
-def dual_stream_block(layer: nn.Module, x_ori: torch.Tensor, x_vv: torch.Tensor | None):
+def dual_stream_block(layer: nn.Module, x_ori: torch.Tensor, x_vv: torch.Tensor | None, cls_only: bool = False):
     """Run one CLIP encoder layer on the original stream and, if `x_vv` is given, the V-V stream.
 
     Returns (x_ori after attention, x_ori after the block, x_vv after the block or None).
+    cls_only: return the original stream for the CLS token alone (keys and values still come from every
+    token), for the last block when nothing reads its patch tokens: saves the block's MLP on them.
     """
     attention = layer.self_attn
     num_heads = attention.num_heads
     hidden = layer.layer_norm1(x_ori)
-    q = _split_heads(attention.q_proj(hidden), num_heads)
+    residual, queries = (x_ori[:, :1], hidden[:, :1]) if cls_only else (x_ori, hidden)
+    q = _split_heads(attention.q_proj(queries), num_heads)
     k = _split_heads(attention.k_proj(hidden), num_heads)
     v = _split_heads(attention.v_proj(hidden), num_heads)
     # SDPA scales by 1/sqrt(head_dim), the same scale CLIP and the V-V path use.
-    x_attn = x_ori + attention.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+    x_attn = residual + attention.out_proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
     x_out = x_attn + layer.mlp(layer.layer_norm2(x_attn))
     if x_vv is not None:
         # V-V attention: the values attend to themselves; no MLP on this stream.
@@ -77,10 +80,14 @@ def dual_stream_vision_forward(
     x_ori = vision_model.pre_layrnorm(vision_model.embeddings(pixel_values))
     x_vv = None
     taps: dict[int, torch.Tensor] = {}
-    for index, layer in enumerate(vision_model.encoder.layers):
+    layers = vision_model.encoder.layers
+    # Only the CLS token of the last block's output is read (the global feature), unless a memory tap is there.
+    cls_only_last = len(layers) - 1 not in memory_set
+    for index, layer in enumerate(layers):
         if index in vv_set and x_vv is None:
             x_vv = x_ori
-        x_attn, x_ori, x_vv_next = dual_stream_block(layer, x_ori, x_vv if index in vv_set else None)
+        cls_only = cls_only_last and index == len(layers) - 1
+        x_attn, x_ori, x_vv_next = dual_stream_block(layer, x_ori, x_vv if index in vv_set else None, cls_only)
         if index in vv_set:
             x_vv = x_vv_next
         if index in memory_set:

@@ -1,9 +1,10 @@
 """Counting core shared by every metric: how many positives / negatives score >= each threshold.
 
 All metrics (AUROC, AP, F1-max, AUPRO) are functions of these counts, so exact and binned modes only
-differ in how the counts are built (distinct score values vs. fixed histogram edges).
+differ in how the counts are built (the thresholds where curves bend vs. fixed histogram edges).
 Working from sorted per-class copies (instead of an argsort over all pixels) keeps memory at one
-float32 copy per pixel for float32 maps.
+float32 copy per pixel for float32 maps; the exact counts only list thresholds around the positive
+scores, so nothing else per pixel is built.
 """
 
 from __future__ import annotations
@@ -28,15 +29,29 @@ class Counts:
 
 
 def exact_counts(
-    pos: np.ndarray, neg: np.ndarray, pos_weights: Optional[np.ndarray] = None, n_regions: int = 0
+    pos: np.ndarray,
+    neg: np.ndarray,
+    pos_weights: Optional[np.ndarray] = None,
+    n_regions: int = 0,
+    overwrite_neg: bool = False,
 ) -> Counts:
-    """Counts at every distinct score value (like sklearn's _binary_clf_curve), ties handled exactly.
+    """Exact counts at every threshold where a curve can change direction; ties handled exactly.
+
+    Every metric here is a function of the points (FP(t), TP(t)) (or (FP(t), PRO(t))) over the distinct
+    score values t, as sklearn's _binary_clf_curve lists them. Between two adjacent distinct *positive*
+    scores only FP moves, so the points there lie on one horizontal segment and need not be listed. Kept:
+    every distinct positive score u, the next float above it (t = nextafter(u) counts the scores > u, the
+    end of the segment before u) and the lowest score (the (N, P) corner). Areas (ROC, PRO up to any FPR
+    limit), AP, F1-max and its threshold come out as over all distinct values (sklearn), but only the
+    negatives are sorted and nothing per pixel is built after that.
 
     pos_weights (optional, same length as pos) are per-pixel 1/region_size used for PRO.
+    overwrite_neg: sort `neg` in place (saves a copy of the largest array when the caller owns it).
     """
     dtype = np.result_type(pos.dtype, neg.dtype)
     pos = pos.astype(dtype, copy=False)
-    neg = neg.astype(dtype, copy=False)
+    neg_sorted = neg.astype(dtype, copy=not overwrite_neg)  # a private (or given-up) array, sorted in place
+    neg_sorted.sort()
     if pos_weights is None:
         pos_sorted = np.sort(pos)
     else:
@@ -44,24 +59,21 @@ def exact_counts(
         pos_sorted = pos[order]
         w_sorted = pos_weights[order]
         del order
-    neg_sorted = np.sort(neg)
-    # merging two sorted runs: the stable sort (timsort/radix) does this in ~linear time
-    merged = np.sort(np.concatenate([pos_sorted, neg_sorted]), kind="stable")
-    keep = np.empty(merged.size, dtype=bool)
-    keep[-1] = True
-    np.not_equal(merged[1:], merged[:-1], out=keep[:-1])
-    thr = merged[keep]  # increasing distinct values
-    del merged, keep
-    # number of samples >= t = size - (number < t); searchsorted on increasing needles is cheap
+    lowest = [min(pos_sorted[:1].min(initial=np.inf), neg_sorted[:1].min(initial=np.inf))]
+    candidates = np.concatenate([pos_sorted, np.nextafter(pos_sorted, dtype.type(np.inf)), np.asarray(lowest, dtype)])
+    thr = np.unique(candidates)  # increasing, at most 2 * positives + 1 values
+    # number of samples >= t = size - (number < t)
     tp = pos_sorted.size - np.searchsorted(pos_sorted, thr, side="left")
     fp = neg_sorted.size - np.searchsorted(neg_sorted, thr, side="left")
+    above_all = (tp + fp) == 0  # thresholds above every score: the (0, 0) start point again
+    thr, tp, fp = thr[~above_all], tp[~above_all], fp[~above_all]
     pro_sum = None
     if pos_weights is not None:
         # weight of positives >= t via a suffix sum (reverse cumsum keeps small tails accurate)
         suffix = np.zeros(pos_sorted.size + 1, dtype=np.float64)
         suffix[:-1] = np.cumsum(w_sorted[::-1], dtype=np.float64)[::-1]
         pro_sum = suffix[np.searchsorted(pos_sorted, thr, side="left")][::-1]
-    return Counts(thr[::-1], tp[::-1], fp[::-1], int(pos.size), int(neg.size), pro_sum, n_regions)
+    return Counts(thr[::-1], tp[::-1], fp[::-1], int(pos.size), int(neg_sorted.size), pro_sum, n_regions)
 
 
 def bin_edges(lo: float, hi: float, num_bins: int) -> np.ndarray:

@@ -92,7 +92,7 @@ class PixelMetricAccumulator:
             neg = np.concatenate(self._neg) if self._neg else np.zeros(0, np.float32)
             check_both_classes(pos.size, neg.size, self._NAME, "masks")
             weights = 1.0 / np.concatenate(self._sizes)
-            return _curves.exact_counts(pos, neg, weights, self._n_regions)
+            return _curves.exact_counts(pos, neg, weights, self._n_regions, overwrite_neg=True)
         check_both_classes(int(self._hist_pos.sum()), int(self._hist_neg.sum()), self._NAME, "masks")
         edges = _curves.bin_edges(*self.score_range, self.num_bins)
         return _curves.binned_counts(self._hist_pos, self._hist_neg, edges, self._pro_hist, self._n_regions)
@@ -136,7 +136,7 @@ class ImageMetricAccumulator:
         y = np.concatenate(self._labels) if self._labels else np.zeros(0, bool)
         n_pos = int(y.sum())
         check_both_classes(n_pos, y.size - n_pos, self._NAME)
-        c = _curves.exact_counts(s[y], s[~y])
+        c = _curves.exact_counts(s[y], s[~y], overwrite_neg=True)
         f1, thr = _curves.f1_max(c)
         return {
             "image_auroc": _curves.roc_auc(c),

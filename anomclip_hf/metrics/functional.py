@@ -15,7 +15,7 @@ from ._regions import region_sizes
 
 def _counts(scores: Any, labels: Any, metric: str) -> _curves.Counts:
     s, y = binary_inputs(scores, labels, metric)
-    return _curves.exact_counts(s[y], s[~y])
+    return _curves.exact_counts(s[y], s[~y], overwrite_neg=True)
 
 
 def image_auroc(scores: Any, labels: Any) -> float:
@@ -38,7 +38,7 @@ def pixel_auroc(maps: Any, masks: Any) -> float:
     m, g = map_inputs(maps, masks, "pixel_auroc")
     n_pos = int(g.sum())
     check_both_classes(n_pos, g.size - n_pos, "pixel_auroc", "masks")
-    return _curves.roc_auc(_curves.exact_counts(m[g], m[~g]))
+    return _curves.roc_auc(_curves.exact_counts(m[g], m[~g], overwrite_neg=True))
 
 
 def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
@@ -53,4 +53,4 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     if n_regions == 0:
         raise ValueError("aupro: masks contain no anomalous region (mask == 1); at least one region is needed")
     check_both_classes(sizes.size, g.size - sizes.size, "aupro", "masks")
-    return _curves.aupro(_curves.exact_counts(m[g], m[~g], 1.0 / sizes, n_regions), fpr_limit)
+    return _curves.aupro(_curves.exact_counts(m[g], m[~g], 1.0 / sizes, n_regions, overwrite_neg=True), fpr_limit)
