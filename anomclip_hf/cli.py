@@ -23,8 +23,11 @@ def _cmd_demo(args) -> int:
 def _cmd_convert(args) -> int:
     from .convert_open_clip import save_converted_open_clip
 
-    folder = save_converted_open_clip(args.model, args.checkpoint, args.output, config_path=args.config)
-    print(f"transformers CLIP folder written to {folder}; use it as --base")
+    try:
+        folder = save_converted_open_clip(args.model, args.checkpoint, args.output, config_path=args.config)
+    except (ValueError, OSError, ImportError) as error:  # refusals, bad files, no open_clip: a message, no trace
+        raise SystemExit(f"anomclip convert-open-clip: {error}") from error
+    print(f"transformers CLIP folder (model, tokenizer, image processor) written to {folder}; use it as --base")
     return 0
 
 
@@ -108,11 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=0, help="train the prompts this many epochs (default: none)")
     demo.set_defaults(func=_cmd_demo)
 
-    convert = commands.add_parser("convert-open-clip", help="convert an open_clip checkpoint to a transformers CLIP")
-    convert.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-16-plus-240")
-    convert.add_argument("--checkpoint", required=True, help="checkpoint file or open_clip pretrained tag")
-    convert.add_argument("--config", default=None, help="open_clip model config JSON (else taken from open_clip)")
-    convert.add_argument("--output", required=True)
+    convert = commands.add_parser(
+        "convert-open-clip", help="convert an open_clip checkpoint to a transformers CLIP folder",
+        description="Write a transformers CLIPModel + CLIPTokenizer + CLIPImageProcessor folder from open_clip\n"
+                    "weights. Architectures CLIP cannot reproduce (timm/ResNet towers, attentional pooling,\n"
+                    "LayerScale, CoCa, other tokenizers, ...) are refused, naming the option that prevents it.",
+        epilog="examples:\n"
+               "  anomclip convert-open-clip --model ViT-B-16-plus-240 "
+               "--checkpoint vit_b_16_plus_240-laion400m_e32-699c4b84.pt --output vitb16plus-laion400m\n"
+               "  anomclip convert-open-clip --model ViT-B-16-plus-240 --checkpoint laion400m_e32 --output vitb16plus\n"
+               "  anomclip convert-open-clip --model my-vit --config my-vit.json --checkpoint weights.safetensors "
+               "--output my-vit-hf",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_argument("--model", required=True,
+                         help="open_clip model name (e.g. ViT-B-16-plus-240; a -quickgelu suffix selects QuickGELU) "
+                              "or an open_clip model-config JSON")
+    convert.add_argument("--checkpoint", required=True,
+                         help="checkpoint file (.safetensors, or a torch state dict) or an open_clip pretrained tag "
+                              "(e.g. laion400m_e32; downloaded by open_clip, needs network)")
+    convert.add_argument("--config", default=None,
+                         help="open_clip model-config JSON for --model (then open_clip itself is not needed)")
+    convert.add_argument("--output", required=True, help="folder to write (replaced all at once)")
     convert.set_defaults(func=_cmd_convert)
 
     push = commands.add_parser(

@@ -1,19 +1,32 @@
-"""open_clip -> transformers CLIP: config and state-dict mapping.
+"""open_clip -> transformers CLIP: config, weights, tokenizer and image processor, written as one folder.
 
-Needs only the open_clip model config (a dict as in open_clip's model_configs/*.json) and its state
-dict, so the mapping itself runs without open_clip installed; `anomclip convert-open-clip` adds the
-checkpoint loading on top.
+Weight mapping (open_clip ViT and text transformer -> `CLIPModel`):
+- visual.conv1 -> patch_embedding; class and positional embeddings; ln_pre -> pre_layrnorm; ln_post ->
+  post_layernorm; visual.proj (width x embed) -> visual_projection.weight (transposed);
+- every block: ln_1/ln_2 -> layer_norm1/2; the fused attn.in_proj (q, k, v stacked) -> q_proj, k_proj,
+  v_proj; attn.out_proj; mlp.c_fc/c_proj -> mlp.fc1/fc2;
+- text: token and positional embeddings, ln_final -> final_layer_norm, text_projection (transposed);
+- logit_scale (scalar or shape (1,)).
+The mapping needs a config dict and a state dict only, no open_clip; what open_clip adds (names, tags,
+model objects) is resolved in convert_open_clip_sources, what cannot be mapped is refused in
+convert_open_clip_checks.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
-from transformers import CLIPConfig
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
+from .convert_open_clip_checks import (CLIP_EOT_ID, PREPROCESS_DEFAULTS, UnsupportedOpenClipModel,
+                                       check_convertible)
+
+CLIP_SOT_ID = 49406
+CONVERSION_RECORD_NAME = "open_clip_conversion.json"
 _BLOCK_KEYS = {
     "ln_1": "layer_norm1",
     "ln_2": "layer_norm2",
@@ -22,123 +35,201 @@ _BLOCK_KEYS = {
     "mlp.c_proj": "mlp.fc2",
 }
 
+__all__ = ["ConvertedOpenClip", "UnsupportedOpenClipModel", "clip_config_from_open_clip",
+           "clip_image_processor_from_open_clip", "clip_model_from_open_clip_state_dict", "convert_open_clip",
+           "convert_open_clip_state_dict", "save_converted_open_clip"]
 
-def clip_config_from_open_clip(model_cfg: dict, eos_token_id: int = 49407, bos_token_id: int = 49406) -> CLIPConfig:
-    """A `CLIPConfig` with the shapes and activation of an open_clip model config."""
-    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    for tower in (vision, text):
-        if tower.get("ls_init_value") is not None:
-            raise ValueError("open_clip models with LayerScale (ls_init_value) have no transformers CLIP equivalent")
-    activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
-    vision_width = vision["width"]
-    head_width = vision.get("head_width", 64)
-    text_width = text["width"]
+
+def _side(size: Union[int, list, tuple]) -> int:
+    return int(size) if isinstance(size, int) else int(size[0])  # the checks ensured a square
+
+
+def _hidden_act(cfg: dict, tower: str) -> str:
+    if cfg["quick_gelu"]:
+        return "quick_gelu"  # x * sigmoid(1.702 x), open_clip's QuickGELU
+    approximate = (cfg[tower]["act_kwargs"] or {}).get("approximate", "none")
+    return "gelu_pytorch_tanh" if approximate == "tanh" else "gelu"
+
+
+def _layer_norm_eps(tower_cfg: dict) -> float:
+    return float((tower_cfg["norm_kwargs"] or {}).get("eps", 1e-5))  # torch's LayerNorm default
+
+
+def clip_config_from_open_clip(model_cfg: dict, model_name: str = "open_clip model") -> CLIPConfig:
+    """A `CLIPConfig` with the sizes and activations of an open_clip model config (refused if not mappable)."""
+    cfg = check_convertible(model_cfg, model_name)
+    vision, text, embed_dim = cfg["vision_cfg"], cfg["text_cfg"], cfg["embed_dim"]
     return CLIPConfig(
-        projection_dim=model_cfg["embed_dim"],
+        projection_dim=embed_dim,
         text_config=dict(
-            vocab_size=text.get("vocab_size", 49408), hidden_size=text_width,
-            intermediate_size=int(text_width * text.get("mlp_ratio", 4.0)),
+            vocab_size=text["vocab_size"], hidden_size=text["width"],
+            intermediate_size=int(text["width"] * text["mlp_ratio"]),  # int() as open_clip sizes its MLP
             num_hidden_layers=text["layers"], num_attention_heads=text["heads"],
-            max_position_embeddings=text.get("context_length", 77), hidden_act=activation,
-            layer_norm_eps=1e-5, eos_token_id=eos_token_id, bos_token_id=bos_token_id, pad_token_id=0,
-            projection_dim=model_cfg["embed_dim"],
+            max_position_embeddings=text["context_length"], hidden_act=_hidden_act(cfg, "text_cfg"),
+            layer_norm_eps=_layer_norm_eps(text), bos_token_id=CLIP_SOT_ID, eos_token_id=CLIP_EOT_ID,
+            pad_token_id=CLIP_EOT_ID,  # the written tokenizer pads with <|endoftext|>
+            projection_dim=embed_dim,
         ),
         vision_config=dict(
-            hidden_size=vision_width, intermediate_size=int(vision_width * vision.get("mlp_ratio", 4.0)),
-            num_hidden_layers=vision["layers"], num_attention_heads=vision_width // head_width,
-            image_size=vision["image_size"], patch_size=vision["patch_size"], hidden_act=activation,
-            layer_norm_eps=1e-5, projection_dim=model_cfg["embed_dim"],
+            hidden_size=vision["width"], intermediate_size=int(vision["width"] * vision["mlp_ratio"]),
+            num_hidden_layers=vision["layers"], num_attention_heads=vision["width"] // vision["head_width"],
+            image_size=_side(vision["image_size"]), patch_size=_side(vision["patch_size"]),
+            hidden_act=_hidden_act(cfg, "vision_cfg"), layer_norm_eps=_layer_norm_eps(vision),
+            projection_dim=embed_dim,
         ),
     )
 
 
-def _convert_blocks(state: dict, prefix: str, target: str, out: dict) -> None:
+class _StateReader:
+    """Takes open_clip tensors by key, so that keys left over at the end (weights of a part the config did
+    not announce, e.g. an attention pooler) are refused instead of silently dropped."""
+
+    def __init__(self, state: dict, model_name: str):
+        self.remaining = dict(state)
+        self.model_name = model_name
+
+    def take(self, key: str) -> torch.Tensor:
+        if key not in self.remaining:
+            raise ValueError(f"the checkpoint of {self.model_name!r} has no {key!r}: not the state dict of an "
+                             "open_clip CLIP with ViT towers")
+        return self.remaining.pop(key)
+
+    def has(self, key: str) -> bool:
+        return key in self.remaining
+
+
+def _convert_blocks(reader: _StateReader, prefix: str, target: str, out: dict) -> None:
     index = 0
-    while f"{prefix}.{index}.ln_1.weight" in state:
+    while reader.has(f"{prefix}.{index}.ln_1.weight"):
         source, dest = f"{prefix}.{index}", f"{target}.{index}"
         for old, new in _BLOCK_KEYS.items():
             for kind in ("weight", "bias"):
-                out[f"{dest}.{new}.{kind}"] = state[f"{source}.{old}.{kind}"]
-        # open_clip packs q, k, v into one in_proj; transformers keeps three Linear layers.
+                out[f"{dest}.{new}.{kind}"] = reader.take(f"{source}.{old}.{kind}")
+        # open_clip packs q, k, v into one in_proj (nn.MultiheadAttention); transformers keeps three Linears.
         for kind in ("weight", "bias"):
-            q, k, v = state[f"{source}.attn.in_proj_{kind}"].chunk(3, dim=0)
+            q, k, v = reader.take(f"{source}.attn.in_proj_{kind}").chunk(3, dim=0)
             out[f"{dest}.self_attn.q_proj.{kind}"] = q
             out[f"{dest}.self_attn.k_proj.{kind}"] = k
             out[f"{dest}.self_attn.v_proj.{kind}"] = v
         index += 1
 
 
-def convert_open_clip_state_dict(state: dict) -> dict[str, torch.Tensor]:
-    """Map an open_clip CLIP state dict (OpenAI-style ViT towers) to `CLIPModel` keys."""
+def convert_open_clip_state_dict(state: dict, model_name: str = "open_clip model") -> dict[str, torch.Tensor]:
+    """Map an open_clip CLIP state dict (ViT towers) to `CLIPModel` keys; every source key must be used."""
+    reader = _StateReader(state, model_name)
     out = {
-        "vision_model.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
-        "vision_model.embeddings.class_embedding": state["visual.class_embedding"],
-        "vision_model.embeddings.position_embedding.weight": state["visual.positional_embedding"],
-        "vision_model.pre_layrnorm.weight": state["visual.ln_pre.weight"],
-        "vision_model.pre_layrnorm.bias": state["visual.ln_pre.bias"],
-        "vision_model.post_layernorm.weight": state["visual.ln_post.weight"],
-        "vision_model.post_layernorm.bias": state["visual.ln_post.bias"],
-        "visual_projection.weight": state["visual.proj"].t().contiguous(),
-        "text_model.embeddings.token_embedding.weight": state["token_embedding.weight"],
-        "text_model.embeddings.position_embedding.weight": state["positional_embedding"],
-        "text_model.final_layer_norm.weight": state["ln_final.weight"],
-        "text_model.final_layer_norm.bias": state["ln_final.bias"],
-        "text_projection.weight": state["text_projection"].t().contiguous(),
-        "logit_scale": state["logit_scale"].reshape(()),
+        "vision_model.embeddings.patch_embedding.weight": reader.take("visual.conv1.weight"),
+        "vision_model.embeddings.class_embedding": reader.take("visual.class_embedding"),
+        "vision_model.embeddings.position_embedding.weight": reader.take("visual.positional_embedding"),
+        "vision_model.pre_layrnorm.weight": reader.take("visual.ln_pre.weight"),
+        "vision_model.pre_layrnorm.bias": reader.take("visual.ln_pre.bias"),
+        "vision_model.post_layernorm.weight": reader.take("visual.ln_post.weight"),
+        "vision_model.post_layernorm.bias": reader.take("visual.ln_post.bias"),
+        "visual_projection.weight": reader.take("visual.proj").t().contiguous(),
+        "text_model.embeddings.token_embedding.weight": reader.take("token_embedding.weight"),
+        "text_model.embeddings.position_embedding.weight": reader.take("positional_embedding"),
+        "text_model.final_layer_norm.weight": reader.take("ln_final.weight"),
+        "text_model.final_layer_norm.bias": reader.take("ln_final.bias"),
+        "text_projection.weight": reader.take("text_projection").t().contiguous(),
+        "logit_scale": reader.take("logit_scale").reshape(()),
     }
-    _convert_blocks(state, "visual.transformer.resblocks", "vision_model.encoder.layers", out)
-    _convert_blocks(state, "transformer.resblocks", "text_model.encoder.layers", out)
+    _convert_blocks(reader, "visual.transformer.resblocks", "vision_model.encoder.layers", out)
+    _convert_blocks(reader, "transformer.resblocks", "text_model.encoder.layers", out)
+    if reader.remaining:
+        raise UnsupportedOpenClipModel(
+            f"the checkpoint of {model_name!r} has weights CLIPModel has no place for: {sorted(reader.remaining)[:8]}"
+            f"{' ...' if len(reader.remaining) > 8 else ''} (does the config describe this checkpoint?)")
     return out
 
 
-def clip_model_from_open_clip_state_dict(model_cfg: dict, state: dict):
+def clip_model_from_open_clip_state_dict(model_cfg: dict, state: dict,
+                                         model_name: str = "open_clip model") -> CLIPModel:
     """A transformers `CLIPModel` loaded strictly from an open_clip config and state dict."""
-    from transformers import CLIPModel
-
-    model = CLIPModel(clip_config_from_open_clip(model_cfg))
-    converted = convert_open_clip_state_dict(state)
-    missing, unexpected = model.load_state_dict(converted, strict=False)
+    model = CLIPModel(clip_config_from_open_clip(model_cfg, model_name))
+    converted = convert_open_clip_state_dict(state, model_name)
+    try:
+        missing, unexpected = model.load_state_dict(converted, strict=False)
+    except RuntimeError as error:  # size mismatches
+        raise ValueError(f"the checkpoint of {model_name!r} does not fit its config: {error}") from None
     missing = [key for key in missing if not key.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"open_clip conversion mismatch: missing {missing}, unexpected {unexpected}")
+        raise ValueError(f"the checkpoint of {model_name!r} does not fit its config: missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]} (a different number of layers?)")
     return model.eval()
 
 
-def save_converted_open_clip(model_name: str, checkpoint: str, output_dir: str,
-                             config_path: Optional[str] = None) -> str:
-    """Convert an open_clip checkpoint into a transformers CLIP folder (model, tokenizer, image processor).
+def clip_image_processor_from_open_clip(image_size: int, preprocess_cfg: Optional[dict] = None) -> CLIPImageProcessor:
+    """open_clip's inference transform as a CLIPImageProcessor: RGB, resize the shortest edge (then centre
+    crop) or squash, bicubic or bilinear, rescale to [0, 1], normalise with the config's mean/std."""
+    cfg = {**PREPROCESS_DEFAULTS, **(preprocess_cfg or {})}
+    mean, std = ([float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]
+                 for v in (cfg["mean"], cfg["std"]))
+    # open_clip's eval transform treats 'random' as bicubic
+    resample = 2 if cfg["interpolation"] == "bilinear" else 3  # PIL's BILINEAR / BICUBIC codes
+    square = {"height": image_size, "width": image_size}
+    if cfg["resize_mode"] == "squash":
+        return CLIPImageProcessor(size=square, do_center_crop=False, resample=resample, image_mean=mean,
+                                  image_std=std)
+    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=square, do_center_crop=True,
+                              resample=resample, image_mean=mean, image_std=std)
 
-    With `config_path` (an open_clip model-config JSON) and a checkpoint file, open_clip itself is not needed;
-    otherwise the config (and a pretrained tag's download) come from open_clip.
-    """
-    from transformers import CLIPImageProcessor
 
-    from .atomic_io import atomic_directory
+def clip_tokenizer_for_open_clip(context_length: int) -> CLIPTokenizer:
+    """CLIP's BPE tokenizer (open_clip's own vocabulary file), truncating at the model's context length."""
     from .tokenization import build_offline_clip_tokenizer
 
-    if config_path is not None:
-        with open(config_path, encoding="utf-8") as handle:
-            model_cfg = json.load(handle)
-    else:
-        import open_clip
+    tokenizer = build_offline_clip_tokenizer(real_vocab=True)
+    tokenizer.model_max_length = context_length
+    return tokenizer
 
-        model_cfg = open_clip.get_model_config(model_name)
-        if model_cfg is None:
-            raise ValueError(f"open_clip knows no model named {model_name!r}")
-    if os.path.isfile(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        state = {key.removeprefix("module."): value for key, value in state.items()}
-    else:
-        import open_clip
 
-        state = open_clip.create_model(model_name, pretrained=checkpoint).state_dict()
-    model = clip_model_from_open_clip_state_dict(model_cfg, state)
-    model.config.name_or_path = f"open_clip:{model_name}:{os.path.basename(checkpoint)}"
-    size = model_cfg["vision_cfg"]["image_size"]
-    with atomic_directory(output_dir) as staging:
-        model.save_pretrained(staging)
-        build_offline_clip_tokenizer(real_vocab=True).save_pretrained(staging)
-        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
-            staging)
-    return output_dir
+@dataclass
+class ConvertedOpenClip:
+    """A converted model: the transformers CLIPModel, its processor and where it came from."""
+
+    model: CLIPModel
+    processor: CLIPProcessor
+    record: dict
+
+
+def convert_open_clip(model, checkpoint: Optional[str] = None, *, config: Optional[str] = None,
+                      name: Optional[str] = None) -> ConvertedOpenClip:
+    """Convert an open_clip model to a transformers `CLIPModel` + `CLIPProcessor`.
+
+    model: an open_clip model name (e.g. "ViT-B-16-plus-240"; a "-quickgelu" suffix selects QuickGELU), a path to
+    an open_clip model-config JSON, or an open_clip `CLIP` object (which brings its own weights).
+    checkpoint: a local .safetensors/torch file or an open_clip pretrained tag (downloaded by open_clip).
+    config: an open_clip model-config JSON for `model` used as a plain name (then open_clip is not needed).
+    Raises `UnsupportedOpenClipModel` for architectures CLIP cannot reproduce, before any weight is read.
+    """
+    from .convert_open_clip_sources import resolve_open_clip_source
+
+    source = resolve_open_clip_source(model, checkpoint, config=config, name=name)
+    cfg = check_convertible(source.model_cfg, source.name, source.preprocess_cfg)
+    clip = clip_model_from_open_clip_state_dict(source.model_cfg, source.load_state_dict(), source.name)
+    image_size = _side(cfg["vision_cfg"]["image_size"])
+    processor = CLIPProcessor(image_processor=clip_image_processor_from_open_clip(image_size, source.preprocess_cfg),
+                              tokenizer=clip_tokenizer_for_open_clip(cfg["text_cfg"]["context_length"]))
+    record = {"open_clip_model": source.name, **source.provenance, "model_cfg": source.model_cfg,
+              "preprocess_cfg": {**PREPROCESS_DEFAULTS, **source.preprocess_cfg},
+              "converter": "anomclip_hf.convert_open_clip"}
+    return ConvertedOpenClip(clip, processor, record)
+
+
+def save_converted_open_clip(model, checkpoint: Optional[str], output_dir: Union[str, os.PathLike],
+                             config_path: Optional[str] = None, name: Optional[str] = None) -> str:
+    """Convert (see `convert_open_clip`) and write a transformers CLIP folder all at once: the model, the
+    tokenizer, the image processor (readable by CLIPModel/CLIPProcessor.from_pretrained and
+    AnomCLIPModel.from_clip) and open_clip_conversion.json recording the source."""
+    from .atomic_io import atomic_directory
+
+    converted = convert_open_clip(model, checkpoint, config=config_path, name=name)
+    with atomic_directory(os.fspath(output_dir)) as staging:
+        converted.model.save_pretrained(staging)
+        # The classic Hub layout (preprocessor_config.json + tokenizer files), which every transformers
+        # release reads; CLIPProcessor.save_pretrained would nest the image settings in processor_config.json.
+        converted.processor.tokenizer.save_pretrained(staging)
+        converted.processor.image_processor.save_pretrained(staging)
+        with open(os.path.join(staging, CONVERSION_RECORD_NAME), "w", encoding="utf-8") as handle:
+            json.dump(converted.record, handle, indent=2, default=list)
+    return os.fspath(output_dir)
