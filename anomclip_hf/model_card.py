@@ -70,8 +70,9 @@ def _shot_seeds(category: dict) -> Optional[list]:
 
 
 def category_eval_results(category: dict) -> list[EvalResult]:
-    """The model-index entries of a category.json dict: image AUROC, pixel AUROC and AUPRO, with the data set,
-    split, shots and shot seeds they were measured with (none when the category was never evaluated)."""
+    """The model-index entries of a category.json dict: image AUROC, pixel AUROC and AUPRO (to 4 decimals), with
+    the data set, split, shots and shot seeds they were measured with (none when the category was never
+    evaluated)."""
     evaluation = category.get("evaluation") or {}
     metrics = evaluation.get("metrics") or {}
     dataset = str(evaluation.get("dataset") or _dataset_key(category) or "custom").lower()
@@ -82,7 +83,7 @@ def category_eval_results(category: dict) -> list[EvalResult]:
     return [EvalResult(**TASK, dataset_type=dataset, dataset_name=info["name"], dataset_config=category["category"],
                        dataset_split=evaluation.get("split", "test"),
                        dataset_args={k: v for k, v in args.items() if v is not None},
-                       metric_type=key, metric_name=title, metric_value=float(metrics[key]))
+                       metric_type=key, metric_name=title, metric_value=round(float(metrics[key]), 4))
             for key, title in CARD_METRICS if metrics.get(key) is not None]
 
 
