@@ -192,8 +192,8 @@ class ConvertedOpenClip:
     record: dict
 
 
-def convert_open_clip(model, checkpoint: Optional[str] = None, *, config: Optional[str] = None,
-                      name: Optional[str] = None) -> ConvertedOpenClip:
+def convert_open_clip(model: Union[str, os.PathLike, torch.nn.Module], checkpoint: Optional[str] = None, *,
+                      config: Optional[str] = None, name: Optional[str] = None) -> ConvertedOpenClip:
     """Convert an open_clip model to a transformers `CLIPModel` + `CLIPProcessor`.
 
     model: an open_clip model name (e.g. "ViT-B-16-plus-240"; a "-quickgelu" suffix selects QuickGELU), a path to
@@ -216,8 +216,9 @@ def convert_open_clip(model, checkpoint: Optional[str] = None, *, config: Option
     return ConvertedOpenClip(clip, processor, record)
 
 
-def save_converted_open_clip(model, checkpoint: Optional[str], output_dir: Union[str, os.PathLike],
-                             config_path: Optional[str] = None, name: Optional[str] = None) -> str:
+def save_converted_open_clip(model: Union[str, os.PathLike, torch.nn.Module], checkpoint: Optional[str],
+                             output_dir: Union[str, os.PathLike], config_path: Optional[str] = None,
+                             name: Optional[str] = None) -> str:
     """Convert (see `convert_open_clip`) and write a transformers CLIP folder all at once: the model, the
     tokenizer, the image processor (readable by CLIPModel/CLIPProcessor.from_pretrained and
     AnomCLIPModel.from_clip) and open_clip_conversion.json recording the source."""

@@ -150,23 +150,30 @@ def test_paper_backbone_shapes_and_preprocessing(plus240):
     assert tuple(image_processor.image_std) == pytest.approx((0.26862954, 0.26130258, 0.27577711))
 
 
-def test_vit_l_14_maps_strictly(open_clip):
+@pytest.mark.parametrize("name,vision_sizes,text_sizes", [
+    ("ViT-B-16", (768, 12, 12, 3072, 16, 224), (512, 8, 12, 512)),
+    ("ViT-L-14", (1024, 24, 16, 4096, 14, 224), (768, 12, 12, 768)),
+])
+def test_registry_shapes_map_strictly(open_clip, name, vision_sizes, text_sizes):
     """Shapes only (a ViT-L-14 forward is slow on CPU): both models on the meta device, a strict load."""
-    model_cfg = open_clip.get_model_config("ViT-L-14")
+    model_cfg = open_clip.get_model_config(name)
     with torch.device("meta"):
         reference = open_clip.CLIP(**model_cfg)
-        clip = CLIPModel(clip_config_from_open_clip(model_cfg, "ViT-L-14"))
-    converted = convert_open_clip_state_dict(reference.state_dict(), "ViT-L-14")
+        clip = CLIPModel(clip_config_from_open_clip(model_cfg, name))
+    converted = convert_open_clip_state_dict(reference.state_dict(), name)
     clip.load_state_dict(converted, strict=True, assign=True)
     vision, text = clip.config.vision_config, clip.config.text_config
     assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size,
-            vision.patch_size, vision.image_size) == (1024, 24, 16, 4096, 14, 224)
-    assert (text.hidden_size, text.num_attention_heads, text.num_hidden_layers, clip.config.projection_dim,
-            vision.hidden_act) == (768, 12, 12, 768, "gelu")
-    assert converted["vision_model.encoder.layers.23.self_attn.q_proj.weight"].shape == (1024, 1024)
-    assert converted["visual_projection.weight"].shape == (768, 1024)
+            vision.patch_size, vision.image_size) == vision_sizes
+    assert (text.hidden_size, text.num_attention_heads, text.num_hidden_layers,
+            clip.config.projection_dim) == text_sizes
+    assert vision.hidden_act == text.hidden_act == "gelu"
+    last = vision_sizes[1] - 1
+    width = vision_sizes[0]
+    assert converted[f"vision_model.encoder.layers.{last}.self_attn.q_proj.weight"].shape == (width, width)
+    assert converted["visual_projection.weight"].shape == (text_sizes[3], width)
     # a model object describes itself as its registry config does
-    inferred, _ = config_from_open_clip_model(reference, "ViT-L-14")
+    inferred, _ = config_from_open_clip_model(reference, name)
     assert clip_config_from_open_clip(inferred).to_dict() == clip.config.to_dict()
 
 
@@ -379,6 +386,20 @@ def test_unmappable_model_objects_are_refused(open_clip, kind, expected):
     assert expected in str(raised.value)
 
 
+def test_cli_converts_a_registered_name_with_a_checkpoint_file(open_clip, monkeypatch, tmp_path):
+    """The name route end to end: open_clip's registry gives the config, the file the weights."""
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "anomclip-tiny-vv", json.loads(GOLDEN_CONFIG.read_text()))
+    out = tmp_path / "tiny"
+    assert main(["convert-open-clip", "--model", "anomclip-tiny-vv", "--checkpoint", str(GOLDEN_WEIGHTS),
+                 "--output", str(out)]) == 0
+    model = open_clip.create_model("anomclip-tiny-vv", pretrained=str(GOLDEN_WEIGHTS)).eval()
+    reference = open_clip_reference(model, 240, open_clip.get_tokenizer("anomclip-tiny-vv"))
+    image_diff, text_diff = max_differences(reference, CLIPModel.from_pretrained(out),
+                                            CLIPProcessor.from_pretrained(out).tokenizer)
+    assert image_diff < TOL and text_diff < TOL
+    assert json.loads((out / CONVERSION_RECORD_NAME).read_text())["open_clip_model"] == "anomclip-tiny-vv"
+
+
 def test_registry_names_and_quickgelu_suffix(open_clip):
     with pytest.raises(ValueError, match="knows no model named 'ViT-B-16-plus-24'.*ViT-B-16-plus-240"):
         convert_open_clip("ViT-B-16-plus-24", "weights.pt")
@@ -471,6 +492,6 @@ def test_option_lists_follow_open_clip(open_clip):
     """A field open_clip adds or a default it changes must be looked at here before models use it."""
     vision_fields = {f.name: f.default for f in dataclasses.fields(open_clip.CLIPVisionCfg)}
     text_fields = {f.name: f.default for f in dataclasses.fields(open_clip.CLIPTextCfg)}
-    assert set(vision_fields) == KNOWN_VISION_OPTIONS and set(text_fields) == KNOWN_TEXT_OPTIONS
+    assert set(vision_fields) <= KNOWN_VISION_OPTIONS and set(text_fields) <= KNOWN_TEXT_OPTIONS
     assert {k: vision_fields[k] for k in VISION_DEFAULTS} == VISION_DEFAULTS
     assert {k: text_fields[k] for k in TEXT_DEFAULTS} == TEXT_DEFAULTS
