@@ -11,9 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from huggingface_hub import constants, get_cached_repo_tree, snapshot_download
-from huggingface_hub.errors import (CachedRepoTreeNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+try:  # the repo listing snapshot_download caches (huggingface_hub >= 1.x); older clients: no listing
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+except ImportError:  # pragma: no cover - depends on the installed client
+    get_cached_repo_tree, CachedRepoTreeNotFoundError = None, LookupError
 
 from .validation import validate_repo_id
 
@@ -57,9 +62,14 @@ def download_category(repo_id: str, revision: Optional[str] = None, *, cache_dir
         raise CategoryDownloadError(f"category {wanted} could not be downloaded and is not in the cache ({cache}): "
                                     f"{error}") from None
     commit = os.path.basename(folder)
+    return CategorySnapshot(folder=folder, commit=commit, repo_files=_cached_listing(repo_id, commit, cache_dir))
+
+
+def _cached_listing(repo_id: str, commit: str, cache_dir: Optional[str]) -> Optional[tuple]:
+    """Every file of the repo at `commit`, from the listing snapshot_download cached (no request)."""
+    if get_cached_repo_tree is None:
+        return None
     try:
-        listing = get_cached_repo_tree(repo_id, revision=commit, cache_dir=cache_dir)
-        repo_files = tuple(entry.path for entry in listing)
+        return tuple(entry.path for entry in get_cached_repo_tree(repo_id, revision=commit, cache_dir=cache_dir))
     except CachedRepoTreeNotFoundError:
-        repo_files = None
-    return CategorySnapshot(folder=folder, commit=commit, repo_files=repo_files)
+        return None
