@@ -292,7 +292,7 @@ def test_unsafe_category_names_and_repo_ids_touch_nothing(fake_hub, trained, ada
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     for pattern, fields, message in (("{org}/anomclip-{category}", {"org": "o", "category": "../x"}, "not allowed"),
                                      ("{org}/anomclip-{category}", {"category": "bottle"}, "needs a value for"),
-                                     ("{user}/x", {}, "unknown field")):
+                                     ("{user}/x", {}, "unknown field"), ("{org/x", {"org": "o"}, "malformed")):
         with pytest.raises(ValueError, match=message):
             repo_id_from_pattern(pattern, **fields)
     assert repo_id_from_pattern("{org}/anomclip-{dataset}-{category}-{shots}shot", org="me", dataset="mvtec",

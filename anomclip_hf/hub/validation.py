@@ -66,4 +66,7 @@ def repo_id_from_pattern(pattern: str, **fields: Any) -> str:
 
 def pattern_fields(pattern: str) -> set[str]:
     """The {fields} a repo-id pattern uses."""
-    return {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+    except ValueError as error:  # e.g. an unclosed "{org"
+        raise ValueError(f"repo-id pattern {pattern!r} is malformed: {error}") from None
