@@ -109,6 +109,8 @@ def category_record(model, state) -> dict:
         "training": metadata.get("training"),
         "evaluation": metadata.get("evaluation"),
         "decision_threshold": metadata.get("decision_threshold"),
+        "pixel_threshold": metadata.get("pixel_threshold"),
+        "threshold_estimate": metadata.get("threshold_estimate"),
     }
 
 
@@ -300,7 +302,8 @@ def load_category(model, path_or_repo_id: str, name: Optional[str] = None, activ
         name=name, class_name=record["class_name"], phrases=list(record["phrases"]),
         learned_prompts=bool(record["learned_prompts"]), memory_bank=memory_bank, prototypes=prototypes,
         metadata={key: record.get(key) for key in ("seed", "reference_files", "training", "evaluation",
-                                                   "decision_threshold")},
+                                                   "decision_threshold", "pixel_threshold",
+                                                   "threshold_estimate")},
     )
     model.prompt_tokens.load_adapter_state_dict(name, {k: v.to(model.device) for k, v in weights.items()})
     return model.register_category(state, activate)

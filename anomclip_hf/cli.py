@@ -14,9 +14,10 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     metrics = run_demo(args.output, base=args.base, shots=args.shots, seed=args.seed, batch_size=args.batch_size,
-                       epochs=args.epochs)
+                       epochs=args.epochs, progress=not args.quiet)
+    output = metrics.pop("output_dir")
     print(json.dumps(metrics, indent=2))
-    print(f"scores.csv, heatmaps/, adapter/, metrics.json (and base/ when embedded) written to {args.output}")
+    print(f"scores.csv, overlays/, metrics.json and adapter/ written to {output}")
     return 0
 
 
@@ -45,42 +46,36 @@ def _cmd_push(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .data.files import list_images
-    from .inference import score_images
     from .modeling_anomclip import AnomCLIPModel
-    from .visualization import anomaly_overlay
+    from .prediction import find_inputs, predict_files
 
+    images, others = find_inputs(args.images)  # before the model loads: a wrong folder fails at once
     model = AnomCLIPModel.from_base(args.base)
     state = model.load_category(args.category)
-    paths = list_images(args.images)
-    if not paths:
-        raise SystemExit(f"no images found in {args.images}")
-    os.makedirs(os.path.join(args.output, "heatmaps"), exist_ok=True)
-    threshold = state.metadata.get("decision_threshold")
-    with open(os.path.join(args.output, "scores.csv"), "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "image_score", "anomalous"])
-        for batch in score_images(model, paths, batch_size=args.batch_size, output_size=args.output_size):
-            for offset, index in enumerate(batch.indices):
-                score = float(batch.image_scores[offset])
-                verdict = "" if threshold is None else str(score > threshold).lower()
-                writer.writerow([paths[index], f"{score:.6f}", verdict])
-                name = os.path.splitext(os.path.basename(paths[index]))[0] + ".png"
-                anomaly_overlay(batch.images[offset], batch.anomaly_maps[offset]).save(os.path.join(args.output, "heatmaps", name))
-    print(f"{len(paths)} images scored; scores.csv and heatmaps/ in {args.output}")
-    return 0
+    if args.threshold is None and state.metadata.get("decision_threshold") is None:
+        print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
+              "pass --threshold to get decisions", file=sys.stderr)
+    result = predict_files(model, images, args.output, root=args.images, not_images=others, threshold=args.threshold,
+                           batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet)
+    for path, error in result.failures:
+        print(f"skipped {path}: {error}", file=sys.stderr)
+    print(result.summary())
+    return 0 if result.scores else 1
 
 
 def _cmd_fit(args) -> int:
     from .data import load_split
+    from .prompts import read_phrases_file
     from .training import config_from_args, train_category
 
     config = config_from_args(args)
+    phrases = read_phrases_file(args.phrases) if args.phrases else None
     shots = args.shots or len(load_split("folder", args.references, args.category, "train"))
     summary = train_category(args.base, args.category, args.output, dataset="folder", data_root=args.references,
-                             shots=shots, seed=args.seed, config=config, class_name=args.class_name,
+                             shots=shots, seed=args.seed, config=config, class_name=args.class_name, phrases=phrases,
                              resume_from_checkpoint=args.resume_from_checkpoint)
-    print(json.dumps({k: summary[k] for k in ("category", "shots", "epochs", "final_losses", "adapter_dir")}, indent=2))
+    keys = ("category", "shots", "epochs", "final_losses", "decision_threshold", "adapter_dir")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0
 
 
@@ -102,13 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomclip", description="PromptAD few-shot anomaly detection on CLIP")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="the whole job on a generated category (offline by default)")
-    demo.add_argument("--output", default="anomclip_demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--base", default=None, help="CLIP or AnomCLIP base; default: an embedded random CLIP")
-    demo.add_argument("--shots", type=int, default=2)
+    demo = commands.add_parser(
+        "demo", help="the whole job on a generated category (a Hub CLIP, or offline a random pipeline check)",
+        epilog=_examples("anomclip demo", "anomclip demo --output my_demo --epochs 10 --shots 4",
+                         "anomclip demo --base openai/clip-vit-large-patch14"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--output", default=None, help="output folder (default: a new anomclip-demo-DATE-TIME folder)")
+    demo.add_argument("--base", default=None, help="CLIP or AnomCLIP base (default: openai/clip-vit-base-patch16, "
+                      "or an embedded random CLIP when the Hub cannot be reached)")
+    demo.add_argument("--shots", type=int, default=2, help="normal reference images (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batch-size", type=int, default=8)
-    demo.add_argument("--epochs", type=int, default=0, help="train the prompts this many epochs (default: none)")
+    demo.add_argument("--epochs", type=int, default=4, help="prompt-training epochs, 0 for none (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
     convert = commands.add_parser(
@@ -153,18 +154,33 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` token)")
     push.set_defaults(func=_cmd_push)
 
-    predict = commands.add_parser("predict", help="score a folder of images with a category adapter")
-    predict.add_argument("--base", required=True)
+    predict = commands.add_parser(
+        "predict", help="score a folder of images (recursive) with a category adapter",
+        epilog=_examples("anomclip predict --base openai/clip-vit-base-patch16 --category runs/fit/adapter "
+                         "--images photos/ --output runs/predict",
+                         "anomclip predict --base B --category user/anomclip-mvtec-bottle --images photos/ "
+                         "--output out --threshold 0.3"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the category was trained on")
     predict.add_argument("--category", required=True, help="category adapter folder or Hub repo id")
-    predict.add_argument("--images", required=True)
-    predict.add_argument("--output", required=True)
+    predict.add_argument("--images", required=True, help="folder of images (sub-folders included)")
+    predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
+    predict.add_argument("--threshold", type=float, default=None,
+                         help="image-score decision threshold (default: the one stored with the category)")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
 
     from .training import add_training_arguments
 
-    fit = commands.add_parser("fit", help="train the prompts of one category on a folder of normal images")
+    fit = commands.add_parser(
+        "fit", help="train the prompts of one category on a folder of normal images",
+        epilog=_examples("anomclip fit --base openai/clip-vit-base-patch16 --references good_parts/ "
+                         "--category bracket --output runs/fit --epochs 20",
+                         "anomclip fit --base B --references good/ --category pcb --class-name 'circuit board' "
+                         "--phrases my_phrases.txt --output runs/pcb"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     fit.add_argument("--base", required=True)
     fit.add_argument("--references", required=True, help="folder of normal images (or of category sub-folders)")
     fit.add_argument("--category", required=True)
@@ -172,11 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--output", required=True, help="job folder; the adapter goes to OUTPUT/adapter")
     fit.add_argument("--shots", type=int, default=None, help="k reference images (default: every image)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the shot draw when --shots is smaller")
+    fit.add_argument("--phrases", default=None,
+                     help="text file of extra anomaly phrases, one per line, '{}' for the class name")
     fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
     add_training_arguments(fit)  # --preset, --epochs, --lr, ...
     fit.set_defaults(func=_cmd_fit)
 
-    evaluate = commands.add_parser("evaluate", help="the few-shot benchmark protocol (results.csv/json/md)")
+    evaluate = commands.add_parser(
+        "evaluate", help="the few-shot benchmark protocol (results.csv/json/md)",
+        epilog=_examples("anomclip evaluate --base converted/ViT-B-16-plus-240 --dataset mvtec --data-root "
+                         "/data/mvtec_ad --output runs/eval",
+                         "anomclip evaluate --base B --dataset visa --data-root /data/VisA --categories pcb1 "
+                         "--shots 1 --seeds 0 --output runs/visa"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.add_argument("--base", required=True)
     evaluate.add_argument("--dataset", required=True, choices=["mvtec", "visa", "folder"])
     evaluate.add_argument("--data-root", required=True)
@@ -193,9 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _examples(*commands: str) -> str:
+    return "examples:\n" + "\n".join(f"  {command}" for command in commands)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as error:
+        # Bad input (files, folders, settings, adapters): one clear sentence, not a traceback.
+        if os.environ.get("ANOMCLIP_DEBUG"):
+            raise
+        print(f"anomclip {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

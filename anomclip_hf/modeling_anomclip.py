@@ -301,6 +301,15 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         self.prompt_tokens.add_adapter(name, self.initial_prompt_vectors(seed).to(self.device))
         return self.register_category(state, activate)
 
+    def estimate_thresholds(self, reference_images, category: Optional[str] = None, margin: Optional[float] = None):
+        """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
+        in the same order, as its memory bank); stored in its metadata and category.json. See `thresholds`."""
+        from .thresholds import DEFAULT_MARGIN, estimate_thresholds
+
+        if not isinstance(reference_images, torch.Tensor):
+            reference_images = preprocess_images(list(reference_images), self.config.image_size)
+        return estimate_thresholds(self, reference_images, category, DEFAULT_MARGIN if margin is None else margin)
+
     def register_category(self, state: CategoryState, activate: bool = True) -> CategoryState:
         """Make a category whose prompt adapter is already in `prompt_tokens` available (and active)."""
         self._categories[state.name] = state

@@ -57,7 +57,11 @@ def test_training_lowers_loss_touches_only_prompts_and_adapter_reloads(tiny_mode
     assert not torch.equal(vectors.detach(), tiny_model.initial_prompt_vectors(config.prompt_seed))
 
     record = json.loads((tmp_path / "job" / "adapter" / "category.json").read_text())
-    assert record["seed"] == 111 and record["shots"] == 2 and record["decision_threshold"] is None
+    assert record["seed"] == 111 and record["shots"] == 2
+    # two shots: a leave-one-out threshold, above both held-out scores by the margin
+    estimate = record["threshold_estimate"]
+    assert record["decision_threshold"] == summary["decision_threshold"] == estimate["image"]
+    assert estimate["image"] == pytest.approx((1 + estimate["margin"]) * max(estimate["leave_one_out_image_scores"]))
     assert record["reference_files"] == summary["reference_files"] and len(summary["reference_files"]) == 2
     assert all(name.startswith(f"{CATEGORY}/train/good/") for name in summary["reference_files"])
     training = record["training"]
