@@ -289,6 +289,9 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         """Register a category: its memory bank (from normal reference images, or None for text-only),
         its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
         the same name. `learned_prompts=False` scores with hand-written prompts until trained."""
+        from .hub.validation import validate_category_name
+
+        validate_category_name(name)  # it becomes a PEFT adapter name, a folder name and part of repo ids
         use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
         state = CategoryState(
             name=name,

@@ -198,7 +198,7 @@ def test_overlay_panel_draws_contours_and_jet():
 
 
 def test_every_subcommand_help_has_an_example():
-    for command in ("demo", "fit", "predict", "evaluate", "convert-open-clip"):
+    for command in ("demo", "fit", "predict", "evaluate", "convert-open-clip", "push"):
         result = subprocess.run([sys.executable, "-m", "anomclip_hf.cli", command, "--help"], capture_output=True,
                                 text=True, check=True)
         assert "example" in result.stdout and f"anomclip {command}" in result.stdout, command
@@ -233,3 +233,10 @@ def test_python_api_thresholds_round_trip(tmp_path):
     model.add_category("single", reference_images=references[:1])
     with pytest.raises(ValueError, match="at least 2"):
         model.estimate_thresholds(references[:1], category="single")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "has space", "dotted.name", ""])
+def test_add_category_refuses_unsafe_names(tiny_model, name):
+    with pytest.raises(ValueError, match="category name"):
+        tiny_model.add_category(name)
+    assert name not in tiny_model.categories
