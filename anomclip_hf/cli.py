@@ -24,10 +24,7 @@ def _cmd_demo(args) -> int:
 def _cmd_convert(args) -> int:
     from .convert_open_clip import save_converted_open_clip
 
-    try:
-        folder = save_converted_open_clip(args.model, args.checkpoint, args.output, config_path=args.config)
-    except (ValueError, OSError, ImportError) as error:  # refusals, bad files, no open_clip: a message, no trace
-        raise SystemExit(f"anomclip convert-open-clip: {error}") from error
+    folder = save_converted_open_clip(args.model, args.checkpoint, args.output, config_path=args.config)
     print(f"transformers CLIP folder (model, tokenizer, image processor) written to {folder}; use it as --base")
     return 0
 
@@ -35,11 +32,8 @@ def _cmd_convert(args) -> int:
 def _cmd_push(args) -> int:
     from .hub import upload_category_folder
 
-    try:
-        commit = upload_category_folder(args.category, args.repo_id, private=args.private or None, token=args.token,
-                                        revision=args.revision, commit_message=args.commit_message)
-    except (ValueError, OSError) as error:  # a bad folder or repo id, the Hub refusing: a message, no trace
-        raise SystemExit(f"anomclip push: {error}") from error
+    commit = upload_category_folder(args.category, args.repo_id, private=args.private or None, token=args.token,
+                                    revision=args.revision, commit_message=args.commit_message)
     print(f"category adapter {args.category} pushed to {args.repo_id} (commit {commit.oid}); load it with "
           f"model.load_category({args.repo_id!r}) or pin revision={commit.oid!r}")
     return 0
@@ -97,11 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomclip", description="PromptAD few-shot anomaly detection on CLIP")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
-        "demo", help="the whole job on a generated category (a Hub CLIP, or offline a random pipeline check)",
-        epilog=_examples("anomclip demo", "anomclip demo --output my_demo --epochs 10 --shots 4",
-                         "anomclip demo --base openai/clip-vit-large-patch14"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo = _add_command(
+        commands, "demo", "the whole job on a generated category (a Hub CLIP, or offline a random pipeline check)",
+        "anomclip demo", "anomclip demo --output my_demo --epochs 10 --shots 4",
+        "anomclip demo --base openai/clip-vit-large-patch14")
     demo.add_argument("--output", default=None, help="output folder (default: a new anomclip-demo-DATE-TIME folder)")
     demo.add_argument("--base", default=None, help="CLIP or AnomCLIP base (default: openai/clip-vit-base-patch16, "
                       "or an embedded random CLIP when the Hub cannot be reached)")
@@ -112,18 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
-    convert = commands.add_parser(
-        "convert-open-clip", help="convert an open_clip checkpoint to a transformers CLIP folder",
+    convert = _add_command(
+        commands, "convert-open-clip", "convert an open_clip checkpoint to a transformers CLIP folder",
+        "anomclip convert-open-clip --model ViT-B-16-plus-240 --checkpoint vit_b_16_plus_240-laion400m_e32-699c4b84.pt "
+        "--output vitb16plus-laion400m",
+        "anomclip convert-open-clip --model ViT-B-16-plus-240 --checkpoint laion400m_e32 --output vitb16plus",
+        "anomclip convert-open-clip --model my-vit --config my-vit.json --checkpoint weights.safetensors "
+        "--output my-vit-hf",
         description="Write a transformers CLIPModel + CLIPTokenizer + CLIPImageProcessor folder from open_clip\n"
                     "weights. Architectures CLIP cannot reproduce (timm/ResNet towers, attentional pooling,\n"
-                    "LayerScale, CoCa, other tokenizers, ...) are refused, naming the option that prevents it.",
-        epilog="examples:\n"
-               "  anomclip convert-open-clip --model ViT-B-16-plus-240 "
-               "--checkpoint vit_b_16_plus_240-laion400m_e32-699c4b84.pt --output vitb16plus-laion400m\n"
-               "  anomclip convert-open-clip --model ViT-B-16-plus-240 --checkpoint laion400m_e32 --output vitb16plus\n"
-               "  anomclip convert-open-clip --model my-vit --config my-vit.json --checkpoint weights.safetensors "
-               "--output my-vit-hf",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "LayerScale, CoCa, other tokenizers, ...) are refused, naming the option that prevents it.")
     convert.add_argument("--model", required=True,
                          help="open_clip model name (e.g. ViT-B-16-plus-240; a -quickgelu suffix selects QuickGELU) "
                               "or an open_clip model-config JSON")
@@ -135,16 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--output", required=True, help="folder to write (replaced all at once)")
     convert.set_defaults(func=_cmd_convert)
 
-    push = commands.add_parser(
-        "push", help="push a category adapter folder to its own Hub repo (with its model card)",
+    push = _add_command(
+        commands, "push", "push a category adapter folder to its own Hub repo (with its model card)",
+        "anomclip push --category runs/fit/adapter --repo-id user/anomclip-mvtec-bottle-1shot",
+        "anomclip push --category runs/fit/adapter --repo-id my-org/anomclip-screws --private --revision experiment",
         description="Check a category adapter folder (as fit/evaluate/train.py write it) and push exactly its\n"
                     "files, with a model card rendered for the repo, as one commit. Log in first\n"
-                    "(`hf auth login`) or set HF_TOKEN.",
-        epilog="examples:\n"
-               "  anomclip push --category runs/fit/adapter --repo-id user/anomclip-mvtec-bottle-1shot\n"
-               "  anomclip push --category runs/fit/adapter --repo-id my-org/anomclip-screws --private "
-               "--revision experiment",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "(`hf auth login`) or set HF_TOKEN.")
     push.add_argument("--category", required=True, help="category adapter folder")
     push.add_argument("--repo-id", required=True, help="Hub repo id, e.g. user/anomclip-mvtec-bottle-1shot")
     push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
@@ -154,13 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` token)")
     push.set_defaults(func=_cmd_push)
 
-    predict = commands.add_parser(
-        "predict", help="score a folder of images (recursive) with a category adapter",
-        epilog=_examples("anomclip predict --base openai/clip-vit-base-patch16 --category runs/fit/adapter "
-                         "--images photos/ --output runs/predict",
-                         "anomclip predict --base B --category user/anomclip-mvtec-bottle --images photos/ "
-                         "--output out --threshold 0.3"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict = _add_command(
+        commands, "predict", "score a folder of images (recursive) with a category adapter",
+        "anomclip predict --base openai/clip-vit-base-patch16 --category runs/fit/adapter "
+        "--images photos/ --output runs/predict",
+        "anomclip predict --base B --category user/anomclip-mvtec-bottle --images photos/ "
+        "--output out --threshold 0.3")
     predict.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the category was trained on")
     predict.add_argument("--category", required=True, help="category adapter folder or Hub repo id")
     predict.add_argument("--images", required=True, help="folder of images (sub-folders included)")
@@ -174,13 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .training import add_training_arguments
 
-    fit = commands.add_parser(
-        "fit", help="train the prompts of one category on a folder of normal images",
-        epilog=_examples("anomclip fit --base openai/clip-vit-base-patch16 --references good_parts/ "
-                         "--category bracket --output runs/fit --epochs 20",
-                         "anomclip fit --base B --references good/ --category pcb --class-name 'circuit board' "
-                         "--phrases my_phrases.txt --output runs/pcb"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit = _add_command(
+        commands, "fit", "train the prompts of one category on a folder of normal images",
+        "anomclip fit --base openai/clip-vit-base-patch16 --references good_parts/ "
+        "--category bracket --output runs/fit --epochs 20",
+        "anomclip fit --base B --references good/ --category pcb --class-name 'circuit board' "
+        "--phrases my_phrases.txt --output runs/pcb")
     fit.add_argument("--base", required=True)
     fit.add_argument("--references", required=True, help="folder of normal images (or of category sub-folders)")
     fit.add_argument("--category", required=True)
@@ -194,13 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(fit)  # --preset, --epochs, --lr, ...
     fit.set_defaults(func=_cmd_fit)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="the few-shot benchmark protocol (results.csv/json/md)",
-        epilog=_examples("anomclip evaluate --base converted/ViT-B-16-plus-240 --dataset mvtec --data-root "
-                         "/data/mvtec_ad --output runs/eval",
-                         "anomclip evaluate --base B --dataset visa --data-root /data/VisA --categories pcb1 "
-                         "--shots 1 --seeds 0 --output runs/visa"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate = _add_command(
+        commands, "evaluate", "the few-shot benchmark protocol (results.csv/json/md)",
+        "anomclip evaluate --base converted/ViT-B-16-plus-240 --dataset mvtec --data-root "
+        "/data/mvtec_ad --output runs/eval",
+        "anomclip evaluate --base B --dataset visa --data-root /data/VisA --categories pcb1 "
+        "--shots 1 --seeds 0 --output runs/visa")
     evaluate.add_argument("--base", required=True)
     evaluate.add_argument("--dataset", required=True, choices=["mvtec", "visa", "folder"])
     evaluate.add_argument("--data-root", required=True)
@@ -217,8 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _examples(*commands: str) -> str:
-    return "examples:\n" + "\n".join(f"  {command}" for command in commands)
+def _add_command(commands, name: str, help: str, *examples: str, description: Optional[str] = None):
+    """A subcommand whose --help ends with its examples."""
+    return commands.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                               epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -229,8 +217,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         transformers_logging.disable_progress_bar()
     try:
         return args.func(args)
-    except (ValueError, OSError) as error:
-        # Bad input (files, folders, settings, adapters): one clear sentence, not a traceback.
+    except (ValueError, OSError, ImportError) as error:
+        # Bad input (files, folders, settings, adapters, the Hub refusing, open_clip missing): one clear
+        # sentence, not a traceback.
         if os.environ.get("ANOMCLIP_DEBUG"):
             raise
         print(f"anomclip {args.command}: error: {error}", file=sys.stderr)

@@ -472,7 +472,7 @@ def test_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path):
         convert_open_clip("x", str(GOLDEN_WEIGHTS), config=str(bad))
 
 
-def test_cli_refusal_is_a_message_and_leaves_the_output_alone(tmp_path):
+def test_cli_refusal_is_a_message_and_leaves_the_output_alone(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
@@ -480,9 +480,10 @@ def test_cli_refusal_is_a_message_and_leaves_the_output_alone(tmp_path):
     cfg = json.loads(GOLDEN_CONFIG.read_text())
     cfg["vision_cfg"]["ls_init_value"] = 1e-5
     config.write_text(json.dumps(cfg))
-    with pytest.raises(SystemExit) as raised:
-        main(["convert-open-clip", "--model", str(config), "--checkpoint", str(GOLDEN_WEIGHTS), "--output", str(out)])
-    assert "vision_cfg.ls_init_value=1e-05: LayerScale" in str(raised.value.code)
+    code = main(["convert-open-clip", "--model", str(config), "--checkpoint", str(GOLDEN_WEIGHTS), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("anomclip convert-open-clip: error:")
+    assert "vision_cfg.ls_init_value=1e-05: LayerScale" in err
     assert os.listdir(out) == ["keep.txt"]
     convert = build_parser()._subparsers._group_actions[0].choices["convert-open-clip"]
     assert "anomclip convert-open-clip --model ViT-B-16-plus-240 --checkpoint" in convert.format_help()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -361,10 +362,11 @@ def test_cli_push(fake_hub, adapter_dir, tmp_path, capsys, tiny_clip):
     assert _fresh(tiny_clip).load_category(REPO).name == "widget"
 
     requests = len(fake_hub.requests)
-    with pytest.raises(SystemExit, match="anomclip push: category adapter folder .*missing does not exist"):
-        main(["push", "--category", str(tmp_path / "missing"), "--repo-id", REPO])
-    with pytest.raises(SystemExit, match="Hub repo id 'not/a/repo' is not valid"):
-        main(["push", "--category", str(adapter_dir), "--repo-id", "not/a/repo"])
+    capsys.readouterr()
+    assert main(["push", "--category", str(tmp_path / "missing"), "--repo-id", REPO]) == 2
+    assert re.match(r"anomclip push: error: category adapter folder .*missing does not exist", capsys.readouterr().err)
+    assert main(["push", "--category", str(adapter_dir), "--repo-id", "not/a/repo"]) == 2
+    assert "Hub repo id 'not/a/repo' is not valid" in capsys.readouterr().err
     assert len(fake_hub.requests) == requests
 
 
