@@ -13,8 +13,10 @@ from transformers import CLIPVisionModel
 from anomclip_hf.inference import score_images
 from anomclip_hf.metrics import PixelMetricAccumulator, _curves
 from anomclip_hf.metrics._regions import region_sizes
+from anomclip_hf.modeling_anomclip import HEADS
 from anomclip_hf.scoring import (gaussian_blur, harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample,
                                  text_anomaly_probability, upsample_patch_map, upsampled_peak)
+from anomclip_hf.text_encoding import encode_text_embeddings, prefix_tree
 from anomclip_hf.vv_attention import dual_stream_vision_forward
 
 
@@ -122,6 +124,58 @@ def test_cls_only_last_block_matches_full_computation(tiny_clip):
     assert (trimmed.global_embeds - image_embeds).abs().max() < 1e-5
     assert torch.equal(trimmed.patch_embeds, full.patch_embeds)
     assert torch.equal(trimmed.memory_features[0], full.memory_features[0])
+
+
+# ----------------------------------------------------------------------------- text tower: shared prefixes
+
+
+def test_prefix_tree_merges_shared_prefixes():
+    sos, eos, pad = 7, 9, 0
+    ids = torch.tensor([[sos, 1, 2, eos, pad], [sos, 1, 3, eos, eos], [sos, 1, 2, 4, eos]])
+    tree = prefix_tree(ids, eos)
+    # nodes: sos, 1, 2, eos(row 0), 3, eos(row 1), 4, eos(row 2)
+    assert tree.num_nodes == 8
+    assert tree.node_positions.tolist() == [0, 1, 2, 3, 2, 3, 3, 4]
+    assert tree.eos_nodes.tolist() == [3, 5, 7]
+    assert tree.occurrences[2].tolist() == [0, 1, 2, 6, 7] and tree.occurrences[0, 4] == -1
+    assert tree.ancestors[7].nonzero().flatten().tolist() == [0, 1, 2, 6, 7]
+    assert tree.ancestors[5].nonzero().flatten().tolist() == [0, 1, 4, 5]
+
+
+def _head_features_and_gradients(model, share_prefixes, monkeypatch):
+    import anomclip_hf.modeling_anomclip as modeling
+
+    def encode(*args):
+        return encode_text_embeddings(*args, share_prefixes=share_prefixes)
+
+    monkeypatch.setattr(modeling, "encode_text_embeddings", encode)
+    vectors = model.prompt_parameters("bottle")[0]
+    vectors.grad = None
+    features = {head: model.encode_prompts("bottle", head) for head in HEADS}
+    loss = sum((f.normal.sum() + f.manual.pow(2).sum() + f.learned.sin().sum()) for f in features.values())
+    loss.backward()
+    return {head: torch.cat([f.normal, f.manual, f.learned]).detach() for head, f in features.items()}, vectors.grad.clone()
+
+
+def test_shared_prefixes_give_the_padded_features_and_gradients(tiny_model, monkeypatch):
+    tiny_model.add_category("bottle", learned_prompts=True, seed=3)
+    shared, shared_grad = _head_features_and_gradients(tiny_model, True, monkeypatch)
+    padded, padded_grad = _head_features_and_gradients(tiny_model, False, monkeypatch)
+    for head in HEADS:
+        assert (shared[head] - padded[head]).abs().max() < 1e-5
+    assert shared_grad.abs().max() > 0
+    assert (shared_grad - padded_grad).abs().max() < 1e-5 * padded_grad.abs().max()
+
+
+def test_equal_ids_with_different_embeddings_use_the_padded_batch(tiny_model):
+    clip, eos = tiny_model.clip, tiny_model.config.clip_config.text_config.eos_token_id
+    ids = tiny_model.tokenize_prompts(["bottle", "bottle crack"])[:, :16]
+    embeds = clip.text_model.embeddings.token_embedding(ids).detach().clone()
+    embeds[1, 1] += 0.5  # same id as row 0 at position 1, another vector: no prefix may be shared
+    with torch.no_grad():
+        shared = encode_text_embeddings(clip.text_model, clip.text_projection, embeds, ids, eos)
+        padded = encode_text_embeddings(clip.text_model, clip.text_projection, embeds, ids, eos, share_prefixes=False)
+    assert torch.equal(shared, padded)
 
 
 # ----------------------------------------------------------------------------- the model forward
