@@ -165,7 +165,7 @@ def render_category_card(category: dict, repo_or_folder: str) -> str:
         recipe=_recipe_section(category),
         prompt_mode="learned (PromptAD)" if category["learned_prompts"] else "hand-written (zero-shot)",
         anomaly_token_position=category["prompt_layout"]["anomaly_token_position"],
-        threshold=category.get("decision_threshold"),
+        threshold=_threshold_text(category),
         fingerprint=category["base_model"].get("fingerprint"),
         format_version=category.get("format_version"),
         licence_note=DATASETS.get(dataset or "", {}).get("note", CUSTOM_DATA_NOTE),
@@ -193,3 +193,15 @@ def render_base_card(model, repo_id: str, license: Optional[str] = None) -> str:
         fingerprint=base_model_fingerprint(model),
         **architecture,
     )
+
+
+def _threshold_text(category: dict) -> str:
+    """The decision threshold and where it comes from (category.json's threshold_estimate)."""
+    threshold = category.get("decision_threshold")
+    if threshold is None:
+        return "none stored (pass one to `predict --threshold`)"
+    estimate = category.get("threshold_estimate") or {}
+    if not estimate:
+        return f"{threshold:.4f}"
+    return (f"{threshold:.4f} (score >= threshold is anomalous; {estimate['method']}, margin "
+            f"{estimate['margin']:.0%} above the highest of {len(estimate['leave_one_out_image_scores'])} scores)")

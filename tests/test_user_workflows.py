@@ -89,6 +89,8 @@ def test_fit_stores_leave_one_out_threshold_above_every_reference(workspace):
     np.testing.assert_allclose(sorted(loo_scores), sorted(record["threshold_estimate"]["leave_one_out_image_scores"]),
                                rtol=1e-5, atol=1e-7)
     assert record["threshold_estimate"]["margin"] == DEFAULT_MARGIN
+    card = (workspace / "fit" / "adapter" / "README.md").read_text()
+    assert f"| decision threshold | {threshold:.4f} (score >= threshold is anomalous; leave-one-out" in card
     assert threshold >= (1 + DEFAULT_MARGIN) * max(loo_scores) * (1 - 1e-6)
     assert all(threshold > score for score in loo_scores)
 
