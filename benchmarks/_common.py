@@ -6,7 +6,8 @@ CPU shared with other work slows both alike; figures are medians over the repeat
 Peak memory is the resident set size (RSS) of the process, read from the kernel: on Linux the peak
 (VmHWM in /proc/self/status) is reset before the measured call by writing "5" to /proc/self/clear_refs, so
 the figure is the exact high-water mark of that call, not a sample. Before that, memory freed by earlier
-calls is handed back to the system (glibc malloc_trim), so the RSS at the start is what is live. Where clear_refs is not writable, a
+calls is handed back to the system (glibc malloc_trim), so the RSS at the start is what is live. Where
+clear_refs is not writable, a
 background thread samples RSS every millisecond instead (and may miss spikes shorter than that); the
 output names the method used.
 """

@@ -91,8 +91,9 @@ def main() -> None:
             entry.update(bare_peak_extra_rss_mib=bare_memory.extra_bytes / MIB,
                          full_peak_extra_rss_mib=full_memory.extra_bytes / MIB,
                          full_peak_rss_mib=full_memory.peak_bytes / MIB, rss_method=full_memory.method)
-            lines.append(f"batch {batch} peak RSS above the loaded model: full {full_memory.extra_bytes / MIB:.0f} MiB, "
-                         f"bare {bare_memory.extra_bytes / MIB:.0f} MiB (process peak {full_memory.peak_bytes / MIB:.0f}"
+            lines.append(f"batch {batch} peak RSS above the loaded model: full {full_memory.extra_bytes / MIB:.0f} "
+                         f"MiB, bare {bare_memory.extra_bytes / MIB:.0f} MiB (process peak "
+                         f"{full_memory.peak_bytes / MIB:.0f}"
                          f" MiB; {full_memory.method})")
         results["batches"][str(batch)] = entry
     report(args, results, lines)

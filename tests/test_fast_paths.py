@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 from transformers import CLIPVisionModel
@@ -14,6 +15,7 @@ from anomclip_hf.inference import score_images
 from anomclip_hf.metrics import PixelMetricAccumulator, _curves
 from anomclip_hf.metrics._regions import region_sizes
 from anomclip_hf.modeling_anomclip import HEADS
+from anomclip_hf.processing_anomclip import preprocess_images
 from anomclip_hf.scoring import (gaussian_blur, harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample,
                                  text_anomaly_probability, upsample_patch_map, upsampled_peak)
 from anomclip_hf.text_encoding import encode_text_embeddings, prefix_tree
@@ -154,7 +156,8 @@ def _head_features_and_gradients(model, share_prefixes, monkeypatch):
     features = {head: model.encode_prompts("bottle", head) for head in HEADS}
     loss = sum((f.normal.sum() + f.manual.pow(2).sum() + f.learned.sin().sum()) for f in features.values())
     loss.backward()
-    return {head: torch.cat([f.normal, f.manual, f.learned]).detach() for head, f in features.items()}, vectors.grad.clone()
+    stacked = {head: torch.cat([f.normal, f.manual, f.learned]).detach() for head, f in features.items()}
+    return stacked, vectors.grad.clone()
 
 
 def test_shared_prefixes_give_the_padded_features_and_gradients(tiny_model, monkeypatch):
@@ -229,12 +232,8 @@ def test_inference_runs_no_text_tower_once_prototypes_are_cached(scored_model):
 
 def test_score_images_in_inference_mode_equals_forward(scored_model):
     images = [np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(3)]
-    from PIL import Image
-
     pictures = [Image.fromarray(array) for array in images]
     batches = list(score_images(scored_model, pictures, batch_size=3, output_size=48, progress=False))
-    from anomclip_hf.processing_anomclip import preprocess_images
-
     with torch.no_grad():
         out = scored_model(preprocess_images(pictures, scored_model.config.image_size), output_size=48)
     assert np.array_equal(np.concatenate([b.image_scores for b in batches]), out.image_scores.numpy())
@@ -256,6 +255,12 @@ def test_autocast_forward_is_close_and_float32(scored_model):
     assert low.anomaly_maps.dtype == low.image_scores.dtype == torch.float32
     assert (low.anomaly_maps - reference.anomaly_maps).abs().max() < 0.05
     assert (low.image_scores - reference.image_scores).abs().max() < 0.05
+    pictures = [Image.fromarray(np.full((30, 30, 3), 120, dtype=np.uint8))]
+    plain, = score_images(scored_model, pictures, output_size=40, progress=False)
+    autocast, = score_images(scored_model, pictures, output_size=40, progress=False, autocast_dtype=torch.bfloat16)
+    assert autocast.anomaly_maps.dtype == np.float32
+    assert not np.array_equal(autocast.anomaly_maps, plain.anomaly_maps)  # autocast did take effect
+    assert np.abs(autocast.anomaly_maps - plain.anomaly_maps).max() < 0.05
 
 
 # ----------------------------------------------------------------------------- metrics: exact counts
