@@ -306,11 +306,15 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
 
     def estimate_thresholds(self, reference_images, category: Optional[str] = None, margin: Optional[float] = None):
         """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
-        in the same order, as its memory bank); stored in its metadata and category.json. See `thresholds`."""
+        in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
+        output); stored in its metadata and category.json. See `thresholds`."""
         from .thresholds import DEFAULT_MARGIN, estimate_thresholds
 
-        if not isinstance(reference_images, torch.Tensor):
+        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
             reference_images = preprocess_images(list(reference_images), self.config.image_size)
+        if isinstance(reference_images, torch.Tensor):
+            with torch.no_grad():
+                reference_images = self.encode_images(reference_images.to(self.device))
         return estimate_thresholds(self, reference_images, category, DEFAULT_MARGIN if margin is None else margin)
 
     def register_category(self, state: CategoryState, activate: bool = True) -> CategoryState:
@@ -342,21 +346,38 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
-        state = self.get_category(category)
-        mode = mode or ("full" if state.memory_bank is not None else "text")
+        self._scoring_mode(self.get_category(category), mode)  # fail before the vision tower runs
+        output = self.score_features(self.encode_images(pixel_values), category, output_size, mode)
+        return output if return_dict else output.to_tuple()
+
+    def _scoring_mode(self, state: CategoryState, mode: Optional[str], memory_bank=None) -> str:
+        has_memory = state.memory_bank is not None or memory_bank is not None
+        mode = mode or ("full" if has_memory else "text")
         if mode not in SCORING_MODES:
             raise ValueError(f"mode={mode!r}; expected one of {SCORING_MODES}")
-        if mode in ("full", "memory") and state.memory_bank is None:
+        if mode in ("full", "memory") and not has_memory:
             raise ValueError(f"mode={mode!r} needs reference images, but category {state.name!r} has none")
+        return mode
+
+    def score_features(self, features: VisionFeatures, category: Optional[str] = None, output_size=None,
+                       mode: Optional[str] = None, memory_bank: Optional[Sequence[torch.Tensor]] = None
+                       ) -> AnomCLIPOutput:
+        """The scores of `encode_images` output (the forward without the vision tower).
+
+        memory_bank: per memory layer (k, P, W) features to use instead of the category's own (e.g. the
+        references but one, for leave-one-out thresholds).
+        """
+        state = self.get_category(category)
+        mode = self._scoring_mode(state, mode, memory_bank)
+        memory_bank = state.memory_bank if memory_bank is None else memory_bank
         output_size = output_size or self.config.output_size or self.config.image_size
-        features = self.encode_images(pixel_values)
         text_image = text_patch = visual_patch = None
         if mode in ("full", "text"):
             prototypes = self.text_prototypes(state.name)
             text_image = text_anomaly_probability(features.global_embeds.float(), prototypes["image"], self.temperature)
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
-            bank = [layer.reshape(-1, layer.shape[-1]).to(self.device) for layer in state.memory_bank]
+            bank = [layer.reshape(-1, layer.shape[-1]).to(self.device) for layer in memory_bank]
             visual_patch = memory_patch_scores([f.float() for f in features.memory_features], bank)
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
@@ -369,9 +390,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             patch_scores, image_scores = text_patch, text_image
         sigma = scaled_sigma(self.config.gaussian_sigma, self.config.sigma_reference_size, output_size)
         maps = smooth_upsample(patch_scores, output_size, sigma)
-        output = AnomCLIPOutput(image_scores=image_scores, anomaly_maps=maps, text_image_scores=text_image,
-                                memory_patch_scores=visual_patch)
-        return output if return_dict else output.to_tuple()
+        return AnomCLIPOutput(image_scores=image_scores, anomaly_maps=maps, text_image_scores=text_image,
+                              memory_patch_scores=visual_patch)
 
     # ----------------------------------------------------------------------------------------- adapters
     def save_category(self, save_directory: str, name: Optional[str] = None) -> str:

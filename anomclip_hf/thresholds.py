@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from .vv_attention import VisionFeatures
+
 DEFAULT_MARGIN = 0.1
 
 
@@ -42,11 +44,12 @@ def decision(score: float, threshold: Optional[float]) -> str:
     return "" if threshold is None else ("anomalous" if score >= threshold else "normal")
 
 
-def leave_one_out_scores(model, pixel_values: torch.Tensor, category: Optional[str] = None
+def leave_one_out_scores(model, references: VisionFeatures, category: Optional[str] = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.
 
-    `pixel_values` are the references' model inputs, in the order of the category's memory bank.
+    `references` are the references' `encode_images` output, in the order of the category's memory bank
+    (the features the memory bank was built from, so the vision tower does not run again).
     """
     state = model.get_category(category)
     if state.memory_bank is None:
@@ -55,29 +58,28 @@ def leave_one_out_scores(model, pixel_values: torch.Tensor, category: Optional[s
     if shots < 2:
         raise ValueError(f"category {state.name!r} has {shots} reference image; leave-one-out needs at least 2 "
                          "(pass a threshold instead)")
-    if pixel_values.shape[0] != shots:
-        raise ValueError(f"{pixel_values.shape[0]} reference images given, but the memory bank holds {shots}")
-    full_bank = state.memory_bank
+    if references.global_embeds.shape[0] != shots:
+        raise ValueError(f"{references.global_embeds.shape[0]} reference images given, but the memory bank "
+                         f"holds {shots}")
     image_scores, pixel_maxima = [], []
-    try:
-        with torch.inference_mode():
-            for index in range(shots):
-                keep = torch.arange(shots, device=full_bank[0].device) != index
-                state.memory_bank = [layer[keep] for layer in full_bank]
-                out = model(pixel_values[index: index + 1].to(model.device), category=state.name)
-                image_scores.append(out.image_scores[0].float().cpu())
-                pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
-    finally:
-        state.memory_bank = full_bank
+    with torch.inference_mode():
+        for index in range(shots):
+            keep = torch.arange(shots, device=state.memory_bank[0].device) != index
+            held_out = VisionFeatures(references.global_embeds[index: index + 1],
+                                      references.patch_embeds[index: index + 1],
+                                      [layer[index: index + 1] for layer in references.memory_features])
+            out = model.score_features(held_out, state.name, memory_bank=[layer[keep] for layer in state.memory_bank])
+            image_scores.append(out.image_scores[0].float().cpu())
+            pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
     return torch.stack(image_scores), torch.stack(pixel_maxima)
 
 
-def estimate_thresholds(model, pixel_values: torch.Tensor, category: Optional[str] = None,
+def estimate_thresholds(model, references: VisionFeatures, category: Optional[str] = None,
                         margin: float = DEFAULT_MARGIN) -> ThresholdEstimate:
     """Leave-one-out thresholds of a category (see the module docstring), stored in its metadata."""
     if margin < 0:
         raise ValueError(f"margin={margin}; expected >= 0")
-    image_scores, pixel_maxima = leave_one_out_scores(model, pixel_values, category)
+    image_scores, pixel_maxima = leave_one_out_scores(model, references, category)
     estimate = ThresholdEstimate(
         image=float((1 + margin) * image_scores.max()), pixel=float((1 + margin) * pixel_maxima.max()),
         margin=margin, method="leave-one-out over the references",
@@ -94,11 +96,11 @@ def record_thresholds(state, estimate: ThresholdEstimate) -> None:
     state.metadata["threshold_estimate"] = estimate.to_dict()
 
 
-def try_estimate_thresholds(model, pixel_values: torch.Tensor, category: Optional[str] = None,
+def try_estimate_thresholds(model, references: VisionFeatures, category: Optional[str] = None,
                             margin: float = DEFAULT_MARGIN) -> Optional[ThresholdEstimate]:
     """`estimate_thresholds`, or None (thresholds left unset) when there are fewer than 2 references."""
-    if pixel_values.shape[0] < 2:
+    if references.global_embeds.shape[0] < 2:
         state = model.get_category(category)
         state.metadata.update(decision_threshold=None, pixel_threshold=None, threshold_estimate=None)
         return None
-    return estimate_thresholds(model, pixel_values, category, margin)
+    return estimate_thresholds(model, references, category, margin)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Union
 
+import torch
 from transformers import PretrainedConfig
 
 from ..configuration_anomclip import AnomCLIPConfig
@@ -42,9 +43,11 @@ def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, c
     thresholds; the drawn files are recorded in its metadata (and so in category.json)."""
     references = select_references(dataset, data_root, category, shots, seed)
     pixel_values = preprocess_images(read_references(references), model.config.image_size)
-    state = model.add_category(category, reference_images=pixel_values, seed=seed)
+    with torch.no_grad():
+        vision = model.encode_images(pixel_values.to(model.device))  # one pass: memory bank and thresholds
+    state = model.add_category(category, reference_images=vision, seed=seed)
     state.metadata["reference_files"] = [os.path.relpath(path, data_root) for path in references]
-    try_estimate_thresholds(model, pixel_values, category)
+    try_estimate_thresholds(model, vision, category)
     return state
 
 

@@ -111,7 +111,7 @@ def train_category(
         "mixed_precision": accelerator.mixed_precision, "resumed_from": result.resumed_from,
     }
     state.metadata.update(seed=config.prompt_seed, reference_files=reference_files, training=training)
-    thresholds = try_estimate_thresholds(model, pixel_values, category)
+    thresholds = try_estimate_thresholds(model, vision, category)
     summary = {**job, "status": "trained", "class_name": state.class_name, "job_dir": output_dir,
                "adapter_dir": adapter_dir, "reference_files": reference_files, "prompt_seed": config.prompt_seed,
                "schedule": config.schedule, "epochs": result.epochs, "final_losses": result.final_losses(),
