@@ -45,7 +45,7 @@ def _cmd_predict(args) -> int:
 
     images, others = find_inputs(args.images)  # before the model loads: a wrong folder fails at once
     model = AnomCLIPModel.from_base(args.base)
-    state = model.load_category(args.category)
+    state = model.load_category(args.category, revision=args.revision)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
               "pass --threshold to get decisions", file=sys.stderr)
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output out --threshold 0.3")
     predict.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the category was trained on")
     predict.add_argument("--category", required=True, help="category adapter folder or Hub repo id")
+    predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     predict.add_argument("--images", required=True, help="folder of images (sub-folders included)")
     predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
     predict.add_argument("--threshold", type=float, default=None,

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 from huggingface_hub import ModelCard, constants
 from PIL import Image
 from transformers import CLIPModel
 
-from anomclip_hf import AnomCLIPModel
+from anomclip_hf import AnomCLIPModel, AnomCLIPProcessor
 from anomclip_hf.category_io import LAYOUT_FILES, base_model_fingerprint
 from anomclip_hf.hub import CategoryDownloadError, repo_id_from_pattern, upload_category_folder
 from anomclip_hf.tokenization import build_offline_clip_tokenizer
@@ -420,3 +421,36 @@ def test_train_script_pushes_each_job_and_a_rerun_pushes_only_what_is_missing(fa
                                              "o", "--hub-repo-id", "x/y"])
     with pytest.raises(ValueError, match="--hub-repo-id is given without --push-to-hub"):
         script.hub_target_from_args(args)
+
+
+def test_cli_predict_by_repo_id_at_a_revision(fake_hub, trained, tiny_clip, tmp_path, capsys):
+    import csv
+
+    from anomclip_hf.cli import main
+
+    first = trained.push_category_to_hub(REPO).oid
+    with torch.no_grad():
+        trained.prompt_parameters()[0].mul_(-1.0)
+    trained.clear_prototype_cache()
+    trained.push_category_to_hub(REPO, commit_message="second")
+    trained.save_pretrained(tmp_path / "base")
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in (5, 6):
+        _image(seed).save(images / f"img{seed}.png")
+    expected = {}
+    for revision in (first, None):
+        fresh = _fresh(tiny_clip)
+        fresh.load_category(REPO, revision=revision)
+        with torch.no_grad():
+            out = fresh(AnomCLIPProcessor.from_model(fresh)(images=sorted(images.iterdir()))["pixel_values"])
+        expected[revision] = out.image_scores.numpy()
+    for revision in (first, None):
+        out_dir = tmp_path / f"pred-{revision}"
+        args = ["predict", "--base", str(tmp_path / "base"), "--category", REPO, "--images", str(images),
+                "--output", str(out_dir), "--threshold", "0.5", "--quiet"]
+        assert main(args + (["--revision", revision] if revision else [])) == 0
+        with open(out_dir / "scores.csv", newline="") as handle:
+            scores = [float(row["image_score"]) for row in csv.DictReader(handle)]
+        assert scores == pytest.approx(list(expected[revision]), abs=2e-6)
+    assert not np.allclose(expected[first], expected[None])
