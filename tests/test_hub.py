@@ -276,13 +276,18 @@ def test_unsafe_category_names_and_repo_ids_touch_nothing(fake_hub, trained, ada
     with pytest.raises(ValueError, match=r"category.json: category name '\.\./x' is not allowed"):
         fresh.load_category(str(adapter_dir))
     _assert_nothing_loaded(fresh)
-    # a model category with a path in its name is refused before a folder or a request is made
-    trained.add_category("a/b", reference_images=[_image(5)])
+    # a category with a path in its name is refused when it is made, and (renamed afterwards) before a
+    # folder or a request is made
+    with pytest.raises(ValueError, match="category name 'a/b' is not allowed"):
+        trained.add_category("a/b", reference_images=[_image(5)])
+    assert "a/b" not in trained.categories
+    trained.get_category("widget").name = "a/b"
     target = tmp_path / "out" / "adapter"
     with pytest.raises(ValueError, match="category name 'a/b' is not allowed"):
         trained.save_category(target)
     with pytest.raises(ValueError, match="is not allowed"):
         trained.push_category_to_hub(REPO)
+    trained.get_category("widget").name = "widget"
     for bad in ("", "a/b/c", "../x", "x--y", "/abs/path"):
         with pytest.raises(ValueError, match="Hub repo id .* is not valid"):
             trained.push_category_to_hub(bad, name="widget")
