@@ -10,6 +10,27 @@ import sys
 from typing import Optional, Sequence
 
 
+AUTOCAST_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def autocast_dtype(name: str):
+    """--autocast none/bf16/fp16 -> None / torch.bfloat16 / torch.float16."""
+    import torch
+
+    return None if AUTOCAST_DTYPES[name] is None else getattr(torch, AUTOCAST_DTYPES[name])
+
+
+def resolve_device(name: str) -> str:
+    """"auto": the first GPU (CUDA, else Apple MPS) if there is one, else the CPU; any other name as is."""
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -44,13 +65,14 @@ def _cmd_predict(args) -> int:
     from .prediction import find_inputs, predict_files
 
     images, others = find_inputs(args.images)  # before the model loads: a wrong folder fails at once
-    model = AnomCLIPModel.from_base(args.base)
+    model = AnomCLIPModel.from_base(args.base).to(resolve_device(args.device))
     state = model.load_category(args.category, revision=args.revision)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
               "pass --threshold to get decisions", file=sys.stderr)
     result = predict_files(model, images, args.output, root=args.images, not_images=others, threshold=args.threshold,
-                           batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet)
+                           batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet,
+                           autocast_dtype=autocast_dtype(args.autocast))
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
     print(result.summary())
@@ -157,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image-score decision threshold (default: the one stored with the category)")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
+    predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
+    predict.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default="none",
+                         help="run the vision tower in bf16/fp16 on a GPU; scores and maps stay float32")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
 

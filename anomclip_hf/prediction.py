@@ -59,11 +59,12 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                   pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
                   extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, batch_size: int = 16,
                   output_size: Optional[int] = None, keep_maps: bool = False, note: str = "",
-                  not_images: Sequence[str] = (), progress: bool = True) -> PredictionResult:
+                  not_images: Sequence[str] = (), autocast_dtype=None, progress: bool = True) -> PredictionResult:
     """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir`.
 
     threshold / pixel_threshold: default to the category's stored ones (category.json).
-    ground_truth: path -> mask file, drawn as a green contour; extra_columns: path -> {column: value}.
+    ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
+    autocast_dtype: torch.bfloat16 / torch.float16 for the vision tower on a GPU (see `score_images`).
     Unreadable files, and the `not_images` found beside the images, are reported (errors.csv and the
     result), never fatal.
     """
@@ -78,7 +79,8 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
         writer = csv.writer(handle)
         writer.writerow(["path", "image_score", "decision", *columns])
         for batch in score_images(model, list(paths), batch_size=batch_size, output_size=output_size,
-                                  category=state.name, progress=progress, skip_unreadable=True):
+                                  category=state.name, progress=progress, skip_unreadable=True,
+                                  autocast_dtype=autocast_dtype):
             result.failures += [(paths[index], error) for index, error in batch.failures]
             for offset, index in enumerate(batch.indices):
                 path, score = paths[index], float(batch.image_scores[offset])

@@ -242,3 +242,22 @@ def test_add_category_refuses_unsafe_names(tiny_model, name):
     with pytest.raises(ValueError, match="category name"):
         tiny_model.add_category(name)
     assert name not in tiny_model.categories
+
+
+def test_predict_device_and_autocast_options(workspace, tmp_path):
+    from anomclip_hf.cli import autocast_dtype, resolve_device
+
+    assert resolve_device("cpu") == "cpu" and autocast_dtype("bf16") == torch.bfloat16 and autocast_dtype("none") is None
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert resolve_device("auto") == "cpu"
+    else:
+        assert resolve_device("auto") in ("cuda", "mps")
+    images = workspace / "data" / "widget" / "test" / "good"
+    base = ["predict", "--base", str(workspace / "base"), "--category", str(workspace / "fit" / "adapter"),
+            "--images", str(images), "--device", "cpu", "--quiet"]
+    assert main(base + ["--output", str(tmp_path / "fp32")]) == 0
+    assert main(base + ["--output", str(tmp_path / "bf16"), "--autocast", "bf16"]) == 0
+    full = [float(r["image_score"]) for r in _rows(tmp_path / "fp32" / "scores.csv")]
+    low = [float(r["image_score"]) for r in _rows(tmp_path / "bf16" / "scores.csv")]
+    # bf16 keeps about 3 significant digits in the vision tower; scores stay float32 and close
+    assert low != full and np.allclose(low, full, atol=0.02)
