@@ -1,8 +1,9 @@
-"""Write a folder all at once: readers see the old folder or the complete new one, never half of it."""
+"""Write a folder or a JSON file all at once: readers see the old one or the complete new one, never half."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -29,3 +30,12 @@ def atomic_directory(target: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_json(path: str, payload) -> None:
+    """Write a JSON file atomically (a temporary file beside it, then a rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.partial-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(temporary, path)

@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic_io import write_json
 from ..data import load_split, read_mask
 from ..inference import score_images
 from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
@@ -149,10 +150,7 @@ def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, d
                 "metrics": {key: metrics[key] for key in ("image_auroc", "pixel_auroc", "aupro")}}
             model.save_category(origin["adapter"], job.category)
             cell = {**asdict(job), **origin, "metrics": metrics, "settings": _as_json(asdict(settings))}
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".tmp", "w", encoding="utf-8") as handle:
-                json.dump(cell, handle, indent=2)
-            os.replace(path + ".tmp", path)  # a killed run never leaves a half-written cell
+            write_json(path, cell)  # atomic: a killed run never leaves a half-written cell
             model.remove_category(job.category)
         else:
             cell["reused"] = True

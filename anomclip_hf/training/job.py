@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import is_tensorboard_available
 
+from ..atomic_io import write_json
 from ..hub.push import HubTarget
 from ..modeling_anomclip import AnomCLIPModel
 from ..processing_anomclip import AnomCLIPProcessor
@@ -167,12 +168,3 @@ def _stage_epochs(config: TrainingConfig) -> dict:
     if config.schedule == "joint":
         return {"joint": config.joint_epochs}
     return {"stage1": config.stage1_epochs, "stage2": config.stage2_epochs}
-
-
-def write_json(path: str, payload) -> None:
-    """Write a JSON file atomically (a temporary file beside it, then a rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.partial-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(temporary, path)
