@@ -129,7 +129,7 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
         model.save_category(os.path.join(output_dir, "adapter"))
 
     test = load_split("mvtec", data_root, DEMO_CATEGORY, "test")
-    paths, labels = list(test["path"]), np.array(test["label"])
+    paths = list(test["path"])
     columns = {row["path"]: {"label": test.features["label"].int2str(row["label"]), "defect_type": row["defect_type"]}
                for row in test}
     if pipeline_check:
@@ -139,7 +139,7 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
                            ground_truth={row["path"]: row["mask_path"] for row in test}, extra_columns=columns,
                            batch_size=batch_size, keep_maps=True, progress=progress,
                            note=PIPELINE_CHECK_NOTE if pipeline_check else "")
-    metrics = demo_metrics(result, test, labels)
+    metrics = demo_metrics(result, test)
     metrics.update(shots=shots, test_images=len(paths), prompt_training_epochs=epochs,
                    base=base or (EMBEDDED_BACKBONE if pipeline_check else DEFAULT_BACKBONE),
                    pipeline_check=pipeline_check, decision_threshold=result.threshold,
@@ -152,9 +152,9 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
     return metrics
 
 
-def demo_metrics(result, test, labels: np.ndarray) -> dict:
+def demo_metrics(result, test) -> dict:
     """Image and pixel metrics of the demo's test split, at the map resolution."""
-    paths = list(test["path"])
+    paths, labels = list(test["path"]), np.array(test["label"])
     maps = np.stack([result.maps[path] for path in paths])
     size = (maps.shape[2], maps.shape[1])
     masks = np.stack([read_mask(row, size=size) for row in test])

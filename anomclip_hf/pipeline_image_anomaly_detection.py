@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -40,6 +39,7 @@ class ImageAnomalyDetectionPipeline(Pipeline):
     _load_video_processor = False
 
     def __init__(self, model, feature_extractor=None, **kwargs):
+        self._loaded_categories: dict[str, str] = {}  # adapter folder / repo id -> category name
         # The processor is the pipeline's feature extractor: transformers only batches pipelines that have
         # one (pixel_values of one size are concatenated, no padding).
         super().__init__(model, feature_extractor=feature_extractor or AnomCLIPProcessor.from_model(model), **kwargs)
@@ -62,11 +62,9 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         """A loaded category's name as is; otherwise an adapter folder / Hub repo id, loaded once."""
         if category in self.model.categories:
             return category
-        loaded = getattr(self, "_loaded_categories", {})
-        if category not in loaded:
-            loaded[category] = self.model.load_category(category, activate=False).name
-            self._loaded_categories = loaded
-        return loaded[category]
+        if category not in self._loaded_categories:
+            self._loaded_categories[category] = self.model.load_category(category, activate=False).name
+        return self._loaded_categories[category]
 
     def preprocess(self, image):
         return {"pixel_values": self.feature_extractor(images=[load_image(image)])["pixel_values"]}

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence, Union
 
 import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from ..atomic_io import write_json
@@ -94,16 +95,15 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     pixels = PixelMetricAccumulator(mode=settings.pixel_mode, num_bins=settings.num_bins)
     images = ImageMetricAccumulator()
     size = settings.resolution
-    scores, labels = [], []
+    labels = np.array(test["label"])
+    scores = []
     began = time.perf_counter()
     for batch in score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
                               progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}"):
-        rows = [test[i] for i in batch.indices]
-        masks = np.stack([read_mask(row, size=(size, size)) for row in rows])
+        masks = np.stack([read_mask(test[i], size=(size, size)) for i in batch.indices])
         pixels.update(batch.anomaly_maps, masks)
-        images.update(batch.image_scores, np.array([row["label"] for row in rows]))
+        images.update(batch.image_scores, labels[batch.indices])
         scores.append(batch.image_scores)
-        labels += [row["label"] for row in rows]
     stored = model.get_category(job.category).metadata.get("decision_threshold")
     return {**images.compute(), **pixels.compute(), **stored_threshold_metrics(np.concatenate(scores), labels, stored),
             "test_images": len(test), "eval_wall_time_s": round(time.perf_counter() - began, 3)}
@@ -114,14 +114,11 @@ def stored_threshold_metrics(scores: np.ndarray, labels, threshold: Optional[flo
     next to the best possible one (image_f1_threshold): its F1, precision and recall."""
     if threshold is None:
         return {"stored_threshold": None}
-    predicted = np.array([decision(float(s), threshold) == "anomalous" for s in scores])
-    truth = np.asarray(labels).astype(bool)
-    true_positives = int((predicted & truth).sum())
-    precision = true_positives / max(int(predicted.sum()), 1)
-    recall = true_positives / max(int(truth.sum()), 1)
-    f1 = 0.0 if true_positives == 0 else 2 * precision * recall / (precision + recall)
-    return {"stored_threshold": float(threshold), "stored_threshold_f1": f1,
-            "stored_threshold_precision": precision, "stored_threshold_recall": recall}
+    predicted = [decision(float(s), threshold) == "anomalous" for s in scores]
+    precision, recall, f1, _ = precision_recall_fscore_support(np.asarray(labels).astype(bool), predicted,
+                                                               average="binary", zero_division=0)
+    return {"stored_threshold": float(threshold), "stored_threshold_f1": float(f1),
+            "stored_threshold_precision": float(precision), "stored_threshold_recall": float(recall)}
 
 
 def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, data_root: str, output_dir: str,
