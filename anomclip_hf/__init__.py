@@ -2,12 +2,12 @@
 
 from transformers import AutoConfig, AutoModel
 
+from ._version import __version__
 from .configuration_anomclip import AnomCLIPConfig
 from .modeling_anomclip import AnomCLIPModel, AnomCLIPOutput
 from .pipeline_image_anomaly_detection import ImageAnomalyDetectionPipeline, register_pipeline
 from .processing_anomclip import AnomCLIPProcessor
 
-__version__ = "0.1.0"
 
 AutoConfig.register(AnomCLIPConfig.model_type, AnomCLIPConfig, exist_ok=True)
 AutoModel.register(AnomCLIPConfig, AnomCLIPModel, exist_ok=True)

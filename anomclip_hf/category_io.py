@@ -12,21 +12,26 @@ README.md                    model card
 
 An adapter is data, never code: only these JSON and safetensors files are read (no pickle, no remote code),
 and nothing named inside category.json is used as a file-system path.
+
+This module reads and writes (record, tensors) and checks them against what a base model expects
+(`AdapterExpectations`); it never imports the model. The model turns the contents into a `CategoryState`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic_io import atomic_directory
-from .hub.validation import looks_like_local_path, validate_category_name, validate_repo_id
+from .category import PROMPT_LAYOUT_KEYS, describe_base, validate_category_name
+from .hub.download import download_category
+from .hub.validation import looks_like_local_path, validate_repo_id
 from .model_card import render_category_card
 
 FORMAT_VERSION = 1
@@ -40,94 +45,58 @@ LAYOUT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CATEGORY_FILE, MEMORY_FILE, PRO
 REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CATEGORY_FILE)
 # Files that would need unpickling; an adapter holding only these is refused, never opened.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_LAYOUT_KEYS = ("n_ctx", "n_prompts_image", "n_prompts_pixel", "n_anomaly_ctx", "n_anomaly_prompts",
-                "anomaly_token_position")
 _RECORD_KEYS = ("format_version", "category", "class_name", "phrases", "learned_prompts", "prompt_layout",
                 "base_model")
 
 
-# ------------------------------------------------------------------------------------------- base identity
-def base_model_fingerprint(model) -> str:
-    """A short hash of the frozen CLIP weights that matter for an adapter (projections, token rows)."""
-    digest = hashlib.sha256()
-    clip = model.clip
-    for tensor in (clip.visual_projection.weight, clip.text_projection.weight,
-                   clip.text_model.embeddings.token_embedding.weight[:256], clip.logit_scale):
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps(model.config.prompt_token_ids).encode())
-    return digest.hexdigest()[:16]
+@dataclass(frozen=True)
+class AdapterExpectations:
+    """What a base model expects of an adapter: its prompt layout, identity and tensor sizes."""
+
+    prompt_layout: Mapping  # PROMPT_LAYOUT_KEYS -> the model's values
+    base_identity: Mapping  # category.json "base_model" of this base
+    memory_layers: tuple
+    memory_tap: str
+    vision_width: int
+    projection_dim: int
+    text_width: int
+    adapter_config: Mapping  # the PEFT config the prompt vectors must have (peft_type, token_indices)
 
 
-def base_model_architecture(model) -> dict:
-    """The sizes of the wrapped CLIP that an adapter's tensors depend on."""
-    clip = model.config.clip_config
-    vision, text = clip.vision_config, clip.text_config
-    return {"vision_hidden_size": vision.hidden_size, "vision_layers": vision.num_hidden_layers,
-            "image_size": vision.image_size, "patch_size": vision.patch_size,
-            "text_hidden_size": text.hidden_size, "text_layers": text.num_hidden_layers,
-            "vocab_size": text.vocab_size, "projection_dim": clip.projection_dim}
+@dataclass
+class AdapterContents:
+    """An adapter folder read into memory: category.json and the tensors of each file."""
 
+    record: dict
+    adapter_config: dict
+    weights: dict  # PEFT state dict of the prompt vectors
+    memory_bank: Optional[dict] = None  # "layer_{i}" -> (k, P, W), or None without references
+    prototypes: dict = field(default_factory=dict)  # head -> (2, D)
+    source: str = ""
 
-def base_model_identity(model) -> dict:
-    """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
-    config = model.config
-    return {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
-            "architecture": base_model_architecture(model), "fingerprint": base_model_fingerprint(model)}
-
-
-def _describe_base(identity: dict) -> str:
-    arch = identity.get("architecture") or {}
-    sizes = (f"vision {arch.get('vision_layers')}x{arch.get('vision_hidden_size')}, text "
-             f"{arch.get('text_layers')}x{arch.get('text_hidden_size')}, image {arch.get('image_size')}/patch "
-             f"{arch.get('patch_size')}, projection {arch.get('projection_dim')}") if arch else "sizes not recorded"
-    return (f"{identity.get('name_or_path')!r} (revision {identity.get('revision')}, {sizes}, "
-            f"fingerprint {identity.get('fingerprint')})")
+    def memory_layers(self, layers) -> Optional[list[torch.Tensor]]:
+        """The memory bank in the order of `layers` (the base's memory layers)."""
+        return None if self.memory_bank is None else [self.memory_bank[f"layer_{i}"] for i in layers]
 
 
 # ------------------------------------------------------------------------------------------- writing
-def category_record(model, state) -> dict:
-    """The category.json content of a category."""
-    config = model.config
-    metadata = state.metadata
-    return {
-        "format_version": FORMAT_VERSION,
-        "category": validate_category_name(state.name),
-        "class_name": state.class_name,
-        "phrases": state.phrases,
-        "learned_prompts": state.learned_prompts,
-        "prompt_layout": {
-            **{key: getattr(config, key) for key in _LAYOUT_KEYS},
-            "prompt_token_names": config.prompt_token_names,
-            "prompt_token_ids": config.prompt_token_ids,
-            "prompts": {head: vars(model.head_prompts(state.name, head)) for head in ("image", "pixel")},
-        },
-        "base_model": base_model_identity(model),
-        "memory": {"layers": config.resolved_memory_layers, "tap": config.memory_tap},
-        "shots": state.shots,
-        "seed": metadata.get("seed"),
-        "reference_files": metadata.get("reference_files"),
-        "training": metadata.get("training"),
-        "evaluation": metadata.get("evaluation"),
-        "decision_threshold": metadata.get("decision_threshold"),
-        "pixel_threshold": metadata.get("pixel_threshold"),
-        "threshold_estimate": metadata.get("threshold_estimate"),
-    }
+def write_adapter(save_directory: str, record: dict, adapter_config, weights: Mapping[str, torch.Tensor],
+                  memory_bank: Optional[Mapping[int, torch.Tensor]], prototypes: Mapping[str, torch.Tensor]) -> str:
+    """Write an adapter folder atomically (a failed save leaves any previous folder intact).
 
+    adapter_config: the PEFT config (has `save_pretrained`); memory_bank: memory layer -> (k, P, W) tensor.
+    """
+    validate_category_name(record.get("category"))  # before anything touches disk
 
-def save_category(model, state, save_directory: str) -> str:
-    """Write the adapter folder of `state` atomically (a failed save leaves any previous folder intact)."""
-    record = category_record(model, state)  # validates the name before anything touches disk
-    prototypes = model.text_prototypes(state.name)
+    def as_saved(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().float().cpu().contiguous()
+
     with atomic_directory(save_directory) as staging:
-        model.prompt_tokens.adapter_config().save_pretrained(staging)
-        weights = {k: v.detach().float().cpu().contiguous()
-                   for k, v in model.prompt_tokens.adapter_state_dict(state.name).items()}
-        save_file(weights, os.path.join(staging, ADAPTER_WEIGHTS))
-        save_file({head: p.detach().float().cpu().contiguous() for head, p in prototypes.items()},
-                  os.path.join(staging, PROTOTYPES_FILE))
-        if state.memory_bank is not None:
-            layers = model.config.resolved_memory_layers
-            save_file({f"layer_{i}": bank.detach().float().cpu().contiguous() for i, bank in zip(layers, state.memory_bank)},
+        adapter_config.save_pretrained(staging)
+        save_file({k: as_saved(v) for k, v in weights.items()}, os.path.join(staging, ADAPTER_WEIGHTS))
+        save_file({head: as_saved(p) for head, p in prototypes.items()}, os.path.join(staging, PROTOTYPES_FILE))
+        if memory_bank is not None:
+            save_file({f"layer_{i}": as_saved(bank) for i, bank in memory_bank.items()},
                       os.path.join(staging, MEMORY_FILE))
         with open(os.path.join(staging, CATEGORY_FILE), "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=2)
@@ -163,9 +132,7 @@ def resolve_category_folder(path_or_repo_id: str, revision: Optional[str] = None
     except ValueError as error:
         raise ValueError(f"{path_or_repo_id!r} is neither an existing category adapter folder nor a valid Hub "
                          f"repo id ({error})") from None
-    from .hub.download import download_category
-
-    snapshot = download_category(path_or_repo_id, revision=revision, **hub_kwargs)
+    snapshot = download_category(path_or_repo_id, revision=revision, filenames=LAYOUT_FILES, **hub_kwargs)
     return AdapterSource(snapshot.folder, f"Hub repo {path_or_repo_id!r} (commit {snapshot.commit})",
                          snapshot.repo_files)
 
@@ -235,28 +202,49 @@ def read_category_record(folder: str, source: Optional[str] = None, repo_files=N
     return record
 
 
-def check_compatible(model, record: dict, source: str) -> None:
-    """Refuse an adapter made for another prompt layout or another base model, naming both sides."""
+def read_adapter(adapter: AdapterSource) -> AdapterContents:
+    """Read an adapter folder: its files, category.json (checked on its own) and every tensor file."""
+    folder, source = adapter.folder, adapter.name
+    record = read_category_record(folder, source, adapter.repo_files)
+    config = _read_json(folder, ADAPTER_CONFIG, source)
+    memory_bank = (_read_tensors(folder, MEMORY_FILE, source)
+                   if os.path.isfile(os.path.join(folder, MEMORY_FILE)) else None)
+    prototypes = (_read_tensors(folder, PROTOTYPES_FILE, source)
+                  if os.path.isfile(os.path.join(folder, PROTOTYPES_FILE)) else {})
+    return AdapterContents(record=record, adapter_config=config, weights=_read_tensors(folder, ADAPTER_WEIGHTS, source),
+                           memory_bank=memory_bank, prototypes=prototypes, source=source)
+
+
+def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> None:
+    """Refuse an adapter made for another prompt layout or base model, or with tensors of the wrong shape,
+    naming both sides."""
+    source, record = contents.source, contents.record
     layout = record["prompt_layout"]
-    for key in _LAYOUT_KEYS:
-        if layout.get(key) != getattr(model.config, key):
+    for key in PROMPT_LAYOUT_KEYS:
+        if layout.get(key) != expected.prompt_layout[key]:
             raise ValueError(f"{source}: adapter prompt layout {key}={layout.get(key)!r} differs from the model's "
-                             f"{getattr(model.config, key)!r}")
-    recorded, current = record["base_model"], base_model_identity(model)
+                             f"{expected.prompt_layout[key]!r}")
+    recorded, current = record["base_model"], expected.base_identity
     same_sizes = recorded.get("architecture") in (None, current["architecture"])  # None: not recorded
     if not same_sizes or recorded.get("fingerprint") != current["fingerprint"]:
-        raise ValueError(f"{source}: adapter was made for base model {_describe_base(recorded)}, but this model is "
-                         f"{_describe_base(current)}; load it onto the base it was made for")
-
-
-def _check_adapter_config(model, folder: str, source: str) -> None:
-    config = _read_json(folder, ADAPTER_CONFIG, source)
-    expected = model.prompt_tokens.adapter_config()
-    if not isinstance(config, dict) or config.get("peft_type") != "TRAINABLE_TOKENS" or \
-            list(config.get("token_indices") or []) != list(expected.token_indices):
+        raise ValueError(f"{source}: adapter was made for base model {describe_base(recorded)}, but this model is "
+                         f"{describe_base(current)}; load it onto the base it was made for")
+    config, wanted = contents.adapter_config, expected.adapter_config
+    if not isinstance(config, dict) or config.get("peft_type") != wanted["peft_type"] or \
+            list(config.get("token_indices") or []) != list(wanted["token_indices"]):
         found = config.get("peft_type") if isinstance(config, dict) else config
         raise ValueError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
-                         f"{len(expected.token_indices)} prompt tokens (found peft_type {found!r})")
+                         f"{len(wanted['token_indices'])} prompt tokens (found peft_type {found!r})")
+    if contents.memory_bank is not None:
+        memory = record.get("memory") or {}
+        layers = list(expected.memory_layers)
+        if sorted(contents.memory_bank) != sorted(f"layer_{i}" for i in layers) or \
+                memory.get("tap") != expected.memory_tap:
+            raise ValueError(f"{source}: memory bank holds {sorted(contents.memory_bank)} ({memory.get('tap')}); "
+                             f"this model uses layers {layers} ({expected.memory_tap})")
+        _check_shapes(contents.memory_bank, expected.vision_width, 3, MEMORY_FILE, source)
+    _check_shapes(contents.prototypes, expected.projection_dim, 2, PROTOTYPES_FILE, source)
+    _check_shapes(contents.weights, expected.text_width, 2, ADAPTER_WEIGHTS, source)
 
 
 def _check_shapes(tensors: dict, expected_last: int, ndim: int, filename: str, source: str) -> None:
@@ -264,46 +252,3 @@ def _check_shapes(tensors: dict, expected_last: int, ndim: int, filename: str, s
         if tensor.ndim != ndim or tensor.shape[-1] != expected_last:
             raise ValueError(f"{source}: {filename} tensor {key!r} has shape {tuple(tensor.shape)}; expected "
                              f"{ndim} dimensions ending in {expected_last}")
-
-
-def load_category(model, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
-                  revision: Optional[str] = None, **hub_kwargs):
-    """Load an adapter folder or Hub repo (at `revision`) into `model` as category `name` (default: its saved
-    name). Everything is checked before the model changes."""
-    from .modeling_anomclip import CategoryState
-
-    if name is not None:
-        validate_category_name(name)
-    adapter = resolve_category_folder(path_or_repo_id, revision=revision, **hub_kwargs)
-    folder, source = adapter.folder, adapter.name
-    record = read_category_record(folder, source, adapter.repo_files)
-    check_compatible(model, record, source)
-    _check_adapter_config(model, folder, source)
-    config = model.config
-    memory_bank = None
-    if os.path.isfile(os.path.join(folder, MEMORY_FILE)):
-        tensors = _read_tensors(folder, MEMORY_FILE, source)
-        layers = config.resolved_memory_layers
-        memory = record.get("memory") or {}
-        if sorted(tensors) != sorted(f"layer_{i}" for i in layers) or memory.get("tap") != config.memory_tap:
-            raise ValueError(f"{source}: memory bank holds {sorted(tensors)} ({memory.get('tap')}); this model "
-                             f"uses layers {layers} ({config.memory_tap})")
-        _check_shapes(tensors, config.clip_config.vision_config.hidden_size, 3, MEMORY_FILE, source)
-        memory_bank = [tensors[f"layer_{i}"].to(model.device) for i in layers]
-    prototypes = {}
-    if os.path.isfile(os.path.join(folder, PROTOTYPES_FILE)):
-        prototypes = _read_tensors(folder, PROTOTYPES_FILE, source)
-        _check_shapes(prototypes, config.clip_config.projection_dim, 2, PROTOTYPES_FILE, source)
-        prototypes = {k: v.to(model.device) for k, v in prototypes.items()}
-    weights = _read_tensors(folder, ADAPTER_WEIGHTS, source)
-    _check_shapes(weights, config.clip_config.text_config.hidden_size, 2, ADAPTER_WEIGHTS, source)
-    name = name or record["category"]
-    state = CategoryState(
-        name=name, class_name=record["class_name"], phrases=list(record["phrases"]),
-        learned_prompts=bool(record["learned_prompts"]), memory_bank=memory_bank, prototypes=prototypes,
-        metadata={key: record.get(key) for key in ("seed", "reference_files", "training", "evaluation",
-                                                   "decision_threshold", "pixel_threshold",
-                                                   "threshold_estimate")},
-    )
-    model.prompt_tokens.load_adapter_state_dict(name, {k: v.to(model.device) for k, v in weights.items()})
-    return model.register_category(state, activate)

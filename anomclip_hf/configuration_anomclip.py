@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 from transformers import CLIPConfig, PretrainedConfig
 
+from .category import HEADS, prompt_token_names
+
 ANOMALY_TOKEN_POSITIONS = ("suffix", "before_class")
 MEMORY_TAPS = ("after_attention", "block_output")
 # The reference code reads its memory taps in blocks 3 and 8 of a 12-block ViT; other depths scale.
@@ -13,25 +15,71 @@ _REFERENCE_MEMORY_FRACTIONS = (3 / 12, 8 / 12)
 
 
 class AnomCLIPConfig(PretrainedConfig):
-    r"""Configuration of [`AnomCLIPModel`].
+    r"""Configuration of [`AnomCLIPModel`]: a CLIP config plus PromptAD's prompt, V-V, memory and scoring settings.
+
+    The defaults reproduce PromptAD (Li et al., CVPR 2024) as its reference code runs it, except where the
+    paper is followed instead (`anomaly_token_position`). Sizes in the paper's notation: N normal prompts of
+    E context vectors each; L learnable anomaly suffixes of E_A vectors each; M manual phrases.
 
     Args:
-        clip_config: the wrapped `CLIPConfig` (or its dict).
-        n_ctx: learnable normal context vectors per normal prompt (E).
-        n_prompts_image / n_prompts_pixel: normal prompts of the image-level / pixel-level head (N).
-        n_anomaly_ctx: vectors per learnable anomaly suffix (E_A).
-        n_anomaly_prompts: learnable anomaly suffixes per head (L).
-        ctx_init_std: std of the N(0, std^2) initialisation of the prompt vectors.
-        anomaly_token_position: "suffix" (paper: after the class name) or "before_class" (reference code).
-        category_phrases: append the per-category manual phrases to the 8 generic ones.
-        vv_layers: vision blocks running the V-V path (None = all).
-        memory_layers: blocks whose stream feeds the visual memory (None = 3/12 and 8/12 of the depth).
-        memory_tap: "after_attention" (what the reference code effectively used) or "block_output".
-        text_temperature: text logit scale tau; None = the raw `logit_scale` parameter (reference code). Not
+        clip_config (`CLIPConfig` or `dict`, *optional*):
+            The wrapped CLIP model's configuration. Defaults to `CLIPConfig()` (ViT-B/32 sizes).
+        n_ctx (`int`, *optional*, defaults to 4):
+            E: learnable normal context vectors per normal prompt ("[SOS] C_1..C_E <class> .").
+        n_prompts_image (`int`, *optional*, defaults to 3):
+            N of the image-level head: normal prompts, each with its own context vectors.
+        n_prompts_pixel (`int`, *optional*, defaults to 1):
+            N of the pixel-level head.
+        n_anomaly_ctx (`int`, *optional*, defaults to 1):
+            E_A: vectors per learnable anomaly suffix.
+        n_anomaly_prompts (`int`, *optional*, defaults to 4):
+            L: learnable anomaly suffixes per head; with the M manual phrases, semantic concatenation gives
+            N*M + N*L anomaly prompts per head.
+        ctx_init_std (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the N(0, std^2) initialisation of every prompt vector.
+        anomaly_token_position (`str`, *optional*, defaults to `"suffix"`):
+            Where a learned anomaly suffix goes: `"suffix"` (the paper: after the class name) or
+            `"before_class"` (the reference code: between the context and the class name).
+        category_phrases (`bool`, *optional*, defaults to `True`):
+            Append the per-category manual phrases (the reference's lists for MVTec AD and VisA, which name
+            the test defect types) to the 8 generic ones.
+        vv_layers (`list[int]`, *optional*):
+            Vision blocks that run the V-V (value-value) attention path of CLIP Surgery. Defaults to every
+            block (the reference code); stored resolved.
+        memory_layers (`list[int]`, *optional*):
+            Vision blocks whose original-stream features fill the visual memory. Defaults to the blocks 3/12
+            and 8/12 of the way through the tower (blocks 3 and 8 of a 12-block ViT, where the reference code
+            effectively reads them); stored resolved.
+        memory_tap (`str`, *optional*, defaults to `"after_attention"`):
+            Where a memory block is read: `"after_attention"` (the residual stream after the attention
+            sub-layer, what the reference code effectively used) or `"block_output"`.
+        text_temperature (`float`, *optional*):
+            tau, the scale of the cosine logits in the text scores and losses. `None` uses the raw
+            `logit_scale` parameter, as the reference code does (about 4.6, not exp(logit_scale) = 100). Not
             named `temperature`: transformers 4.x configs own that name (a generation setting, default 1.0).
-        gaussian_sigma: blur of the pixel map at `sigma_reference_size` pixels; scaled with the map size.
-        output_size: default anomaly-map size (None = the input resolution).
-        prompt_token_ids: vocabulary ids of the added prompt tokens, in `prompt_token_names` order.
+        gaussian_sigma (`float`, *optional*, defaults to 4.0):
+            Gaussian blur of the pixel map at `sigma_reference_size` pixels; scaled with the map size.
+        sigma_reference_size (`int`, *optional*, defaults to 400):
+            The map size `gaussian_sigma` is given at (the reference evaluates at 400x400).
+        output_size (`int`, *optional*):
+            Default anomaly-map size; `None` gives maps at the input resolution.
+        prompt_token_ids (`list[int]`, *optional*):
+            Vocabulary ids of the added prompt tokens, in `prompt_token_names` order; set when the model is
+            built from a CLIP checkpoint.
+        base_model_name_or_path (`str`, *optional*):
+            The CLIP checkpoint (Hub id or folder) the model was built from; recorded in every adapter.
+        base_model_revision (`str`, *optional*):
+            Its revision (branch, tag or commit), when one was given.
+
+    Example:
+
+    ```python
+    >>> from transformers import CLIPConfig
+    >>> from anomclip_hf import AnomCLIPConfig
+    >>> config = AnomCLIPConfig(clip_config=CLIPConfig(), anomaly_token_position="before_class")
+    >>> config.memory_layers  # resolved from the depth: blocks 3 and 8 of 12
+    [3, 8]
+    ```
     """
 
     model_type = "anomclip"
@@ -84,10 +132,12 @@ class AnomCLIPConfig(PretrainedConfig):
         self.anomaly_token_position = anomaly_token_position
         self.category_phrases = bool(category_phrases)
         depth = clip_config.vision_config.num_hidden_layers
-        self.vv_layers = sorted(int(i) for i in vv_layers) if vv_layers is not None else None
-        self.memory_layers = [int(i) for i in memory_layers] if memory_layers is not None else None
+        # Stored resolved, so a saved config.json says which blocks the model uses.
+        self.vv_layers = sorted(int(i) for i in vv_layers) if vv_layers is not None else list(range(depth))
+        self.memory_layers = ([int(i) for i in memory_layers] if memory_layers is not None
+                              else [int(fraction * depth) for fraction in _REFERENCE_MEMORY_FRACTIONS])
         for name, layers in (("vv_layers", self.vv_layers), ("memory_layers", self.memory_layers)):
-            if layers is not None and (not layers or any(i < 0 or i >= depth for i in layers)):
+            if not layers or any(i < 0 or i >= depth for i in layers):
                 raise ValueError(f"{name}={layers}; expected indices in [0, {depth - 1}]")
         self.memory_tap = memory_tap
         self.text_temperature = None if text_temperature is None else float(text_temperature)
@@ -100,43 +150,20 @@ class AnomCLIPConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     @property
-    def resolved_vv_layers(self) -> list[int]:
-        depth = self.clip_config.vision_config.num_hidden_layers
-        return list(range(depth)) if self.vv_layers is None else list(self.vv_layers)
-
-    @property
-    def resolved_memory_layers(self) -> list[int]:
-        """Memory taps; the default scales the reference's blocks 3 and 8 (of 12) with the depth."""
-        if self.memory_layers is not None:
-            return list(self.memory_layers)
-        depth = self.clip_config.vision_config.num_hidden_layers
-        return [int(fraction * depth) for fraction in _REFERENCE_MEMORY_FRACTIONS]
-
-    @property
     def image_size(self) -> int:
         return self.clip_config.vision_config.image_size
 
-    @property
-    def patch_grid(self) -> int:
-        vision = self.clip_config.vision_config
-        return vision.image_size // vision.patch_size
-
     def head_sizes(self, head: str) -> tuple[int, int, int, int]:
         """(N normal prompts, E context vectors, L anomaly suffixes, E_A vectors each) of a head."""
-        prompts = {"image": self.n_prompts_image, "pixel": self.n_prompts_pixel}
+        prompts = dict(zip(HEADS, (self.n_prompts_image, self.n_prompts_pixel)))
         if head not in prompts:
-            raise ValueError(f"head={head!r}; expected 'image' or 'pixel'")
+            raise ValueError(f"head={head!r}; expected one of {HEADS}")
         return prompts[head], self.n_ctx, self.n_anomaly_prompts, self.n_anomaly_ctx
 
     @property
     def prompt_token_names(self) -> list[str]:
         """Added vocabulary tokens, one per learnable vector, in a fixed order (image head first)."""
-        names = []
-        for head, short in (("image", "img"), ("pixel", "pix")):
-            n_prompts, n_ctx, n_anomaly, n_anomaly_ctx = self.head_sizes(head)
-            names += [f"<{short}_n{i}_{e}>" for i in range(n_prompts) for e in range(n_ctx)]
-            names += [f"<{short}_a{j}_{e}>" for j in range(n_anomaly) for e in range(n_anomaly_ctx)]
-        return names
+        return prompt_token_names(self.head_sizes)
 
 
 __all__ = ["AnomCLIPConfig"]

@@ -172,12 +172,8 @@ def render_category_card(category: dict, repo_or_folder: str) -> str:
     )
 
 
-def render_base_card(model, repo_id: str, license: Optional[str] = None) -> str:
-    """The README.md of an AnomCLIP base model pushed as `repo_id`."""
-    from .category_io import base_model_architecture, base_model_fingerprint  # category_io imports this module
-
-    config = model.config
-    architecture = base_model_architecture(model)
+def render_base_card(config, base_identity: dict, repo_id: str, license: Optional[str] = None) -> str:
+    """The README.md of an AnomCLIP base model (its `AnomCLIPConfig` and `base_identity()`) pushed as `repo_id`."""
     clip_name = config.base_model_name_or_path or "CLIP"
     data = ModelCardData(library_name=LIBRARY_NAME, base_model=hub_base_model(config.base_model_name_or_path),
                          license=license, tags=list(TAGS))
@@ -188,10 +184,10 @@ def render_base_card(model, repo_id: str, license: Optional[str] = None) -> str:
         prompt_tokens=len(config.prompt_token_names),
         prompt_layout=f"{config.n_prompts_image} image / {config.n_prompts_pixel} pixel normal prompts of "
                       f"{config.n_ctx} context tokens, {config.n_anomaly_prompts} anomaly suffixes",
-        memory_layers=config.resolved_memory_layers,
+        memory_layers=config.memory_layers,
         memory_tap=config.memory_tap,
-        fingerprint=base_model_fingerprint(model),
-        **architecture,
+        fingerprint=base_identity["fingerprint"],
+        **base_identity["architecture"],
     )
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import torch
-from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from torch import nn
+from transformers import CLIPModel, CLIPTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput, logging
 
+from .category import HEADS, METADATA_KEYS, PROMPT_LAYOUT_KEYS, CategoryState, base_model_architecture, \
+    base_model_fingerprint, validate_category_name
+from .category_io import FORMAT_VERSION, AdapterContents, AdapterExpectations, check_adapter, read_adapter, \
+    resolve_category_folder, write_adapter
 from .configuration_anomclip import AnomCLIPConfig
 from .losses import TextFeatures
 from .processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_images
@@ -18,15 +23,33 @@ from .prompts import HeadPrompts, build_head_prompts, build_zero_shot_prompts, c
 from .scoring import (harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample, text_anomaly_probability,
                       upsampled_peak)
 from .text_encoding import encode_text_embeddings, truncate_to_longest
+from .thresholds import DEFAULT_MARGIN, ThresholdEstimate, record_thresholds, threshold_estimate
+from .tokenization import add_prompt_tokens
 from .vv_attention import VisionFeatures, dual_stream_vision_forward
 
-HEADS = ("image", "pixel")
+logger = logging.get_logger(__name__)
+
 SCORING_MODES = ("full", "memory", "text")
 
 
 @dataclass
 class AnomCLIPOutput(ModelOutput):
-    """image_scores (B,) and anomaly_maps (B, H, W), both in [0, 1], higher = more anomalous."""
+    """Output of [`AnomCLIPModel`]: scores in [0, 1], higher = more anomalous.
+
+    Args:
+        image_scores (`torch.FloatTensor` of shape `(batch_size,)`):
+            The image anomaly score. Mode "full": h(peak of the upsampled, unblurred memory map, text image
+            score) with h(a, b) = ab / (a + b); "memory": that peak; "text": the text image score.
+        anomaly_maps (`torch.FloatTensor` of shape `(batch_size, height, width)`):
+            The pixel anomaly map at `output_size`: per patch h(text patch score, memory patch score) (or
+            one of them alone in the "text"/"memory" modes), bilinearly upsampled, then Gaussian-blurred.
+        text_image_scores (`torch.FloatTensor` of shape `(batch_size,)`, *optional*):
+            softmax(tau [g.n, g.a])[1] of the global image embedding g against the image-head prototypes;
+            `None` in the "memory" mode.
+        memory_patch_scores (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            The visual-memory score per patch: the mean over the memory layers of min over the memory bank of
+            (1 - cos) / 2; `None` in the "text" mode.
+    """
 
     image_scores: Optional[torch.Tensor] = None
     anomaly_maps: Optional[torch.Tensor] = None
@@ -34,37 +57,12 @@ class AnomCLIPOutput(ModelOutput):
     memory_patch_scores: Optional[torch.Tensor] = None
 
 
-@dataclass
-class CategoryState:
-    """Everything one category adds to the base model (saved as one adapter folder)."""
-
-    name: str
-    class_name: str
-    phrases: list[str]
-    learned_prompts: bool = False  # False: hand-written zero-shot prompts until the vectors are trained
-    memory_bank: Optional[list[torch.Tensor]] = None  # per memory layer (k, P, W) unit vectors
-    prototypes: dict[str, torch.Tensor] = field(default_factory=dict)  # head -> (2, D), cached
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def shots(self) -> int:
-        return 0 if self.memory_bank is None else int(self.memory_bank[0].shape[0])
-
-
-def add_prompt_tokens(tokenizer: CLIPTokenizer, config: AnomCLIPConfig) -> list[int]:
-    """Add the prompt tokens to a tokenizer (idempotent) and return their ids in config order."""
-    names = config.prompt_token_names
-    missing = [name for name in names if name not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing)
-    return tokenizer.convert_tokens_to_ids(names)
-
-
 class AnomCLIPPreTrainedModel(PreTrainedModel):
     config_class = AnomCLIPConfig
     base_model_prefix = "anomclip"
     main_input_name = "pixel_values"
-    _keys_to_ignore_on_load_missing = [r"prompt_tokens\."]
+    # Saved bases hold CLIP and the settings only; prompt vectors and category tensors travel as adapters.
+    _keys_to_ignore_on_load_missing = [r"prompt_tokens\.", r"category_states\."]
 
     def _init_weights(self, module):
         # Weights come from the wrapped CLIP checkpoint; the prompt table's base rows are zeros.
@@ -83,7 +81,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         width = config.clip_config.text_config.hidden_size
         self.prompt_tokens = PromptTokenTable(len(config.prompt_token_names), width)
         self.tokenizer: Optional[CLIPTokenizer] = None
-        self._categories: dict[str, CategoryState] = {}
+        # One CategoryState per loaded category: module state, so .to()/.half()/state_dict() include it.
+        self.category_states = nn.ModuleDict()
         self._active: Optional[str] = None
         self.post_init()
 
@@ -105,7 +104,7 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision)
         config = AnomCLIPConfig(clip_config=clip_model.config, base_model_name_or_path=name,
                                 base_model_revision=revision, **config_kwargs)
-        config.prompt_token_ids = add_prompt_tokens(tokenizer, config)
+        config.prompt_token_ids = add_prompt_tokens(tokenizer, config.prompt_token_names)
         model = cls(config)
         model.clip.load_state_dict(clip_model.state_dict())
         model.tokenizer = tokenizer
@@ -116,10 +115,7 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         """`--base` of the command line: an AnomCLIP base (folder or repo id) or any CLIP one (wrapped)."""
         if isinstance(base, CLIPModel):
             return cls.from_clip(base, **config_overrides)
-        from transformers import PretrainedConfig
-
-        config_dict, _ = PretrainedConfig.get_config_dict(os.fspath(base))
-        if config_dict.get("model_type") == AnomCLIPConfig.model_type:
+        if is_anomclip_base(PretrainedConfig.get_config_dict(os.fspath(base))[0]):
             return cls.from_pretrained(base, **config_overrides)
         return cls.from_clip(base, **config_overrides)
 
@@ -129,15 +125,20 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         try:
             model.tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        except (OSError, ValueError):
-            model.tokenizer = None  # a bare config/weights folder; set model.tokenizer before adding categories
+        except OSError as error:
+            # A bare config + weights folder has no tokenizer files: the model still encodes images, and text
+            # needs model.tokenizer set. Say so instead of failing later with a vaguer message.
+            logger.warning(f"no tokenizer loaded from {pretrained_model_name_or_path} ({error}); set "
+                           "model.tokenizer (with the prompt tokens) before adding or training categories")
+            model.tokenizer = None
         if model.tokenizer is not None:
             model._check_tokenizer(model.tokenizer)
         return model.eval()
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save the base model (CLIP + settings) and its tokenizer; categories are saved as adapters."""
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("prompt_tokens.")}
+        state = {k: v for k, v in self.state_dict().items()
+                 if not k.startswith(("prompt_tokens.", "category_states."))}
         kwargs.setdefault("state_dict", state)
         super().save_pretrained(save_directory, **kwargs)
         if self.tokenizer is not None:
@@ -172,8 +173,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         self._check_pixel_values(pixel_values)
         dtype = self.clip.visual_projection.weight.dtype
         return dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
-                                          pixel_values.to(self.device, dtype), self.config.resolved_vv_layers,
-                                          self.config.resolved_memory_layers, self.config.memory_tap)
+                                          pixel_values.to(self.device, dtype), self.config.vv_layers,
+                                          self.config.memory_layers, self.config.memory_tap)
 
     def _prompt_embeddings(self, category: str, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the category's learned vectors substituted at the prompt tokens."""
@@ -236,7 +237,7 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
     # ----------------------------------------------------------------------------------------- categories
     @property
     def categories(self) -> list[str]:
-        return list(self._categories)
+        return list(self.category_states)
 
     @property
     def active_category(self) -> Optional[str]:
@@ -246,14 +247,13 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         name = name or self._active
         if name is None:
             raise ValueError("no category is loaded: call add_category(...) or load_category(...) first")
-        if name not in self._categories:
+        if name not in self.category_states:
             raise ValueError(f"unknown category {name!r}; loaded categories: {self.categories}")
-        return self._categories[name]
+        return self.category_states[name]
 
     def set_category(self, name: str) -> None:
         self.get_category(name)
         self._active = name
-        self.prompt_tokens.activate(name)
 
     def initial_prompt_vectors(self, seed: int) -> torch.Tensor:
         """N(0, std^2) vectors for every prompt token, reproducible from `seed`."""
@@ -289,8 +289,6 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         """Register a category: its memory bank (from normal reference images, or None for text-only),
         its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
         the same name. `learned_prompts=False` scores with hand-written prompts until trained."""
-        from .hub.validation import validate_category_name
-
         validate_category_name(name)  # it becomes a PEFT adapter name, a folder name and part of repo ids
         use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
         state = CategoryState(
@@ -302,39 +300,67 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             metadata={"seed": int(seed)},
         )
         self.prompt_tokens.add_adapter(name, self.initial_prompt_vectors(seed).to(self.device))
-        return self.register_category(state, activate)
+        return self._register(state, activate)
 
-    def estimate_thresholds(self, reference_images, category: Optional[str] = None, margin: Optional[float] = None):
+    def _register(self, state: CategoryState, activate: bool) -> CategoryState:
+        """Make a category whose prompt adapter is already in `prompt_tokens` available (and active)."""
+        self.category_states[state.name] = state.to(self.device)
+        if activate or self._active is None:
+            self._active = state.name
+        return state
+
+    def remove_category(self, name: str) -> None:
+        self.get_category(name)
+        del self.category_states[name]
+        self.prompt_tokens.delete_adapter(name)
+        if self._active == name:
+            self._active = next(iter(self.category_states), None)
+
+    # ----------------------------------------------------------------------------------------- thresholds
+    def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.
+
+        `references` are the references' `encode_images` output, in the order of the category's memory bank
+        (the features the memory bank was built from, so the vision tower does not run again).
+        """
+        state = self.get_category(category)
+        bank = state.memory_bank
+        if bank is None:
+            raise ValueError(f"category {state.name!r} has no reference images; a threshold needs k >= 2 references")
+        shots = state.shots
+        if shots < 2:
+            raise ValueError(f"category {state.name!r} has {shots} reference image; leave-one-out needs at least 2 "
+                             "(pass a threshold instead)")
+        if references.global_embeds.shape[0] != shots:
+            raise ValueError(f"{references.global_embeds.shape[0]} reference images given, but the memory bank "
+                             f"holds {shots}")
+        image_scores, pixel_maxima = [], []
+        with torch.inference_mode():
+            for index in range(shots):
+                keep = torch.arange(shots, device=bank[0].device) != index
+                held_out = VisionFeatures(references.global_embeds[index: index + 1],
+                                          references.patch_embeds[index: index + 1],
+                                          [layer[index: index + 1] for layer in references.memory_features])
+                out = self.score_features(held_out, state.name, memory_bank=[layer[keep] for layer in bank])
+                image_scores.append(out.image_scores[0].float().cpu())
+                pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
+        return torch.stack(image_scores), torch.stack(pixel_maxima)
+
+    def estimate_thresholds(self, reference_images, category: Optional[str] = None,
+                            margin: Optional[float] = None) -> ThresholdEstimate:
         """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
         in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
         output); stored in its metadata and category.json. See `thresholds`."""
-        from .thresholds import DEFAULT_MARGIN, estimate_thresholds
-
         if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
             reference_images = preprocess_images(list(reference_images), self.config.image_size)
         if isinstance(reference_images, torch.Tensor):
             with torch.no_grad():
                 reference_images = self.encode_images(reference_images.to(self.device))
-        return estimate_thresholds(self, reference_images, category, DEFAULT_MARGIN if margin is None else margin)
-
-    def register_category(self, state: CategoryState, activate: bool = True) -> CategoryState:
-        """Make a category whose prompt adapter is already in `prompt_tokens` available (and active)."""
-        self._categories[state.name] = state
-        if activate or self._active is None:
-            self.set_category(state.name)
-        else:
-            # PEFT switched to the newly added adapter; switch back to the active category.
-            self.prompt_tokens.activate(self._active)
-        return state
-
-    def remove_category(self, name: str) -> None:
-        self.get_category(name)
-        del self._categories[name]
-        self.prompt_tokens.delete_adapter(name)
-        if self._active == name:
-            self._active = next(iter(self._categories), None)
-            if self._active is not None:
-                self.prompt_tokens.activate(self._active)
+        estimate = threshold_estimate(*self.leave_one_out_scores(reference_images, category),
+                                      DEFAULT_MARGIN if margin is None else margin)
+        record_thresholds(self.get_category(category).metadata, estimate)
+        return estimate
 
     # ----------------------------------------------------------------------------------------- scoring
     def forward(self, pixel_values: torch.Tensor, category: Optional[str] = None, output_size=None,
@@ -377,7 +403,7 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             text_image = text_anomaly_probability(features.global_embeds.float(), prototypes["image"], self.temperature)
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
-            bank = [layer.reshape(-1, layer.shape[-1]).to(self.device) for layer in memory_bank]
+            bank = [layer.reshape(-1, layer.shape[-1]) for layer in memory_bank]  # views: module state is on device
             visual_patch = memory_patch_scores([f.float() for f in features.memory_features], bank)
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
@@ -394,25 +420,87 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
                               memory_patch_scores=visual_patch)
 
     # ----------------------------------------------------------------------------------------- adapters
+    def base_identity(self) -> dict:
+        """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
+        config = self.config
+        return {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
+                "architecture": base_model_architecture(config.clip_config),
+                "fingerprint": base_model_fingerprint(self.clip, config.prompt_token_ids)}
+
+    def adapter_expectations(self) -> AdapterExpectations:
+        """What an adapter must match to load onto this base."""
+        config, clip = self.config, self.config.clip_config
+        adapter_config = self.prompt_tokens.adapter_config()
+        return AdapterExpectations(
+            prompt_layout={key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+            base_identity=self.base_identity(), memory_layers=tuple(config.memory_layers),
+            memory_tap=config.memory_tap, vision_width=clip.vision_config.hidden_size,
+            projection_dim=clip.projection_dim, text_width=clip.text_config.hidden_size,
+            adapter_config={"peft_type": adapter_config.peft_type.value,
+                            "token_indices": list(adapter_config.token_indices)})
+
+    def category_record(self, name: Optional[str] = None) -> dict:
+        """The category.json content of category `name` (default: the active one)."""
+        state, config = self.get_category(name), self.config
+        key = name or self._active  # its key here; state.name is what the record says (validated on write)
+        return {
+            "format_version": FORMAT_VERSION,
+            "category": state.name,
+            "class_name": state.class_name,
+            "phrases": state.phrases,
+            "learned_prompts": state.learned_prompts,
+            "prompt_layout": {
+                **{key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+                "prompt_token_names": config.prompt_token_names,
+                "prompt_token_ids": config.prompt_token_ids,
+                "prompts": {head: vars(self.head_prompts(key, head)) for head in HEADS},
+            },
+            "base_model": self.base_identity(),
+            "memory": {"layers": config.memory_layers, "tap": config.memory_tap},
+            "shots": state.shots,
+            **{key: state.metadata.get(key) for key in METADATA_KEYS},
+        }
+
     def save_category(self, save_directory: str, name: Optional[str] = None) -> str:
         """Write category `name` (default: the active one) as an adapter folder, atomically; see `category_io`."""
-        from .category_io import save_category
-
-        return save_category(self, self.get_category(name), save_directory)
+        key = name or self._active
+        record = self.category_record(key)
+        bank = self.get_category(key).memory_bank
+        return write_adapter(
+            save_directory, record, self.prompt_tokens.adapter_config(), self.prompt_tokens.adapter_state_dict(key),
+            None if bank is None else dict(zip(self.config.memory_layers, bank)), self.text_prototypes(key))
 
     def load_category(self, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
                       revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
         """Load a category adapter from a folder or a Hub repo id (at `revision`: branch, tag or commit; also
-        cache_dir, token, local_files_only, force_download); it becomes the active category."""
-        from .category_io import load_category
+        cache_dir, token, local_files_only, force_download); it becomes the active category (unless
+        `activate=False`). Everything is read and checked before the model changes."""
+        if name is not None:
+            validate_category_name(name)
+        contents = read_adapter(resolve_category_folder(path_or_repo_id, revision=revision, **hub_kwargs))
+        check_adapter(contents, self.adapter_expectations())
+        return self._register_adapter(contents, name or contents.record["category"], activate)
 
-        return load_category(self, path_or_repo_id, name=name, activate=activate, revision=revision, **hub_kwargs)
+    def _register_adapter(self, contents: AdapterContents, name: str, activate: bool) -> CategoryState:
+        record = contents.record
+        state = CategoryState(
+            name=name, class_name=record["class_name"], phrases=record["phrases"],
+            learned_prompts=bool(record["learned_prompts"]),
+            memory_bank=contents.memory_layers(self.config.memory_layers), prototypes=contents.prototypes,
+            metadata={key: record.get(key) for key in METADATA_KEYS})
+        self.prompt_tokens.load_adapter_state_dict(name, {k: v.to(self.device) for k, v in contents.weights.items()})
+        return self._register(state, activate)
 
     def push_category_to_hub(self, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
                              token=None, revision: Optional[str] = None, commit_message: Optional[str] = None):
         """Push category `name` (default: the active one) to its own Hub repo, with its model card; returns the
         commit info (`.oid` pins the revision). `revision` is the branch to push to (created if needed)."""
-        from .hub.push import push_category_to_hub
+        from .hub.push import push_category_to_hub  # hub.push sits above the model: it saves through it
 
         return push_category_to_hub(self, repo_id, name, private=private, token=token, revision=revision,
                                     commit_message=commit_message)
+
+
+def is_anomclip_base(config_dict: dict) -> bool:
+    """Whether a checkpoint's config.json dict is an AnomCLIP base (else it is taken as a CLIP one)."""
+    return config_dict.get("model_type") == AnomCLIPConfig.model_type

@@ -8,10 +8,13 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from huggingface_hub import hf_hub_download
 from PIL import Image
-from transformers import CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPTokenizer
 
+from .configuration_anomclip import AnomCLIPConfig
 from .image_io import PathOrImage, load_image, load_mask, resize_mask
+from .tokenization import add_prompt_tokens
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -79,15 +82,9 @@ class AnomCLIPProcessor:
     @classmethod
     def from_clip(cls, name_or_path: str, **kwargs) -> "AnomCLIPProcessor":
         """From an HF CLIP id or folder: its tokenizer plus the prompt tokens, its image size and mean/std."""
-        from transformers import CLIPImageProcessor
-
-        from .modeling_anomclip import add_prompt_tokens
-        from .configuration_anomclip import AnomCLIPConfig
-        from transformers import CLIPConfig
-
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **kwargs)
         clip_config = CLIPConfig.from_pretrained(name_or_path, **kwargs)
-        add_prompt_tokens(tokenizer, AnomCLIPConfig(clip_config=clip_config))
+        add_prompt_tokens(tokenizer, AnomCLIPConfig(clip_config=clip_config).prompt_token_names)
         try:
             image_processor = CLIPImageProcessor.from_pretrained(name_or_path, **kwargs)
             mean, std = image_processor.image_mean, image_processor.image_std
@@ -102,8 +99,6 @@ class AnomCLIPProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "AnomCLIPProcessor":
-        from huggingface_hub import hf_hub_download
-
         local = os.path.join(path, PROCESSOR_CONFIG_NAME) if os.path.isdir(path) else hf_hub_download(
             path, PROCESSOR_CONFIG_NAME, **kwargs)
         with open(local, encoding="utf-8") as handle:

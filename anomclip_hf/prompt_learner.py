@@ -12,6 +12,7 @@ import warnings
 import torch
 from peft import TrainableTokensConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from torch import nn
+from torch.nn import functional as F
 
 TARGET_MODULE = "token_embedding"
 
@@ -35,6 +36,13 @@ class PromptTokenTable(nn.Module):
             # PEFT warns on every adapter after the first; several named adapters are the intent here.
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(self.adapter_config(), self, adapter_name=name)
+        self._keep_trainable()
+
+    def _keep_trainable(self) -> None:
+        # PEFT freezes every adapter but its active one; here each category's vectors stay trainable (the
+        # optimizer decides what is trained) and no adapter is "active": `lookup` names the one it reads.
+        for vectors in self.token_embedding.trainable_tokens_delta.values():
+            vectors.requires_grad_(True)
 
     @property
     def adapter_names(self) -> list[str]:
@@ -47,24 +55,20 @@ class PromptTokenTable(nn.Module):
         self._inject(name)
         with torch.no_grad():
             self.vectors(name).copy_(init_values)
-        self.activate(name)
 
     def delete_adapter(self, name: str) -> None:
         self.token_embedding.delete_adapter(name)
-
-    def activate(self, name: str) -> None:
-        self.token_embedding.set_adapter(name)
-        # set_adapter may leave other adapters frozen; the active one must stay trainable.
-        self.vectors(name).requires_grad_(True)
 
     def vectors(self, name: str) -> nn.Parameter:
         """The (num_tokens, width) learnable vectors of a category."""
         return self.token_embedding.trainable_tokens_delta[name]
 
     def lookup(self, name: str, rows: torch.Tensor) -> torch.Tensor:
-        """Embeddings of table rows through PEFT's layer with `name` active."""
-        self.activate(name)
-        return self.token_embedding(rows)
+        """Embeddings of table rows under adapter `name` (a pure read: nothing is switched or unfrozen).
+
+        The adapter covers every row of the table, so PEFT's layer would return exactly these rows.
+        """
+        return F.embedding(rows, self.vectors(name))
 
     def adapter_state_dict(self, name: str) -> dict[str, torch.Tensor]:
         return get_peft_model_state_dict(self, adapter_name=name)
@@ -76,4 +80,4 @@ class PromptTokenTable(nn.Module):
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"adapter weights have unexpected keys {unexpected}")
-        self.activate(name)
+        self._keep_trainable()

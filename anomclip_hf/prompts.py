@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .category import anomaly_token, context_token
+
 GENERIC_PHRASES = (
     "damaged {}", "flawed {}", "abnormal {}", "imperfect {}", "blemished {}",
     "{} with flaw", "{} with defect", "{} with damage",
@@ -141,9 +143,8 @@ def _tokens(names: Sequence[str]) -> str:
 def build_head_prompts(config, head: str, class_name: str, phrases: Sequence[str]) -> HeadPrompts:
     """Learned prompts of one head ("image" or "pixel") by semantic concatenation."""
     n_prompts, n_ctx, n_anomaly, n_anomaly_ctx = config.head_sizes(head)
-    short = {"image": "img", "pixel": "pix"}[head]
-    contexts = [_tokens([f"<{short}_n{i}_{e}>" for e in range(n_ctx)]) for i in range(n_prompts)]
-    suffixes = [_tokens([f"<{short}_a{j}_{e}>" for e in range(n_anomaly_ctx)]) for j in range(n_anomaly)]
+    contexts = [_tokens([context_token(head, i, e) for e in range(n_ctx)]) for i in range(n_prompts)]
+    suffixes = [_tokens([anomaly_token(head, j, e) for e in range(n_anomaly_ctx)]) for j in range(n_anomaly)]
     normal = [f"{context} {class_name}." for context in contexts]
     # State-major order, as the reference: row r uses phrase r // N and context r % N.
     manual = [f"{contexts[r % n_prompts]} {phrases[r // n_prompts].format(class_name).strip()}."

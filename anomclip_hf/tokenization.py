@@ -73,3 +73,11 @@ def build_offline_clip_tokenizer(real_vocab: bool = True) -> CLIPTokenizer:
     if real_vocab and not use_real:
         raise RuntimeError("the real CLIP vocabulary needs open_clip_torch installed (pip install open_clip_torch)")
     return CLIPTokenizer.from_pretrained(_tokenizer_files(use_real), model_max_length=77)
+
+
+def add_prompt_tokens(tokenizer: CLIPTokenizer, names: list[str]) -> list[int]:
+    """Add the prompt tokens `names` to a tokenizer (idempotent) and return their ids in that order."""
+    missing = [name for name in names if name not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+    return tokenizer.convert_tokens_to_ids(names)

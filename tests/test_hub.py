@@ -19,7 +19,7 @@ from PIL import Image
 from transformers import CLIPModel
 
 from anomclip_hf import AnomCLIPModel, AnomCLIPProcessor
-from anomclip_hf.category_io import LAYOUT_FILES, base_model_fingerprint
+from anomclip_hf.category_io import LAYOUT_FILES
 from anomclip_hf.hub import CategoryDownloadError, repo_id_from_pattern, upload_category_folder
 from anomclip_hf.tokenization import build_offline_clip_tokenizer
 from conftest import perturb_norms, tiny_clip_config
@@ -97,7 +97,7 @@ def test_push_then_load_by_repo_id_gives_identical_scores_and_a_parsable_card(fa
     assert "widget/train/good/003.png" in card.text and "two_stage" in card.text
     assert "CC BY-NC-SA 4.0" in card.text
     record = json.loads(files["category.json"])
-    assert record["base_model"]["fingerprint"] == base_model_fingerprint(fresh)
+    assert record["base_model"]["fingerprint"] == fresh.base_identity()["fingerprint"]
     assert record["base_model"]["architecture"]["vision_hidden_size"] == 32
 
 
@@ -225,7 +225,7 @@ def test_category_for_another_base_names_both_sides(fake_hub, trained):
     with pytest.raises(ValueError, match="adapter was made for base model") as error:
         other.load_category(REPO)
     message = str(error.value)
-    assert base_model_fingerprint(trained) in message and base_model_fingerprint(other) in message
+    assert trained.base_identity()["fingerprint"] in message and other.base_identity()["fingerprint"] in message
     assert "openai/clip-vit-base-patch16" in message and REPO in message
     _assert_nothing_loaded(other)
 

@@ -193,8 +193,8 @@ def test_bad_input_gives_clear_errors(bottle_model, tmp_path):
 
 
 def test_memory_layer_defaults_scale_with_depth():
-    assert AnomCLIPConfig(clip_config=tiny_clip_config(layers=12)).resolved_memory_layers == [3, 8]
-    assert AnomCLIPConfig(clip_config=tiny_clip_config(layers=24)).resolved_memory_layers == [6, 16]
+    assert AnomCLIPConfig(clip_config=tiny_clip_config(layers=12)).memory_layers == [3, 8]
+    assert AnomCLIPConfig(clip_config=tiny_clip_config(layers=24)).memory_layers == [6, 16]
     with pytest.raises(ValueError, match="anomaly_token_position"):
         AnomCLIPConfig(clip_config=tiny_clip_config(), anomaly_token_position="middle")
     with pytest.raises(ValueError, match="memory_layers"):

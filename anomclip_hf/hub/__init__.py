@@ -1,23 +1,27 @@
 """Category adapters and base models on the Hugging Face Hub.
 
     validation.py   category names, repo ids and repo-id patterns, checked before they reach disk or the Hub
-    download.py     download_category: one repo's layout files through huggingface_hub (cache, revisions, offline)
+    download.py     download_category: one repo's files through huggingface_hub (cache, revisions, offline)
     push.py         push_category_to_hub / upload_category_folder / push_base_to_hub, HubTarget for training runs
+
+download and validation sit below the adapter reader (`category_io` uses them); push sits above it (it
+uploads what `category_io` wrote). So this package imports nothing eagerly: importing `hub.download` must
+not pull in `hub.push`. The names below resolve on first use.
 """
 
-from .download import CategoryDownloadError, CategorySnapshot, download_category
-from .push import HubTarget, push_base_to_hub, push_category_to_hub, upload_category_folder
-from .validation import repo_id_from_pattern, validate_category_name, validate_repo_id
+import importlib
 
-__all__ = [
-    "CategoryDownloadError",
-    "CategorySnapshot",
-    "HubTarget",
-    "download_category",
-    "push_base_to_hub",
-    "push_category_to_hub",
-    "repo_id_from_pattern",
-    "upload_category_folder",
-    "validate_category_name",
-    "validate_repo_id",
-]
+_EXPORTS = {
+    "CategoryDownloadError": "download", "CategorySnapshot": "download", "download_category": "download",
+    "HubTarget": "push", "push_base_to_hub": "push", "push_category_to_hub": "push",
+    "upload_category_folder": "push",
+    "repo_id_from_pattern": "validation", "validate_category_name": "validation", "validate_repo_id": "validation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

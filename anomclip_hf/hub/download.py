@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -20,6 +20,7 @@ try:  # the repo listing snapshot_download caches (huggingface_hub >= 1.x); olde
 except ImportError:  # pragma: no cover - depends on the installed client
     get_cached_repo_tree, CachedRepoTreeNotFoundError = None, LookupError
 
+from .._version import __version__
 from .validation import validate_repo_id
 
 
@@ -34,18 +35,17 @@ class CategorySnapshot:
     repo_files: Optional[tuple]  # every file of the repo at that commit, when the listing is cached
 
 
-def download_category(repo_id: str, revision: Optional[str] = None, *, cache_dir: Optional[str] = None,
-                      token=None, local_files_only: bool = False, force_download: bool = False) -> CategorySnapshot:
-    """Download (or find in the cache) the adapter files of `repo_id` at `revision` (default: main)."""
-    from .. import __version__
-    from ..category_io import LAYOUT_FILES
-
+def download_category(repo_id: str, revision: Optional[str] = None, *, filenames: Sequence[str],
+                      cache_dir: Optional[str] = None, token=None, local_files_only: bool = False,
+                      force_download: bool = False) -> CategorySnapshot:
+    """Download (or find in the cache) the files named `filenames` (the adapter layout, which
+    `category_io` owns) of `repo_id` at `revision` (default: main)."""
     validate_repo_id(repo_id)
     wanted = f"{repo_id!r} (revision {revision or constants.DEFAULT_REVISION})"
     try:
         folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
                                    local_files_only=local_files_only, force_download=force_download,
-                                   allow_patterns=list(LAYOUT_FILES), library_name="anomclip-hf",
+                                   allow_patterns=list(filenames), library_name="anomclip-hf",
                                    library_version=__version__)
     except RevisionNotFoundError:
         raise CategoryDownloadError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None

@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, constants
 
+from ..category_io import CARD_FILE, LAYOUT_FILES, read_category_record
+from ..model_card import render_base_card, render_category_card
+from ..processing_anomclip import AnomCLIPProcessor
 from .validation import pattern_fields, repo_id_from_pattern, validate_repo_id
 
 
@@ -35,9 +38,6 @@ def upload_category_folder(folder: str, repo_id: str, *, private: Optional[bool]
                            revision: Optional[str] = None, commit_message: Optional[str] = None) -> CommitInfo:
     """Push an adapter folder (as `save_category` writes it) to `repo_id`; returns the commit (its `oid`
     pins the revision). The folder is checked first: only a complete, valid adapter is pushed."""
-    from ..category_io import CARD_FILE, LAYOUT_FILES, read_category_record
-    from ..model_card import render_category_card
-
     validate_repo_id(repo_id)
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -55,12 +55,9 @@ def push_category_to_hub(model, repo_id: str, name: Optional[str] = None, *, pri
                          token=None, revision: Optional[str] = None,
                          commit_message: Optional[str] = None) -> CommitInfo:
     """Save category `name` (default: the active one) of `model` and push it to `repo_id`."""
-    from ..category_io import save_category
-
     validate_repo_id(repo_id)
-    state = model.get_category(name)
     with tempfile.TemporaryDirectory(prefix="anomclip-push-") as staging:
-        folder = save_category(model, state, os.path.join(staging, "adapter"))
+        folder = model.save_category(os.path.join(staging, "adapter"), name)
         return upload_category_folder(folder, repo_id, private=private, token=token, revision=revision,
                                       commit_message=commit_message)
 
@@ -72,9 +69,6 @@ def push_base_to_hub(model, repo_id: str, processor=None, *, private: Optional[b
 
     `AnomCLIPModel.from_pretrained(repo_id)` and `AnomCLIPProcessor.from_pretrained(repo_id)` load it back.
     """
-    from ..model_card import render_base_card
-    from ..processing_anomclip import AnomCLIPProcessor
-
     validate_repo_id(repo_id)
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer (model.tokenizer is None); set it before pushing, so the "
@@ -83,7 +77,7 @@ def push_base_to_hub(model, repo_id: str, processor=None, *, private: Optional[b
         model.save_pretrained(staging)
         (processor or AnomCLIPProcessor.from_model(model)).save_pretrained(staging)
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
-            handle.write(render_base_card(model, repo_id, license=license))
+            handle.write(render_base_card(model.config, model.base_identity(), repo_id, license=license))
         files = {name: os.path.join(staging, name) for name in sorted(os.listdir(staging))
                  if os.path.isfile(os.path.join(staging, name))}
         return _commit(repo_id, files, managed=(), private=private, token=token, revision=revision,

@@ -12,13 +12,13 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from transformers import PretrainedConfig
 
-from ..configuration_anomclip import AnomCLIPConfig
 from ..data import load_split, sample_shots
 from ..data.schema import NORMAL
 from ..image_io import load_image
-from ..modeling_anomclip import AnomCLIPModel
+from ..modeling_anomclip import AnomCLIPModel, is_anomclip_base
 from ..processing_anomclip import preprocess_images
-from ..thresholds import try_estimate_thresholds
+from ..thresholds import ThresholdEstimate, record_thresholds
+from ..vv_attention import VisionFeatures
 from .config import STRUCTURAL_MODEL_SETTINGS, validate_model_settings
 
 
@@ -51,12 +51,21 @@ def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, c
     return state
 
 
+def try_estimate_thresholds(model: AnomCLIPModel, references: VisionFeatures, category: Optional[str] = None
+                            ) -> Optional[ThresholdEstimate]:
+    """`model.estimate_thresholds`, or None (thresholds left unset) when there are fewer than 2 references."""
+    if references.global_embeds.shape[0] < 2:
+        record_thresholds(model.get_category(category).metadata, None)
+        return None
+    return model.estimate_thresholds(references, category)
+
+
 def load_base_model(base, model_settings: Optional[Mapping[str, Any]] = None) -> AnomCLIPModel:
     """`--base`: an AnomCLIP base folder/repo (from_pretrained) or any CLIP id/folder (from_clip), with the
     preset's model settings applied. An AnomCLIP base keeps its prompt-token structure."""
     settings = dict(model_settings or {})
     config_dict, _ = PretrainedConfig.get_config_dict(os.fspath(base))
-    is_anomclip = config_dict.get("model_type") == AnomCLIPConfig.model_type
+    is_anomclip = is_anomclip_base(config_dict)
     validate_model_settings(settings, config_dict.get("clip_config") if is_anomclip else config_dict)
     if is_anomclip:
         changed = sorted(k for k in STRUCTURAL_MODEL_SETTINGS if k in settings and settings[k] != config_dict.get(k))

@@ -28,11 +28,10 @@ from ..modeling_anomclip import AnomCLIPModel
 from ..processing_anomclip import AnomCLIPProcessor
 from .checkpointing import resolve_resume
 from .config import TrainingConfig
-from .inputs import check_model_settings, load_base_model, read_references, select_references
+from .inputs import check_model_settings, load_base_model, read_references, select_references, try_estimate_thresholds
 from .loop import EpochCallback, fit_prompts
 from .precision import resolve_mixed_precision
 from .step import ShotFeatures
-from ..thresholds import try_estimate_thresholds
 
 ADAPTER_DIR, SUMMARY_FILE, CHECKPOINT_DIR, TENSORBOARD_RUN = "adapter", "summary.json", "checkpoints", "logs"
 

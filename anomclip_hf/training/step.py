@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 
 from ..losses import TextFeatures, promptad_loss
-from ..modeling_anomclip import HEADS
+from ..category import HEADS
 from ..vv_attention import VisionFeatures
 
 

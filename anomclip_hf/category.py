@@ -1,0 +1,164 @@
+"""A category: what one adapter adds to a base model, and the names every other module shares.
+
+This is a leaf module: it imports nothing of the package, so the configuration, prompts, adapter I/O,
+model cards, the Hub code and the model can all take their names from here without import cycles.
+
+- `CategoryState`: a category's tensors as module state (buffers), so `.to()`, `.half()`, `state_dict()`
+  and accelerate's device placement move them with the model; its text and metadata as plain attributes.
+- `HEADS` and the one function that names prompt tokens.
+- The category-name rule and the keys of the prompt layout and of the metadata an adapter records.
+- The base identity: which base model an adapter was made for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+HEADS = ("image", "pixel")
+# Prompt-token prefix of each head: <img_n0_0> is image-head normal prompt 0, context vector 0.
+_HEAD_TOKEN_PREFIX = {"image": "img", "pixel": "pix"}
+
+# AnomCLIPConfig settings that fix the prompt tokens (their number and names) ...
+PROMPT_TOKEN_KEYS = ("n_ctx", "n_prompts_image", "n_prompts_pixel", "n_anomaly_ctx", "n_anomaly_prompts")
+# ... and, with the anomaly token's place, the prompt text; an adapter records them.
+PROMPT_LAYOUT_KEYS = PROMPT_TOKEN_KEYS + ("anomaly_token_position",)
+# What a category records about how it was made (kept in its metadata and in category.json).
+METADATA_KEYS = ("seed", "reference_files", "training", "evaluation", "decision_threshold", "pixel_threshold",
+                 "threshold_estimate")
+
+# A category name becomes a folder name (grid jobs), a PEFT adapter and module name (torch forbids '.') and
+# part of repo ids.
+_CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,95}")
+
+
+def validate_category_name(name: Any) -> str:
+    """Return `name` if it is a safe category name, else raise ValueError saying what is allowed."""
+    if not isinstance(name, str) or not _CATEGORY_NAME.fullmatch(name):
+        raise ValueError(f"category name {name!r} is not allowed: expected 1-96 letters, digits, '_' or '-', "
+                         "starting with a letter or digit (e.g. 'metal_nut')")
+    return name
+
+
+# ------------------------------------------------------------------------------------------- prompt tokens
+def context_token(head: str, prompt: int, index: int) -> str:
+    """The added token of normal-context vector `index` of normal prompt `prompt` of `head`."""
+    return f"<{_HEAD_TOKEN_PREFIX[head]}_n{prompt}_{index}>"
+
+
+def anomaly_token(head: str, suffix: int, index: int) -> str:
+    """The added token of vector `index` of learnable anomaly suffix `suffix` of `head`."""
+    return f"<{_HEAD_TOKEN_PREFIX[head]}_a{suffix}_{index}>"
+
+
+def prompt_token_names(head_sizes: Callable[[str], Sequence[int]]) -> list[str]:
+    """Added vocabulary tokens, one per learnable vector, in a fixed order (image head first).
+
+    head_sizes(head) -> (N normal prompts, E context vectors, L anomaly suffixes, E_A vectors each).
+    """
+    names = []
+    for head in HEADS:
+        n_prompts, n_ctx, n_anomaly, n_anomaly_ctx = head_sizes(head)
+        names += [context_token(head, i, e) for i in range(n_prompts) for e in range(n_ctx)]
+        names += [anomaly_token(head, j, e) for j in range(n_anomaly) for e in range(n_anomaly_ctx)]
+    return names
+
+
+# ------------------------------------------------------------------------------------------- base identity
+def base_model_architecture(clip_config) -> dict:
+    """The sizes of a wrapped CLIP (a `CLIPConfig`) that an adapter's tensors depend on."""
+    vision, text = clip_config.vision_config, clip_config.text_config
+    return {"vision_hidden_size": vision.hidden_size, "vision_layers": vision.num_hidden_layers,
+            "image_size": vision.image_size, "patch_size": vision.patch_size,
+            "text_hidden_size": text.hidden_size, "text_layers": text.num_hidden_layers,
+            "vocab_size": text.vocab_size, "projection_dim": clip_config.projection_dim}
+
+
+def base_model_fingerprint(clip: nn.Module, prompt_token_ids: Sequence[int]) -> str:
+    """A short hash of the frozen CLIP weights that matter for an adapter (projections, token rows)."""
+    digest = hashlib.sha256()
+    for tensor in (clip.visual_projection.weight, clip.text_projection.weight,
+                   clip.text_model.embeddings.token_embedding.weight[:256], clip.logit_scale):
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps(list(prompt_token_ids)).encode())
+    return digest.hexdigest()[:16]
+
+
+def describe_base(identity: Mapping) -> str:
+    """One line naming a base identity (category.json "base_model") for error messages and cards."""
+    arch = identity.get("architecture") or {}
+    sizes = (f"vision {arch.get('vision_layers')}x{arch.get('vision_hidden_size')}, text "
+             f"{arch.get('text_layers')}x{arch.get('text_hidden_size')}, image {arch.get('image_size')}/patch "
+             f"{arch.get('patch_size')}, projection {arch.get('projection_dim')}") if arch else "sizes not recorded"
+    return (f"{identity.get('name_or_path')!r} (revision {identity.get('revision')}, {sizes}, "
+            f"fingerprint {identity.get('fingerprint')})")
+
+
+# ------------------------------------------------------------------------------------------- state
+class CategoryState(nn.Module):
+    """Everything one category adds to the base model (saved as one adapter folder).
+
+    Tensors are buffers: `memory_{i}` (k, P, W) unit patch features of memory layer i, and
+    `prototype_{head}` (2, D) cached [normal, anomaly] text prototypes. Its prompt vectors are the
+    category's PEFT adapter in the model's prompt-token table.
+    """
+
+    def __init__(self, name: str, class_name: str, phrases: Sequence[str], learned_prompts: bool = False,
+                 memory_bank: Optional[Sequence[torch.Tensor]] = None,
+                 prototypes: Optional[Mapping[str, torch.Tensor]] = None,
+                 metadata: Optional[Mapping[str, Any]] = None):
+        super().__init__()
+        self.name = validate_category_name(name)
+        self.class_name = class_name
+        self.phrases = list(phrases)
+        self.learned_prompts = bool(learned_prompts)  # False: hand-written zero-shot prompts until trained
+        self.metadata = dict(metadata or {})
+        self._memory_layers = 0
+        self.memory_bank = memory_bank
+        for head in HEADS:
+            self.register_buffer(f"prototype_{head}", None)
+        self.prototypes = prototypes or {}
+
+    @property
+    def memory_bank(self) -> Optional[list[torch.Tensor]]:
+        """Per memory layer (k, P, W) unit vectors, or None (no references: text-only scoring)."""
+        if not self._memory_layers:
+            return None
+        return [getattr(self, f"memory_{i}") for i in range(self._memory_layers)]
+
+    @memory_bank.setter
+    def memory_bank(self, layers: Optional[Sequence[torch.Tensor]]) -> None:
+        for i in range(self._memory_layers):
+            delattr(self, f"memory_{i}")
+        layers = list(layers) if layers is not None else []
+        for i, layer in enumerate(layers):
+            self.register_buffer(f"memory_{i}", layer.detach())
+        self._memory_layers = len(layers)
+
+    @property
+    def prototypes(self) -> dict[str, torch.Tensor]:
+        """{head: (2, D) [normal, anomaly]} once computed, else {}."""
+        cached = {head: getattr(self, f"prototype_{head}") for head in HEADS}
+        return {head: p for head, p in cached.items() if p is not None}
+
+    @prototypes.setter
+    def prototypes(self, prototypes: Mapping[str, torch.Tensor]) -> None:
+        unknown = set(prototypes) - set(HEADS)
+        if unknown:
+            raise ValueError(f"prototypes for unknown heads {sorted(unknown)}; expected {HEADS}")
+        for head in HEADS:
+            value = prototypes.get(head)
+            setattr(self, f"prototype_{head}", None if value is None else value.detach())
+
+    @property
+    def shots(self) -> int:
+        bank = self.memory_bank
+        return 0 if bank is None else int(bank[0].shape[0])
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, class_name={self.class_name!r}, shots={self.shots}"
