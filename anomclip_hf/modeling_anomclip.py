@@ -29,6 +29,7 @@ from .vv_attention import VisionFeatures, dual_stream_vision_forward
 
 logger = logging.get_logger(__name__)
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 SCORING_MODES = ("full", "memory", "text")
 
 
@@ -123,14 +124,14 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
-        try:
-            model.tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        except OSError as error:
-            # A bare config + weights folder has no tokenizer files: the model still encodes images, and text
-            # needs model.tokenizer set. Say so instead of failing later with a vaguer message.
-            logger.warning(f"no tokenizer loaded from {pretrained_model_name_or_path} ({error}); set "
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+            # A bare config + weights folder: the model still encodes images; text needs model.tokenizer set.
+            logger.warning(f"no tokenizer loaded from {path} (none of {list(_TOKENIZER_FILES)} is there); set "
                            "model.tokenizer (with the prompt tokens) before adding or training categories")
             model.tokenizer = None
+        else:  # a broken or missing tokenizer of a full base is an error, not a silent None
+            model.tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if model.tokenizer is not None:
             model._check_tokenizer(model.tokenizer)
         return model.eval()
