@@ -22,8 +22,11 @@ from typing import Optional, Union
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
+from .atomic_io import atomic_directory
 from .convert_open_clip_checks import (CLIP_EOT_ID, PREPROCESS_DEFAULTS, UnsupportedOpenClipModel,
                                        check_convertible)
+from .convert_open_clip_sources import resolve_open_clip_source
+from .tokenization import build_offline_clip_tokenizer
 
 CLIP_SOT_ID = 49406
 CONVERSION_RECORD_NAME = "open_clip_conversion.json"
@@ -176,7 +179,6 @@ def clip_image_processor_from_open_clip(image_size: int, preprocess_cfg: Optiona
 
 def clip_tokenizer_for_open_clip(context_length: int) -> CLIPTokenizer:
     """CLIP's BPE tokenizer (open_clip's own vocabulary file), truncating at the model's context length."""
-    from .tokenization import build_offline_clip_tokenizer
 
     tokenizer = build_offline_clip_tokenizer(real_vocab=True)
     tokenizer.model_max_length = context_length
@@ -202,7 +204,6 @@ def convert_open_clip(model: Union[str, os.PathLike, torch.nn.Module], checkpoin
     config: an open_clip model-config JSON for `model` used as a plain name (then open_clip is not needed).
     Raises `UnsupportedOpenClipModel` for architectures CLIP cannot reproduce, before any weight is read.
     """
-    from .convert_open_clip_sources import resolve_open_clip_source
 
     source = resolve_open_clip_source(model, checkpoint, config=config, name=name)
     cfg = check_convertible(source.model_cfg, source.name, source.preprocess_cfg)
@@ -222,7 +223,6 @@ def save_converted_open_clip(model: Union[str, os.PathLike, torch.nn.Module], ch
     """Convert (see `convert_open_clip`) and write a transformers CLIP folder all at once: the model, the
     tokenizer, the image processor (readable by CLIPModel/CLIPProcessor.from_pretrained and
     AnomCLIPModel.from_clip) and open_clip_conversion.json recording the source."""
-    from .atomic_io import atomic_directory
 
     converted = convert_open_clip(model, checkpoint, config=config_path, name=name)
     with atomic_directory(os.fspath(output_dir)) as staging:

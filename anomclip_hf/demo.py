@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from transformers import CLIPConfig, CLIPModel
 
 from .data import generate_mvtec_tree, load_split, read_mask
@@ -59,7 +60,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     A quick probe: transformers' own download retries for about a minute before giving up.
     """
-    from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return False
@@ -73,7 +73,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def is_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 

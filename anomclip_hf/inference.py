@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .image_io import ImageReadError, PathOrImage, load_image
+from .modeling_anomclip import AnomCLIPModel
 from .processing_anomclip import preprocess_images
 
 
@@ -35,7 +36,7 @@ def _decode(chunk, start: int, skip_unreadable: bool) -> tuple[list[int], list, 
     return indices, decoded, failures
 
 
-def score_images(model, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
+def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
                  category: Optional[str] = None, progress: bool = True, description: str = "scoring",
                  skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None
                  ) -> Iterator[ScoredBatch]:

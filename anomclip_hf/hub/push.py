@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, constants
 
@@ -18,6 +18,9 @@ from ..category_io import CARD_FILE, LAYOUT_FILES, read_category_record
 from ..model_card import render_base_card, render_category_card
 from ..processing_anomclip import AnomCLIPProcessor
 from .validation import pattern_fields, repo_id_from_pattern, validate_repo_id
+
+if TYPE_CHECKING:  # push sits above the model and uses it through its methods only
+    from ..modeling_anomclip import AnomCLIPModel
 
 
 def _commit(repo_id: str, files: dict, *, managed: Sequence[str], private: Optional[bool], token,
@@ -51,7 +54,7 @@ def upload_category_folder(folder: str, repo_id: str, *, private: Optional[bool]
                    commit_message=message)
 
 
-def push_category_to_hub(model, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
+def push_category_to_hub(model: AnomCLIPModel, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
                          token=None, revision: Optional[str] = None,
                          commit_message: Optional[str] = None) -> CommitInfo:
     """Save category `name` (default: the active one) of `model` and push it to `repo_id`."""
@@ -62,7 +65,7 @@ def push_category_to_hub(model, repo_id: str, name: Optional[str] = None, *, pri
                                       commit_message=commit_message)
 
 
-def push_base_to_hub(model, repo_id: str, processor=None, *, private: Optional[bool] = None, token=None,
+def push_base_to_hub(model: AnomCLIPModel, repo_id: str, processor=None, *, private: Optional[bool] = None, token=None,
                      revision: Optional[str] = None, commit_message: Optional[str] = None,
                      license: Optional[str] = None) -> CommitInfo:
     """Push an AnomCLIP base model with its tokenizer, processor settings and model card, in one commit.

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from ..modeling_anomclip import AnomCLIPModel
 from .checkpointing import PromptVectors, TrainingProgress, clear_checkpoints, save_checkpoint
 from .precision import frozen_clip_dtype
 from .step import ShotFeatures, build_optimizer, build_scheduler, training_step
@@ -38,7 +39,7 @@ class FitResult:
         return finals
 
 
-def fit_prompts(model, category: str, features: ShotFeatures, config, accelerator, *,
+def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, config, accelerator, *,
                 checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
                 fingerprint: Optional[dict] = None, callbacks: Sequence[EpochCallback] = (),
                 description: str = "") -> FitResult:

@@ -8,6 +8,8 @@ from typing import Iterator
 
 import torch
 
+from ..modeling_anomclip import AnomCLIPModel
+
 logger = logging.getLogger(__name__)
 DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -21,7 +23,7 @@ def resolve_mixed_precision(requested: str, device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def frozen_clip_dtype(model, mixed_precision: str) -> Iterator[None]:
+def frozen_clip_dtype(model: AnomCLIPModel, mixed_precision: str) -> Iterator[None]:
     """Run the frozen CLIP in the low-precision dtype inside the block, then restore its exact weights.
 
     A round trip through bf16 would round the base weights; the originals are kept on the CPU and put back,

@@ -7,8 +7,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ..losses import TextFeatures, promptad_loss
 from ..category import HEADS
+from ..losses import TextFeatures, promptad_loss
+from ..modeling_anomclip import AnomCLIPModel
 from ..vv_attention import VisionFeatures
 
 
@@ -20,15 +21,16 @@ class ShotFeatures:
     pixel: torch.Tensor  # (k, P, D) V-V patch embeddings, input of the pixel-level head
 
     def for_head(self, head: str) -> torch.Tensor:
-        return {"image": self.image, "pixel": self.pixel}[head]
-
+        if head not in HEADS:
+            raise ValueError(f"head={head!r}; expected one of {HEADS}")
+        return getattr(self, head)  # the fields are named after the heads
 
     @classmethod
     def from_vision(cls, features: VisionFeatures) -> "ShotFeatures":
         return cls(image=features.global_embeds.detach().float(), pixel=features.patch_embeds.detach().float())
 
 
-def encode_shots(model, pixel_values: torch.Tensor) -> ShotFeatures:
+def encode_shots(model: AnomCLIPModel, pixel_values: torch.Tensor) -> ShotFeatures:
     """One float32 forward of the frozen vision tower over the shots."""
     with torch.no_grad():
         return ShotFeatures.from_vision(model.encode_images(pixel_values))
@@ -48,7 +50,7 @@ def _float32(text: TextFeatures) -> TextFeatures:
     return TextFeatures(normal=text.normal.float(), manual=text.manual.float(), learned=text.learned.float())
 
 
-def promptad_objective(model, category: str, features: ShotFeatures, config, use_margin: bool,
+def promptad_objective(model: AnomCLIPModel, category: str, features: ShotFeatures, config, use_margin: bool,
                        temperature: Optional[float] = None) -> dict[str, torch.Tensor]:
     """Loss terms of both heads ("image/loss_ce", ..., "pixel/loss_eam") and their sum "loss".
 
@@ -67,7 +69,7 @@ def promptad_objective(model, category: str, features: ShotFeatures, config, use
     return terms
 
 
-def training_step(model, category: str, features: ShotFeatures, optimizer, config, use_margin: bool,
+def training_step(model: AnomCLIPModel, category: str, features: ShotFeatures, optimizer, config, use_margin: bool,
                   backward: Optional[Callable[[torch.Tensor], None]] = None,
                   temperature: Optional[float] = None) -> dict[str, float]:
     """Zero the gradients, compute the objective, backpropagate (`backward`, e.g. accelerator.backward),
