@@ -6,21 +6,60 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from PIL import Image
 
 from anomclip_hf import AnomCLIPModel
-from anomclip_hf.cli import main
+from anomclip_hf.cli import build_parser, main
 from anomclip_hf.visualization import label_band_height
 
 from conftest import GOLDEN_DIR
 
 
+COMMANDS = ("demo", "convert-open-clip", "push", "predict", "fit", "evaluate")
+
+
 def test_help_lists_commands():
+    """The one subprocess smoke test: `python -m anomclip_hf.cli` starts and prints its help."""
     result = subprocess.run([sys.executable, "-m", "anomclip_hf.cli", "--help"], capture_output=True, text=True,
                             check=True)
-    for command in ("demo", "convert-open-clip", "predict"):
+    for command in COMMANDS:
         assert command in result.stdout
+
+
+def test_help_in_process_lists_every_command_with_its_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per command, whatever the terminal
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: anomclip ") and "PromptAD few-shot anomaly detection on CLIP" in out
+    commands = next(action for action in build_parser()._actions if action.dest == "command")
+    helps = {choice.dest: choice.help for choice in commands._choices_actions}
+    assert sorted(helps) == sorted(COMMANDS)
+    for command, text in helps.items():
+        assert text and any(line.split() == [command] + text.split() for line in out.splitlines()), command
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "anomclip: error: the following arguments are required: command"),
+    (["nope"], "anomclip: error: argument command: invalid choice: 'nope'"),
+    (["predict", "--base", "b"], "anomclip predict: error: the following arguments are required: --category, "
+                                 "--images, --output"),
+    (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--autocast", "fp8"],
+     "anomclip predict: error: argument --autocast: invalid choice: 'fp8'"),
+    (["demo", "--shots", "two"], "anomclip demo: error: argument --shots: invalid int value: 'two'"),
+    (["evaluate", "--base", "b", "--dataset", "kaggle", "--data-root", "r", "--output", "o"],
+     "anomclip evaluate: error: argument --dataset: invalid choice: 'kaggle'"),
+])
+def test_argument_errors_exit_2_naming_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines()[-1].startswith(message)
+    assert captured.err.startswith("usage: anomclip")
 
 
 def test_demo_writes_scores_overlays_adapter_and_detects_defects(tmp_path, monkeypatch):

@@ -246,21 +246,30 @@ def test_score_images_in_inference_mode_equals_forward(scored_model):
     assert pixel_values.grad is not None and torch.isfinite(pixel_values.grad).all()
 
 
-def test_autocast_forward_is_close_and_float32(scored_model):
-    pixel_values = torch.randn(2, 3, 30, 30)
+@pytest.mark.parametrize("mode", ["full", "memory", "text"])
+def test_autocast_forward_is_close_and_float32(scored_model, mode):
+    """bf16 autocast on the CPU: the vision tower runs in bf16, scores and maps stay float32 and within 2e-3
+    of the float32 forward (measured: at most 6.4e-4 for maps, 2.4e-4 for image scores)."""
+    pixel_values = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        reference = scored_model(pixel_values, output_size=40)
+        reference = scored_model(pixel_values, output_size=40, mode=mode)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = scored_model(pixel_values, output_size=40)
+            low = scored_model(pixel_values, output_size=40, mode=mode)
     assert low.anomaly_maps.dtype == low.image_scores.dtype == torch.float32
-    assert (low.anomaly_maps - reference.anomaly_maps).abs().max() < 0.05
-    assert (low.image_scores - reference.image_scores).abs().max() < 0.05
-    pictures = [Image.fromarray(np.full((30, 30, 3), 120, dtype=np.uint8))]
+    assert not torch.equal(low.anomaly_maps, reference.anomaly_maps)  # autocast did take effect
+    assert (low.anomaly_maps - reference.anomaly_maps).abs().max() < 2e-3
+    assert (low.image_scores - reference.image_scores).abs().max() < 2e-3
+
+
+def test_autocast_score_images_is_close_and_float32(scored_model):
+    pictures = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (30, 30, 3), dtype=np.uint8))
+                for i in range(2)] + [Image.fromarray(np.full((30, 30, 3), 120, dtype=np.uint8))]
     plain, = score_images(scored_model, pictures, output_size=40, progress=False)
     autocast, = score_images(scored_model, pictures, output_size=40, progress=False, autocast_dtype=torch.bfloat16)
-    assert autocast.anomaly_maps.dtype == np.float32
+    assert autocast.anomaly_maps.dtype == autocast.image_scores.dtype == np.float32
     assert not np.array_equal(autocast.anomaly_maps, plain.anomaly_maps)  # autocast did take effect
-    assert np.abs(autocast.anomaly_maps - plain.anomaly_maps).max() < 0.05
+    assert np.abs(autocast.anomaly_maps - plain.anomaly_maps).max() < 2e-3
+    assert np.abs(autocast.image_scores - plain.image_scores).max() < 2e-3
 
 
 # ----------------------------------------------------------------------------- metrics: exact counts

@@ -15,6 +15,7 @@ import pytest
 import numpy as np
 import torch
 from huggingface_hub import ModelCard, constants
+from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from transformers import CLIPModel
 
@@ -140,8 +141,9 @@ def test_revisions_pin_branches_and_the_cache_is_reused(fake_hub, trained, tiny_
 
 def test_private_push_needs_the_token(tiny_clip, trained, fake_hub):
     fake_hub.token = "hf_fake_token"
-    with pytest.raises(Exception, match="401|Invalid credentials"):
+    with pytest.raises(HfHubHTTPError, match="401|Invalid credentials") as refused:
         trained.push_category_to_hub(REPO, private=True)
+    assert refused.value.response.status_code == 401
     trained.push_category_to_hub(REPO, private=True, token="hf_fake_token")
     assert fake_hub.repos[REPO].private
     fresh = _fresh(tiny_clip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from bisect import bisect
 
 import numpy as np
 import pytest
@@ -65,6 +66,49 @@ def reference_aupro(maps, masks, fpr_limit=0.3):
                 area += (fpr_limit - x0) * (y0 + y_lim) / 2
             break
     return area / fpr_limit
+
+
+def mvtec_compute_pro(maps, masks):
+    """MVTec AD's reference `compute_pro`, restated: sort every pixel once, cumulate FP and per-region
+    overlap changes, keep the last point of each run of tied scores, and close the curve at (1, 1)."""
+    n_ok, n_regions = 0, 0
+    fp_changes = np.zeros(maps.shape, dtype=np.uint32)
+    pro_changes = np.zeros(maps.shape, dtype=np.float64)
+    for i, mask in enumerate(masks):
+        labelled, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        n_regions += n
+        ok = labelled == 0
+        n_ok += int(ok.sum())
+        fp_changes[i, ok] = 1
+        for k in range(1, n + 1):
+            region = labelled == k
+            pro_changes[i, region] = 1.0 / region.sum()
+    scores = np.asarray(maps, dtype=np.float64).ravel()
+    order = np.argsort(scores, kind="stable")[::-1]
+    scores = scores[order]
+    fprs = np.cumsum(fp_changes.ravel()[order], dtype=np.float64) / n_ok
+    pros = np.cumsum(pro_changes.ravel()[order]) / n_regions
+    keep = np.append(np.diff(scores) != 0, True)
+    fprs, pros = np.clip(fprs[keep], None, 1.0), np.clip(pros[keep], None, 1.0)
+    return np.concatenate(([0.0], fprs, [1.0])), np.concatenate(([0.0], pros, [1.0]))
+
+
+def mvtec_trapezoid(x, y, x_max):
+    """MVTec AD's reference `trapezoid` with x_max: the area up to x_max, the last segment interpolated."""
+    correction = 0.0
+    if x_max not in x:
+        ins = bisect(x, x_max)
+        assert 0 < ins < len(x)
+        y_interp = y[ins - 1] + (y[ins] - y[ins - 1]) * (x_max - x[ins - 1]) / (x[ins] - x[ins - 1])
+        correction = 0.5 * (y_interp + y[ins - 1]) * (x_max - x[ins - 1])
+    inside = x <= x_max
+    x, y = x[inside], y[inside]
+    return float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction)
+
+
+def mvtec_aupro(maps, masks, fpr_limit=0.3):
+    fprs, pros = mvtec_compute_pro(maps, masks)
+    return mvtec_trapezoid(fprs, pros, fpr_limit) / fpr_limit
 
 
 # ----------------------------------------------------------------------------- data
@@ -159,17 +203,28 @@ def test_pixel_metrics_binned_close_to_sklearn():
     assert abs(out["aupro"] - aupro(maps, masks)) < 1e-3
 
 
-@pytest.mark.parametrize("seed,levels", [(6, None), (7, 500), (8, 30)])
+@pytest.mark.parametrize("seed,levels", [(6, None), (7, 500), (8, 30), (11, 7)])
 def test_aupro_matches_reference(seed, levels):
+    """Exact AUPRO equals two independent references to 1e-12 (measured: <= 2.2e-16 against MVTec's
+    compute_pro + trapezoid, <= 2e-15 against the per-threshold definition), with ties (levels) and
+    several regions per image; binned mode within its stated 1e-3."""
     maps, masks = make_maps_and_masks(seed, n=6, h=24, w=24, levels=levels)
-    ref = reference_aupro(maps, masks)
+    assert sum(ndimage.label(m, structure=np.ones((3, 3)))[1] for m in masks) >= 6  # several regions
+    if levels is not None:
+        assert np.unique(maps).size < maps.size // 4  # many ties
+    ref = mvtec_aupro(maps, masks)
     assert 0.05 < ref < 0.95  # a non-trivial case
-    assert abs(aupro(maps, masks) - ref) < 1e-3
+    for limit in (0.3, 0.05, 1.0):
+        expected = mvtec_aupro(maps, masks, limit)
+        assert abs(aupro(maps, masks, fpr_limit=limit) - expected) < 1e-12, limit
+        assert abs(reference_aupro(maps, masks, limit) - expected) < 1e-12, limit  # the references agree
+    exact = PixelMetricAccumulator(mode="exact")
+    for part in np.array_split(np.arange(len(maps)), 3):
+        exact.update(maps[part], masks[part])
+    assert abs(exact.compute()["aupro"] - ref) < 1e-12
     binned = PixelMetricAccumulator(mode="binned")
     binned.update(maps, masks)
     assert abs(binned.compute()["aupro"] - ref) < 1e-3
-    for limit in (0.05, 1.0):
-        assert abs(aupro(maps, masks, fpr_limit=limit) - reference_aupro(maps, masks, limit)) < 1e-3
 
 
 def test_aupro_known_cases():

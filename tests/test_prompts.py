@@ -6,7 +6,7 @@ from anomclip_hf import AnomCLIPConfig
 from anomclip_hf.prompts import (CATEGORY_PHRASES, GENERIC_PHRASES, MVTEC_CATEGORIES, VISA_CATEGORIES,
                                  build_head_prompts, class_name_for, learned_pairs, manual_phrases)
 
-from conftest import tiny_clip_config
+from conftest import GOLDEN_DIR, tiny_clip_config
 
 
 def test_class_names():
@@ -50,3 +50,69 @@ def test_head_prompts_layout(position):
     assert image.learned[0] == expected
     assert pixel.normal[0].startswith("<pix_n0_0>")
     assert len(config.prompt_token_names) == (12 + 4) + (4 + 4)
+
+
+# ----------------------------------------------------------------------------- the phrase table, pinned to the spec
+
+SPEC = GOLDEN_DIR.parent / "spec" / "promptad.md"
+SPEC_GENERIC = ["damaged {}", "flawed {}", "abnormal {}", "imperfect {}", "blemished {}", "{} with flaw",
+                "{} with defect", "{} with damage"]
+# Copied verbatim from the appendix table of shared/spec/promptad.md ("per-category manual phrases").
+SPEC_PHRASE_TABLE = """\
+| bottle | {} with large breakage; {} with small breakage; {} with contamination |
+| toothbrush | {} with defect; {} with anomaly |
+| carpet | {} with hole; {} with color stain; {} with metal contamination; {} with thread residue; {} with thread; {} with cut |
+| hazelnut | {} with crack; {} with cut; {} with hole; {} with print |
+| leather | {} with color stain; {} with cut; {} with fold; {} with glue; {} with poke |
+| cable | {} with bent wire; {} with missing part; {} with missing wire; {} with cut; {} with poke |
+| capsule | {} with crack; {} with faulty imprint; {} with poke; {} with scratch; {} squeezed with compression |
+| grid | {} with breakage; {} with thread residue; {} with thread; {} with metal contamination; {} with glue; {} with a bent shape |
+| pill | {} with color stain; {} with contamination; {} with crack; {} with faulty imprint; {} with scratch; {} with abnormal type |
+| transistor | {} with bent lead; {} with cut lead; {} with damage; {} with misplaced transistor |
+| metal_nut | {} with a bent shape; {} with color stain; {} with a flipped orientation; {} with scratch |
+| screw | {} with manipulated front; {} with scratch neck; {} with scratch head |
+| zipper | {} with broken teeth; {} with fabric border; {} with defect fabric; {} with broken fabric; {} with split teeth; {} with squeezed teeth |
+| tile | {} with crack; {} with glue strip; {} with gray stroke; {} with oil; {} with rough surface |
+| wood | {} with color stain; {} with hole; {} with scratch; {} with liquid |
+| candle | {} with melded wax; {} with foreign particals; {} with extra wax; {} with chunk of wax missing; {} with weird candle wick; {} with damaged corner of packaging; {} with different colour spot |
+| capsules | {} with scratch; {} with discolor; {} with misshape; {} with leak; {} with bubble |
+| cashew | {} with breakage; {} with small scratches; {} with burnt; {} with stuck together; {} with spot |
+| chewinggum | {} with corner missing; {} with scratches; {} with chunk of gum missing; {} with colour spot; {} with cracks |
+| fryum | {} with breakage; {} with scratches; {} with burnt; {} with colour spot; {} with fryum stuck together; {} with colour spot |
+| macaroni1, macaroni2 | {} with color spot; {} with small chip around edge; {} with small scratches; {} with breakage; {} with cracks |
+| pcb1, pcb2, pcb3 | {} with bent; {} with scratch; {} with missing; {} with melt |
+| pcb4 | {} with scratch; {} with extra; {} with missing; {} with wrong place; {} with damage; {} with burnt; {} with dirt |
+| pipe_fryum | {} with breakage; {} with small scratches; {} with burnt; {} with stuck together; {} with colour spot; {} with cracks |
+"""
+# The spec's note under the table: "the reference keeps a trailing space in the metal_nut 'bent shape' phrase".
+SPEC_NOTED_EXCEPTIONS = {("metal_nut", 0): "{} with a bent shape "}
+
+
+def _parse_phrase_table(table: str) -> dict[str, list[str]]:
+    phrases = {}
+    for line in table.strip().splitlines():
+        names, listed = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        for name in names.split(", "):
+            phrases[name] = listed.split("; ")
+    return phrases
+
+
+def test_phrase_table_copy_is_the_spec_table():
+    if not SPEC.is_file():
+        pytest.fail(f"the spec is missing: {SPEC}")
+    assert SPEC_PHRASE_TABLE in SPEC.read_text(encoding="utf-8")
+    assert all(f'"{phrase}"' in SPEC.read_text(encoding="utf-8") for phrase in SPEC_GENERIC)
+
+
+def test_phrase_table_of_all_27_categories_is_pinned():
+    expected = _parse_phrase_table(SPEC_PHRASE_TABLE)
+    for (category, index), phrase in SPEC_NOTED_EXCEPTIONS.items():
+        assert expected[category][index] == phrase.strip()
+        expected[category][index] = phrase
+    assert len(expected) == 27 and sorted(expected) == sorted(MVTEC_CATEGORIES + VISA_CATEGORIES)
+    assert len(MVTEC_CATEGORIES) == 15 and len(VISA_CATEGORIES) == 12
+    assert list(GENERIC_PHRASES) == SPEC_GENERIC
+    for category, phrases in expected.items():
+        assert list(CATEGORY_PHRASES[category]) == phrases, category
+        assert manual_phrases(category) == SPEC_GENERIC + phrases, category
+    assert sorted(CATEGORY_PHRASES) == sorted(expected)  # no category beyond the spec's 27

@@ -161,10 +161,10 @@ def test_pipeline_matches_the_model(workspace):
     assert len(results) == 5
     with torch.no_grad():
         direct = model(preprocess_images([load_image(f) for f in files], model.config.image_size), category="widget")
-    np.testing.assert_allclose([r["score"] for r in results], direct.image_scores.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([r["score"] for r in results], direct.image_scores.numpy(), rtol=0, atol=1e-6)
     for result, expected in zip(results, direct.anomaly_maps.numpy()):
         assert result["anomaly_map"].shape == (IMAGE_SIZE, IMAGE_SIZE)
-        np.testing.assert_allclose(result["anomaly_map"], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result["anomaly_map"], expected, rtol=0, atol=1e-6)
         assert result["decision"] == ("anomalous" if result["score"] >= result["threshold"] else "normal")
     # a folder path loads once, a loaded name is used as is; threshold override per call
     one = detector(files[0], threshold=-1.0)
@@ -199,11 +199,16 @@ def test_overlay_panel_draws_contours_and_jet():
     assert (panel[:band] != 255).any()  # the label is drawn
 
 
-def test_every_subcommand_help_has_an_example():
-    for command in ("demo", "fit", "predict", "evaluate", "convert-open-clip", "push"):
-        result = subprocess.run([sys.executable, "-m", "anomclip_hf.cli", command, "--help"], capture_output=True,
-                                text=True, check=True)
-        assert "example" in result.stdout and f"anomclip {command}" in result.stdout, command
+@pytest.mark.parametrize("command", ["demo", "fit", "predict", "evaluate", "convert-open-clip", "push"])
+def test_every_subcommand_help_has_an_example(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: anomclip {command} ")
+    examples = out.split("examples:\n", 1)[1]
+    assert examples.strip() and all(line.startswith(f"  anomclip {command}") for line in examples.splitlines()
+                                    if line.strip()), command
 
 
 def test_bad_input_is_one_sentence_and_nonzero(tmp_path, capsys):
@@ -259,5 +264,5 @@ def test_predict_device_and_autocast_options(workspace, tmp_path):
     assert main(base + ["--output", str(tmp_path / "bf16"), "--autocast", "bf16"]) == 0
     full = [float(r["image_score"]) for r in _rows(tmp_path / "fp32" / "scores.csv")]
     low = [float(r["image_score"]) for r in _rows(tmp_path / "bf16" / "scores.csv")]
-    # bf16 keeps about 3 significant digits in the vision tower; scores stay float32 and close
-    assert low != full and np.allclose(low, full, atol=0.02)
+    # bf16 keeps about 3 significant digits in the vision tower; scores stay float32 and close (measured 1.3e-4)
+    assert low != full and np.allclose(low, full, rtol=0, atol=2e-3)
