@@ -7,7 +7,6 @@ naming the value and the rule instead of writing somewhere unexpected.
 from __future__ import annotations
 
 import os
-import re
 import string
 from typing import Any
 
