@@ -29,11 +29,11 @@ def _is_type_checking_block(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
-    """Every package module imported anywhere in a file (module level or inside functions), except under
-    `if TYPE_CHECKING:` and in a package `__init__`'s lazy `__getattr__` (a re-export that runs only when
-    the name is used, never when a submodule of the package is imported)."""
-    found: set[str] = set()
+def _imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every package import in a file, at module level or inside functions,
+    except under `if TYPE_CHECKING:` and in a package `__init__`'s lazy `__getattr__` (a re-export that runs
+    only when the name is used, never when a submodule of the package is imported)."""
+    found: list[tuple[str, list[str]]] = []
     package = module if is_package else module.rpartition(".")[0]
 
     def visit(node: ast.AST) -> None:
@@ -42,7 +42,7 @@ def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
         if is_package and isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
             return
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == ROOT)
+            found.extend((alias.name, []) for alias in node.names if alias.name.split(".")[0] == ROOT)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -51,9 +51,7 @@ def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
             else:
                 target = node.module or ""
             if target.split(".")[0] == ROOT:
-                found.add(target)
-                # `from . import x` / `from .pkg import mod`: the names may be submodules
-                found.update(f"{target}.{alias.name}" for alias in node.names)
+                found.append((target, [alias.name for alias in node.names]))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -67,18 +65,20 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
         targets = set()
-        for target in _imports(ast.parse(path.read_text()), module, path.name == "__init__.py"):
-            if target not in files or module.startswith(target + "."):
-                continue  # a name imported from a module, or the importer's own package (running already)
+        for target, names in _imports(ast.parse(path.read_text()), module, path.name == "__init__.py"):
+            submodules = {f"{target}.{name}" for name in names} & set(files)
+            targets |= submodules
+            if module.startswith(target + ".") and submodules == {f"{target}.{n}" for n in names}:
+                continue  # `from . import sibling`: the own package is running already; only the siblings count
             targets.add(target)
             # Importing a.b.c runs the __init__ of every package on the way (but the root, which is running
             # already whenever any of its modules is imported).
             parts = target.split(".")
             for depth in range(2, len(parts)):
                 parent = ".".join(parts[:depth])
-                if not module.startswith(parent + ".") and module != parent:
+                if not module.startswith(parent + "."):
                     targets.add(parent)
-        graph[module] = targets - {module}
+        graph[module] = (targets & set(files)) - {module}
     return graph
 
 
@@ -101,6 +101,7 @@ def test_the_graph_is_read_from_the_code(import_graph):
     # A control: the reader finds known edges, so an empty graph cannot pass the cycle test.
     assert "anomclip_hf.category_io" in import_graph["anomclip_hf.modeling_anomclip"]
     assert "anomclip_hf.hub" in import_graph["anomclip_hf.category_io"]  # via hub.download: runs hub/__init__
+    assert "anomclip_hf.metrics._curves" in import_graph["anomclip_hf.metrics.accumulators"]  # from . import _curves
 
 
 def test_imports_point_downwards(import_graph):
