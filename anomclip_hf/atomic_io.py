@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -39,3 +40,16 @@ def write_json(path: str, payload) -> None:
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
     os.replace(temporary, path)
+
+
+def write_csv(path: str, rows: Iterable[Sequence]) -> None:
+    """Write a CSV file (UTF-8) atomically: readers see the previous file or the complete new one."""
+    temporary = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise

@@ -19,6 +19,7 @@ import sys
 from accelerate import PartialState
 
 from anomclip_hf.training import add_training_arguments, config_from_args, run_grid
+from anomclip_hf.numeric_flags import nonnegative_int, positive_int
 from anomclip_hf.training.arguments import add_hub_arguments, hub_target_from_args
 
 
@@ -29,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", "--data_root", dest="data_root", required=True)
     parser.add_argument("--category", "--categories", dest="categories", nargs="+", required=True,
                         help="one or more categories, or 'all'")
-    parser.add_argument("--shots", nargs="+", type=int, default=[1], help="k normal shots (default: 1)")
-    parser.add_argument("--seed", "--seeds", dest="seeds", nargs="+", type=int, default=[0],
+    parser.add_argument("--shots", nargs="+", type=positive_int, default=[1], help="k normal shots (default: 1)")
+    parser.add_argument("--seed", "--seeds", dest="seeds", nargs="+", type=nonnegative_int, default=[0],
                         help="shot-draw seeds (default: 0); the prompt init uses --prompt-seed")
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True)
     parser.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint", default=None,
