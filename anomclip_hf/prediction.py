@@ -174,7 +174,7 @@ def find_inputs(images_dir: str, exclude: Optional[str] = None
                  else f" ({unlistable[0][1]}: {display_path(unlistable[0][0])})" if unlistable else " (it is empty)")
         raise ValueError(f"no image files ({', '.join(ext.lstrip('.') for ext in IMAGE_EXTENSIONS)}) under "
                          f"{images_dir}{found}")
-    return images, others
+    return images, others, unlistable
 
 
 def predict_folder(model, images_dir: str, output_dir: str, **kwargs) -> PredictionResult:

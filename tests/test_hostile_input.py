@@ -1,0 +1,267 @@
+"""Hostile input and faults (issue 14, everything but adapter loading): one test row per root cause.
+
+Each row asserts the exact outcome: the errors.csv row, the error type and the path/field its message
+names, or the bytes on disk. Kill tests run real subprocesses. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomclip_hf.image_io import ImageReadError, load_image
+from anomclip_hf.data.files import probe_size
+from anomclip_hf.prediction import ERRORS_FILE, OVERLAY_DIR, SCORES_FILE, predict_folder
+from anomclip_hf.run_lock import LOCK_FILE, FolderInUseError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (a few hundred bytes: a decompression bomb's signature)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    pixels = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def random_png(path: Path, seed: int, size=(30, 30)) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+@pytest.fixture
+def scored_model(tiny_model):
+    references = [Image.fromarray(np.random.default_rng(s).integers(0, 255, (30, 30, 3), dtype=np.uint8))
+                  for s in range(2)]
+    tiny_model.add_category("gizmo", reference_images=references)
+    return tiny_model
+
+
+def _predict(model, images: Path, output: Path):
+    return predict_folder(model, str(images), str(output), category="gizmo", progress=False, batch_size=4)
+
+
+# --------------------------------------------------------------------- A. images and folders (one row each)
+def _bomb(folder: Path) -> str:
+    png_header_only(folder / "bomb.png", 30000, 30000)  # PIL's own bomb limit (2 x 89 MP) refuses it
+    return str(folder / "bomb.png")
+
+
+def _large(folder: Path) -> str:
+    png_header_only(folder / "large.png", 12000, 12000)  # between PIL's warning and error: our limit
+    return str(folder / "large.png")
+
+
+def _undecodable_name(folder: Path) -> str:
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    random_png(Path(os.fsdecode(raw)), seed=9)
+    return os.fsencode(folder).decode() + "/caf\\xe9.png"
+
+
+def _unlistable(folder: Path, monkeypatch) -> str:
+    locked = folder / "locked"
+    locked.mkdir()
+    random_png(locked / "hidden.png", seed=8)
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # root ignores chmod 000, so refuse the listing here
+    return str(locked)
+
+
+@pytest.mark.parametrize("make_bad, reason", [
+    (_bomb, "decompression bomb"),
+    (_large, "12000x12000 pixels, more than the 100,000,000"),
+    (_undecodable_name, "not valid UTF-8"),
+    (_unlistable, "cannot list folder: Permission denied"),
+], ids=["decompression-bomb", "too-many-pixels", "non-utf8-name", "unlistable-subfolder"])
+def test_a_bad_file_is_one_errors_row_and_the_rest_are_scored(scored_model, tmp_path, monkeypatch, make_bad, reason):
+    images = tmp_path / "images"
+    for index in range(3):
+        random_png(images / f"good_{index}.png", seed=index)
+    arguments = (images, monkeypatch) if make_bad is _unlistable else (images,)
+    bad = make_bad(*arguments)
+    result = _predict(scored_model, images, tmp_path / "out")
+    assert sorted(os.path.basename(p) for p in result.scores) == ["good_0.png", "good_1.png", "good_2.png"]
+    rows = read_csv(tmp_path / "out" / ERRORS_FILE)
+    assert rows[0] == ["path", "error"] and len(rows) == 2
+    assert rows[1][0] == bad and reason in rows[1][1]
+    assert len(read_csv(tmp_path / "out" / SCORES_FILE)) == 4  # header + the three good images
+
+
+def test_a_exif_orientation_is_applied_by_every_reader(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)  # stored landscape 40x20, top-left pixel red
+    pixels[0, 0] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "portrait.png", exif=exif)
+    shown = np.asarray(load_image(tmp_path / "portrait.png"))
+    assert shown.shape == (40, 20, 3)  # displayed portrait
+    assert tuple(shown[0, -1]) == (255, 0, 0)  # clockwise: the top-left corner moves to the top-right
+    assert probe_size(str(tmp_path / "portrait.png")) == (20, 40)  # the header check agrees with the decoder
+    with Image.open(tmp_path / "portrait.png") as opened:  # an in-memory image is turned the same way
+        assert np.array_equal(np.asarray(load_image(opened)), shown)
+
+
+def test_a_too_many_pixels_fails_before_decoding_with_the_file_name(tmp_path):
+    png_header_only(tmp_path / "huge.png", 12000, 12000)
+    with pytest.raises(ImageReadError, match=r"huge\.png is 12000x12000 pixels"):
+        load_image(tmp_path / "huge.png")
+    with pytest.raises(ImageReadError, match=r"huge\.png is 12000x12000 pixels"):
+        probe_size(str(tmp_path / "huge.png"))
+
+
+# ------------------------------------------------------------------------- numeric flags: one rule everywhere
+NUMERIC_FLAG_CASES = [
+    (["demo", "--epochs", "-1"], "--epochs", "expected an integer >= 0, got '-1'"),
+    (["demo", "--shots", "0"], "--shots", "expected an integer >= 1, got '0'"),
+    (["fit", "--base", "b", "--references", "r", "--category", "c", "--output", "o", "--shots", "0"],
+     "--shots", "expected an integer >= 1, got '0'"),
+    (["fit", "--base", "b", "--references", "r", "--category", "c", "--output", "o", "--epochs", "-1"],
+     "--epochs", "expected an integer >= 0, got '-1'"),
+    (["fit", "--base", "b", "--references", "r", "--category", "c", "--output", "o", "--lr", "nan"],
+     "--lr", "expected a finite number >= 0, got 'nan'"),
+    (["evaluate", "--base", "b", "--dataset", "mvtec", "--data-root", "d", "--output", "o", "--shots", "0"],
+     "--shots", "expected an integer >= 1, got '0'"),
+    (["evaluate", "--base", "b", "--dataset", "mvtec", "--data-root", "d", "--output", "o", "--epochs", "-1"],
+     "--epochs", "expected an integer >= 0, got '-1'"),
+    (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--output-size", "4096"],
+     "--output-size", "expected an integer from 1 to 2048, got '4096'"),
+    (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--threshold", "inf"],
+     "--threshold", "expected a finite number, got 'inf'"),
+]
+
+
+@pytest.mark.parametrize("argv, flag, message", NUMERIC_FLAG_CASES, ids=[" ".join(c[0][:1] + c[0][-2:])
+                                                                         for c in NUMERIC_FLAG_CASES])
+def test_numeric_flags_share_one_rule(argv, flag, message, capsys):
+    from anomclip_hf.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag, message", [
+    (["--shots", "0"], "--shots", "expected an integer >= 1, got '0'"),
+    (["--epochs", "-1"], "--epochs", "expected an integer >= 0, got '-1'"),
+    (["--lr", "nan"], "--lr", "expected a finite number >= 0, got 'nan'"),
+], ids=["shots-0", "epochs-negative", "lr-nan"])
+def test_numeric_flags_of_train_script_share_the_rule(argv, flag, message, capsys):
+    sys.path.insert(0, str(REPO / "training"))
+    try:
+        import train
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--base", "b", "--data-root", "d", "--category", "c", "--output-dir", "o",
+                                         *argv])
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_nan_in_a_preset_is_refused_naming_the_setting(tmp_path):
+    from anomclip_hf.training import TrainingConfig
+
+    with pytest.raises(ValueError, match=r"lr=nan.* not a finite number"):
+        TrainingConfig(lr=float("nan"))
+    (tmp_path / "bad.yaml").write_text("lr: .nan\n")
+    with pytest.raises(ValueError, match=r"lr=nan.* not a finite number"):
+        TrainingConfig.from_preset(str(tmp_path / "bad.yaml"))
+
+
+# ------------------------------------------------------------------------------------ B. outputs of predict
+def test_b_a_second_run_on_a_locked_folder_is_refused_naming_it(scored_model, tmp_path):
+    random_png(tmp_path / "images" / "a.png", seed=1)
+    output = tmp_path / "out"
+    output.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (output / LOCK_FILE).write_text(f"{holder.pid}\n")
+        with pytest.raises(FolderInUseError, match=rf"{output}.* in use .*process {holder.pid}"):
+            _predict(scored_model, tmp_path / "images", output)
+        assert not (output / SCORES_FILE).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is dead now: its lock is stale and taken over; the lock goes when the run ends
+    result = _predict(scored_model, tmp_path / "images", output)
+    assert len(result.scores) == 1 and not (output / LOCK_FILE).exists()
+
+
+def test_b_a_run_owns_its_outputs_stale_files_of_an_earlier_run_go(scored_model, tmp_path):
+    for name in ("a", "b"):
+        random_png(tmp_path / "images" / f"{name}.png", seed=len(name))
+    output = tmp_path / "out"
+    (output / OVERLAY_DIR / "sub").mkdir(parents=True)
+    (output / OVERLAY_DIR / "sub" / "old.png").write_bytes(b"old")
+    (output / ERRORS_FILE).write_text("path,error\nold.png,old\n")
+    (output / "notes.txt").write_text("mine")  # not an output of predict: kept
+    _predict(scored_model, tmp_path / "images", output)
+    assert sorted(p.name for p in (output / OVERLAY_DIR).rglob("*")) == ["a.png", "b.png"]
+    assert not (output / ERRORS_FILE).exists()
+    assert (output / "notes.txt").read_text() == "mine"
+    assert [row[0] for row in read_csv(output / SCORES_FILE)[1:]] == [str(tmp_path / "images" / n)
+                                                                       for n in ("a.png", "b.png")]
+
+
+def test_b_output_inside_the_input_folder_is_never_scanned(scored_model, tmp_path):
+    images = tmp_path / "images"
+    random_png(images / "a.png", seed=1)
+    for _ in range(2):  # the second run would find the first run's overlays
+        result = _predict(scored_model, images, images / "out")
+    assert list(result.scores) == [str(images / "a.png")] and not result.failures
+
+
+def test_b_output_path_that_is_a_file_is_one_clear_oserror(scored_model, tmp_path):
+    random_png(tmp_path / "images" / "a.png", seed=1)
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(OSError, match=rf"cannot write output folder {tmp_path / 'out'}: it is a file"):
+        _predict(scored_model, tmp_path / "images", tmp_path / "out")
+
+
+def test_b_disk_full_names_the_file_and_leaves_no_torn_csv(scored_model, tmp_path, monkeypatch):
+    import anomclip_hf.atomic_io as atomic_io
+
+    random_png(tmp_path / "images" / "a.png", seed=1)
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / SCORES_FILE).write_text("path,image_score,decision\nold,1,\n")
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def writerows(self, rows):
+            self.handle.write("path,")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic_io.csv, "writer", FullDisk)
+    with pytest.raises(OSError, match=rf"cannot write scores file {output / SCORES_FILE}.*: No space left on device"):
+        _predict(scored_model, tmp_path / "images", output)
+    # the earlier run's scores.csv was removed at the start; no partial CSV, no lock stays behind
+    assert sorted(p.name for p in output.iterdir()) == [OVERLAY_DIR]
