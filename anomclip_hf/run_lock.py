@@ -11,6 +11,8 @@ import contextlib
 import os
 from typing import Iterator, Optional
 
+from .atomic_io import process_alive
+
 LOCK_FILE = ".anomclip.lock"
 
 
@@ -27,16 +29,6 @@ def _owner(lock: str) -> Optional[int]:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
 @contextlib.contextmanager
 def folder_lock(folder: str, what: str = "run") -> Iterator[str]:
     """Hold `folder`/.anomclip.lock while the block runs (the folder must exist); yields the lock path."""
@@ -51,7 +43,7 @@ def folder_lock(folder: str, what: str = "run") -> Iterator[str]:
                 break
             except FileExistsError:
                 owner = _owner(lock)
-                if owner is not None and owner != os.getpid() and _alive(owner):
+                if owner is not None and owner != os.getpid() and process_alive(owner):
                     raise FolderInUseError(
                         f"output folder {folder} is in use by another {what} (process {owner}, lock file {lock}); "
                         "wait for it to finish or choose another output folder") from None

@@ -265,3 +265,68 @@ def test_b_disk_full_names_the_file_and_leaves_no_torn_csv(scored_model, tmp_pat
         _predict(scored_model, tmp_path / "images", output)
     # the earlier run's scores.csv was removed at the start; no partial CSV, no lock stays behind
     assert sorted(p.name for p in output.iterdir()) == [OVERLAY_DIR]
+
+
+# ------------------------------------------------------------------------ C. kill -9 during adapter saves
+KILL_LOOP = r'''
+import json, os, random, signal, sys, time
+import numpy as np, torch
+sys.path.insert(0, "tests")
+from conftest import perturb_norms, tiny_clip_config
+from transformers import CLIPModel
+from anomclip_hf import AnomCLIPModel, atomic_io
+from anomclip_hf.tokenization import build_offline_clip_tokenizer
+
+root, trials = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+model = AnomCLIPModel.from_clip(perturb_norms(CLIPModel(tiny_clip_config())).eval(),
+                                tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+images = [np.random.default_rng(s).integers(0, 255, (30, 30, 3), dtype=np.uint8) for s in range(2)]
+model.add_category("gizmo", reference_images=images)
+real_rename, exchange = os.rename, atomic_io._exchange
+def slow_rename(source, destination):  # widen the window between the two renames of a rename-based swap
+    real_rename(source, destination)
+    time.sleep(0.003)
+os.rename = slow_rename
+report = {}
+for mode in ("exchange", "backup"):
+    # "backup": a platform without renameat2, so the rename-to-backup path and its recovery
+    atomic_io._exchange = exchange if mode == "exchange" else (lambda first, second: False)
+    target = os.path.join(root, mode, "adapter")
+    model.save_category(target)
+    expected = sorted(os.listdir(target))
+    random.seed(7)
+    missing_before_recovery, outcomes = 0, []
+    for trial in range(trials):
+        child = os.fork()
+        if child == 0:
+            while True:
+                model.save_category(target)
+        time.sleep(random.uniform(0.0, 0.06))
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        missing_before_recovery += not os.path.isdir(target)
+        atomic_io.recover_directory(target)  # what the next save (or load) does first
+        complete = os.path.isdir(target) and sorted(os.listdir(target)) == expected
+        if complete:
+            model.load_category(target)  # it loads
+        leftovers = [n for n in os.listdir(os.path.dirname(target)) if n != os.path.basename(target)]
+        outcomes.append({"complete": complete, "leftovers": leftovers})
+    report[mode] = {"missing_before_recovery": missing_before_recovery, "outcomes": outcomes}
+print(json.dumps(report))
+'''
+
+
+def test_c_kill_during_adapter_saves_never_loses_the_adapter(tmp_path):
+    """20 kill -9 at random points of a save loop, with the atomic swap and with the rename fallback."""
+    import json
+
+    run = subprocess.run([sys.executable, "-c", KILL_LOOP, str(tmp_path), "20"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    for mode in ("exchange", "backup"):
+        assert all(o["complete"] for o in report[mode]["outcomes"]), (mode, report[mode])
+        assert all(o["leftovers"] == [] for o in report[mode]["outcomes"]), (mode, report[mode])  # all cleaned
+    assert report["exchange"]["missing_before_recovery"] == 0  # the swap has no window at all
