@@ -21,6 +21,7 @@ from accelerate import PartialState
 from anomclip_hf.training import add_training_arguments, config_from_args, run_grid
 from anomclip_hf.numeric_flags import nonnegative_int, positive_int
 from anomclip_hf.training.arguments import add_hub_arguments, hub_target_from_args
+from anomclip_hf.training.grid import GridAbortedError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         results = run_grid(args.base, args.dataset, args.data_root, args.categories, args.shots, args.seeds,
                            args.output_dir, config=config, resume_from_checkpoint=args.resume_from_checkpoint,
                            push_to_hub=hub_target_from_args(args))
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, GridAbortedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     failed = [r for r in results if r["status"] == "failed"]
