@@ -7,6 +7,8 @@ names, or the bytes on disk. Kill tests run real subprocesses. Nothing here touc
 from __future__ import annotations
 
 import csv
+import json
+import math
 import errno
 import os
 import struct
@@ -330,3 +332,163 @@ def test_c_kill_during_adapter_saves_never_loses_the_adapter(tmp_path):
         assert all(o["complete"] for o in report[mode]["outcomes"]), (mode, report[mode])
         assert all(o["leftovers"] == [] for o in report[mode]["outcomes"]), (mode, report[mode])  # all cleaned
     assert report["exchange"]["missing_before_recovery"] == 0  # the swap has no window at all
+
+
+# ----------------------------------------------------------------------------------------------- D. training
+def fast_config(**overrides):
+    from anomclip_hf.training import TrainingConfig
+
+    settings = dict(stage1_epochs=2, stage2_epochs=2, checkpoint_every=0, trackers="none", progress_bar=False)
+    return TrainingConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    from anomclip_hf.data import generate_mvtec_tree
+
+    return generate_mvtec_tree(str(tmp_path_factory.mktemp("data") / "mvtec"), categories=("widget",), n_train=3,
+                               n_test_good=1, n_test_defect=1, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tiny_clip, tmp_path_factory):
+    from anomclip_hf import AnomCLIPModel
+    from anomclip_hf.tokenization import build_offline_clip_tokenizer
+
+    folder = str(tmp_path_factory.mktemp("base"))
+    AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False)).save_pretrained(folder)
+    return folder
+
+
+class Killed(Exception):
+    pass
+
+
+def test_d_checkpoints_hold_only_safetensors_and_json_and_resume_is_bitwise_exact(base_dir, train_data, tmp_path):
+    from anomclip_hf import AnomCLIPModel
+    from anomclip_hf.training import train_category
+
+    job = dict(data_root=train_data, shots=2, seed=1, config=fast_config(checkpoint_every=1))
+    straight = AnomCLIPModel.from_pretrained(base_dir)
+    train_category(straight, "widget", str(tmp_path / "straight"), **job)
+
+    def kill_after_two(epoch, logs):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_category(base_dir, "widget", str(tmp_path / "killed"), callbacks=[kill_after_two], **job)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "epoch_0002"
+    assert sorted(os.listdir(checkpoint)) == ["state.json", "tensors.safetensors"]
+    resumed = AnomCLIPModel.from_pretrained(base_dir)
+    train_category(resumed, "widget", str(tmp_path / "killed"), resume_from_checkpoint="latest", **job)
+    assert torch_equal(resumed.prompt_parameters("widget")[0], straight.prompt_parameters("widget")[0])
+
+
+def torch_equal(first, second) -> bool:
+    import torch
+
+    return first.dtype == second.dtype and bool(torch.equal(first.detach().cpu(), second.detach().cpu()))
+
+
+def test_d_resume_never_unpickles(base_dir, train_data, tmp_path):
+    import pickle
+
+    from anomclip_hf.training import train_category
+
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    crafted = tmp_path / "crafted"  # accelerate's layout: what the old resume unpickled
+    crafted.mkdir()
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"):
+        (crafted / name).write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match=rf"{crafted} is not a checkpoint of this package: it needs tensors"):
+        train_category(base_dir, "widget", str(tmp_path / "job"), data_root=train_data, shots=1,
+                       config=fast_config(), resume_from_checkpoint=str(crafted))
+    assert not marker.exists()
+
+
+def test_d_non_finite_loss_stops_the_run_and_saves_nothing(base_dir, train_data, tmp_path):
+    from anomclip_hf.training import train_category
+    from anomclip_hf.training.loop import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"the loss is (nan|inf) at epoch \d"):
+        train_category(base_dir, "widget", str(tmp_path / "job"), data_root=train_data, shots=2,
+                       config=fast_config(lr=1e38, min_lr=0.0, checkpoint_every=1))
+    assert not (tmp_path / "job" / "adapter").exists() and not (tmp_path / "job" / "summary.json").exists()
+    for checkpoint in (tmp_path / "job" / "checkpoints").glob("epoch_*"):  # only epochs with a finite loss
+        state = json.loads((checkpoint / "state.json").read_text())
+        assert all(math.isfinite(h["loss"]) for h in state["progress"]["history"])
+
+
+def test_d_summary_never_describes_another_adapter(base_dir, train_data, tmp_path, monkeypatch):
+    import anomclip_hf.training.job as job_module
+    from anomclip_hf.training import run_grid
+
+    def grid():
+        return run_grid(base_dir, "mvtec", train_data, ["widget"], [1], [0], str(tmp_path), config=fast_config())
+
+    (first,) = grid()
+    job_dir = Path(first["job_dir"])
+    assert first["status"] == "trained" and (job_dir / "summary.json").is_file()
+
+    def killed_before_summary(path, payload):
+        raise Killed
+
+    monkeypatch.setattr(job_module, "write_json", killed_before_summary)
+    with pytest.raises(Killed):  # a retrain (e.g. fit into the same folder) killed after its adapter save
+        job_module.train_category(base_dir, "widget", str(job_dir), data_root=train_data, shots=1,
+                                  config=fast_config(lr=0.01))
+    assert (job_dir / "adapter" / "category.json").is_file() and not (job_dir / "summary.json").exists()
+    monkeypatch.undo()
+    (again,) = grid()  # adapter without summary: the job runs again instead of being skipped
+    assert again["status"] == "trained"
+    stored = json.loads((job_dir / "summary.json").read_text())
+    record = json.loads((job_dir / "adapter" / "category.json").read_text())
+    assert stored["run_settings"]["lr"] == record["training"]["config"]["lr"] == 0.002
+
+
+def test_d_rerun_with_other_settings_is_refused_and_keeps_the_adapter(base_dir, train_data, tmp_path):
+    from anomclip_hf.training import run_grid
+
+    def grid(**overrides):
+        (result,) = run_grid(base_dir, "mvtec", train_data, ["widget"], [1], [0], str(tmp_path),
+                             config=fast_config(**overrides))
+        return result
+
+    assert grid()["status"] == "trained"
+    weights = Path(grid()["adapter_dir"]) / "adapter_model.safetensors"
+    before = weights.read_bytes()
+    assert grid()["status"] == "skipped"  # same settings: skipped
+    refused = grid(lr=0.01)
+    assert refused["status"] == "failed"
+    assert "refusing to rerun" in refused["error"] and "lr: 0.002 -> 0.01" in refused["error"]
+    assert weights.read_bytes() == before
+
+
+GRID_SCRIPT = r'''
+import sys
+from anomclip_hf.training import TrainingConfig, run_grid
+config = TrainingConfig(stage1_epochs=1, stage2_epochs=1, checkpoint_every=0, trackers="none", progress_bar=False,
+                        cpu=True)
+# two jobs, one per process: "ghost" does not exist, so the second process fails before the gather
+run_grid(sys.argv[1], "mvtec", sys.argv[2], ["widget", "ghost"], [1], [0], sys.argv[3], config=config,
+         on_error="raise")
+'''
+
+
+def test_d_a_failing_process_does_not_leave_the_others_waiting(base_dir, train_data, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
+    script = tmp_path / "grid.py"
+    script.write_text(GRID_SCRIPT)
+    run = subprocess.run(launch + [str(script), base_dir, train_data, str(tmp_path / "out")], cwd=REPO,
+                         capture_output=True, text=True, timeout=400,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert run.returncode != 0
+    assert "GridAbortedError: the grid stopped: process 1 failed" in run.stderr  # raised on the healthy process
+    assert "ghost" in run.stderr
