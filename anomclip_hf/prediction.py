@@ -26,7 +26,7 @@ from .atomic_io import write_csv
 from .data.files import IMAGE_EXTENSIONS, walk_images
 from .image_io import display_path, load_mask
 from .inference import score_images
-from .run_lock import folder_lock
+from .run_lock import FolderInUseError, folder_lock
 from .thresholds import decision
 from .visualization import anomaly_panel
 
@@ -93,7 +93,9 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
         raise OSError(f"cannot write output folder {display_path(output_dir)}: it is a file, not a folder")
     with _writing(output_dir, "output folder"):
         os.makedirs(output_dir, exist_ok=True)
-    with folder_lock(output_dir, "predict run"):
+    with contextlib.ExitStack() as held:
+        with _writing(output_dir, "output folder"):  # a read-only folder fails here, naming it
+            held.enter_context(folder_lock(output_dir, "predict run"))
         _remove_earlier_outputs(output_dir)
         for batch in score_images(model, named, batch_size=batch_size, output_size=output_size,
                                   category=state.name, progress=progress, skip_unreadable=True,
@@ -154,7 +156,7 @@ def _writing(path: str, what: str):
     try:
         yield
     except OSError as error:
-        if getattr(error, "anomclip_output", False):
+        if getattr(error, "anomclip_output", False) or isinstance(error, FolderInUseError):
             raise
         reason = error.strerror or str(error)
         where = error.filename if error.filename is not None else path

@@ -482,13 +482,45 @@ run_grid(sys.argv[1], "mvtec", sys.argv[2], ["widget", "ghost"], [1], [0], sys.a
 
 
 def test_d_a_failing_process_does_not_leave_the_others_waiting(base_dir, train_data, tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu"]
+    """Two ranks started by hand (no launcher that would kill the survivor): before the fix, rank 0 waited
+    in gather_object forever; now both end, rank 0 with GridAbortedError naming rank 1's error."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     script = tmp_path / "grid.py"
     script.write_text(GRID_SCRIPT)
-    run = subprocess.run(launch + [str(script), base_dir, train_data, str(tmp_path / "out")], cwd=REPO,
-                         capture_output=True, text=True, timeout=400,
-                         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert run.returncode != 0
-    assert "GridAbortedError: the grid stopped: process 1 failed" in run.stderr  # raised on the healthy process
-    assert "ghost" in run.stderr
+    ranks = []
+    for rank in range(2):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
+        ranks.append(subprocess.Popen([sys.executable, str(script), base_dir, train_data, str(tmp_path / "out")],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [rank.communicate(timeout=400)[1] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert [rank.returncode != 0 for rank in ranks] == [True, True]
+    assert "GridAbortedError: the grid stopped: process 1 failed (DatasetLayoutError: category folder not found" \
+        in errors[0]
+    assert "DatasetLayoutError: category folder not found" in errors[1] and "ghost" in errors[1]
+
+
+def test_b_read_only_output_folder_is_one_oserror_naming_it(scored_model, tmp_path, monkeypatch):
+    import anomclip_hf.run_lock as run_lock
+
+    random_png(tmp_path / "images" / "a.png", seed=1)
+    (tmp_path / "out").mkdir()
+    real_open = open
+
+    def read_only(path, *args, **kwargs):  # root ignores chmod, so refuse the lock file's creation here
+        if str(path).startswith(str(tmp_path / "out")):
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_lock, "open", read_only, raising=False)
+    with pytest.raises(OSError, match=rf"cannot write output folder {tmp_path / 'out'}.*: Read-only file system"):
+        _predict(scored_model, tmp_path / "images", tmp_path / "out")
