@@ -27,7 +27,7 @@ def atomic_directory(target: str) -> Iterator[str]:
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     recover_directory(target)
-    staging = tempfile.mkdtemp(prefix=_leftover_prefix(target, "partial", os.getpid()), dir=parent)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(_leftover_prefix(target, "partial", os.getpid())), dir=parent)
     try:
         yield staging
         replace_directory(staging, target)
