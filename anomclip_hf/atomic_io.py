@@ -1,35 +1,115 @@
-"""Write a folder or a JSON file all at once: readers see the old one or the complete new one, never half."""
+"""Write a folder, a JSON or a CSV file all at once: readers see the old one or the complete new one, never half."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 
 @contextlib.contextmanager
 def atomic_directory(target: str) -> Iterator[str]:
-    """Yield a temporary folder beside `target`; on success it replaces `target`, on error it is deleted."""
+    """Yield a temporary folder beside `target`; on success it replaces `target`, on error it is deleted.
+
+    Crash-safe: a kill at any point leaves `target` complete (old or new), or, where the platform cannot swap
+    two folders in one step, a complete old copy that the next `atomic_directory` / `recover_directory` of
+    `target` puts back. Leftovers of killed processes are removed then too.
+    """
     target = os.path.abspath(target)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
+    recover_directory(target)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(_leftover_prefix(target, "partial", os.getpid())), dir=parent)
     try:
         yield staging
-        if os.path.exists(target):
-            # Same file system, so both renames are atomic; the old copy goes only after the swap.
-            retired = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
-            os.rename(target, os.path.join(retired, "content"))
-            os.rename(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_directory(staging: str, final: str) -> None:
+    """Make the complete folder `staging` the folder `final` (same file system), never leaving `final` absent.
+
+    Linux: one renameat2(RENAME_EXCHANGE) swaps the two folders, then the old one (now at `staging`) is
+    deleted. Elsewhere: `final` is renamed to a backup beside it, `staging` to `final`, and the backup is
+    deleted; a kill between those renames leaves the backup, which `recover_directory` restores.
+    """
+    if not os.path.lexists(final):
+        os.rename(staging, final)
+        return
+    if _exchange(staging, final):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    backup = _leftover_prefix(final, "old", os.getpid()) + "backup"
+    os.rename(final, backup)
+    os.rename(staging, final)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def recover_directory(final: str) -> None:
+    """Undo what a killed `replace_directory` / `atomic_directory` of `final` left: put a backup back when
+    `final` is missing, delete the staging and backup folders of processes that no longer run."""
+    final = os.path.abspath(final)
+    parent, name = os.path.dirname(final), os.path.basename(final)
+    if not os.path.isdir(parent):
+        return
+    leftovers = []
+    for entry in os.listdir(parent):
+        match = _LEFTOVER.match(entry)
+        if match and match.group("name") == name and not process_alive(int(match.group("pid"))):
+            leftovers.append((match.group("kind"), os.path.join(parent, entry)))
+    backups = sorted((path for kind, path in leftovers if kind == "old"), key=os.path.getmtime, reverse=True)
+    if backups and not os.path.lexists(final):
+        os.rename(backups[0], final)  # the last complete copy: it was `final` until the kill
+        leftovers = [item for item in leftovers if item[1] != backups[0]]
+    for _, path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# Staging and backup folders beside a target: .NAME.partial-PID-XXXX / .NAME.old-PID-backup
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-")
+
+
+def _leftover_prefix(target: str, kind: str, pid: int) -> str:
+    return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{kind}-{pid}-")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (this one included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # glibc before 2.28, or another libc
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):  # kernel or file system lacks it
+        return False
+    raise OSError(code, os.strerror(code), second)
 
 
 def write_json(path: str, payload) -> None:
@@ -39,3 +119,16 @@ def write_json(path: str, payload) -> None:
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
     os.replace(temporary, path)
+
+
+def write_csv(path: str, rows: Iterable[Sequence]) -> None:
+    """Write a CSV file (UTF-8) atomically: readers see the previous file or the complete new one."""
+    temporary = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise

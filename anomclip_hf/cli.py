@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .numeric_flags import MAX_OUTPUT_SIZE, finite_float, int_range, nonnegative_int, positive_int
 
 AUTOCAST_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
 
@@ -63,13 +64,15 @@ def _cmd_predict(args) -> int:
     from .modeling_anomclip import AnomCLIPModel
     from .prediction import find_inputs, predict_files
 
-    images, others = find_inputs(args.images)  # before the model loads: a wrong folder fails at once
+    # Before the model loads: a wrong folder fails at once. The output folder is never scanned as input.
+    images, others, unlistable = find_inputs(args.images, exclude=args.output)
     model = AnomCLIPModel.from_base(args.base).to(resolve_device(args.device))
     state = model.load_category(args.category, revision=args.revision)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
               "pass --threshold to get decisions", file=sys.stderr)
-    result = predict_files(model, images, args.output, root=args.images, not_images=others, threshold=args.threshold,
+    result = predict_files(model, images, args.output, root=args.images, not_images=others, unlistable=unlistable,
+                           threshold=args.threshold,
                            batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet,
                            autocast_dtype=autocast_dtype(args.autocast))
     for path, error in result.failures:
@@ -85,7 +88,7 @@ def _cmd_fit(args) -> int:
 
     config = config_from_args(args)
     phrases = read_phrases_file(args.phrases) if args.phrases else None
-    shots = args.shots or len(load_split("folder", args.references, args.category, "train"))
+    shots = args.shots if args.shots is not None else len(load_split("folder", args.references, args.category, "train"))
     summary = train_category(args.base, args.category, args.output, dataset="folder", data_root=args.references,
                              shots=shots, seed=args.seed, config=config, class_name=args.class_name, phrases=phrases,
                              resume_from_checkpoint=args.resume_from_checkpoint)
@@ -119,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=None, help="output folder (default: a new anomclip-demo-DATE-TIME folder)")
     demo.add_argument("--base", default=None, help="CLIP or AnomCLIP base (default: openai/clip-vit-base-patch16, "
                       "or an embedded random CLIP when the Hub cannot be reached)")
-    demo.add_argument("--shots", type=int, default=2, help="normal reference images (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--batch-size", type=int, default=8)
-    demo.add_argument("--epochs", type=int, default=4, help="prompt-training epochs, 0 for none (default: %(default)s)")
+    demo.add_argument("--shots", type=positive_int, default=2, help="normal reference images (default: %(default)s)")
+    demo.add_argument("--seed", type=nonnegative_int, default=0)
+    demo.add_argument("--batch-size", type=positive_int, default=8)
+    demo.add_argument("--epochs", type=nonnegative_int, default=4, help="prompt-training epochs, 0 for none (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
@@ -174,10 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     predict.add_argument("--images", required=True, help="folder of images (sub-folders included)")
     predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
-    predict.add_argument("--threshold", type=float, default=None,
+    predict.add_argument("--threshold", type=finite_float, default=None,
                          help="image-score decision threshold (default: the one stored with the category)")
-    predict.add_argument("--batch-size", type=int, default=16)
-    predict.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
+    predict.add_argument("--batch-size", type=positive_int, default=16)
+    predict.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
+                         help=f"anomaly-map size, at most {MAX_OUTPUT_SIZE} (default: model input)")
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
     predict.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default="none",
                          help="run the vision tower in bf16/fp16 on a GPU; scores and maps stay float32")
@@ -197,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--category", required=True)
     fit.add_argument("--class-name", default=None, help="text for the class (default: from the category name)")
     fit.add_argument("--output", required=True, help="job folder; the adapter goes to OUTPUT/adapter")
-    fit.add_argument("--shots", type=int, default=None, help="k reference images (default: every image)")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the shot draw when --shots is smaller")
+    fit.add_argument("--shots", type=positive_int, default=None, help="k reference images (default: every image)")
+    fit.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the shot draw when --shots is smaller")
     fit.add_argument("--phrases", default=None,
                      help="text file of extra anomaly phrases, one per line, '{}' for the class name")
     fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
@@ -215,13 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", required=True, choices=["mvtec", "visa", "folder"])
     evaluate.add_argument("--data-root", required=True)
     evaluate.add_argument("--categories", nargs="+", default=["all"])
-    evaluate.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4])
-    evaluate.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    evaluate.add_argument("--shots", nargs="+", type=positive_int, default=[1, 2, 4])
+    evaluate.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2, 3, 4])
     evaluate.add_argument("--output", required=True)
-    evaluate.add_argument("--resolution", type=int, default=400, help="pixel-metric resolution (default: 400)")
+    evaluate.add_argument("--resolution", type=positive_int, default=400, help="pixel-metric resolution (default: 400)")
     evaluate.add_argument("--pixel-mode", choices=["exact", "binned"], default="exact")
     evaluate.add_argument("--no-train", action="store_true", help="memory + hand-written prompts, no training")
-    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--batch-size", type=positive_int, default=16)
     add_training_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
     return parser

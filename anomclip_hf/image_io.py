@@ -10,27 +10,56 @@ import os
 from typing import Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 PathOrImage = Union[str, os.PathLike, Image.Image]
+# Largest image decoded (width x height): 100 megapixels, e.g. 10000x10000, ~300 MB as RGB. Checked from
+# the header before any pixel is decoded, so a small "decompression bomb" file fails at once, with its name.
+MAX_IMAGE_PIXELS = 100_000_000
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageReadError(ValueError):
     """An image or mask file could not be read or has an unusable content."""
 
 
+def display_path(path) -> str:
+    """A path as printable text whatever its bytes: undecodable bytes of a file name appear as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_pixel_count(size: tuple[int, int], name: str, what: str = "image") -> None:
+    """ImageReadError naming the file when width x height exceeds MAX_IMAGE_PIXELS."""
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ImageReadError(f"{what} file {name} is {size[0]}x{size[1]} pixels, more than the "
+                             f"{MAX_IMAGE_PIXELS:,} this package decodes; shrink it first")
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed: swapped when the EXIF orientation rotates by 90 or 270 degrees."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # a broken EXIF block: Pillow ignores it when decoding too
+        orientation = None
+    return image.size[::-1] if orientation in _SWAPPING_ORIENTATIONS else image.size
+
+
 def _open(source: PathOrImage, what: str) -> Image.Image:
     if isinstance(source, Image.Image):
-        return source
+        return ImageOps.exif_transpose(source)
     path = os.fspath(source)
     if not os.path.isfile(path):
-        raise ImageReadError(f"{what} file not found: {path}")
+        raise ImageReadError(f"{what} file not found: {display_path(path)}")
     try:
         with Image.open(path) as image:
+            check_pixel_count(image.size, display_path(path), what)  # header only: before any pixel
             image.load()  # force decoding now so truncated files fail here, with the path
-            return image.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ImageReadError(f"cannot read {what} file {path}: {error}") from error
+            # Cameras store portrait shots as landscape pixels plus an EXIF rotation: apply it, as viewers do.
+            return ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read {what} file {display_path(path)}: {error}") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -94,4 +123,4 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _name(source: PathOrImage) -> str:
-    return "<in-memory image>" if isinstance(source, Image.Image) else os.fspath(source)
+    return "<in-memory image>" if isinstance(source, Image.Image) else display_path(source)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .numeric_flags import MAX_OUTPUT_SIZE
 from .image_io import ImageReadError, PathOrImage, load_image
 from .modeling_anomclip import AnomCLIPModel
 from .processing_anomclip import preprocess_images
@@ -49,6 +50,8 @@ def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected >= 1")
+    if output_size is not None and not 1 <= output_size <= MAX_OUTPUT_SIZE:
+        raise ValueError(f"output_size={output_size}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
     with tqdm(total=len(images), desc=description, disable=not progress, unit="img") as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start: start + batch_size]

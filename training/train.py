@@ -19,7 +19,9 @@ import sys
 from accelerate import PartialState
 
 from anomclip_hf.training import add_training_arguments, config_from_args, run_grid
+from anomclip_hf.numeric_flags import nonnegative_int, positive_int
 from anomclip_hf.training.arguments import add_hub_arguments, hub_target_from_args
+from anomclip_hf.training.grid import GridAbortedError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", "--data_root", dest="data_root", required=True)
     parser.add_argument("--category", "--categories", dest="categories", nargs="+", required=True,
                         help="one or more categories, or 'all'")
-    parser.add_argument("--shots", nargs="+", type=int, default=[1], help="k normal shots (default: 1)")
-    parser.add_argument("--seed", "--seeds", dest="seeds", nargs="+", type=int, default=[0],
+    parser.add_argument("--shots", nargs="+", type=positive_int, default=[1], help="k normal shots (default: 1)")
+    parser.add_argument("--seed", "--seeds", dest="seeds", nargs="+", type=nonnegative_int, default=[0],
                         help="shot-draw seeds (default: 0); the prompt init uses --prompt-seed")
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True)
     parser.add_argument("--resume_from_checkpoint", "--resume-from-checkpoint", default=None,
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
         results = run_grid(args.base, args.dataset, args.data_root, args.categories, args.shots, args.seeds,
                            args.output_dir, config=config, resume_from_checkpoint=args.resume_from_checkpoint,
                            push_to_hub=hub_target_from_args(args))
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, GridAbortedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     failed = [r for r in results if r["status"] == "failed"]

@@ -7,11 +7,11 @@ ignores the same clutter (hidden files, Thumbs.db, text files).
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
-from ..image_io import ImageReadError
+from ..image_io import ImageReadError, check_pixel_count, display_path, oriented_size
 from .errors import DatasetLayoutError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -36,15 +36,27 @@ def list_images(folder: str) -> List[str]:
     return [os.path.join(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
 
 
-def walk_images(folder: str) -> Tuple[List[str], List[str]]:
+def walk_images(folder: str, unlistable: Optional[List[Tuple[str, str]]] = None,
+                exclude: Optional[str] = None) -> Tuple[List[str], List[str]]:
     """(image files, other visible files) anywhere under `folder`, each sorted by path.
 
     Hidden files and folders are skipped; the other files are returned so callers can report them.
+    unlistable: gets (folder, why) of each sub-folder that cannot be listed (default: DatasetLayoutError).
+    exclude: a folder never entered (an output folder inside the input folder).
     """
     folder = require_dir(folder, "image")
     images, others = [], []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    excluded = os.path.realpath(exclude) if exclude else None
+
+    def refused(error: OSError) -> None:
+        why = f"cannot list folder: {error.strerror or error}"
+        if unlistable is None:
+            raise DatasetLayoutError(f"{why}: {display_path(error.filename)}")
+        unlistable.append((error.filename, why))
+
+    for root, dirs, names in os.walk(folder, onerror=refused):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(root, d)) != excluded)
         for name in names:
             if name.startswith("."):
                 continue
@@ -67,9 +79,10 @@ def probe_size(path: str, what: str = "image") -> Tuple[int, int]:
     """
     try:
         with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ImageReadError(f"cannot read {what} file {path}: {error}") from error
+            check_pixel_count(image.size, display_path(path), what)
+            return oriented_size(image)  # the size load_image returns, after the EXIF rotation
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read {what} file {display_path(path)}: {error}") from error
 
 
 def check_row_files(rows: Iterable[Dict]) -> None:

@@ -3,7 +3,7 @@
     config.py         TrainingConfig (spec section 4) and the YAML presets (training/presets/)
     step.py           the objective and one optimisation step (shared by the loop and the parity tests)
     loop.py           fit_prompts: one full-batch SGD step per epoch, logging, checkpoints, resume
-    checkpointing.py  accelerate save_state/load_state of the prompt vectors, optimiser, scheduler, progress
+    checkpointing.py  safetensors + JSON checkpoints (prompt vectors, optimiser, scheduler, RNG, progress), no pickle
     precision.py      frozen CLIP in bf16/fp16 on GPUs, trainable tensors and losses in float32
     inputs.py         base model and reference images, checked before anything is written
     job.py            train_category: one (dataset, category, shots, seed) job -> adapter folder + summary

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from ..hub.push import HubTarget
+from ..numeric_flags import finite_float, nonnegative_float, nonnegative_int
 from .config import MIXED_PRECISION, SCHEDULES, TrainingConfig
 
 # Fields a job or grid defines itself (shots per job) or that get their own flag below.
@@ -26,13 +27,13 @@ DEFAULT_HUB_PATTERN = "{org}/anomclip-{dataset}-{category}-{shots}shot"
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("training hyper-parameters (override the preset)")
     group.add_argument("--preset", default="paper", help="paper | ref-code | a YAML file (default: %(default)s)")
-    group.add_argument("--epochs", type=int, default=None,
+    group.add_argument("--epochs", type=nonnegative_int, default=None,
                        help="run length: joint -> all epochs, two_stage -> split in half between the stages")
     for spec in dataclasses.fields(TrainingConfig):
         if spec.name in _SKIPPED:
             continue
         default = spec.default
-        kind = type(default) if isinstance(default, (int, float)) else str
+        kind = _flag_type(spec.name, default)
         flags = [f"--{spec.name.replace('_', '-')}"] + ([f"--{spec.name}"] if "_" in spec.name else [])
         choices = _CHOICES.get(spec.name)
         group.add_argument(*flags, dest=spec.name, type=kind, default=None, choices=choices,
@@ -43,6 +44,15 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                        help="no tqdm progress bar")
     group.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even if a GPU is visible")
     return parser
+
+
+def _flag_type(name: str, default):
+    """The argparse type of a TrainingConfig field: the shared numeric rules, by the default's type."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return str
+    if isinstance(default, int):
+        return nonnegative_int
+    return finite_float if name == "eam_margin" else nonnegative_float
 
 
 def add_hub_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

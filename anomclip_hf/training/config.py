@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from importlib import resources
 import inspect
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,8 @@ def _as_number(name: str, value, kind: type):
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"training setting {name}={value!r} is not a number") from None
+    if not math.isfinite(number):  # nan passes every "<= 0" check and trains NaN prompt vectors
+        raise ValueError(f"training setting {name}={value!r} is not a finite number")
     if kind is int:
         if not number.is_integer():
             raise ValueError(f"training setting {name}={value!r} is not an integer")

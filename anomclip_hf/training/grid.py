@@ -3,8 +3,10 @@
 Under `accelerate launch --num_processes N` each process takes its share of the jobs
 (`split_between_processes`) and trains them one after another on its own device; the main process
 gathers every job summary (`gather_object`) into `<output_dir>/summary.json`. No DDP: the jobs share
-nothing. A job whose adapter folder exists is skipped, so an interrupted grid is restarted by running
-the same command again (add `--resume_from_checkpoint latest` to continue unfinished jobs mid-run).
+nothing. A finished job (adapter and summary.json) is skipped, so an interrupted grid is restarted by running
+the same command again (add `--resume_from_checkpoint latest` to continue unfinished jobs mid-run); a finished
+job whose stored settings differ from this run's is refused (recorded as failed, its adapter kept). A fatal
+error in one process (a bad base, on_error="raise") still reaches the gather, then every process raises.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..hub.push import HubTarget
 from ..modeling_anomclip import AnomCLIPModel
 from .config import TrainingConfig
 from .inputs import load_base_model
-from .job import ADAPTER_DIR, SUMMARY_FILE, push_job_adapter, train_category
+from .job import ADAPTER_DIR, SUMMARY_FILE, push_job_adapter, run_settings, settings_hash, train_category
 
 logger = logging.getLogger(__name__)
 
@@ -92,28 +94,44 @@ def run_grid(
                          "without GPUs pass --cpu (TrainingConfig.cpu=True) so they form a CPU process group")
     model = base if isinstance(base, AnomCLIPModel) else None
     owns_model = model is None
-    results = []
-    with state.split_between_processes(jobs) as my_jobs:
-        for job in my_jobs:
-            job_dir = job.directory(output_dir)
-            if os.path.isfile(os.path.join(job_dir, ADAPTER_DIR, "category.json")):
-                results.append(_skipped(job, job_dir, push_to_hub, hub_repo_ids.get(job), on_error))
-                continue
-            if model is None:  # once per process, shared by its jobs; a bad base stops the grid
-                model = load_base_model(base, config.model)
-            try:
-                results.append(train_category(model, job.category, job_dir, dataset=job.dataset,
-                                              data_root=data_root, shots=job.shots, seed=job.seed, config=config,
-                                              resume_from_checkpoint=resume_from_checkpoint,
-                                              push_to_hub=push_to_hub))
-            except Exception as error:  # noqa: BLE001 - one bad category must not stop the grid
-                if on_error == "raise":
+    results, fatal = [], None
+    try:
+        with state.split_between_processes(jobs) as my_jobs:
+            for job in my_jobs:
+                job_dir = job.directory(output_dir)
+                try:
+                    finished = _finished_summary(job, job_dir, config)
+                    if finished is not None:
+                        results.append(_skipped(job, job_dir, finished, push_to_hub, hub_repo_ids.get(job), on_error))
+                        continue
+                    if model is None:  # once per process, shared by its jobs; a bad base stops the grid
+                        try:
+                            model = load_base_model(base, config.model)
+                        except Exception as error:  # noqa: BLE001 - reported after the gather
+                            raise _GridStop(error) from error
+                    results.append(train_category(model, job.category, job_dir, dataset=job.dataset,
+                                                  data_root=data_root, shots=job.shots, seed=job.seed, config=config,
+                                                  resume_from_checkpoint=resume_from_checkpoint,
+                                                  push_to_hub=push_to_hub))
+                except _GridStop:
                     raise
-                results.append(_failed(job, job_dir, error))
-            finally:
-                if owns_model and job.category in model.categories:
-                    model.remove_category(job.category)  # keep one process's model lean across its jobs
-    results = gather_object(results)
+                except Exception as error:  # noqa: BLE001 - one bad category must not stop the grid
+                    if on_error == "raise":
+                        raise _GridStop(error) from error
+                    results.append(_failed(job, job_dir, error))
+                finally:
+                    if owns_model and model is not None and job.category in model.categories:
+                        model.remove_category(job.category)  # keep one process's model lean across its jobs
+    except _GridStop as stop:
+        fatal = stop.error
+    # Every process reaches the gather, also after a fatal error: otherwise the others would wait forever.
+    results = gather_object(results + ([{"status": "aborted", "process": state.process_index,
+                                         "error": f"{type(fatal).__name__}: {fatal}"}] if fatal else []))
+    if fatal is not None:
+        raise fatal
+    aborted = [r for r in results if r["status"] == "aborted"]
+    if aborted:
+        raise GridAbortedError(f"the grid stopped: process {aborted[0]['process']} failed ({aborted[0]['error']})")
     order = {job: index for index, job in enumerate(jobs)}
     results.sort(key=lambda r: order[Job(r["dataset"], r["category"], r["shots"], r["seed"])])
     if state.is_main_process:
@@ -124,20 +142,49 @@ def run_grid(
     return results
 
 
+class GridAbortedError(RuntimeError):
+    """Another process of the launch hit a fatal error; this one stops too (after the shared gather)."""
+
+
+class _GridStop(Exception):
+    """A failure that ends this process's share of the grid (a bad base, on_error="raise")."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _finished_summary(job: Job, job_dir: str, config: TrainingConfig) -> Optional[dict]:
+    """The summary of a finished job (adapter and summary.json), None when the job has to run; ValueError when
+    it was trained with other settings (the adapter is kept: the rerun is refused, not silently skipped)."""
+    if not os.path.isfile(os.path.join(job_dir, ADAPTER_DIR, "category.json")):
+        return None
+    path = os.path.join(job_dir, SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return None  # killed between saving the adapter and writing its summary: train it again
+    with open(path, encoding="utf-8") as handle:
+        summary = json.load(handle)
+    stored = summary.get("run_settings")
+    current = run_settings(config, job.dataset, job.category, job.shots, job.seed)
+    if stored is not None and summary.get("run_hash") != settings_hash(current):
+        differing = sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
+        changes = ", ".join(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}" for key in differing)
+        raise ValueError(f"refusing to rerun {job_dir}: its adapter was trained with other settings ({changes}); "
+                         "it is kept as it is. Use another --output-dir, or delete that folder to retrain")
+    return summary
+
+
 def _failed(job: Job, job_dir: str, error: Exception) -> dict:
     logger.error("job %s failed: %s", job, error)
     return {**asdict(job), "status": "failed", "job_dir": job_dir, "error": f"{type(error).__name__}: {error}",
             "traceback": traceback.format_exc(limit=5)}
 
 
-def _skipped(job: Job, job_dir: str, push_to_hub: Optional[HubTarget] = None, repo_id: Optional[str] = None,
-             on_error: str = "record") -> dict:
+def _skipped(job: Job, job_dir: str, finished: dict, push_to_hub: Optional[HubTarget] = None,
+             repo_id: Optional[str] = None, on_error: str = "record") -> dict:
     """A finished job's summary; with `push_to_hub`, its adapter is pushed unless summary.json records that."""
-    path = os.path.join(job_dir, SUMMARY_FILE)
     summary = {**asdict(job), "job_dir": job_dir, "adapter_dir": os.path.join(job_dir, ADAPTER_DIR)}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            summary.update({k: v for k, v in json.load(handle).items() if k != "history"})
+    summary.update({k: v for k, v in finished.items() if k != "history"})
     summary["status"] = "skipped"
     if push_to_hub is not None and (summary.get("hub_repo_id") != repo_id or not summary.get("hub_commit")):
         try:

@@ -2,7 +2,8 @@
 
 Job folder (`output_dir`):
     adapter/          the category adapter (model.save_category, atomic: it exists only when the job finished)
-    summary.json      the job summary (also gathered into the grid's summary.json)
+    summary.json      the job summary (also gathered into the grid's summary.json); written after the adapter
+                      and removed when a new run of the job starts, so it never describes another adapter
     checkpoints/      accelerate checkpoints, epoch_NNNN/
     logs/             per-epoch loss curves of the trackers (tensorboard when installed; main process only)
 
@@ -13,6 +14,8 @@ reports the F1-max threshold of labelled test data; `predict --threshold` overri
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import time
@@ -80,6 +83,8 @@ def train_category(
     adapter_dir = adapter_dir or os.path.join(output_dir, ADAPTER_DIR)
     reference_files = [os.path.relpath(path, data_root) for path in references]
     job = {"dataset": dataset, "category": category, "shots": shots, "seed": int(seed)}
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output_dir, SUMMARY_FILE))  # it describes the adapter of an earlier run
 
     began = time.perf_counter()
     accelerator = _job_accelerator(config, output_dir)
@@ -119,11 +124,25 @@ def train_category(
                "job_wall_time_s": round(time.perf_counter() - began, 3),
                "decision_threshold": None if thresholds is None else thresholds.image,
                "resumed_from": result.resumed_from}
+    settings = run_settings(config, dataset, category, shots, seed)
+    summary.update(run_settings=settings, run_hash=settings_hash(settings))
+    model.save_category(adapter_dir, category)
+    # Last: adapter + summary mark a finished job; a kill in between leaves no summary, so the job reruns.
     write_json(os.path.join(output_dir, SUMMARY_FILE), {**summary, "history": result.history})
-    model.save_category(adapter_dir, category)  # last: an existing adapter marks a finished job
     if push_to_hub is not None:
         summary.update(push_job_adapter(output_dir, adapter_dir, hub_repo_id, push_to_hub))
     return summary
+
+
+def run_settings(config: TrainingConfig, dataset: str, category: str, shots: int, seed: int) -> dict:
+    """What defines a job's result: the run-defining training settings and the job itself."""
+    return {**config.run_fingerprint(), "dataset": dataset, "category": category, "shots": int(shots),
+            "seed": int(seed)}
+
+
+def settings_hash(settings: dict) -> str:
+    """A stable hash of `run_settings` (sorted-key JSON), stored in summary.json to detect a changed rerun."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 
 
 def push_job_adapter(job_dir: str, adapter_dir: str, repo_id: str, target: HubTarget) -> dict:

@@ -7,6 +7,7 @@ no data loader: the k shots' frozen features are computed once, before the loop.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -14,11 +15,17 @@ from typing import Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from ..modeling_anomclip import AnomCLIPModel
-from .checkpointing import PromptVectors, TrainingProgress, clear_checkpoints, save_checkpoint
+from .checkpointing import TrainingProgress, clear_checkpoints, load_checkpoint, save_checkpoint
 from .precision import frozen_clip_dtype
 from .step import ShotFeatures, build_optimizer, build_scheduler, training_step
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite: the prompt vectors are garbage from here on."""
+
+
 # callback(epoch, logs) after every epoch (after its checkpoint); raising stops the run there.
 EpochCallback = Callable[[int, dict], None]
 
@@ -45,8 +52,9 @@ def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, con
                 description: str = "") -> FitResult:
     """Train `category`'s prompt vectors in place for config.total_epochs (or what is left after `resume_from`).
 
-    The prompt tensor, optimizer and scheduler are registered with `accelerator` for `save_state`/`load_state`;
-    nothing is wrapped in DDP (each job is an independent run).
+    Checkpoints (prompt tensor, optimizer, scheduler, RNG, progress) are safetensors + JSON (`checkpointing`);
+    nothing is wrapped in DDP (each job is an independent run). A non-finite loss stops the run with
+    NonFiniteLossError before anything of that epoch is saved.
     """
     temperature = model.temperature  # read before any low-precision cast of logit_scale
     vectors = model.prompt_parameters(category)
@@ -56,10 +64,10 @@ def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, con
     # fast-forward the cosine schedule of independent jobs under a multi-process launch.
     optimizer = accelerator.prepare_optimizer(optimizer)
     progress = TrainingProgress(fingerprint=fingerprint or config.run_fingerprint())
-    objects = [PromptVectors(vectors[0]), scheduler, progress]
-    accelerator.register_for_checkpointing(*objects)
+    states = dict(vectors=vectors[0], optimizer=optimizer, scheduler=scheduler, progress=progress,
+                  scaler=getattr(accelerator, "scaler", None))
     if resume_from:
-        accelerator.load_state(resume_from)
+        load_checkpoint(resume_from, **states)
         logger.info("resumed %s from %s after epoch %d", description or category, resume_from, progress.epoch)
     elif checkpoint_dir:
         clear_checkpoints(checkpoint_dir)
@@ -74,6 +82,10 @@ def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, con
                 lr = optimizer.param_groups[0]["lr"]
                 terms = training_step(model, category, features, optimizer, config, config.uses_margin(epoch),
                                       backward=accelerator.backward, temperature=temperature)
+                if not math.isfinite(terms["loss"]):
+                    raise NonFiniteLossError(
+                        f"training {description or category} stopped: the loss is {terms['loss']} at epoch {epoch} "
+                        f"(lr {lr:g}); nothing of this epoch was saved. Lower --lr or check the reference images")
                 scheduler.step()
                 logs = {"epoch": epoch, "stage": config.stage(epoch), "lr": lr, **terms}
                 progress.epoch = epoch
@@ -83,7 +95,7 @@ def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, con
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['loss']:.4f}", stage=logs["stage"])
                 if checkpoint_dir and config.checkpoint_every and epoch % config.checkpoint_every == 0:
-                    save_checkpoint(accelerator, checkpoint_dir, epoch, optimizer, objects, config.checkpoint_limit)
+                    save_checkpoint(checkpoint_dir, epoch, limit=config.checkpoint_limit, **states)
                 for callback in callbacks:
                     callback(epoch, logs)
     finally:

@@ -1,0 +1,58 @@
+"""argparse types for numeric flags: one rule, and one message pattern, for every command.
+
+    parser.add_argument("--shots", type=positive_int)    # "argument --shots: expected an integer >= 1, got '0'"
+
+Integers must be whole numbers in their range; floats must be finite (no nan/inf) and in their range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable, Optional
+
+# Largest anomaly-map side (--output-size): a 2048x2048 float32 map is 16 MB per image, in memory and per batch.
+MAX_OUTPUT_SIZE = 2048
+
+
+def _integer(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer_from_{minimum}"
+    return parse
+
+
+def _real(minimum: Optional[float] = None) -> Callable[[str], float]:
+    expected = "a finite number" + ("" if minimum is None else f" >= {minimum:g}")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = "finite_number"
+    return parse
+
+
+positive_int = _integer(1)  # counts of things that must exist: shots, batch size, resolution
+nonnegative_int = _integer(0)  # epochs (0: no training where allowed), seeds, checkpoint counts
+finite_float = _real()  # thresholds, margins
+nonnegative_float = _real(0.0)  # learning rates, momentum, weight decay, loss weights
+
+
+def int_range(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An integer in minimum..maximum, e.g. --output-size (int_range(1, MAX_OUTPUT_SIZE))."""
+    return _integer(minimum, maximum)
