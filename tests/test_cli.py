@@ -13,7 +13,6 @@ from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import main
 from anomclip_hf.visualization import label_band_height
 
-from conftest import GOLDEN_DIR
 
 
 def test_help_lists_commands():
@@ -41,10 +40,10 @@ def test_demo_writes_scores_overlays_adapter_and_detects_defects(tmp_path, monke
     assert category["shots"] == 2 and len(category["reference_files"]) == 2
 
 
-def test_convert_golden_open_clip_and_predict(tmp_path, golden):
+def test_convert_golden_open_clip_and_predict(tmp_path, golden, golden_files):
     out = tmp_path / "tiny-vv"
-    assert main(["convert-open-clip", "--model", "tiny-vv", "--checkpoint", str(GOLDEN_DIR / "tiny_vv_open_clip.pt"),
-                 "--config", str(GOLDEN_DIR / "tiny_vv_config.json"), "--output", str(out)]) == 0
+    assert main(["convert-open-clip", "--model", "tiny-vv", "--checkpoint", str(golden_files.weights),
+                 "--config", str(golden_files.config), "--output", str(out)]) == 0
     model = AnomCLIPModel.from_base(str(out))
     with torch.no_grad():
         features = model.encode_images(golden["images"]["pixel_values"])
@@ -53,7 +52,7 @@ def test_convert_golden_open_clip_and_predict(tmp_path, golden):
     images = tmp_path / "images"
     images.mkdir()
     for name in golden["images"]["files"]:
-        Image.open(GOLDEN_DIR / "images" / name).save(images / name)
+        Image.open(golden_files.images / name).save(images / name)
     model.add_category("bottle", reference_images=[Image.open(images / "img_0.png"), Image.open(images / "img_1.png")])
     model.save_category(tmp_path / "bottle")
     assert main(["predict", "--base", str(out), "--category", str(tmp_path / "bottle"), "--images", str(images),
