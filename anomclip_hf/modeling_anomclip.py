@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import torch
-from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, CLIPModel, CLIPTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_anomclip import AnomCLIPConfig
@@ -416,3 +416,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
 
         return push_category_to_hub(self, repo_id, name, private=private, token=token, revision=revision,
                                     commit_message=commit_message)
+
+
+# AutoConfig / AutoModel.from_pretrained know an AnomCLIP folder once the model class exists.
+AutoConfig.register(AnomCLIPConfig.model_type, AnomCLIPConfig, exist_ok=True)
+AutoModel.register(AnomCLIPConfig, AnomCLIPModel, exist_ok=True)

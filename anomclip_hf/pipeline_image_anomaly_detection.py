@@ -1,7 +1,8 @@
-"""The transformers pipeline "image-anomaly-detection", registered when `anomclip_hf` is imported.
+"""The transformers pipeline "image-anomaly-detection", registered when this module is imported (any name
+imported from `anomclip_hf` imports it).
 
 ```python
-import anomclip_hf
+from anomclip_hf import ImageAnomalyDetectionPipeline  # registers the task
 from transformers import pipeline
 
 detector = pipeline("image-anomaly-detection", model="path/to/anomclip-base", category="path/or/repo-of-adapter")
@@ -90,3 +91,6 @@ def register_pipeline() -> None:
     if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ImageAnomalyDetectionPipeline,
                                             pt_model=AnomCLIPModel, type="image")
+
+
+register_pipeline()  # on import: `from anomclip_hf import ...` makes pipeline("image-anomaly-detection") work
