@@ -71,8 +71,11 @@ def base_model_architecture(model) -> dict:
 def base_model_identity(model) -> dict:
     """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
     config = model.config
-    return {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
-            "architecture": base_model_architecture(model), "fingerprint": base_model_fingerprint(model)}
+    identity = {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
+                "architecture": base_model_architecture(model), "fingerprint": base_model_fingerprint(model)}
+    if getattr(config, "random_weights", False):  # its model card then says PIPELINE CHECK
+        identity["random_weights"] = True
+    return identity
 
 
 def _describe_base(identity: dict) -> str:

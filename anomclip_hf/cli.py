@@ -31,6 +31,10 @@ def resolve_device(name: str) -> str:
 
 
 def _cmd_demo(args) -> int:
+    if args.base is not None:
+        from .base_source import check_base
+
+        check_base(args.base)
     from .demo import run_demo
 
     metrics = run_demo(args.output, base=args.base, shots=args.shots, seed=args.seed, batch_size=args.batch_size,
@@ -60,16 +64,21 @@ def _cmd_push(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .modeling_anomclip import AnomCLIPModel
-    from .prediction import find_inputs, predict_files
+    from .base_source import check_base
+    from .prediction import find_inputs, input_root
 
-    images, others = find_inputs(args.images)  # before the model loads: a wrong folder fails at once
+    images, others = find_inputs(args.images)  # before the model loads: a wrong path fails at once
+    check_base(args.base)
+    from .modeling_anomclip import AnomCLIPModel
+    from .prediction import predict_files
+
     model = AnomCLIPModel.from_base(args.base).to(resolve_device(args.device))
     state = model.load_category(args.category, revision=args.revision)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
               "pass --threshold to get decisions", file=sys.stderr)
-    result = predict_files(model, images, args.output, root=args.images, not_images=others, threshold=args.threshold,
+    result = predict_files(model, images, args.output, root=input_root(args.images), not_images=others,
+                           threshold=args.threshold,
                            batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet,
                            autocast_dtype=autocast_dtype(args.autocast))
     for path, error in result.failures:
@@ -79,6 +88,9 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_fit(args) -> int:
+    from .base_source import check_base
+
+    check_base(args.base)
     from .data import load_split
     from .prompts import read_phrases_file
     from .training import config_from_args, train_category
@@ -89,12 +101,19 @@ def _cmd_fit(args) -> int:
     summary = train_category(args.base, args.category, args.output, dataset="folder", data_root=args.references,
                              shots=shots, seed=args.seed, config=config, class_name=args.class_name, phrases=phrases,
                              resume_from_checkpoint=args.resume_from_checkpoint)
-    keys = ("category", "shots", "epochs", "final_losses", "decision_threshold", "adapter_dir")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    keys = ("category", "shots", "epochs", "final_losses", "decision_threshold", "adapter_dir", "note")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    if summary["decision_threshold"] is None:
+        print(f"warning: fitted on {summary['shots']} reference image(s): no decision threshold is stored (its "
+              "leave-one-out estimate needs 2 or more); predict will give scores only, or pass --threshold",
+              file=sys.stderr)
     return 0
 
 
 def _cmd_evaluate(args) -> int:
+    from .base_source import check_base
+
+    check_base(args.base)
     from .evaluation import run_evaluation
     from .training import config_from_args
 
@@ -172,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the category was trained on")
     predict.add_argument("--category", required=True, help="category adapter folder or Hub repo id")
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
-    predict.add_argument("--images", required=True, help="folder of images (sub-folders included)")
+    predict.add_argument("--images", required=True, nargs="+",
+                         help="image files and/or folders of images (sub-folders included)")
     predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
     predict.add_argument("--threshold", type=float, default=None,
                          help="image-score decision threshold (default: the one stored with the category)")

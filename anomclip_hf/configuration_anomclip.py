@@ -32,6 +32,8 @@ class AnomCLIPConfig(PretrainedConfig):
         gaussian_sigma: blur of the pixel map at `sigma_reference_size` pixels; scaled with the map size.
         output_size: default anomaly-map size (None = the input resolution).
         prompt_token_ids: vocabulary ids of the added prompt tokens, in `prompt_token_names` order.
+        random_weights: the CLIP weights are random (a pipeline check, e.g. the offline demo's base): every
+            output made with it is labelled PIPELINE CHECK (`anomclip_hf.labels`).
     """
 
     model_type = "anomclip"
@@ -58,6 +60,7 @@ class AnomCLIPConfig(PretrainedConfig):
         prompt_token_ids: Optional[Sequence[int]] = None,
         base_model_name_or_path: Optional[str] = None,
         base_model_revision: Optional[str] = None,
+        random_weights: bool = False,
         **kwargs,
     ):
         if clip_config is None:
@@ -97,6 +100,7 @@ class AnomCLIPConfig(PretrainedConfig):
         self.prompt_token_ids = [int(i) for i in prompt_token_ids] if prompt_token_ids is not None else None
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
+        self.random_weights = bool(random_weights)
         super().__init__(**kwargs)
 
     @property

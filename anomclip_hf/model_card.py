@@ -14,6 +14,7 @@ from typing import Optional
 from huggingface_hub import EvalResult, ModelCardData
 
 from .hub.validation import looks_like_local_path, validate_repo_id
+from .labels import PIPELINE_CHECK_NOTE, is_random_base
 
 TEMPLATE_PACKAGE = "anomclip_hf.model_cards"
 CATEGORY_TEMPLATE = "category_adapter.md"
@@ -169,6 +170,7 @@ def render_category_card(category: dict, repo_or_folder: str) -> str:
         fingerprint=category["base_model"].get("fingerprint"),
         format_version=category.get("format_version"),
         licence_note=DATASETS.get(dataset or "", {}).get("note", CUSTOM_DATA_NOTE),
+        pipeline_check=_pipeline_check_text(category["base_model"].get("random_weights", False)),
     )
 
 
@@ -191,8 +193,17 @@ def render_base_card(model, repo_id: str, license: Optional[str] = None) -> str:
         memory_layers=config.resolved_memory_layers,
         memory_tap=config.memory_tap,
         fingerprint=base_model_fingerprint(model),
+        pipeline_check=_pipeline_check_text(is_random_base(model)),
         **architecture,
     )
+
+
+def _pipeline_check_text(random_weights: bool) -> str:
+    """The warning paragraph of a card made on random weights (empty otherwise)."""
+    if not random_weights:
+        return ""
+    return (f"\n> **{PIPELINE_CHECK_NOTE}.** The base model's CLIP weights are random: this card's numbers "
+            "test the pipeline and detect nothing.\n")
 
 
 def _threshold_text(category: dict) -> str:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .data.files import IMAGE_EXTENSIONS, walk_images
+from .data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
 from .image_io import load_mask
 from .inference import score_images
+from .labels import pipeline_check_note
 from .thresholds import decision
 from .visualization import anomaly_panel
 
@@ -58,13 +59,14 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                   category: Optional[str] = None, threshold: Optional[float] = None,
                   pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
                   extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, batch_size: int = 16,
-                  output_size: Optional[int] = None, keep_maps: bool = False, note: str = "",
+                  output_size: Optional[int] = None, keep_maps: bool = False, note: Optional[str] = None,
                   not_images: Sequence[str] = (), autocast_dtype=None, progress: bool = True) -> PredictionResult:
     """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir`.
 
     threshold / pixel_threshold: default to the category's stored ones (category.json).
     ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
     autocast_dtype: torch.bfloat16 / torch.float16 for the vision tower on a GPU (see `score_images`).
+    note: a label for every overlay and row (a "note" column); default: PIPELINE CHECK for a random base.
     Unreadable files, and the `not_images` found beside the images, are reported (errors.csv and the
     result), never fatal.
     """
@@ -74,7 +76,8 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
     ground_truth, extra_columns = ground_truth or {}, extra_columns or {}
     result = PredictionResult(output_dir=output_dir, threshold=threshold)
     os.makedirs(os.path.join(output_dir, OVERLAY_DIR), exist_ok=True)
-    columns = sorted({key for row in extra_columns.values() for key in row})
+    note = pipeline_check_note(model) if note is None else note
+    columns = sorted({key for row in extra_columns.values() for key in row} | ({"note"} if note else set()))
     with open(os.path.join(output_dir, SCORES_FILE), "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "image_score", "decision", *columns])
@@ -88,7 +91,8 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                 if keep_maps:
                     result.maps[path] = batch.anomaly_maps[offset]
                 writer.writerow([path, f"{score:.6f}", decision(score, threshold),
-                                 *(extra_columns.get(path, {}).get(c, "") for c in columns)])
+                                 *(extra_columns.get(path, {}).get(c, note if c == "note" else "")
+                                   for c in columns)])
                 mask = load_mask(ground_truth[path]) if ground_truth.get(path) else None
                 panel = anomaly_panel(batch.images[offset], batch.anomaly_maps[offset], score=score,
                                       threshold=threshold, pixel_threshold=pixel_threshold, ground_truth=mask,
@@ -105,14 +109,35 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
     return result
 
 
-def find_inputs(images_dir: str) -> tuple[list[str], list[str]]:
-    """(image files, other files) under `images_dir` (recursive); ValueError when there is no image at all."""
-    images, others = walk_images(images_dir)
+def find_inputs(inputs: Union[str, Sequence[str]], flag: str = "--images") -> tuple[list[str], list[str]]:
+    """(image files, other files) of folders (recursive) and single image files; ValueError naming `flag` and
+    the path when one does not exist, a named file is not an image, or there is no image at all."""
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    extensions = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+    images, others = [], []
+    for item in map(os.fspath, inputs):
+        if os.path.isdir(item):
+            found, other = walk_images(item)
+            images += found
+            others += other
+        elif os.path.isfile(item):
+            if not is_image_file(item):
+                raise ValueError(f"{flag} {item}: not an image file (expected {extensions})")
+            images.append(item)
+        else:
+            raise ValueError(f"{flag} {item}: no such file or folder")
+    images, others = list(dict.fromkeys(images)), list(dict.fromkeys(others))  # a file named twice: once
     if not images:
         found = f" (only other files, e.g. {others[0]})" if others else " (it is empty)"
-        raise ValueError(f"no image files ({', '.join(ext.lstrip('.') for ext in IMAGE_EXTENSIONS)}) under "
-                         f"{images_dir}{found}")
+        raise ValueError(f"{flag}: no image files ({extensions}) under {', '.join(map(os.fspath, inputs))}{found}")
     return images, others
+
+
+def input_root(inputs: Union[str, Sequence[str]]) -> str:
+    """The folder the overlays' sub-folders mirror: the folder given, or the common folder of several inputs."""
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    folders = [os.path.abspath(p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))) for p in inputs]
+    return os.path.commonpath(folders)
 
 
 def predict_folder(model, images_dir: str, output_dir: str, **kwargs) -> PredictionResult:

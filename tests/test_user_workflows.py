@@ -111,7 +111,7 @@ def test_predict_scores_defects_above_normals_with_overlays(workspace, tmp_path,
     for row in rows:
         relative = os.path.relpath(row["path"], test_dir)
         with Image.open(tmp_path / "overlays" / relative) as picture:
-            assert picture.size == (3 * IMAGE_SIZE, IMAGE_SIZE + label_band_height(1))
+            assert picture.size == (3 * IMAGE_SIZE, IMAGE_SIZE + label_band_height(2))  # + PIPELINE CHECK
     assert "13 images scored" in capsys.readouterr().out
     # --threshold overrides the stored one
     assert main(["predict", "--base", str(workspace / "base"), "--category", str(workspace / "fit" / "adapter"),

@@ -22,6 +22,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from ..atomic_io import write_json
+from ..labels import pipeline_check_fields
 from ..data import load_split, read_mask
 from ..inference import score_images
 from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
@@ -146,7 +147,8 @@ def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, d
                 "dataset": job.dataset, "resolution": settings.resolution, "test_images": metrics["test_images"],
                 "metrics": {key: metrics[key] for key in ("image_auroc", "pixel_auroc", "aupro")}}
             model.save_category(origin["adapter"], job.category)
-            cell = {**asdict(job), **origin, "metrics": metrics, "settings": _as_json(asdict(settings))}
+            cell = {**asdict(job), **origin, "metrics": metrics, "settings": _as_json(asdict(settings)),
+                    **pipeline_check_fields(model)}
             write_json(path, cell)  # atomic: a killed run never leaves a half-written cell
             model.remove_category(job.category)
         else:

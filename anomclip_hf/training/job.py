@@ -23,6 +23,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import is_tensorboard_available
 
 from ..atomic_io import write_json
+from ..labels import pipeline_check_fields
 from ..hub.push import HubTarget
 from ..modeling_anomclip import AnomCLIPModel
 from ..processing_anomclip import AnomCLIPProcessor
@@ -119,7 +120,7 @@ def train_category(
                "train_wall_time_s": round(result.wall_time_s, 3),
                "job_wall_time_s": round(time.perf_counter() - began, 3),
                "decision_threshold": None if thresholds is None else thresholds.image,
-               "resumed_from": result.resumed_from}
+               "resumed_from": result.resumed_from, **pipeline_check_fields(model)}
     write_json(os.path.join(output_dir, SUMMARY_FILE), {**summary, "history": result.history})
     model.save_category(adapter_dir, category)  # last: an existing adapter marks a finished job
     if push_to_hub is not None:
