@@ -24,7 +24,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .image_io import load_image
 from .modeling_anomclip import AnomCLIPModel
 from .processing_anomclip import AnomCLIPProcessor
-from .thresholds import decision
+from .thresholds import decision, normalized_score
 
 TASK = "image-anomaly-detection"
 
@@ -83,7 +83,8 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             threshold = self.model.get_category(name).metadata.get("decision_threshold")
         score = float(model_outputs["image_scores"].reshape(-1)[0])
         anomaly_map = model_outputs["anomaly_maps"].float().cpu()
-        return {"score": score, "decision": decision(score, threshold) or None, "threshold": threshold,
+        return {"score": score, "normalized_score": normalized_score(score, threshold),
+                "decision": decision(score, threshold) or None, "threshold": threshold,
                 "anomaly_map": anomaly_map.reshape(anomaly_map.shape[-2:]).numpy()}
 
 

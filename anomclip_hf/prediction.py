@@ -2,8 +2,11 @@
 
 `anomclip predict` and `anomclip demo` write their outputs through `predict_files`:
 
-    scores.csv     path, image_score, decision (anomalous / normal, empty without a threshold), extra columns
+    scores.csv     path, image_score, normalized_score (the threshold at 0.5), decision (anomalous / normal,
+                   both empty without a threshold), extra columns (a "note" for a random base)
     overlays/      one side-by-side panel PNG per image, mirroring the input folder's sub-folders
+    maps/, masks/  with save_maps: the raw anomaly map (.npy, float32) and the predicted-defect mask
+                   (PNG, 255 = map > pixel threshold) of each image, named as its overlay
     errors.csv     path, error: files that could not be scored (only when there are any)
 """
 
@@ -20,10 +23,11 @@ from .data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
 from .image_io import load_mask
 from .inference import score_images
 from .labels import pipeline_check_note
-from .thresholds import decision
+from .thresholds import decision, normalized_score
 from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
+MAPS_DIR, MASKS_DIR = "maps", "masks"
 
 
 @dataclass
@@ -60,13 +64,15 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                   pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
                   extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, batch_size: int = 16,
                   output_size: Optional[int] = None, keep_maps: bool = False, note: Optional[str] = None,
-                  not_images: Sequence[str] = (), autocast_dtype=None, progress: bool = True) -> PredictionResult:
+                  not_images: Sequence[str] = (), autocast_dtype=None, progress: bool = True,
+                  save_maps: bool = False) -> PredictionResult:
     """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir`.
 
     threshold / pixel_threshold: default to the category's stored ones (category.json).
     ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
     autocast_dtype: torch.bfloat16 / torch.float16 for the vision tower on a GPU (see `score_images`).
     note: a label for every overlay and row (a "note" column); default: PIPELINE CHECK for a random base.
+    save_maps: also write each raw anomaly map (maps/*.npy) and, with a pixel threshold, its mask (masks/*.png).
     Unreadable files, and the `not_images` found beside the images, are reported (errors.csv and the
     result), never fatal.
     """
@@ -80,7 +86,7 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
     columns = sorted({key for row in extra_columns.values() for key in row} | ({"note"} if note else set()))
     with open(os.path.join(output_dir, SCORES_FILE), "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "image_score", "decision", *columns])
+        writer.writerow(["path", "image_score", "normalized_score", "decision", *columns])
         for batch in score_images(model, list(paths), batch_size=batch_size, output_size=output_size,
                                   category=state.name, progress=progress, skip_unreadable=True,
                                   autocast_dtype=autocast_dtype):
@@ -90,16 +96,21 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                 result.scores[path] = score
                 if keep_maps:
                     result.maps[path] = batch.anomaly_maps[offset]
-                writer.writerow([path, f"{score:.6f}", decision(score, threshold),
+                normalized = normalized_score(score, threshold)
+                writer.writerow([path, f"{score:.6f}", "" if normalized is None else f"{normalized:.6f}",
+                                 decision(score, threshold),
                                  *(extra_columns.get(path, {}).get(c, note if c == "note" else "")
                                    for c in columns)])
                 mask = load_mask(ground_truth[path]) if ground_truth.get(path) else None
                 panel = anomaly_panel(batch.images[offset], batch.anomaly_maps[offset], score=score,
                                       threshold=threshold, pixel_threshold=pixel_threshold, ground_truth=mask,
                                       note=note)
-                target = os.path.join(output_dir, OVERLAY_DIR, overlay_name(path, root))
+                name = overlay_name(path, root)
+                target = os.path.join(output_dir, OVERLAY_DIR, name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                panel.save(target)
+                panel.save(target, pnginfo=_png_text(note=note, score=f"{score:.6f}"))
+                if save_maps:
+                    _save_map_and_mask(output_dir, name, batch.anomaly_maps[offset], pixel_threshold)
     result.failures += [(path, "not an image file (unknown extension); skipped") for path in not_images]
     if result.failures:
         with open(os.path.join(output_dir, ERRORS_FILE), "w", newline="", encoding="utf-8") as handle:
@@ -107,6 +118,32 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
             writer.writerow(["path", "error"])
             writer.writerows(result.failures)
     return result
+
+
+def _png_text(**fields: str):
+    """PNG text chunks (read back with Image.open(path).text): the label is in the file, not only drawn."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in fields.items():
+        if value:
+            info.add_text(key, value)
+    return info
+
+
+def _save_map_and_mask(output_dir: str, name: str, anomaly_map, pixel_threshold: Optional[float]) -> None:
+    """maps/NAME.npy: the raw float32 map; masks/NAME.png: 255 where it exceeds the pixel threshold."""
+    from PIL import Image
+
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    stem = os.path.splitext(name)[0]
+    map_path = os.path.join(output_dir, MAPS_DIR, stem + ".npy")
+    os.makedirs(os.path.dirname(map_path), exist_ok=True)
+    np.save(map_path, values)
+    if pixel_threshold is not None:
+        mask_path = os.path.join(output_dir, MASKS_DIR, stem + ".png")
+        os.makedirs(os.path.dirname(mask_path), exist_ok=True)
+        Image.fromarray(((values > pixel_threshold) * 255).astype(np.uint8)).save(mask_path)
 
 
 def find_inputs(inputs: Union[str, Sequence[str]], flag: str = "--images") -> tuple[list[str], list[str]]:

@@ -44,6 +44,15 @@ def decision(score: float, threshold: Optional[float]) -> str:
     return "" if threshold is None else ("anomalous" if score >= threshold else "normal")
 
 
+def normalized_score(score: float, threshold: Optional[float]) -> Optional[float]:
+    """The score on a 0-1 scale on which the decision threshold sits at 0.5, as anomalib users expect:
+    score / (2 * threshold), clipped to [0, 1] (scores are >= 0, so 0 stays 0 and the order below 2x the
+    threshold is kept). None without a positive threshold."""
+    if threshold is None or threshold <= 0:
+        return None
+    return min(max(float(score) / (2.0 * float(threshold)), 0.0), 1.0)
+
+
 def leave_one_out_scores(model, references: VisionFeatures, category: Optional[str] = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.

@@ -11,7 +11,7 @@ from PIL import Image
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import main
-from anomclip_hf.visualization import label_band_height
+from anomclip_hf.visualization import overlay_layout
 
 
 
@@ -33,7 +33,7 @@ def test_demo_writes_scores_overlays_adapter_and_detects_defects(tmp_path, monke
     overlays = sorted((tmp_path / "overlays").rglob("*.png"))
     assert len(overlays) == 18
     with Image.open(overlays[0]) as picture:
-        assert picture.size == (3 * 112, 112 + label_band_height(2))
+        assert picture.size == overlay_layout((112, 112), 2).size
     # the visual memory separates drawn-in defects even with random weights
     assert metrics["image_auroc"] > 0.75 and metrics["pixel_auroc"] > 0.8
     category = json.loads((tmp_path / "adapter" / "category.json").read_text())
