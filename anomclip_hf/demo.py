@@ -23,6 +23,7 @@ from transformers import CLIPConfig, CLIPModel
 
 from .base_source import hub_reachable, is_cached
 from .data import generate_mvtec_tree, load_split, read_mask
+from .evaluation.protocol import stored_threshold_metrics
 from .labels import is_random_base, pipeline_check_fields
 from .metrics import aupro, f1_max, image_auroc, pixel_auroc
 from .modeling_anomclip import AnomCLIPModel
@@ -126,13 +127,14 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
 
 
 def demo_metrics(result, test) -> dict:
-    """Image and pixel metrics of the demo's test split, at the map resolution."""
+    """How the stored threshold does on the demo's test split (first: it is the one predict uses), then the
+    threshold-free image and pixel metrics at the map resolution and the best possible F1."""
     paths, labels = list(test["path"]), np.array(test["label"])
     maps = np.stack([result.maps[path] for path in paths])
     size = (maps.shape[2], maps.shape[1])
     masks = np.stack([read_mask(row, size=size) for row in test])
     scores = np.array([result.scores[path] for path in paths])
     f1, f1_threshold = f1_max(scores, labels)
-    return {"image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks),
+    return {**stored_threshold_metrics(scores, labels, result.threshold), "image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks),
             "aupro": aupro(maps, masks), "image_f1_max": f1, "f1_max_threshold": f1_threshold,
             "evaluation_resolution": maps.shape[1], "scores_file": SCORES_FILE, "overlay_dir": OVERLAY_DIR}

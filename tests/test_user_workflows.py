@@ -58,6 +58,14 @@ def test_demo_subprocess_offline_writes_promised_files(tmp_path):
     assert len(rows) == metrics["test_images"] == 18
     assert all("PIPELINE CHECK" in row["note"] for row in rows)
     assert {row["decision"] for row in rows} <= {"anomalous", "normal"}
+    # the stored threshold's performance comes first, counted independently from scores.csv
+    assert list(metrics)[:4] == ["stored_threshold", "stored_threshold_f1", "stored_threshold_precision",
+                                 "stored_threshold_recall"]
+    assert metrics["stored_threshold"] == metrics["decision_threshold"]
+    hits = sum(r["decision"] == "anomalous" and r["label"] != "normal" for r in rows)
+    flagged, positives = sum(r["decision"] == "anomalous" for r in rows), sum(r["label"] != "normal" for r in rows)
+    assert metrics["stored_threshold_precision"] == pytest.approx(hits / flagged if flagged else 0.0)
+    assert metrics["stored_threshold_recall"] == pytest.approx(hits / positives)
     overlays = sorted((output / "overlays").rglob("*.png"))
     assert len(overlays) == 18
     for picture in overlays:
