@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from .numeric_flags import MAX_OUTPUT_SIZE, finite_float, int_range, nonnegative_int, positive_int
 
 AUTOCAST_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
+FIT_LOG_FILE = "training_log.jsonl"
 
 
 def autocast_dtype(name: str):
@@ -32,6 +33,10 @@ def resolve_device(name: str) -> str:
 
 
 def _cmd_demo(args) -> int:
+    if args.base is not None:
+        from .base_source import check_base
+
+        check_base(args.base)
     from .demo import run_demo
 
     metrics = run_demo(args.output, base=args.base, shots=args.shots, seed=args.seed, batch_size=args.batch_size,
@@ -61,20 +66,28 @@ def _cmd_push(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .modeling_anomclip import AnomCLIPModel
-    from .prediction import find_inputs, predict_files
+    from .base_source import check_base
+    from .prediction import find_inputs, input_root
 
-    # Before the model loads: a wrong folder fails at once. The output folder is never scanned as input.
+    # Before the model loads: a wrong path fails at once. The output folder is never scanned as input.
     images, others, unlistable = find_inputs(args.images, exclude=args.output)
+    check_base(args.base)
+    from .modeling_anomclip import AnomCLIPModel
+    from .prediction import predict_files
+
     model = AnomCLIPModel.from_base(args.base).to(resolve_device(args.device))
     state = model.load_category(args.category, revision=args.revision)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
               "pass --threshold to get decisions", file=sys.stderr)
-    result = predict_files(model, images, args.output, root=args.images, not_images=others, unlistable=unlistable,
+    if args.save_maps and state.metadata.get("pixel_threshold") is None:
+        print(f"warning: category {state.name!r} stores no pixel threshold: --save-maps writes the maps, no masks",
+              file=sys.stderr)
+    result = predict_files(model, images, args.output, root=input_root(args.images), not_images=others,
+                           unlistable=unlistable,
                            threshold=args.threshold,
                            batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet,
-                           autocast_dtype=autocast_dtype(args.autocast))
+                           autocast_dtype=autocast_dtype(args.autocast), save_maps=args.save_maps)
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
     print(result.summary())
@@ -82,6 +95,9 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_fit(args) -> int:
+    from .base_source import check_base
+
+    check_base(args.base)
     from .data import load_split
     from .prompts import read_phrases_file
     from .training import config_from_args, train_category
@@ -89,19 +105,42 @@ def _cmd_fit(args) -> int:
     config = config_from_args(args)
     phrases = read_phrases_file(args.phrases) if args.phrases else None
     shots = args.shots if args.shots is not None else len(load_split("folder", args.references, args.category, "train"))
-    summary = train_category(args.base, args.category, args.output, dataset="folder", data_root=args.references,
-                             shots=shots, seed=args.seed, config=config, class_name=args.class_name, phrases=phrases,
-                             resume_from_checkpoint=args.resume_from_checkpoint)
-    keys = ("category", "shots", "epochs", "final_losses", "decision_threshold", "adapter_dir")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    os.makedirs(args.output, exist_ok=True)
+    log_path = os.path.join(args.output, FIT_LOG_FILE)
+    with open(log_path, "a", encoding="utf-8") as log:  # the bar shows the loss; every epoch's terms go here
+        def log_epoch(epoch: int, logs: dict) -> None:
+            log.write(json.dumps(logs) + "\n")
+            log.flush()
+
+        summary = train_category(args.base, args.category, args.output, dataset="folder",
+                                 data_root=args.references, shots=shots, seed=args.seed, config=config,
+                                 class_name=args.class_name, phrases=phrases, callbacks=[log_epoch],
+                                 resume_from_checkpoint=args.resume_from_checkpoint)
+    final = list(summary["final_losses"].items())[-1] if summary["final_losses"] else None
+    threshold = summary["decision_threshold"]
+    if summary.get("note"):
+        print(summary["note"])
+    print(f"category {summary['category']!r} fitted on {summary['shots']} reference image(s), {summary['epochs']} "
+          f"epochs" + (f"; final loss {final[1]['loss']:.4f} ({final[0]})" if final else "")
+          + ("" if threshold is None else f"; decision threshold {threshold:.4f}"))
+    print(f"adapter: {summary['adapter_dir']}; per-epoch log: {log_path}; summary: "
+          f"{os.path.join(args.output, 'summary.json')}")
+    if threshold is None:
+        print(f"warning: fitted on {summary['shots']} reference image(s): no decision threshold is stored (its "
+              "leave-one-out estimate needs 2 or more); predict will give scores only, or pass --threshold",
+              file=sys.stderr)
     return 0
 
 
 def _cmd_evaluate(args) -> int:
+    from .base_source import check_base
+
+    check_base(args.base)
+    data_root = _evaluation_data(args)
     from .evaluation import run_evaluation
     from .training import config_from_args
 
-    results = run_evaluation(args.base, args.dataset, args.data_root, args.output, categories=args.categories,
+    results = run_evaluation(args.base, args.dataset, data_root, args.output, categories=args.categories,
                              shots=args.shots, seeds=args.seeds, config=config_from_args(args),
                              resolution=args.resolution, pixel_mode=args.pixel_mode, train=not args.no_train,
                              batch_size=args.batch_size)
@@ -109,6 +148,30 @@ def _cmd_evaluate(args) -> int:
         print(handle.read())
     print(f"{len(results['cells'])} cells; results.csv, results.json and results.md in {args.output}")
     return 0
+
+
+def _evaluation_data(args):
+    """--data-root, or for --dataset folder the labelled folders (--normal-dir, --abnormal-dir, --mask-dir)."""
+    folders = ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir")
+    if args.dataset == "folder" and args.normal_dir is not None:
+        if args.abnormal_dir is None:
+            raise ValueError("--dataset folder --normal-dir needs --abnormal-dir (the anomalous test images)")
+        for name in folders:
+            value = getattr(args, name)
+            if value is not None and not os.path.isdir(value):
+                raise ValueError(f"--{name.replace('_', '-')} {value}: folder does not exist")
+        from .data.labelled_folder import LabelledFolder
+
+        return LabelledFolder(args.normal_dir, args.abnormal_dir, mask_dir=args.mask_dir,
+                              normal_test_dir=args.normal_test_dir,
+                              category=None if args.categories == ["all"] else args.categories[0])
+    given = [f"--{name.replace('_', '-')}" for name in folders if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} go with --dataset folder --normal-dir DIR --abnormal-dir DIR")
+    if args.data_root is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data-root"
+                         + (" (or --normal-dir and --abnormal-dir)" if args.dataset == "folder" else ""))
+    return args.data_root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the category was trained on")
     predict.add_argument("--category", required=True, help="category adapter folder or Hub repo id")
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
-    predict.add_argument("--images", required=True, help="folder of images (sub-folders included)")
+    predict.add_argument("--images", required=True, nargs="+",
+                         help="image files and/or folders of images (sub-folders included)")
     predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
     predict.add_argument("--threshold", type=finite_float, default=None,
                          help="image-score decision threshold (default: the one stored with the category)")
@@ -185,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
     predict.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default="none",
                          help="run the vision tower in bf16/fp16 on a GPU; scores and maps stay float32")
+    predict.add_argument("--save-maps", action="store_true",
+                         help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "
+                              "(masks/*.png, 255 = above the pixel threshold)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
 
@@ -206,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--phrases", default=None,
                      help="text file of extra anomaly phrases, one per line, '{}' for the class name")
     fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
+    fit.add_argument("--quiet", dest="progress_bar", action="store_false", default=None,
+                     help="no progress bars (as --no-progress)")
     add_training_arguments(fit)  # --preset, --epochs, --lr, ...
     fit.set_defaults(func=_cmd_fit)
 
@@ -214,10 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
         "anomclip evaluate --base converted/ViT-B-16-plus-240 --dataset mvtec --data-root "
         "/data/mvtec_ad --output runs/eval",
         "anomclip evaluate --base B --dataset visa --data-root /data/VisA --categories pcb1 "
-        "--shots 1 --seeds 0 --output runs/visa")
+        "--shots 1 --seeds 0 --output runs/visa",
+        "anomclip evaluate --base B --dataset folder --normal-dir good/ --abnormal-dir bad/ --mask-dir masks/ "
+        "--output runs/mine")
     evaluate.add_argument("--base", required=True)
     evaluate.add_argument("--dataset", required=True, choices=["mvtec", "visa", "folder"])
-    evaluate.add_argument("--data-root", required=True)
+    evaluate.add_argument("--data-root", default=None, help="MVTec / VisA root (or a folder of normal images)")
+    labelled = evaluate.add_argument_group("--dataset folder with labels (as anomalib's Folder data set)")
+    labelled.add_argument("--normal-dir", default=None, help="normal images: shots are drawn from them; a fifth is "
+                          "held out as normal test images unless --normal-test-dir is given")
+    labelled.add_argument("--abnormal-dir", default=None, help="anomalous images (sub-folder names = defect types)")
+    labelled.add_argument("--mask-dir", default=None, help="their masks, same relative path and name (or NAME_mask); "
+                          "without it no pixel metrics")
+    labelled.add_argument("--normal-test-dir", default=None, help="normal test images (default: held out)")
     evaluate.add_argument("--categories", nargs="+", default=["all"])
     evaluate.add_argument("--shots", nargs="+", type=positive_int, default=[1, 2, 4])
     evaluate.add_argument("--seeds", nargs="+", type=nonnegative_int, default=[0, 1, 2, 3, 4])
@@ -240,8 +318,8 @@ def _add_command(commands, name: str, help: str, *examples: str, description: Op
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):
-        from transformers.utils import logging as transformers_logging
+    if getattr(args, "quiet", False) or getattr(args, "progress_bar", None) is False:
+        from transformers.utils import logging as transformers_logging  # its "Loading weights" bar too
 
         transformers_logging.disable_progress_bar()
     try:

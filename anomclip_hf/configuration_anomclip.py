@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from transformers import CLIPConfig, PretrainedConfig
+from transformers import AutoConfig, CLIPConfig, PretrainedConfig
 
 from .category import HEADS, prompt_token_names
 
@@ -70,6 +70,9 @@ class AnomCLIPConfig(PretrainedConfig):
             The CLIP checkpoint (Hub id or folder) the model was built from; recorded in every adapter.
         base_model_revision (`str`, *optional*):
             Its revision (branch, tag or commit), when one was given.
+        random_weights (`bool`, *optional*, defaults to `False`):
+            The CLIP weights are random (a pipeline check, e.g. the offline demo's base): every output made
+            with it is labelled PIPELINE CHECK (`anomclip_hf.labels`).
 
     Example:
 
@@ -106,6 +109,7 @@ class AnomCLIPConfig(PretrainedConfig):
         prompt_token_ids: Optional[Sequence[int]] = None,
         base_model_name_or_path: Optional[str] = None,
         base_model_revision: Optional[str] = None,
+        random_weights: bool = False,
         **kwargs,
     ):
         if clip_config is None:
@@ -147,6 +151,7 @@ class AnomCLIPConfig(PretrainedConfig):
         self.prompt_token_ids = [int(i) for i in prompt_token_ids] if prompt_token_ids is not None else None
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
+        self.random_weights = bool(random_weights)
         super().__init__(**kwargs)
 
     @property
@@ -165,5 +170,8 @@ class AnomCLIPConfig(PretrainedConfig):
         """Added vocabulary tokens, one per learnable vector, in a fixed order (image head first)."""
         return prompt_token_names(self.head_sizes)
 
+
+# AutoConfig.from_pretrained knows an AnomCLIP folder once the config class exists.
+AutoConfig.register(AnomCLIPConfig.model_type, AnomCLIPConfig, exist_ok=True)
 
 __all__ = ["AnomCLIPConfig"]

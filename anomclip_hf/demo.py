@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from typing import Optional
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from huggingface_hub import constants, try_to_load_from_cache
 from transformers import CLIPConfig, CLIPModel
 
+from .base_source import hub_reachable, is_cached
 from .data import generate_mvtec_tree, load_split, read_mask
+from .evaluation.protocol import stored_threshold_metrics
+from .labels import is_random_base, pipeline_check_fields
 from .metrics import aupro, f1_max, image_auroc, pixel_auroc
 from .modeling_anomclip import AnomCLIPModel
 from .prediction import OVERLAY_DIR, SCORES_FILE, predict_files
@@ -34,7 +34,6 @@ from .training.inputs import add_reference_category
 DEMO_CATEGORY = "widget"
 DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
 EMBEDDED_BACKBONE = "anomclip-demo-random"
-PIPELINE_CHECK_NOTE = "PIPELINE CHECK (random backbone), not a detection result"
 DEFAULT_EPOCHS = 4
 
 
@@ -52,36 +51,17 @@ def embedded_demo_model(seed: int = 0) -> AnomCLIPModel:
     torch.manual_seed(seed)
     clip = CLIPModel(config)
     clip.config.name_or_path = EMBEDDED_BACKBONE
-    return AnomCLIPModel.from_clip(clip, tokenizer=tokenizer)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hub endpoint accepts a TCP connection within `timeout` s and offline mode is off.
-
-    A quick probe: transformers' own download retries for about a minute before giving up.
-    """
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    endpoint = urlparse(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def is_cached(repo_id: str) -> bool:
-
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    model = AnomCLIPModel.from_clip(clip, tokenizer=tokenizer)
+    model.config.random_weights = True  # saved with the base: whatever runs on it is labelled
+    return model
 
 
 def demo_backbone(base: Optional[str], seed: int) -> tuple[AnomCLIPModel, bool]:
-    """(model, is_pipeline_check): `base` if given; else the default Hub CLIP when cached or reachable;
-    else the embedded random CLIP."""
+    """(model, is_pipeline_check): `base` if given (a pipeline check when its config says random weights);
+    else the default Hub CLIP when cached or reachable; else the embedded random CLIP."""
     if base is not None:
-        return AnomCLIPModel.from_base(base), False
+        model = AnomCLIPModel.from_base(base)
+        return model, is_random_base(model)
     if os.path.isdir(DEFAULT_BACKBONE) or is_cached(DEFAULT_BACKBONE) or hub_reachable():
         return AnomCLIPModel.from_base(DEFAULT_BACKBONE), False
     print(f"The Hugging Face Hub cannot be reached and {DEFAULT_BACKBONE} is not cached, so the demo runs on a "
@@ -114,7 +94,7 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
         generate_mvtec_tree(data_root, categories=(DEMO_CATEGORY,), n_train=8, n_test_good=6, n_test_defect=4,
                             image_size=112, seed=seed, exist_ok=True)
     model, pipeline_check = demo_backbone(base, seed)
-    if pipeline_check:
+    if pipeline_check and base is None:
         model.save_pretrained(os.path.join(output_dir, "base"))
     if epochs > 0:
         from .training import TrainingConfig, train_category
@@ -131,20 +111,15 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
     paths = list(test["path"])
     columns = {row["path"]: {"label": test.features["label"].int2str(row["label"]), "defect_type": row["defect_type"]}
                for row in test}
-    if pipeline_check:
-        for row in columns.values():
-            row["note"] = PIPELINE_CHECK_NOTE
     result = predict_files(model, paths, output_dir, root=os.path.join(data_root, DEMO_CATEGORY, "test"),
                            ground_truth={row["path"]: row["mask_path"] for row in test}, extra_columns=columns,
-                           batch_size=batch_size, keep_maps=True, progress=progress,
-                           note=PIPELINE_CHECK_NOTE if pipeline_check else "")
+                           batch_size=batch_size, keep_maps=True, progress=progress)  # labels a random base
     metrics = demo_metrics(result, test)
     metrics.update(shots=shots, test_images=len(paths), prompt_training_epochs=epochs,
                    base=base or (EMBEDDED_BACKBONE if pipeline_check else DEFAULT_BACKBONE),
                    pipeline_check=pipeline_check, decision_threshold=result.threshold,
                    pixel_threshold=model.get_category(DEMO_CATEGORY).metadata.get("pixel_threshold"))
-    if pipeline_check:
-        metrics["note"] = PIPELINE_CHECK_NOTE
+    metrics.update(pipeline_check_fields(model))
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2)
     metrics["output_dir"] = output_dir
@@ -152,13 +127,14 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
 
 
 def demo_metrics(result, test) -> dict:
-    """Image and pixel metrics of the demo's test split, at the map resolution."""
+    """How the stored threshold does on the demo's test split (first: it is the one predict uses), then the
+    threshold-free image and pixel metrics at the map resolution and the best possible F1."""
     paths, labels = list(test["path"]), np.array(test["label"])
     maps = np.stack([result.maps[path] for path in paths])
     size = (maps.shape[2], maps.shape[1])
     masks = np.stack([read_mask(row, size=size) for row in test])
     scores = np.array([result.scores[path] for path in paths])
     f1, f1_threshold = f1_max(scores, labels)
-    return {"image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks),
+    return {**stored_threshold_metrics(scores, labels, result.threshold), "image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks),
             "aupro": aupro(maps, masks), "image_f1_max": f1, "f1_max_threshold": f1_threshold,
             "evaluation_resolution": maps.shape[1], "scores_file": SCORES_FILE, "overlay_dir": OVERLAY_DIR}

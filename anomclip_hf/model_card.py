@@ -14,6 +14,7 @@ from typing import Optional
 from huggingface_hub import EvalResult, ModelCardData
 
 from .hub.validation import looks_like_local_path, validate_repo_id
+from .labels import PIPELINE_CHECK_NOTE
 
 TEMPLATE_PACKAGE = "anomclip_hf.model_cards"
 CATEGORY_TEMPLATE = "category_adapter.md"
@@ -154,7 +155,7 @@ def render_category_card(category: dict, repo_or_folder: str) -> str:
     usage snippet (the Hub repo id when pushed)."""
     dataset = _dataset_key(category)
     base = category["base_model"].get("name_or_path") or "BASE"
-    return _template(CATEGORY_TEMPLATE).format(
+    return _with_pipeline_check(category["base_model"].get("random_weights", False), _template(CATEGORY_TEMPLATE).format(
         card_data=category_card_data(category, _model_name(category, repo_or_folder)).to_yaml(),
         category=category["category"],
         class_name=category["class_name"],
@@ -169,7 +170,7 @@ def render_category_card(category: dict, repo_or_folder: str) -> str:
         fingerprint=category["base_model"].get("fingerprint"),
         format_version=category.get("format_version"),
         licence_note=DATASETS.get(dataset or "", {}).get("note", CUSTOM_DATA_NOTE),
-    )
+    ))
 
 
 def render_base_card(config, base_identity: dict, repo_id: str, license: Optional[str] = None) -> str:
@@ -177,7 +178,7 @@ def render_base_card(config, base_identity: dict, repo_id: str, license: Optiona
     clip_name = config.base_model_name_or_path or "CLIP"
     data = ModelCardData(library_name=LIBRARY_NAME, base_model=hub_base_model(config.base_model_name_or_path),
                          license=license, tags=list(TAGS))
-    return _template(BASE_TEMPLATE).format(
+    return _with_pipeline_check(bool(base_identity.get("random_weights")), _template(BASE_TEMPLATE).format(
         card_data=data.to_yaml(),
         clip_name=clip_name,
         repo_id=repo_id,
@@ -188,7 +189,17 @@ def render_base_card(config, base_identity: dict, repo_id: str, license: Optiona
         memory_tap=config.memory_tap,
         fingerprint=base_identity["fingerprint"],
         **base_identity["architecture"],
-    )
+    ))
+
+
+def _with_pipeline_check(random_weights: bool, card: str) -> str:
+    """The card with a PIPELINE CHECK warning under its title when the base's weights are random."""
+    if not random_weights:
+        return card
+    head, title, rest = card.partition("\n# ")
+    title_line, _, body = rest.partition("\n")
+    return (f"{head}{title}{title_line}\n\n> **{PIPELINE_CHECK_NOTE}.** The base model's CLIP weights are random: "
+            f"this card's numbers test the pipeline and detect nothing.\n{body}")
 
 
 def _threshold_text(category: dict) -> str:

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
-from transformers import CLIPModel, CLIPTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, CLIPModel, CLIPTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .category import HEADS, METADATA_KEYS, PROMPT_LAYOUT_KEYS, CategoryState, base_model_architecture, \
@@ -424,9 +424,12 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
     def base_identity(self) -> dict:
         """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
         config = self.config
-        return {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
-                "architecture": base_model_architecture(config.clip_config),
-                "fingerprint": base_model_fingerprint(self.clip, config.prompt_token_ids)}
+        identity = {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
+                    "architecture": base_model_architecture(config.clip_config),
+                    "fingerprint": base_model_fingerprint(self.clip, config.prompt_token_ids)}
+        if config.random_weights:  # its adapters' model cards then say PIPELINE CHECK
+            identity["random_weights"] = True
+        return identity
 
     def adapter_expectations(self) -> AdapterExpectations:
         """What an adapter must match to load onto this base."""
@@ -505,3 +508,7 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
 def is_anomclip_base(config_dict: dict) -> bool:
     """Whether a checkpoint's config.json dict is an AnomCLIP base (else it is taken as a CLIP one)."""
     return config_dict.get("model_type") == AnomCLIPConfig.model_type
+
+
+# AutoModel.from_pretrained knows an AnomCLIP folder once the model class exists (AutoConfig: see the config).
+AutoModel.register(AnomCLIPConfig, AnomCLIPModel, exist_ok=True)

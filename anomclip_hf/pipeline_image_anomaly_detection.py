@@ -1,7 +1,8 @@
-"""The transformers pipeline "image-anomaly-detection", registered when `anomclip_hf` is imported.
+"""The transformers pipeline "image-anomaly-detection", registered when this module is imported (any name
+imported from `anomclip_hf` imports it).
 
 ```python
-import anomclip_hf
+import anomclip_hf  # registers the task
 from transformers import pipeline
 
 detector = pipeline("image-anomaly-detection", model="path/to/anomclip-base", category="path/or/repo-of-adapter")
@@ -23,7 +24,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .image_io import load_image
 from .modeling_anomclip import AnomCLIPModel
 from .processing_anomclip import AnomCLIPProcessor
-from .thresholds import decision
+from .thresholds import decision, normalized_score
 
 TASK = "image-anomaly-detection"
 
@@ -82,7 +83,8 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             threshold = self.model.get_category(name).metadata.get("decision_threshold")
         score = float(model_outputs["image_scores"].reshape(-1)[0])
         anomaly_map = model_outputs["anomaly_maps"].float().cpu()
-        return {"score": score, "decision": decision(score, threshold) or None, "threshold": threshold,
+        return {"score": score, "normalized_score": normalized_score(score, threshold),
+                "decision": decision(score, threshold) or None, "threshold": threshold,
                 "anomaly_map": anomaly_map.reshape(anomaly_map.shape[-2:]).numpy()}
 
 
@@ -90,3 +92,6 @@ def register_pipeline() -> None:
     if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ImageAnomalyDetectionPipeline,
                                             pt_model=AnomCLIPModel, type="image")
+
+
+register_pipeline()  # on import: `from anomclip_hf import ...` makes pipeline("image-anomaly-detection") work

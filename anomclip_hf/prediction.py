@@ -2,8 +2,11 @@
 
 `anomclip predict` and `anomclip demo` write their outputs through `predict_files`:
 
-    scores.csv     path, image_score, decision (anomalous / normal, empty without a threshold), extra columns
+    scores.csv     path, image_score, normalized_score (the threshold at 0.5), decision (anomalous / normal,
+                   both empty without a threshold), extra columns (a "note" for a random base)
     overlays/      one side-by-side panel PNG per image, mirroring the input folder's sub-folders
+    maps/, masks/  with save_maps: the raw anomaly map (.npy, float32) and the predicted-defect mask
+                   (PNG, 255 = map > pixel threshold) of each image, named as its overlay
     errors.csv     path, error: files that could not be scored (only when there are any)
 
 A run owns these three outputs: the scores.csv, errors.csv and overlays/ of an earlier run in the same folder
@@ -18,19 +21,21 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from .atomic_io import write_csv
-from .data.files import IMAGE_EXTENSIONS, walk_images
+from .data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
 from .image_io import display_path, load_mask
 from .inference import score_images
+from .labels import pipeline_check_note
 from .run_lock import FolderInUseError, folder_lock
-from .thresholds import decision
+from .thresholds import decision, normalized_score
 from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
+MAPS_DIR, MASKS_DIR = "maps", "masks"
 
 
 @dataclass
@@ -66,14 +71,16 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                   category: Optional[str] = None, threshold: Optional[float] = None,
                   pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
                   extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, batch_size: int = 16,
-                  output_size: Optional[int] = None, keep_maps: bool = False, note: str = "",
+                  output_size: Optional[int] = None, keep_maps: bool = False, note: Optional[str] = None,
                   not_images: Sequence[str] = (), unlistable: Sequence[tuple[str, str]] = (), autocast_dtype=None,
-                  progress: bool = True) -> PredictionResult:
+                  progress: bool = True, save_maps: bool = False) -> PredictionResult:
     """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir`.
 
     threshold / pixel_threshold: default to the category's stored ones (category.json).
     ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
     autocast_dtype: torch.bfloat16 / torch.float16 for the vision tower on a GPU (see `score_images`).
+    note: a label for every overlay and row (a "note" column); default: PIPELINE CHECK for a random base.
+    save_maps: also write each raw anomaly map (maps/*.npy) and, with a pixel threshold, its mask (masks/*.png).
     Unreadable files, files with undecodable names, the `not_images` found beside the images and the
     `unlistable` (folder, why) pairs are reported (errors.csv and the result), never fatal. An OSError
     writing the outputs names the path in its message.
@@ -83,12 +90,13 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
     pixel_threshold = state.metadata.get("pixel_threshold") if pixel_threshold is None else pixel_threshold
     ground_truth, extra_columns = ground_truth or {}, extra_columns or {}
     result = PredictionResult(output_dir=output_dir, threshold=threshold)
-    columns = sorted({key for row in extra_columns.values() for key in row})
+    note = pipeline_check_note(model) if note is None else note
+    columns = sorted({key for row in extra_columns.values() for key in row} | ({"note"} if note else set()))
     paths = list(paths)
     named = [path for path in paths if _printable(path)]
     result.failures += [(path, "file name is not valid UTF-8 (its bytes are shown as \\xNN); rename it to score it")
                         for path in paths if not _printable(path)]
-    rows = [["path", "image_score", "decision", *columns]]
+    rows = [["path", "image_score", "normalized_score", "decision", *columns]]
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise OSError(f"cannot write output folder {display_path(output_dir)}: it is a file, not a folder")
     with _writing(output_dir, "output folder"):
@@ -106,16 +114,21 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                 result.scores[path] = score
                 if keep_maps:
                     result.maps[path] = batch.anomaly_maps[offset]
-                rows.append([path, f"{score:.6f}", decision(score, threshold),
-                             *(extra_columns.get(path, {}).get(c, "") for c in columns)])
+                normalized = normalized_score(score, threshold)
+                rows.append([path, f"{score:.6f}", "" if normalized is None else f"{normalized:.6f}",
+                             decision(score, threshold),
+                             *(extra_columns.get(path, {}).get(c, note if c == "note" else "") for c in columns)])
                 mask = load_mask(ground_truth[path]) if ground_truth.get(path) else None
                 panel = anomaly_panel(batch.images[offset], batch.anomaly_maps[offset], score=score,
                                       threshold=threshold, pixel_threshold=pixel_threshold, ground_truth=mask,
                                       note=note)
-                target = os.path.join(output_dir, OVERLAY_DIR, overlay_name(path, root))
+                name = overlay_name(path, root)
+                target = os.path.join(output_dir, OVERLAY_DIR, name)
                 with _writing(target, "overlay"):
                     os.makedirs(os.path.dirname(target), exist_ok=True)
-                    panel.save(target)
+                    panel.save(target, pnginfo=_png_text(note=note, score=f"{score:.6f}"))
+                    if save_maps:
+                        _save_map_and_mask(output_dir, name, batch.anomaly_maps[offset], pixel_threshold)
         result.failures += list(unlistable)
         result.failures += [(path, "not an image file (unknown extension); skipped") for path in not_images]
         with _writing(os.path.join(output_dir, SCORES_FILE), "scores file"):
@@ -137,16 +150,18 @@ def _printable(path: str) -> bool:
 
 
 def _remove_earlier_outputs(output_dir: str) -> None:
-    """Delete the scores.csv, errors.csv and overlays/ an earlier run left, so every output is this run's."""
+    """Delete the scores.csv, errors.csv, overlays/, maps/ and masks/ an earlier run left, so every output is
+    this run's."""
     with _writing(output_dir, "output folder"):
         for name in (SCORES_FILE, ERRORS_FILE):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(output_dir, name))
-        overlays = os.path.join(output_dir, OVERLAY_DIR)
-        if os.path.isdir(overlays) and not os.path.islink(overlays):
-            shutil.rmtree(overlays)
-        elif os.path.lexists(overlays):
-            os.remove(overlays)
+        for folder in (OVERLAY_DIR, MAPS_DIR, MASKS_DIR):
+            path = os.path.join(output_dir, folder)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
 
 
 @contextlib.contextmanager
@@ -165,18 +180,65 @@ def _writing(path: str, what: str):
         raise problem from error
 
 
-def find_inputs(images_dir: str, exclude: Optional[str] = None
+def _png_text(**fields: str):
+    """PNG text chunks (read back with Image.open(path).text): the label is in the file, not only drawn."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in fields.items():
+        if value:
+            info.add_text(key, value)
+    return info
+
+
+def _save_map_and_mask(output_dir: str, name: str, anomaly_map, pixel_threshold: Optional[float]) -> None:
+    """maps/NAME.npy: the raw float32 map; masks/NAME.png: 255 where it exceeds the pixel threshold."""
+    from PIL import Image
+
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    stem = os.path.splitext(name)[0]
+    map_path = os.path.join(output_dir, MAPS_DIR, stem + ".npy")
+    os.makedirs(os.path.dirname(map_path), exist_ok=True)
+    np.save(map_path, values)
+    if pixel_threshold is not None:
+        mask_path = os.path.join(output_dir, MASKS_DIR, stem + ".png")
+        os.makedirs(os.path.dirname(mask_path), exist_ok=True)
+        Image.fromarray(((values > pixel_threshold) * 255).astype(np.uint8)).save(mask_path)
+
+
+def find_inputs(inputs: Union[str, Sequence[str]], flag: str = "--images", exclude: Optional[str] = None
                 ) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """(image files, other files, (unlistable folder, why)) under `images_dir` (recursive), never entering
-    `exclude` (the output folder); ValueError when there is no image at all."""
-    unlistable: list[tuple[str, str]] = []
-    images, others = walk_images(images_dir, unlistable=unlistable, exclude=exclude)
+    """(image files, other files, (unlistable folder, why)) of folders (recursive, never entering `exclude`, the
+    output folder) and single image files; ValueError naming `flag` and the path when one does not exist, a
+    named file is not an image, or there is no image at all."""
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    extensions = ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+    images, others, unlistable = [], [], []
+    for item in map(os.fspath, inputs):
+        if os.path.isdir(item):
+            found, other = walk_images(item, unlistable=unlistable, exclude=exclude)
+            images += found
+            others += other
+        elif os.path.isfile(item):
+            if not is_image_file(item):
+                raise ValueError(f"{flag} {display_path(item)}: not an image file (expected {extensions})")
+            images.append(item)
+        else:
+            raise ValueError(f"{flag} {display_path(item)}: no such file or folder")
+    images, others = list(dict.fromkeys(images)), list(dict.fromkeys(others))  # a file named twice: once
     if not images:
         found = (f" (only other files, e.g. {display_path(others[0])})" if others
                  else f" ({unlistable[0][1]}: {display_path(unlistable[0][0])})" if unlistable else " (it is empty)")
-        raise ValueError(f"no image files ({', '.join(ext.lstrip('.') for ext in IMAGE_EXTENSIONS)}) under "
-                         f"{images_dir}{found}")
+        raise ValueError(f"{flag}: no image files ({extensions}) under "
+                         f"{', '.join(display_path(os.fspath(p)) for p in inputs)}{found}")
     return images, others, unlistable
+
+
+def input_root(inputs: Union[str, Sequence[str]]) -> str:
+    """The folder the overlays' sub-folders mirror: the folder given, or the common folder of several inputs."""
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    folders = [os.path.abspath(p if os.path.isdir(p) else os.path.dirname(os.path.abspath(p))) for p in inputs]
+    return os.path.commonpath(folders)
 
 
 def predict_folder(model, images_dir: str, output_dir: str, **kwargs) -> PredictionResult:

@@ -42,6 +42,15 @@ def decision(score: float, threshold: Optional[float]) -> str:
     return "" if threshold is None else ("anomalous" if score >= threshold else "normal")
 
 
+def normalized_score(score: float, threshold: Optional[float]) -> Optional[float]:
+    """The score on a 0-1 scale on which the decision threshold sits at 0.5, as anomalib users expect:
+    score / (2 * threshold), clipped to [0, 1] (scores are >= 0, so 0 stays 0 and the order below 2x the
+    threshold is kept). None without a positive threshold."""
+    if threshold is None or threshold <= 0:
+        return None
+    return min(max(float(score) / (2.0 * float(threshold)), 0.0), 1.0)
+
+
 def threshold_estimate(image_scores: torch.Tensor, pixel_maxima: torch.Tensor,
                        margin: float = DEFAULT_MARGIN) -> ThresholdEstimate:
     """The thresholds from the references' leave-one-out image scores and map maxima (see the module

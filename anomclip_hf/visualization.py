@@ -1,11 +1,19 @@
 """Anomaly maps as pictures, laid out like anomalib's visualiser (no matplotlib needed).
 
-One panel per image, side by side:  image (+ ground-truth contour) | jet heat map blended on the image |
-image with the predicted-defect contour; above them a label with the score and the decision.
+One picture per image:
+    header       score and decision (+ a note such as PIPELINE CHECK)
+    titles       "image (+ true defect)" | "anomaly map" | "predicted defect"
+    panels       image with the ground-truth outline | jet heat map blended on the image | image with the
+                 predicted-defect outline (map > pixel threshold)
+    colour bar   the heat map's scale, with the pixel threshold marked
+
+Text, outlines and the colour bar are sized to the panels; a large photo is scaled down so that the whole
+picture's long side stays within `max_side` (default 1536 px).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -17,7 +25,10 @@ from .thresholds import decision
 
 GROUND_TRUTH_COLOUR = (255, 255, 0)
 PREDICTION_COLOUR = (255, 0, 0)
-LINE_HEIGHT = 14  # pixels per label line (PIL's default font)
+TEXT_COLOUR = (0, 0, 0)
+MAX_SIDE = 1536  # long side of a whole overlay picture
+PANEL_TITLES = ("image (+ true defect)", "anomaly map", "predicted defect")
+SHORT_TITLES = ("image", "map", "defect")  # when a panel is too narrow for the full title
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -55,9 +66,9 @@ def _resized_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(values, mode="F").resize(size, Image.BILINEAR))
 
 
-def _draw_contour(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+def _draw_contour(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int) -> np.ndarray:
     out = rgb.copy()
-    out[mask_contour(mask, thickness=max(1, round(min(mask.shape) / 150)))] = colour
+    out[mask_contour(mask, thickness=thickness)] = colour
     return out
 
 
@@ -70,37 +81,123 @@ def decision_text(score: Optional[float], threshold: Optional[float]) -> str:
     return f"score {score:.4f} | {decision(score, threshold).upper()} (threshold {threshold:.4f})"
 
 
+@dataclass(frozen=True)
+class OverlayLayout:
+    """Sizes of one overlay picture, all derived from the panel size (so text stays readable at any size)."""
+
+    panel: tuple[int, int]  # (width, height) of each of the three panels
+    header_lines: int
+
+    @property
+    def font_size(self) -> int:
+        return max(11, round(min(self.panel[0], 1.5 * self.panel[1]) / 18))
+
+    @property
+    def line_height(self) -> int:
+        return round(self.font_size * 1.3)
+
+    @property
+    def header_height(self) -> int:
+        return 0 if self.header_lines == 0 else self.header_lines * self.line_height + self.font_size // 2
+
+    @property
+    def title_height(self) -> int:
+        return self.line_height + 2
+
+    @property
+    def bar_width(self) -> int:
+        """The colour bar strip: the bar itself plus room for its tick labels."""
+        return max(4, round(self.panel[0] / 25)) + 5 * self.font_size
+
+    @property
+    def outline(self) -> int:
+        return max(2, round(min(self.panel) / 100))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (3 * self.panel[0] + self.bar_width, self.header_height + self.title_height + self.panel[1])
+
+
+def overlay_layout(image_size: tuple[int, int], header_lines: int, max_side: int = MAX_SIDE) -> OverlayLayout:
+    """The layout of an image of `image_size`, its panels scaled down until the picture fits `max_side`."""
+    width, height = image_size
+    layout = OverlayLayout((width, height), header_lines)
+    while max(layout.size) > max_side and min(layout.panel) > 16:
+        scale = max_side / max(layout.size) * 0.99
+        layout = OverlayLayout((max(16, int(layout.panel[0] * scale)), max(16, int(layout.panel[1] * scale))),
+                               header_lines)
+    return layout
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1 with FreeType)
+    except TypeError:  # older Pillow: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _colour_bar(draw: ImageDraw.ImageDraw, layout: OverlayLayout, left: int, top: int, scale_max: float,
+                pixel_threshold: Optional[float], font) -> None:
+    """A vertical jet bar from 0 (bottom) to `scale_max` (top) with tick labels and the threshold marked."""
+    bar_width = max(4, round(layout.panel[0] / 25))
+    x0, x1 = left + layout.font_size // 3, left + layout.font_size // 3 + bar_width
+    height = layout.panel[1]
+    for row in range(height):
+        colour = tuple(int(c) for c in jet(np.array([1.0 - row / max(height - 1, 1)]))[0])
+        draw.line([(x0, top + row), (x1, top + row)], fill=colour)
+    ticks = [(0.0, "0"), (scale_max, f"{scale_max:.3g}")]
+    for value, text in ticks:
+        y = top + round((1.0 - value / scale_max) * (height - 1))
+        draw.text((x1 + 3, min(max(y - layout.font_size // 2, top), top + height - layout.font_size)), text,
+                  fill=TEXT_COLOUR, font=font)
+    if pixel_threshold is not None and 0 < pixel_threshold <= scale_max:
+        y = top + round((1.0 - pixel_threshold / scale_max) * (height - 1))
+        draw.line([(x0 - layout.font_size // 3, y), (x1 + 2, y)], fill=TEXT_COLOUR, width=max(2, layout.outline))
+        draw.text((x1 + 3, y - layout.font_size // 2), f"thr {pixel_threshold:.3g}", fill=TEXT_COLOUR, font=font)
+
+
 def anomaly_panel(image: Image.Image, anomaly_map: np.ndarray, *, score: Optional[float] = None,
                   threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
                   ground_truth: Optional[np.ndarray] = None, vmax: Optional[float] = None, alpha: float = 0.4,
-                  note: str = "") -> Image.Image:
-    """The side-by-side picture of one scored image (see the module docstring), at the image's size.
+                  note: str = "", max_side: int = MAX_SIDE) -> Image.Image:
+    """The overlay picture of one scored image (see the module docstring; `overlay_layout` gives its size).
 
-    pixel_threshold: map values above it form the predicted defect (its contour is drawn in red);
-    ground_truth: a 0/1 mask of any size (its contour is drawn in yellow on the first panel);
-    note: extra label text, e.g. "pipeline check: random backbone".
+    pixel_threshold: map values above it form the predicted defect (its outline is drawn in red) and it is
+        marked on the colour bar; ground_truth: a 0/1 mask of any size (its outline is drawn in yellow);
+    note: extra header text, e.g. "PIPELINE CHECK (random backbone), not a detection result".
     """
+    lines = [line for line in (decision_text(score, threshold), note) if line]
     rgb_image = image.convert("RGB")
-    size = rgb_image.size
+    layout = overlay_layout(rgb_image.size, len(lines), max_side)
+    size = layout.panel
+    if rgb_image.size != size:
+        rgb_image = rgb_image.resize(size, Image.BILINEAR)
     rgb = np.asarray(rgb_image)
     values = _resized_map(anomaly_map, size)
-    heat = jet(values / colour_scale(values, pixel_threshold, vmax))
+    scale_max = colour_scale(values, pixel_threshold, vmax)
+    heat = jet(values / scale_max)
     blended = ((1.0 - alpha) * rgb + alpha * heat).round().astype(np.uint8)
     first = rgb if ground_truth is None else _draw_contour(
-        rgb, resize_mask((np.asarray(ground_truth) > 0).astype(np.uint8), size) > 0, GROUND_TRUTH_COLOUR)
-    third = rgb if pixel_threshold is None else _draw_contour(rgb, values > pixel_threshold, PREDICTION_COLOUR)
+        rgb, resize_mask((np.asarray(ground_truth) > 0).astype(np.uint8), size) > 0, GROUND_TRUTH_COLOUR,
+        layout.outline)
+    third = rgb if pixel_threshold is None else _draw_contour(rgb, values > pixel_threshold, PREDICTION_COLOUR,
+                                                              layout.outline)
 
-    lines = [line for line in (decision_text(score, threshold), note) if line]
-    label_height = label_band_height(len(lines))
-    canvas = Image.new("RGB", (size[0] * 3, size[1] + label_height), (255, 255, 255))
+    canvas = Image.new("RGB", layout.size, (255, 255, 255))
+    top = layout.header_height + layout.title_height
     for column, panel in enumerate((first, blended, third)):
-        canvas.paste(Image.fromarray(panel), (column * size[0], label_height))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+        canvas.paste(Image.fromarray(panel), (column * size[0], top))
+    draw, font = ImageDraw.Draw(canvas), _font(layout.font_size)
     for number, line in enumerate(lines):
-        draw.text((4, 3 + number * LINE_HEIGHT), line, fill=(0, 0, 0), font=font)
+        draw.text((layout.font_size // 2, layout.font_size // 4 + number * layout.line_height), line,
+                  fill=TEXT_COLOUR, font=font)
+    for column, (title, short) in enumerate(zip(PANEL_TITLES, SHORT_TITLES)):
+        if column == 2 and pixel_threshold is None:
+            title = short = "image (no pixel threshold)"
+        if draw.textlength(title, font=font) > size[0] - layout.font_size // 2:
+            title = short
+        draw.text((column * size[0] + layout.font_size // 3, layout.header_height), title, fill=TEXT_COLOUR,
+                  font=font)
+    _colour_bar(draw, layout, 3 * size[0], top, scale_max, pixel_threshold, font)
     return canvas
 
-
-def label_band_height(lines: int) -> int:
-    """Height of the white label band above the panels (0 without label lines)."""
-    return 0 if lines == 0 else lines * LINE_HEIGHT + 6

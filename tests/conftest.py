@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,11 +12,10 @@ from transformers import CLIPConfig, CLIPModel
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
+from golden_data import GOLDEN_DATA_DIR, load_open_clip_config, load_open_clip_state_dict, load_reference
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
-
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 
 
 def tiny_clip_config(layers: int = 2, image_size: int = 30, patch_size: int = 2) -> CLIPConfig:
@@ -53,19 +52,24 @@ def tiny_model(tiny_clip) -> AnomCLIPModel:
 
 @pytest.fixture(scope="session")
 def golden():
-    path = GOLDEN_DIR / "tiny_vv_reference.pt"
-    if not path.exists():
-        pytest.fail(f"golden reference files missing: {path}")
-    return torch.load(path, weights_only=True)
+    return load_reference()
 
 
 @pytest.fixture(scope="session")
 def golden_clip() -> CLIPModel:
     from anomclip_hf.convert_open_clip import clip_model_from_open_clip_state_dict
 
-    config = json.loads((GOLDEN_DIR / "tiny_vv_config.json").read_text())
-    state = torch.load(GOLDEN_DIR / "tiny_vv_open_clip.pt", weights_only=True)
-    return clip_model_from_open_clip_state_dict(config, state)
+    return clip_model_from_open_clip_state_dict(load_open_clip_config(), load_open_clip_state_dict())
+
+
+@pytest.fixture(scope="session")
+def golden_files(tmp_path_factory) -> SimpleNamespace:
+    """The golden model as the files a user converts: its open_clip config and a torch checkpoint file."""
+    folder = tmp_path_factory.mktemp("golden")
+    config, weights = folder / "tiny_vv_config.json", folder / "tiny_vv_open_clip.pt"
+    config.write_text(json.dumps(load_open_clip_config()))
+    torch.save(load_open_clip_state_dict(), weights)
+    return SimpleNamespace(config=config, weights=weights, images=GOLDEN_DATA_DIR / "images")
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,8 @@ from PIL import Image
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import build_parser, main
-from anomclip_hf.visualization import label_band_height
+from anomclip_hf.visualization import overlay_layout
 
-from conftest import GOLDEN_DIR
 
 
 COMMANDS = ("demo", "convert-open-clip", "push", "predict", "fit", "evaluate")
@@ -73,17 +72,17 @@ def test_demo_writes_scores_overlays_adapter_and_detects_defects(tmp_path, monke
     overlays = sorted((tmp_path / "overlays").rglob("*.png"))
     assert len(overlays) == 18
     with Image.open(overlays[0]) as picture:
-        assert picture.size == (3 * 112, 112 + label_band_height(2))
+        assert picture.size == overlay_layout((112, 112), 2).size
     # the visual memory separates drawn-in defects even with random weights
     assert metrics["image_auroc"] > 0.75 and metrics["pixel_auroc"] > 0.8
     category = json.loads((tmp_path / "adapter" / "category.json").read_text())
     assert category["shots"] == 2 and len(category["reference_files"]) == 2
 
 
-def test_convert_golden_open_clip_and_predict(tmp_path, golden):
+def test_convert_golden_open_clip_and_predict(tmp_path, golden, golden_files):
     out = tmp_path / "tiny-vv"
-    assert main(["convert-open-clip", "--model", "tiny-vv", "--checkpoint", str(GOLDEN_DIR / "tiny_vv_open_clip.pt"),
-                 "--config", str(GOLDEN_DIR / "tiny_vv_config.json"), "--output", str(out)]) == 0
+    assert main(["convert-open-clip", "--model", "tiny-vv", "--checkpoint", str(golden_files.weights),
+                 "--config", str(golden_files.config), "--output", str(out)]) == 0
     model = AnomCLIPModel.from_base(str(out))
     with torch.no_grad():
         features = model.encode_images(golden["images"]["pixel_values"])
@@ -92,7 +91,7 @@ def test_convert_golden_open_clip_and_predict(tmp_path, golden):
     images = tmp_path / "images"
     images.mkdir()
     for name in golden["images"]["files"]:
-        Image.open(GOLDEN_DIR / "images" / name).save(images / name)
+        Image.open(golden_files.images / name).save(images / name)
     model.add_category("bottle", reference_images=[Image.open(images / "img_0.png"), Image.open(images / "img_1.png")])
     model.save_category(tmp_path / "bottle")
     assert main(["predict", "--base", str(out), "--category", str(tmp_path / "bottle"), "--images", str(images),

@@ -7,6 +7,7 @@ are perturbed first, since the factory's constant ones would hide a swapped or d
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,12 +31,9 @@ from anomclip_hf.convert_open_clip_checks import (KNOWN_TEXT_OPTIONS, KNOWN_VISI
 from anomclip_hf.convert_open_clip_sources import config_from_open_clip_model, resolve_open_clip_source
 from anomclip_hf.prompts import (MVTEC_CATEGORIES, VISA_CATEGORIES, ZERO_SHOT_TEMPLATE, class_name_for,
                                  manual_phrases)
-from conftest import GOLDEN_DIR
 from golden_setup import HEAD_SETTINGS, golden_model
 
 TOL = 1e-4
-GOLDEN_CONFIG = GOLDEN_DIR / "tiny_vv_config.json"
-GOLDEN_WEIGHTS = GOLDEN_DIR / "tiny_vv_open_clip.pt"
 TEXTS = ["a photo of a bottle.", "damaged metal nut with scratch.", "printed circuit board with bent"]
 # A tiny open_clip CLIP (real 49408-token vocabulary, so CLIP's tokenizer applies) for option variants.
 TINY_CFG = {"embed_dim": 32,
@@ -218,9 +216,10 @@ def _class_prompts() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def golden_folder(tmp_path_factory):
+def golden_folder(tmp_path_factory, golden_files):
     out = tmp_path_factory.mktemp("converted") / "tiny-vv"
-    assert save_converted_open_clip("tiny-vv", str(GOLDEN_WEIGHTS), out, config_path=str(GOLDEN_CONFIG)) == str(out)
+    assert save_converted_open_clip("tiny-vv", str(golden_files.weights), out,
+                                    config_path=str(golden_files.config)) == str(out)
     return out
 
 
@@ -237,14 +236,14 @@ def test_tokenizer_in_folder_gives_open_clip_ids(open_clip, golden_folder):
     assert reference[-1, -1] == ours[-1, -1] == 49407  # the long prompt is cut and still ends with EOT
 
 
-def test_golden_folder_layout_and_record(golden_folder, golden):
+def test_golden_folder_layout_and_record(golden_folder, golden_files):
     names = set(os.listdir(golden_folder))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "preprocessor_config.json", CONVERSION_RECORD_NAME} <= names
     assert not [n for n in os.listdir(golden_folder.parent) if n.startswith(".")]  # no staging left behind
     record = json.loads((golden_folder / CONVERSION_RECORD_NAME).read_text())
     assert record["open_clip_model"] == "tiny-vv" and record["checkpoint"] == "tiny_vv_open_clip.pt"
-    assert record["checkpoint_sha256"] == golden["meta"]["weights_sha256"]
+    assert record["checkpoint_sha256"] == hashlib.sha256(golden_files.weights.read_bytes()).hexdigest()
     processor = CLIPProcessor.from_pretrained(golden_folder)
     assert processor.image_processor.crop_size["height"] == 240 and processor.tokenizer.model_max_length == 77
 
@@ -259,9 +258,9 @@ def test_golden_parity_runs_on_the_converted_folder(golden_folder, golden):
     golden_parity.test_scores_and_maps(model, golden)
 
 
-def test_golden_folder_equals_open_clip(open_clip, golden_folder):
-    model = open_clip.CLIP(**json.loads(GOLDEN_CONFIG.read_text()))
-    model.load_state_dict(torch.load(GOLDEN_WEIGHTS, weights_only=True), strict=True)
+def test_golden_folder_equals_open_clip(open_clip, golden_folder, golden_files):
+    model = open_clip.CLIP(**json.loads(golden_files.config.read_text()))
+    model.load_state_dict(torch.load(golden_files.weights, weights_only=True), strict=True)
     reference = open_clip_reference(model.eval(), 240, open_clip.get_tokenizer("ViT-B-16"))
     image_diff, text_diff = max_differences(reference, CLIPModel.from_pretrained(golden_folder),
                                             CLIPTokenizer.from_pretrained(golden_folder))
@@ -298,12 +297,13 @@ def test_image_processor_matches_open_clip_preprocess(open_clip, golden_folder, 
     assert difference.max() < 2.01 / 255 / 0.2613 and (difference > 1e-5).float().mean() < 0.01
 
 
-def test_preprocess_cfg_of_a_config_file_is_used(open_clip, tmp_path):
+def test_preprocess_cfg_of_a_config_file_is_used(open_clip, tmp_path, golden_files):
     preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear",
                   "resize_mode": "squash"}
     config = tmp_path / "open_clip_config.json"
-    config.write_text(json.dumps({"model_cfg": json.loads(GOLDEN_CONFIG.read_text()), "preprocess_cfg": preprocess}))
-    folder = save_converted_open_clip("tiny-vv", str(GOLDEN_WEIGHTS), tmp_path / "out", config_path=str(config))
+    config.write_text(json.dumps({"model_cfg": json.loads(golden_files.config.read_text()),
+                                  "preprocess_cfg": preprocess}))
+    folder = save_converted_open_clip("tiny-vv", str(golden_files.weights), tmp_path / "out", config_path=str(config))
     image = _striped_image(300, 170)
     expected = open_clip.image_transform(240, is_train=False, **preprocess)(image)
     ours = AutoImageProcessor.from_pretrained(folder, backend="pil")(images=image, return_tensors="pt").pixel_values
@@ -386,13 +386,14 @@ def test_unmappable_model_objects_are_refused(open_clip, kind, expected):
     assert expected in str(raised.value)
 
 
-def test_cli_converts_a_registered_name_with_a_checkpoint_file(open_clip, monkeypatch, tmp_path):
+def test_cli_converts_a_registered_name_with_a_checkpoint_file(open_clip, monkeypatch, tmp_path, golden_files):
     """The name route end to end: open_clip's registry gives the config, the file the weights."""
-    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "anomclip-tiny-vv", json.loads(GOLDEN_CONFIG.read_text()))
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "anomclip-tiny-vv",
+                        json.loads(golden_files.config.read_text()))
     out = tmp_path / "tiny"
-    assert main(["convert-open-clip", "--model", "anomclip-tiny-vv", "--checkpoint", str(GOLDEN_WEIGHTS),
+    assert main(["convert-open-clip", "--model", "anomclip-tiny-vv", "--checkpoint", str(golden_files.weights),
                  "--output", str(out)]) == 0
-    model = open_clip.create_model("anomclip-tiny-vv", pretrained=str(GOLDEN_WEIGHTS)).eval()
+    model = open_clip.create_model("anomclip-tiny-vv", pretrained=str(golden_files.weights)).eval()
     reference = open_clip_reference(model, 240, open_clip.get_tokenizer("anomclip-tiny-vv"))
     image_diff, text_diff = max_differences(reference, CLIPModel.from_pretrained(out),
                                             CLIPProcessor.from_pretrained(out).tokenizer)
@@ -409,14 +410,14 @@ def test_registry_names_and_quickgelu_suffix(open_clip):
     assert resolve_open_clip_source("ViT-B-16-plus-240", "weights.pt").model_cfg.get("quick_gelu", False) is False
 
 
-def test_pretrained_tags_without_network(open_clip, monkeypatch):
+def test_pretrained_tags_without_network(open_clip, monkeypatch, golden_files):
     with pytest.raises(ValueError, match="laion400m_e31.*laion400m_e32"):  # names the model's real tags
         resolve_open_clip_source("ViT-B-16-plus-240", "laion400m_e99")
     calls = []
 
     def fake_download(cfg, prefer_hf_hub=True, cache_dir=None):
         calls.append((cfg["url"], prefer_hf_hub))
-        return str(GOLDEN_WEIGHTS)
+        return str(golden_files.weights)
 
     monkeypatch.setattr(open_clip, "download_pretrained", fake_download)
     source = resolve_open_clip_source("ViT-B-16-plus-240", "laion400m_e32")
@@ -436,15 +437,15 @@ def test_pretrained_tags_without_network(open_clip, monkeypatch):
         resolve_open_clip_source("ViT-B-16-plus-240", "laion400m_e32").load_state_dict()
 
 
-def test_checkpoint_file_formats(tmp_path):
+def test_checkpoint_file_formats(tmp_path, golden_files):
     from safetensors.torch import save_file
 
-    state = torch.load(GOLDEN_WEIGHTS, weights_only=True)
-    reference = clip_model_from_open_clip_state_dict(json.loads(GOLDEN_CONFIG.read_text()), state)
+    state = torch.load(golden_files.weights, weights_only=True)
+    reference = clip_model_from_open_clip_state_dict(json.loads(golden_files.config.read_text()), state)
     save_file(state, tmp_path / "w.safetensors")
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "train.pt")
     for path in ("w.safetensors", "train.pt"):
-        model = convert_open_clip("tiny-vv", str(tmp_path / path), config=str(GOLDEN_CONFIG)).model
+        model = convert_open_clip("tiny-vv", str(tmp_path / path), config=str(golden_files.config)).model
         assert torch.equal(model.visual_projection.weight, reference.visual_projection.weight)
         assert torch.equal(model.text_model.encoder.layers[11].self_attn.k_proj.bias,
                            reference.text_model.encoder.layers[11].self_attn.k_proj.bias)
@@ -454,12 +455,12 @@ def test_checkpoint_file_formats(tmp_path):
     for path, expected in (("jit.pt", "jit.pt is a TorchScript archive"), ("obj.pt", "objects other than tensors"),
                            ("tensor.pt", "expected a state dict"), ("missing.pt", "checkpoint file not found")):
         with pytest.raises((ValueError, FileNotFoundError), match=expected):
-            convert_open_clip("tiny-vv", str(tmp_path / path), config=str(GOLDEN_CONFIG))
+            convert_open_clip("tiny-vv", str(tmp_path / path), config=str(golden_files.config))
 
 
-def test_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path):
-    state = torch.load(GOLDEN_WEIGHTS, weights_only=True)
-    cfg = json.loads(GOLDEN_CONFIG.read_text())
+def test_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path, golden_files):
+    state = torch.load(golden_files.weights, weights_only=True)
+    cfg = json.loads(golden_files.config.read_text())
     with pytest.raises(UnsupportedOpenClipModel, match=r"no place for: \['visual.attn_pool.query'\]"):
         clip_model_from_open_clip_state_dict(cfg, {**state, "visual.attn_pool.query": torch.zeros(4, 32)})
     with pytest.raises(ValueError, match="does not fit its config.*unexpected"):
@@ -469,18 +470,19 @@ def test_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"vision_cfg": {}}))
     with pytest.raises(ValueError, match="bad.json is not an open_clip model config.*embed_dim"):
-        convert_open_clip("x", str(GOLDEN_WEIGHTS), config=str(bad))
+        convert_open_clip("x", str(golden_files.weights), config=str(bad))
 
 
-def test_cli_refusal_is_a_message_and_leaves_the_output_alone(tmp_path, capsys):
+def test_cli_refusal_is_a_message_and_leaves_the_output_alone(tmp_path, capsys, golden_files):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
     config = tmp_path / "ls.json"
-    cfg = json.loads(GOLDEN_CONFIG.read_text())
+    cfg = json.loads(golden_files.config.read_text())
     cfg["vision_cfg"]["ls_init_value"] = 1e-5
     config.write_text(json.dumps(cfg))
-    code = main(["convert-open-clip", "--model", str(config), "--checkpoint", str(GOLDEN_WEIGHTS), "--output", str(out)])
+    code = main(["convert-open-clip", "--model", str(config), "--checkpoint", str(golden_files.weights),
+                 "--output", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("anomclip convert-open-clip: error:")
     assert "vision_cfg.ls_init_value=1e-05: LayerScale" in err

@@ -20,7 +20,7 @@ from anomclip_hf.demo import embedded_demo_model
 from anomclip_hf.image_io import load_image
 from anomclip_hf.processing_anomclip import preprocess_images
 from anomclip_hf.thresholds import DEFAULT_MARGIN
-from anomclip_hf.visualization import anomaly_panel, jet, label_band_height, mask_contour
+from anomclip_hf.visualization import anomaly_panel, jet, mask_contour, overlay_layout
 
 IMAGE_SIZE = 112
 
@@ -58,12 +58,20 @@ def test_demo_subprocess_offline_writes_promised_files(tmp_path):
     assert len(rows) == metrics["test_images"] == 18
     assert all("PIPELINE CHECK" in row["note"] for row in rows)
     assert {row["decision"] for row in rows} <= {"anomalous", "normal"}
+    # the stored threshold's performance comes first, counted independently from scores.csv
+    assert list(metrics)[:4] == ["stored_threshold", "stored_threshold_f1", "stored_threshold_precision",
+                                 "stored_threshold_recall"]
+    assert metrics["stored_threshold"] == metrics["decision_threshold"]
+    hits = sum(r["decision"] == "anomalous" and r["label"] != "normal" for r in rows)
+    flagged, positives = sum(r["decision"] == "anomalous" for r in rows), sum(r["label"] != "normal" for r in rows)
+    assert metrics["stored_threshold_precision"] == pytest.approx(hits / flagged if flagged else 0.0)
+    assert metrics["stored_threshold_recall"] == pytest.approx(hits / positives)
     overlays = sorted((output / "overlays").rglob("*.png"))
     assert len(overlays) == 18
     for picture in overlays:
         with Image.open(picture) as image:
             image.load()
-            assert image.size == (3 * IMAGE_SIZE, IMAGE_SIZE + label_band_height(2))
+            assert image.size == overlay_layout((IMAGE_SIZE, IMAGE_SIZE), 2).size
     assert (output / "adapter" / "category.json").is_file()
     assert str(output.name) in result.stdout
 
@@ -111,7 +119,7 @@ def test_predict_scores_defects_above_normals_with_overlays(workspace, tmp_path,
     for row in rows:
         relative = os.path.relpath(row["path"], test_dir)
         with Image.open(tmp_path / "overlays" / relative) as picture:
-            assert picture.size == (3 * IMAGE_SIZE, IMAGE_SIZE + label_band_height(1))
+            assert picture.size == overlay_layout((IMAGE_SIZE, IMAGE_SIZE), 2).size  # + PIPELINE CHECK
     assert "13 images scored" in capsys.readouterr().out
     # --threshold overrides the stored one
     assert main(["predict", "--base", str(workspace / "base"), "--category", str(workspace / "fit" / "adapter"),
@@ -190,8 +198,9 @@ def test_overlay_panel_draws_contours_and_jet():
     heat = np.zeros((20, 20), np.float32)
     heat[0:10, 0:10] = 1.0
     panel = np.asarray(anomaly_panel(image, heat, score=0.7, threshold=0.5, pixel_threshold=0.5, ground_truth=mask))
-    band = label_band_height(1)
-    assert panel.shape == (40 + band, 120, 3)
+    layout = overlay_layout((40, 40), 1)
+    band = layout.header_height + layout.title_height
+    assert panel.shape == (40 + band, 120 + layout.bar_width, 3)
     first, third = panel[band:, :40], panel[band:, 80:]
     assert (first == (255, 255, 0)).all(axis=-1).sum() > 0  # ground-truth contour in yellow
     red = (third == (255, 0, 0)).all(axis=-1)

@@ -14,6 +14,7 @@ through read_mask (VisA masks hold region numbers 1/2/3).
 from .errors import DatasetLayoutError
 from .files import IMAGE_EXTENSIONS
 from .folder import list_folder_categories, load_folder
+from .labelled_folder import LabelledFolder, load_labelled_folder
 from .loading import DATASETS, list_categories, load_split
 from .mvtec import list_mvtec_categories, load_mvtec
 from .reading import read_image, read_mask
@@ -24,6 +25,8 @@ from .synthetic_trees import generate_mvtec_tree, generate_visa_tree
 from .visa import detect_visa_layout, list_visa_categories, load_visa
 
 __all__ = [
+    "LabelledFolder",
+    "load_labelled_folder",
     "DATASETS",
     "DEFECT_TYPES",
     "FEATURES",

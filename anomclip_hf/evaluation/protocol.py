@@ -22,6 +22,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from ..atomic_io import write_json
+from ..labels import pipeline_check_fields
 from ..data import load_split, read_mask
 from ..inference import score_images
 from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
@@ -97,15 +98,20 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     size = settings.resolution
     labels = np.array(test["label"])
     scores = []
+    # Labelled folders without a mask folder: no pixel metrics (NaN), rather than all-zero masks.
+    has_masks = any(path is not None for path in test["mask_path"])
     began = time.perf_counter()
     for batch in score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
                               progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}"):
-        masks = np.stack([read_mask(test[i], size=(size, size)) for i in batch.indices])
-        pixels.update(batch.anomaly_maps, masks)
+        if has_masks:
+            masks = np.stack([read_mask(test[i], size=(size, size)) for i in batch.indices])
+            pixels.update(batch.anomaly_maps, masks)
         images.update(batch.image_scores, labels[batch.indices])
         scores.append(batch.image_scores)
     stored = model.get_category(job.category).metadata.get("decision_threshold")
-    return {**images.compute(), **pixels.compute(), **stored_threshold_metrics(np.concatenate(scores), labels, stored),
+    pixel_metrics = pixels.compute() if has_masks else dict.fromkeys(
+        ("pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1_threshold"), float("nan"))
+    return {**images.compute(), **pixel_metrics, **stored_threshold_metrics(np.concatenate(scores), labels, stored),
             "test_images": len(test), "eval_wall_time_s": round(time.perf_counter() - began, 3)}
 
 
@@ -146,7 +152,8 @@ def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, d
                 "dataset": job.dataset, "resolution": settings.resolution, "test_images": metrics["test_images"],
                 "metrics": {key: metrics[key] for key in ("image_auroc", "pixel_auroc", "aupro")}}
             model.save_category(origin["adapter"], job.category)
-            cell = {**asdict(job), **origin, "metrics": metrics, "settings": _as_json(asdict(settings))}
+            cell = {**asdict(job), **origin, "metrics": metrics, "settings": _as_json(asdict(settings)),
+                    **pipeline_check_fields(model)}
             write_json(path, cell)  # atomic: a killed run never leaves a half-written cell
             model.remove_category(job.category)
         else:

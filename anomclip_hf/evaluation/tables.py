@@ -56,8 +56,8 @@ def summarize(cells: Sequence[dict]) -> dict:
     return {"categories": categories, "shots": shot_counts, "seeds": seeds, "tables": tables}
 
 
-def _markdown(summary: dict, settings) -> str:
-    lines = [f"# Results: {settings.dataset}", "",
+def _markdown(summary: dict, settings, label: str = "") -> str:
+    lines = [f"# Results: {settings.dataset}", "", *([f"**{label}**", ""] if label else []),
              f"Pixel metrics at {settings.resolution}x{settings.resolution} ({settings.pixel_mode} mode); "
              f"mean +- std over seeds {summary['seeds']}, in %; final-epoch prompts"
              f"{'' if settings.train else ' (no prompt training: memory + hand-written prompts)'}.", ""]
@@ -81,19 +81,23 @@ def write_results(output_dir: str, cells: Sequence[dict], settings, base: str) -
     """Write results.csv (one row per cell), results.json (cells + tables) and results.md (tables)."""
     os.makedirs(output_dir, exist_ok=True)
     summary = summarize(cells)
+    # One cell on a random base makes the whole table a pipeline check.
+    label = next((cell["note"] for cell in cells if cell.get("pipeline_check")), "")
     with open(os.path.join(output_dir, "results.csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS + (("note",) if label else ()))
         writer.writeheader()
         for cell in cells:
             writer.writerow({"dataset": cell["dataset"], "category": cell["category"], "shots": cell["shots"],
                              "seed": cell["seed"], "source": cell.get("source"),
                              **{key: f"{cell['metrics'][key]:.6f}" for key, _ in METRICS},
                              **{key: _optional(cell["metrics"].get(key)) for key in THRESHOLD_COLUMNS},
-                             "test_images": cell["metrics"]["test_images"], "resolution": settings.resolution})
-    payload = {"base": base, "settings": asdict(settings), **summary,
+                             "test_images": cell["metrics"]["test_images"], "resolution": settings.resolution,
+                             **({"note": label} if label else {})})
+    payload = {"base": base, **({"pipeline_check": True, "note": label} if label else {}),
+               "settings": asdict(settings), **summary,
                "cells": [{k: v for k, v in c.items() if k != "settings"} for c in cells]}
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
     with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(_markdown(summary, settings))
+        handle.write(_markdown(summary, settings, label))
     return payload

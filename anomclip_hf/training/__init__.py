@@ -9,30 +9,30 @@
     job.py            train_category: one (dataset, category, shots, seed) job -> adapter folder + summary
     grid.py           run_grid: many jobs shared out over the processes of an accelerate launch
     arguments.py      command-line flags for every TrainingConfig field
+
+Lazy: `anomclip --help` reads only arguments.py and config.py; the loop and torch load on first use of a name.
 """
 
-from .arguments import add_training_arguments, config_from_args
-from .config import TrainingConfig, available_presets
-from .grid import Job, build_jobs, run_grid
-from .job import train_category
-from .loop import FitResult, fit_prompts
-from .step import ShotFeatures, build_optimizer, build_scheduler, encode_shots, promptad_objective, training_step
+from __future__ import annotations
 
-__all__ = [
-    "FitResult",
-    "Job",
-    "ShotFeatures",
-    "TrainingConfig",
-    "add_training_arguments",
-    "available_presets",
-    "build_jobs",
-    "build_optimizer",
-    "build_scheduler",
-    "config_from_args",
-    "encode_shots",
-    "fit_prompts",
-    "promptad_objective",
-    "run_grid",
-    "train_category",
-    "training_step",
-]
+import importlib
+
+_EXPORTS = {"add_training_arguments": "arguments", "config_from_args": "arguments", "TrainingConfig": "config",
+            "available_presets": "config", "Job": "grid", "build_jobs": "grid", "run_grid": "grid",
+            "train_category": "job", "FitResult": "loop", "fit_prompts": "loop", "ShotFeatures": "step",
+            "build_optimizer": "step", "build_scheduler": "step", "encode_shots": "step",
+            "promptad_objective": "step", "training_step": "step"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

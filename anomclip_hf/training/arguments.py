@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from ..hub.push import HubTarget
 from ..numeric_flags import finite_float, nonnegative_float, nonnegative_int
 from .config import MIXED_PRECISION, SCHEDULES, TrainingConfig
+
+if TYPE_CHECKING:  # the Hub client loads only when a run pushes
+    from ..hub.push import HubTarget
 
 # Fields a job or grid defines itself (shots per job) or that get their own flag below.
 _SKIPPED = {"model", "shots", "preset", "progress_bar", "cpu"}
@@ -78,6 +80,8 @@ def hub_target_from_args(args: argparse.Namespace) -> Optional[HubTarget]:
         if getattr(args, "hub_repo_id", None):
             raise ValueError("--hub-repo-id is given without --push-to-hub")
         return None
+    from ..hub.push import HubTarget
+
     return HubTarget(repo_id=args.hub_repo_id or DEFAULT_HUB_PATTERN, org=args.hub_org,
                      private=True if args.hub_private else None, revision=args.hub_revision)
 

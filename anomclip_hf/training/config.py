@@ -18,15 +18,10 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from ..category import PROMPT_TOKEN_KEYS
-from ..configuration_anomclip import AnomCLIPConfig
-
 SCHEDULES = ("two_stage", "joint")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # training/presets/ of the repository, shipped in the package as anomclip_hf.presets (see pyproject.toml).
 PRESET_DIR = Path(str(resources.files("anomclip_hf.presets")))
-# Settings that change the prompt tokens themselves; an AnomCLIP base fixes them (its tokenizer holds the tokens).
-STRUCTURAL_MODEL_SETTINGS = PROMPT_TOKEN_KEYS
 # Fields that must match for a checkpoint to continue a run (the rest only changes logging or bookkeeping).
 RUN_DEFINING_FIELDS = ("schedule", "stage1_epochs", "stage2_epochs", "joint_epochs", "lr", "momentum",
                        "weight_decay", "min_lr", "eam_margin", "align_weight", "prompt_seed",
@@ -212,6 +207,9 @@ def resolve_preset(preset: str) -> str:
 
 
 def _model_setting_names() -> set[str]:
+    # Imported here, not at the top: the command line builds its parser from this module without torch.
+    from ..configuration_anomclip import AnomCLIPConfig
+
     parameters = inspect.signature(AnomCLIPConfig.__init__).parameters
     internal = {"self", "kwargs", "clip_config", "prompt_token_ids", "base_model_name_or_path", "base_model_revision"}
     return {name for name in parameters if name not in internal}
@@ -219,6 +217,8 @@ def _model_setting_names() -> set[str]:
 
 def validate_model_settings(settings: Mapping[str, Any], clip_config=None) -> None:
     """Unknown names or values AnomCLIPConfig refuses raise ValueError here, before any model is loaded."""
+    from ..configuration_anomclip import AnomCLIPConfig
+
     unknown = sorted(set(settings) - _model_setting_names())
     if unknown:
         raise ValueError(f"unknown model setting(s) {unknown}; valid: {sorted(_model_setting_names())}")

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from transformers import PretrainedConfig
 
+from ..category import PROMPT_TOKEN_KEYS
 from ..data import load_split, sample_shots
 from ..data.schema import NORMAL
 from ..image_io import load_image
@@ -19,7 +20,7 @@ from ..modeling_anomclip import AnomCLIPModel, is_anomclip_base
 from ..processing_anomclip import preprocess_images
 from ..thresholds import ThresholdEstimate, record_thresholds
 from ..vv_attention import VisionFeatures
-from .config import STRUCTURAL_MODEL_SETTINGS, validate_model_settings
+from .config import validate_model_settings
 
 
 def select_references(dataset: str, data_root: str, category: str, shots: Union[int, str], seed: int) -> list[str]:
@@ -68,7 +69,7 @@ def load_base_model(base, model_settings: Optional[Mapping[str, Any]] = None) ->
     is_anomclip = is_anomclip_base(config_dict)
     validate_model_settings(settings, config_dict.get("clip_config") if is_anomclip else config_dict)
     if is_anomclip:
-        changed = sorted(k for k in STRUCTURAL_MODEL_SETTINGS if k in settings and settings[k] != config_dict.get(k))
+        changed = sorted(k for k in PROMPT_TOKEN_KEYS if k in settings and settings[k] != config_dict.get(k))
         if changed:
             raise ValueError(f"model settings {changed} change the prompt tokens of the AnomCLIP base {base}; "
                              "start from its CLIP model instead")

@@ -26,6 +26,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import is_tensorboard_available
 
 from ..atomic_io import write_json
+from ..labels import pipeline_check_fields
 from ..hub.push import HubTarget
 from ..modeling_anomclip import AnomCLIPModel
 from ..processing_anomclip import AnomCLIPProcessor
@@ -123,7 +124,7 @@ def train_category(
                "train_wall_time_s": round(result.wall_time_s, 3),
                "job_wall_time_s": round(time.perf_counter() - began, 3),
                "decision_threshold": None if thresholds is None else thresholds.image,
-               "resumed_from": result.resumed_from}
+               "resumed_from": result.resumed_from, **pipeline_check_fields(model)}
     settings = run_settings(config, dataset, category, shots, seed)
     summary.update(run_settings=settings, run_hash=settings_hash(settings))
     model.save_category(adapter_dir, category)
