@@ -48,7 +48,7 @@ def test_help_in_process_lists_every_command_with_its_help(capsys, monkeypatch):
                                  "--images, --output"),
     (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--autocast", "fp8"],
      "anomclip predict: error: argument --autocast: invalid choice: 'fp8'"),
-    (["demo", "--shots", "two"], "anomclip demo: error: argument --shots: invalid int value: 'two'"),
+    (["demo", "--shots", "two"], "anomclip demo: error: argument --shots: expected an integer >= 1, got 'two'"),
     (["evaluate", "--base", "b", "--dataset", "kaggle", "--data-root", "r", "--output", "o"],
      "anomclip evaluate: error: argument --dataset: invalid choice: 'kaggle'"),
 ])
