@@ -23,6 +23,7 @@ from .thresholds import decision
 from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
+NOT_AN_IMAGE = "not an image file (unknown extension); skipped"
 
 
 @dataclass
@@ -96,7 +97,7 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                 target = os.path.join(output_dir, OVERLAY_DIR, overlay_name(path, root))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 panel.save(target)
-    result.failures += [(path, "not an image file (unknown extension); skipped") for path in not_images]
+    result.failures += [(path, NOT_AN_IMAGE) for path in not_images]
     if result.failures:
         with open(os.path.join(output_dir, ERRORS_FILE), "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

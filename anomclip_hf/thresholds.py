@@ -44,6 +44,19 @@ def decision(score: float, threshold: Optional[float]) -> str:
     return "" if threshold is None else ("anomalous" if score >= threshold else "normal")
 
 
+def normalized_score(score: float, threshold: float) -> float:
+    """The image score mapped to [0, 1] so that the threshold lands on 0.5 (anomalib's normalisation idea):
+    piecewise linear, 0.5 * s / t up to the threshold and 0.5 + 0.5 * (s - t) / (1 - t) above it (image
+    scores lie in [0, 1]), clipped. Scores of categories with different thresholds become comparable."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold={threshold}; a normalised score needs 0 < threshold < 1")
+    if score <= threshold:
+        value = 0.5 * score / threshold
+    else:
+        value = 0.5 + 0.5 * (score - threshold) / (1.0 - threshold)
+    return min(1.0, max(0.0, float(value)))
+
+
 def leave_one_out_scores(model, references: VisionFeatures, category: Optional[str] = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.
