@@ -196,14 +196,14 @@ def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(60_000)
             page.goto(f"http://127.0.0.1:{port}/")
             assert "Base: " in page.locator("#banner").inner_text()
 
             # 1. Fit on two references (plus a text file, which is reported), 2 epochs.
             page.locator("#references input[type=file]").set_input_files(
                 [images["ref0"], images["ref1"], images["notes"]])
-            page.get_by_text("ref1.png").first.wait_for()
+            page.locator("#references", has_text="ref1").wait_for()  # uploaded
             page.locator("#category input, #category textarea").first.fill("widget")
             page.locator("#epochs input").first.fill("2")
             page.locator("#fit").click()
@@ -214,7 +214,7 @@ def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
 
             # 2. Score a good and a defective image; read the two scores from the page.
             page.locator("#test-images input[type=file]").set_input_files([images["good"], images["defect"]])
-            page.get_by_text("defect.png").first.wait_for()
+            page.locator("#test-images", has_text="defect").wait_for()
             page.locator("#score").click()
             page.locator("#scores-table td.score").nth(1).wait_for()
             rows = _page_rows(page)
@@ -249,7 +249,7 @@ def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
             assert table == _page_rows(page)
 
             # Click an overlay: it is shown large.
-            page.locator("#gallery button").first.click()
+            page.locator("#gallery button.thumbnail-item").first.click()
             page.locator("#large-view img").wait_for()
             assert "good.png" in page.locator("#large-caption").inner_text()
 

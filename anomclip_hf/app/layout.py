@@ -5,7 +5,6 @@ slider, gallery, table, large view); 3. download and push. Handlers turn bad inp
 page (never a traceback) and list every file that could not be used.
 """
 
-from __future__ import annotations
 
 import html
 import os
