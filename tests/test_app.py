@@ -118,6 +118,8 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
     assert [image.name for image in scored.images] == ["good.png", "defect.png"]
     assert dict(scored.failures).keys() == {"corrupt.png", "notes.txt"}
     assert all(os.path.isfile(image.overlay) for image in scored.images)
+    # Gallery pictures carry no decision label (the slider decides): exactly the three 64 px panels.
+    assert [Image.open(image.thumbnail).size for image in scored.images] == [(3 * 64, 64)] * 2
 
     # Decisions at any threshold come from the stored scores; the counts follow score >= threshold.
     scores = np.array([image.score for image in scored.images])
@@ -253,7 +255,7 @@ def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
             page.locator("#large-view img").wait_for()
             assert "good.png" in page.locator("#large-caption").inner_text()
 
-            page.locator("#summary").scroll_into_view_if_needed()
+            page.evaluate("document.querySelector('#score').scrollIntoView()")
             shot = tmp_path / "results.png"
             page.screenshot(path=str(shot))
             browser.close()

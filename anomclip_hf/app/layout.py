@@ -26,7 +26,8 @@ def files_text(title: str, rejected) -> str:
     if not rejected:
         return ""
     lines = "\n".join(f"- `{name}`: {html.escape(why)}" for name, why in rejected)
-    return f"\n\n**{len(rejected)} {title}:**\n{lines}"
+    count = f"1 {title.replace('files', 'file')}" if len(rejected) == 1 else f"{len(rejected)} {title}"
+    return f"\n\n**{count}:**\n{lines}"
 
 
 def banner_text(workspace: Workspace) -> str:
@@ -48,7 +49,7 @@ def summary_text(scored: ScoredSet, threshold: float) -> str:
 
 def table_html(scored: ScoredSet, threshold: float) -> str:
     """The scores as an HTML table (classes name/score/normalized/decision per cell), as scores.csv has them."""
-    head = ("<tr><th>image</th><th>score</th><th>normalised (stored threshold = 0.5)</th><th>decision</th></tr>")
+    head = ("<tr><th>image</th><th>score</th><th>normalised (stored threshold: 0.5)</th><th>decision</th></tr>")
     rows = []
     for row in scored.rows(threshold):
         normalized = "" if row["normalized_score"] is None else f"{row['normalized_score']:.6f}"
@@ -63,7 +64,7 @@ def gallery_items(scored: ScoredSet, threshold: float) -> list[tuple[str, str]]:
     items = []
     for image, row in zip(scored.images, scored.rows(threshold)):
         normalized = "" if row["normalized_score"] is None else f" | normalised {row['normalized_score']:.3f}"
-        items.append((image.overlay, f"{prefix}{image.name} | score {image.score:.4f}{normalized} | "
+        items.append((image.thumbnail, f"{prefix}{image.name} | score {image.score:.4f}{normalized} | "
                                      f"{row['decision'].upper()}"))
     return items
 
@@ -152,52 +153,50 @@ def build_app(workspace: Workspace):
         base_status = gr.Markdown(elem_id="base-status")
 
         with gr.Row():
-            with gr.Column():
+            with gr.Column(scale=2):
                 gr.Markdown("## 1. Fit a category on good images")
                 references = gr.File(label="Good (normal) images", file_count="multiple", type="filepath",
-                                     elem_id="references")
+                                     height=150, elem_id="references")
                 server_folder = gr.Textbox(label="... or a folder of good images on the server", elem_id="server-folder")
                 with gr.Row():
                     category = gr.Textbox("part", label="Category name", elem_id="category")
-                    class_name = gr.Textbox(label="Class name (text, e.g. 'metal bracket'; default: the category)",
-                                            elem_id="class-name")
+                    class_name = gr.Textbox(label="Class name (default: the category)", elem_id="class-name")
                     epochs = gr.Number(10, label="Epochs", precision=0, minimum=1, elem_id="epochs")
                 fit = gr.Button("Fit", variant="primary", elem_id="fit")
                 fit_status = gr.Markdown(elem_id="fit-status")
                 with gr.Row():
                     adapter_source = gr.Textbox(label="... or load an adapter (folder or Hub repo id)",
-                                                elem_id="adapter-source", scale=4)
+                                                elem_id="adapter-source", scale=3)
                     load_adapter = gr.Button("Load adapter", elem_id="load-adapter", scale=1)
-            with gr.Column():
+
+                gr.Markdown("## 3. Download and share")
+                with gr.Row():
+                    scores_csv = gr.DownloadButton("scores.csv", interactive=False, elem_id="download-scores")
+                    adapter_zip = gr.DownloadButton("adapter (.zip)", interactive=False, elem_id="download-adapter")
+                repo_id = gr.Textbox(label="Hub repo id", placeholder="user/anomclip-bracket", elem_id="repo-id")
+                with gr.Row():
+                    token = gr.Textbox(label="Hub token (optional: default HF_TOKEN or `hf auth login`)",
+                                       type="password", elem_id="hub-token", scale=3)
+                    private = gr.Checkbox(label="private repo", elem_id="hub-private", scale=1)
+                push = gr.Button("Push the adapter to the Hub", elem_id="push")
+                push_status = gr.Markdown(elem_id="push-status")
+
+            with gr.Column(scale=3):
                 gr.Markdown("## 2. Inspect test images")
-                test_images = gr.File(label="Test images", file_count="multiple", type="filepath",
+                test_images = gr.File(label="Test images", file_count="multiple", type="filepath", height=150,
                                       elem_id="test-images")
                 score = gr.Button("Score", variant="primary", elem_id="score")
                 score_status = gr.Markdown(elem_id="score-status")
                 threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.0001, label="Decision threshold (anomalous at or "
                                       "above; moving it re-decides without scoring again)", elem_id="threshold")
                 summary = gr.Markdown(elem_id="summary")
-
-        gallery = gr.Gallery(label="Overlays (image | heat map | predicted defect); click one to enlarge",
-                             columns=4, height="auto", object_fit="contain", allow_preview=False, elem_id="gallery")
-        with gr.Row():
-            table = gr.HTML(elem_id="scores-table")
-            with gr.Column():
-                large = gr.Image(label="Selected image", type="pil", interactive=False, elem_id="large-view")
+                gallery = gr.Gallery(label="Image | heat map | predicted defect; click one to enlarge",
+                                     columns=3, height=260, object_fit="contain", allow_preview=False,
+                                     elem_id="gallery")
+                table = gr.HTML(elem_id="scores-table")
+                large = gr.Image(label="Selected image, at the slider's threshold", type="pil", interactive=False,
+                                 height=300, elem_id="large-view")
                 large_caption = gr.Markdown(elem_id="large-caption")
-
-        gr.Markdown("## 3. Download and share")
-        with gr.Row():
-            scores_csv = gr.DownloadButton("Download scores.csv", interactive=False, elem_id="download-scores")
-            adapter_zip = gr.DownloadButton("Download the adapter (.zip)", interactive=False,
-                                            elem_id="download-adapter")
-        with gr.Row():
-            repo_id = gr.Textbox(label="Hub repo id", placeholder="user/anomclip-bracket", elem_id="repo-id")
-            token = gr.Textbox(label="Hub token (optional: default HF_TOKEN or `hf auth login`)", type="password",
-                               elem_id="hub-token")
-            private = gr.Checkbox(label="private repo", elem_id="hub-private")
-            push = gr.Button("Push the adapter", elem_id="push")
-        push_status = gr.Markdown(elem_id="push-status")
 
         decided = [summary, gallery, table, scores_csv]
         load_base.click(on_base, [base_box], [banner, base_status])

@@ -26,9 +26,10 @@ LARGE_VIEW_SIZE = 384  # pixels on the short side of each of the three panels
 class ScoredImage:
     name: str  # the uploaded file's name (made unique)
     path: str  # the staged copy
-    overlay: str  # predict_files' overlay PNG
+    overlay: str  # predict_files' overlay PNG (labelled with the decision at the stored threshold)
     score: float
     anomaly_map: np.ndarray
+    thumbnail: str = ""  # the same panels without a decision label: the gallery's picture (the slider decides)
 
 
 @dataclass
@@ -70,6 +71,16 @@ def write_scores_csv(scored: ScoredSet, threshold: Optional[float], path: str) -
             writer.writerow([row["name"], f"{row['image_score']:.6f}", normalized, row["decision"],
                              "" if threshold is None else f"{threshold:.6f}"] + ([scored.note] if scored.note else []))
     return path
+
+
+def write_thumbnails(scored: ScoredSet, folder: str) -> None:
+    """The gallery pictures: overlay panels without the score/decision label, which would go stale when the
+    threshold slider moves (the gallery captions carry the live decision)."""
+    os.makedirs(folder, exist_ok=True)
+    for number, image in enumerate(scored.images):
+        image.thumbnail = os.path.join(folder, f"{number:05d}.png")
+        anomaly_panel(load_image(image.path), image.anomaly_map, pixel_threshold=scored.pixel_threshold,
+                      note=scored.note).save(image.thumbnail)
 
 
 def large_view(scored: ScoredSet, index: int, threshold: Optional[float]) -> Image.Image:

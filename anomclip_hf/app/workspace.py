@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 from ..demo import PIPELINE_CHECK_NOTE
 from ..image_io import ImageReadError, load_image
 from .base import FIT_PRESET, BaseChoice, choose_base
-from .results import ScoredImage, ScoredSet
+from .results import ScoredImage, ScoredSet, write_thumbnails
 from .uploads import MAX_FILE_MB, MAX_FILES, StagedFiles, folder_sources, stage_files
 
 # progress(epoch, total_epochs, logs) after every training epoch
@@ -166,6 +166,7 @@ class Workspace:
                                              overlay=os.path.join(folder, "overlays", overlay_name(path, inputs)),
                                              anomaly_map=result.maps[path])
                                  for path, score in result.scores.items()]
+                write_thumbnails(scored, os.path.join(folder, "thumbnails"))
         return scored
 
     # ------------------------------------------------------------------ export
