@@ -99,7 +99,7 @@ def test_choose_base_offline_offers_the_embedded_base(monkeypatch):
     assert workspace.label("x").startswith("**PIPELINE CHECK**")
 
 
-def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images):
+def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images, fake_hub):
     workspace = Workspace(choose_base(tiny_base), str(tmp_path / "work"))
     server_folder = tmp_path / "on-server"
     server_folder.mkdir()
@@ -138,6 +138,15 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
     fresh.load_category(str(extracted))
     again = next(iter(score_images(fresh, [images["good"], images["defect"]], progress=False))).image_scores
     np.testing.assert_allclose(np.asarray(again, dtype=np.float64), scores, atol=1e-5)
+
+    # A second workspace loads the unzipped adapter, or the one pushed to the (fake) Hub, and scores the same.
+    message = workspace.push("user/anomclip-widget")
+    assert "Pushed category 'widget' to user/anomclip-widget (commit " in message
+    for source in (str(extracted), "user/anomclip-widget"):
+        other = Workspace(choose_base(tiny_base), str(tmp_path / "other"))
+        assert f"stored threshold {stored:.4f}" in other.load_adapter(source)
+        rescored = other.score([images["good"], images["defect"]])
+        np.testing.assert_allclose([image.score for image in rescored.images], scores, atol=1e-5)
 
     # One job at a time: a second fit while the model is held is refused, not queued.
     with workspace.exclusive("fitting 'other'"):
@@ -215,10 +224,12 @@ def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
             assert f"stored threshold {stored:.4f}" in status and "notes.txt" in status
 
             # 2. Score a good and a defective image; read the two scores from the page.
-            page.locator("#test-images input[type=file]").set_input_files([images["good"], images["defect"]])
+            page.locator("#test-images input[type=file]").set_input_files(
+                [images["good"], images["defect"], images["corrupt"]])
             page.locator("#test-images", has_text="defect").wait_for()
             page.locator("#score").click()
             page.locator("#scores-table td.score").nth(1).wait_for()
+            assert "corrupt.png" in page.locator("#score-status").inner_text()  # reported, the rest scored
             rows = _page_rows(page)
             assert [row[0] for row in rows] == ["good.png", "defect.png"]
             scores = [float(row[1]) for row in rows]

@@ -70,9 +70,14 @@ class Workspace:
             if self.pipeline_check else text
 
     def new_folder(self, kind: str) -> str:
-        folder = os.path.join(self.work_dir, f"{next(self._numbers):04d}-{kind}")
-        os.makedirs(folder)
-        return folder
+        """A new numbered folder in the work folder (numbers another workspace used there are skipped)."""
+        while True:
+            folder = os.path.join(self.work_dir, f"{next(self._numbers):04d}-{kind}")
+            try:
+                os.makedirs(folder)
+                return folder
+            except FileExistsError:
+                continue
 
     @contextmanager
     def exclusive(self, what: str):
