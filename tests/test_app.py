@@ -4,6 +4,7 @@ real headless Chromium (Playwright with the system browser; never a browser down
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import os
 import shutil
@@ -18,7 +19,7 @@ from PIL import Image
 from transformers import CLIPModel
 
 from anomclip_hf import AnomCLIPModel
-from anomclip_hf.app.base import BaseChoice, choose_base
+from anomclip_hf.app.base import choose_base
 from anomclip_hf.app.results import write_scores_csv
 from anomclip_hf.app.uploads import stage_files
 from anomclip_hf.app.workspace import BusyError, Workspace
@@ -84,7 +85,7 @@ def test_stage_files_limits_names_and_rejections(tmp_path, images):
         stage_files([images["good"]] * 3, str(tmp_path / "other"), max_files=2)
 
 
-def test_choose_base_offline_offers_the_embedded_base(monkeypatch):
+def test_choose_base_offline_offers_the_embedded_base(monkeypatch, tmp_path):
     import anomclip_hf.app.base as base
 
     with pytest.raises(ValueError, match="neither a folder nor a Hub model id"):
@@ -95,7 +96,7 @@ def test_choose_base_offline_offers_the_embedded_base(monkeypatch):
     assert offline.model is None and "cannot be reached" in offline.message and "PIPELINE CHECK" in offline.message
     embedded = choose_base("anomclip-demo-random")
     assert embedded.pipeline_check and isinstance(embedded.model, AnomCLIPModel)
-    workspace = Workspace(embedded)
+    workspace = Workspace(embedded, str(tmp_path))
     assert workspace.label("x").startswith("**PIPELINE CHECK**")
 
 
@@ -154,6 +155,24 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
             workspace.fit([images["ref0"]], "second", epochs=1)
 
 
+def test_embedded_base_labels_every_result_pipeline_check(tmp_path, images):
+    from anomclip_hf.app.layout import banner_text, gallery_items, summary_text, table_html
+
+    workspace = Workspace(choose_base("anomclip-demo-random"), str(tmp_path / "work"))
+    assert "PIPELINE CHECK" in banner_text(workspace)
+    outcome = workspace.fit([images["ref0"], images["ref1"]], "widget", epochs=1)
+    scored = workspace.score([images["defect"]])
+    threshold = outcome.threshold
+    assert scored.pipeline_check
+    assert "PIPELINE CHECK" in summary_text(scored, threshold) and "PIPELINE CHECK" in table_html(scored, threshold)
+    assert gallery_items(scored, threshold)[0][1].startswith("PIPELINE CHECK | defect.png")
+    rows = list(csv.DictReader(open(write_scores_csv(scored, threshold, str(tmp_path / "s.csv")), encoding="utf-8")))
+    assert rows[0]["note"].startswith("PIPELINE CHECK")
+    # The pictures carry the note as a label band (one line above the three panels).
+    overlay, thumbnail = Image.open(scored.images[0].overlay), Image.open(scored.images[0].thumbnail)
+    assert thumbnail.height > 64 and overlay.height > thumbnail.height
+
+
 def test_cli_app_bad_base_is_one_line_and_exit_2(tmp_path, capsys):
     pytest.importorskip("gradio")
     from anomclip_hf.cli import main
@@ -174,9 +193,7 @@ def _free_port() -> int:
 def _browser_missing() -> str:
     if not os.path.exists(CHROMIUM):
         return f"{CHROMIUM} is missing (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "playwright is missing (pip install playwright; no `playwright install` needed)"
     return ""
 
@@ -193,7 +210,6 @@ def _anomalous_count(page) -> int:
 
 @pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "browser present")
 def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
-    pytest.importorskip("gradio")
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     from playwright.sync_api import sync_playwright

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
+import threading
 from typing import Optional
 
 from .base import choose_base
@@ -57,6 +59,9 @@ def launch_app(base: Optional[str] = None, category: Optional[str] = None, host:
                port: int = DEFAULT_PORT, **options) -> None:
     """Serve until interrupted, then remove the app's work folder (uploads, fits, scores)."""
     app, workspace = build(base, category, **options)
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) ends the server like Ctrl-C does, so the work folder below is removed.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         serve(app, workspace, host, port, block=True)
     finally:
