@@ -149,6 +149,11 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
         rescored = other.score([images["good"], images["defect"]])
         np.testing.assert_allclose([image.score for image in rescored.images], scores, atol=1e-5)
 
+    # Off when the app listens beyond this machine: reading folders on the server.
+    remote = Workspace(workspace.base, str(tmp_path / "remote"), allow_server_folders=False)
+    with pytest.raises(ValueError, match="reading a folder on the server is off"):
+        remote.fit([], "widget", server_folder=str(server_folder), epochs=1)
+
     # One job at a time: a second fit while the model is held is refused, not queued.
     with workspace.exclusive("fitting 'other'"):
         with pytest.raises(BusyError, match="fitting 'other'"):

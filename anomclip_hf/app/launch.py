@@ -15,6 +15,10 @@ from .workspace import Workspace
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 
 
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def require_gradio():
     try:
         import gradio
@@ -31,7 +35,7 @@ def offline_theme():
 
 
 def build(base: Optional[str] = None, category: Optional[str] = None, *, work_dir: Optional[str] = None,
-          max_files: int = MAX_FILES, max_file_mb: float = MAX_FILE_MB):
+          max_files: int = MAX_FILES, max_file_mb: float = MAX_FILE_MB, allow_server_folders: bool = True):
     """(gr.Blocks, Workspace): the base chosen (see base.choose_base), `category` loaded when given."""
     require_gradio()  # before the base loads: a missing extra fails at once
     from .layout import build_app
@@ -39,7 +43,8 @@ def build(base: Optional[str] = None, category: Optional[str] = None, *, work_di
     choice = choose_base(base)
     if choice.model is None:
         print(choice.message, file=sys.stderr)
-    workspace = Workspace(choice, work_dir, max_files=max_files, max_file_mb=max_file_mb)
+    workspace = Workspace(choice, work_dir, max_files=max_files, max_file_mb=max_file_mb,
+                          allow_server_folders=allow_server_folders)
     if category:
         workspace.load_adapter(category)
     return build_app(workspace), workspace
@@ -58,7 +63,7 @@ def serve(app, workspace: Workspace, host: str = DEFAULT_HOST, port: int = DEFAU
 def launch_app(base: Optional[str] = None, category: Optional[str] = None, host: str = DEFAULT_HOST,
                port: int = DEFAULT_PORT, **options) -> None:
     """Serve until interrupted, then remove the app's work folder (uploads, fits, scores)."""
-    app, workspace = build(base, category, **options)
+    app, workspace = build(base, category, allow_server_folders=is_loopback(host), **options)
     if threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM) ends the server like Ctrl-C does, so the work folder below is removed.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -108,7 +108,7 @@ def build_app(workspace: Workspace):
                   if outcome.threshold is None else f"stored threshold **{outcome.threshold:.4f}**")
         text = workspace.label(f"Fitted category `{outcome.category}` on {outcome.shots} references, "
                                f"{outcome.epochs} epochs: {stored}.")
-        threshold = gr.update() if outcome.threshold is None else gr.update(value=round(outcome.threshold, 4))
+        threshold = gr.update() if outcome.threshold is None else gr.update(value=outcome.threshold)
         return text + files_text("files not used", outcome.rejected), threshold, adapter_download()
 
     def on_load_adapter(source: str):
@@ -117,7 +117,7 @@ def build_app(workspace: Workspace):
             threshold = workspace.model.get_category(workspace.category).metadata.get("decision_threshold")
         except USER_ERRORS as error:
             return error_text(error), gr.update(), gr.update()
-        return message, gr.update() if threshold is None else gr.update(value=round(threshold, 4)), adapter_download()
+        return message, gr.update() if threshold is None else gr.update(value=threshold), adapter_download()
 
     def on_score(files, threshold):
         try:
@@ -125,7 +125,7 @@ def build_app(workspace: Workspace):
         except USER_ERRORS as error:
             return (None, error_text(error), gr.update(), *decide(None, threshold))
         if scored.stored_threshold is not None:
-            threshold = round(scored.stored_threshold, 4)
+            threshold = scored.stored_threshold
         status = workspace.label(f"{len(scored.images)} images scored with category `{scored.category}`.")
         status += files_text("files could not be scored", scored.failures)
         return (scored, status, gr.update(value=threshold), *decide(scored, threshold))
@@ -157,7 +157,8 @@ def build_app(workspace: Workspace):
                 gr.Markdown("## 1. Fit a category on good images")
                 references = gr.File(label="Good (normal) images", file_count="multiple", type="filepath",
                                      height=150, elem_id="references")
-                server_folder = gr.Textbox(label="... or a folder of good images on the server", elem_id="server-folder")
+                server_folder = gr.Textbox(label="... or a folder of good images on the server", elem_id="server-folder",
+                                           visible=workspace.allow_server_folders)
                 with gr.Row():
                     category = gr.Textbox("part", label="Category name", elem_id="category")
                     class_name = gr.Textbox(label="Class name (default: the category)", elem_id="class-name")
@@ -187,7 +188,7 @@ def build_app(workspace: Workspace):
                                       elem_id="test-images")
                 score = gr.Button("Score", variant="primary", elem_id="score")
                 score_status = gr.Markdown(elem_id="score-status")
-                threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.0001, label="Decision threshold (anomalous at or "
+                threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.000001, label="Decision threshold (anomalous at or "
                                       "above; moving it re-decides without scoring again)", elem_id="threshold")
                 summary = gr.Markdown(elem_id="summary")
                 gallery = gr.Gallery(label="Image | heat map | predicted defect; click one to enlarge",

@@ -44,11 +44,13 @@ class Workspace:
     """What every page of the app shares. Files go to `work_dir` (default: a new temporary folder)."""
 
     def __init__(self, base: Optional[BaseChoice] = None, work_dir: Optional[str] = None, *,
-                 max_files: int = MAX_FILES, max_file_mb: float = MAX_FILE_MB):
+                 max_files: int = MAX_FILES, max_file_mb: float = MAX_FILE_MB, allow_server_folders: bool = True):
         self.work_dir = work_dir or tempfile.mkdtemp(prefix="anomclip-app-")
         self.base = base or BaseChoice(name="", message="No base loaded.")
         self.category: Optional[str] = None
         self.max_files, self.max_file_mb = max_files, max_file_mb
+        # Reading a folder on the server is for a page on this machine; off when others can reach the app.
+        self.allow_server_folders = allow_server_folders
         self._lock = threading.Lock()  # one fit / scoring / load at a time: they all change the model's state
         self._running = ""
         self._numbers = itertools.count(1)
@@ -127,6 +129,9 @@ class Workspace:
         epochs = int(epochs)
         if epochs < 1:
             raise ValueError(f"epochs={epochs}; expected 1 or more")
+        if (server_folder or "").strip() and not self.allow_server_folders:
+            raise ValueError("reading a folder on the server is off when the app listens beyond this machine; "
+                             "upload the images instead")
         sources = list(sources or []) + (folder_sources(server_folder) if (server_folder or "").strip() else [])
         model = self.model
         with self.exclusive(f"fitting {category!r}"):
