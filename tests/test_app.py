@@ -118,6 +118,7 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
     scored = workspace.score([images["good"], images["defect"], images["corrupt"], images["notes"]])
     assert [image.name for image in scored.images] == ["good.png", "defect.png"]
     assert dict(scored.failures).keys() == {"corrupt.png", "notes.txt"}
+    assert workspace.work_dir not in str(scored.failures) and workspace.work_dir not in str(outcome.rejected)
     assert all(os.path.isfile(image.overlay) for image in scored.images)
     # Gallery pictures carry no decision label (the slider decides): exactly the three 64 px panels.
     assert [Image.open(image.thumbnail).size for image in scored.images] == [(3 * 64, 64)] * 2

@@ -171,7 +171,7 @@ class Workspace:
             if staged.images:
                 result = predict_files(self.model, staged.images, folder, root=inputs, category=category,
                                        keep_maps=True, progress=False, note=scored.note)
-                scored.failures += [(os.path.basename(path), why) for path, why in result.failures]
+                scored.failures += [(os.path.basename(path), without_folder(why, path)) for path, why in result.failures]
                 scored.images = [ScoredImage(name=os.path.basename(path), path=path, score=score,
                                              overlay=os.path.join(folder, "overlays", overlay_name(path, inputs)),
                                              anomaly_map=result.maps[path])
@@ -209,10 +209,15 @@ def decodable(staged: StagedFiles) -> StagedFiles:
             load_image(path)
         except ImageReadError as error:
             os.remove(path)
-            kept.rejected.append((os.path.basename(path), str(error)))
+            kept.rejected.append((os.path.basename(path), without_folder(str(error), path)))
         else:
             kept.images.append(path)
     return kept
+
+
+def without_folder(message: str, path: str) -> str:
+    """An error message naming the file, not the server folder it was staged in (the page needs no paths)."""
+    return message.replace(path, os.path.basename(path))
 
 
 def rejected_suffix(rejected: Sequence[tuple[str, str]]) -> str:
