@@ -23,6 +23,7 @@ from anomclip_hf.app.base import choose_base
 from anomclip_hf.app.results import write_scores_csv
 from anomclip_hf.app.uploads import stage_files
 from anomclip_hf.app.workspace import BusyError, Workspace
+from anomclip_hf.category_io import REQUIRED_FILES
 from anomclip_hf.data import render_normal, render_sample
 from anomclip_hf.inference import score_images
 from anomclip_hf.prediction import NOT_AN_IMAGE
@@ -282,6 +283,13 @@ def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
             table = [(r["name"], r["image_score"], r["normalized_score"], r["decision"])
                      for r in csv.DictReader(open(saved, encoding="utf-8"))]
             assert table == _page_rows(page)
+
+            # The adapter as a zip: a complete adapter folder of the fitted category.
+            with page.expect_download() as download:
+                page.locator("#download-adapter").click()
+            assert download.value.suggested_filename == "widget-adapter.zip"
+            with zipfile.ZipFile(download.value.path()) as archive:
+                assert set(REQUIRED_FILES) <= set(archive.namelist())
 
             # Click an overlay: it is shown large.
             page.locator("#gallery button.thumbnail-item").first.click()

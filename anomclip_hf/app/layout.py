@@ -102,6 +102,7 @@ def build_app(workspace: Workspace):
             progress(0, desc="reading the references")
             outcome = workspace.fit(files or [], (category or "").strip(), server_folder=server_folder or "",
                                     class_name=class_name or "", epochs=int(epochs or 0), progress=report)
+            download = adapter_download()
         except USER_ERRORS as error:
             return error_text(error), gr.update(), gr.update()
         stored = ("no stored threshold (it needs 2 or more references): set the threshold slider"
@@ -109,15 +110,16 @@ def build_app(workspace: Workspace):
         text = workspace.label(f"Fitted category `{outcome.category}` on {outcome.shots} references, "
                                f"{outcome.epochs} epochs: {stored}.")
         threshold = gr.update() if outcome.threshold is None else gr.update(value=outcome.threshold)
-        return text + files_text("files not used", outcome.rejected), threshold, adapter_download()
+        return text + files_text("files not used", outcome.rejected), threshold, download
 
     def on_load_adapter(source: str):
         try:
             message = workspace.load_adapter(source)
             threshold = workspace.model.get_category(workspace.category).metadata.get("decision_threshold")
+            download = adapter_download()
         except USER_ERRORS as error:
             return error_text(error), gr.update(), gr.update()
-        return message, gr.update() if threshold is None else gr.update(value=threshold), adapter_download()
+        return message, gr.update() if threshold is None else gr.update(value=threshold), download
 
     def on_score(files, threshold):
         try:
