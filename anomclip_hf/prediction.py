@@ -36,6 +36,7 @@ from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
 MAPS_DIR, MASKS_DIR = "maps", "masks"
+NOT_AN_IMAGE = "not an image file (unknown extension); skipped"
 
 
 @dataclass
@@ -130,7 +131,7 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
                     if save_maps:
                         _save_map_and_mask(output_dir, name, batch.anomaly_maps[offset], pixel_threshold)
         result.failures += list(unlistable)
-        result.failures += [(path, "not an image file (unknown extension); skipped") for path in not_images]
+        result.failures += [(path, NOT_AN_IMAGE) for path in not_images]
         with _writing(os.path.join(output_dir, SCORES_FILE), "scores file"):
             write_csv(os.path.join(output_dir, SCORES_FILE), rows)
         if result.failures:
