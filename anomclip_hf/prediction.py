@@ -1,6 +1,7 @@
 """Scoring a set of image files with a category: scores.csv, one overlay PNG per image, a report of bad files.
 
-`anomclip predict` and `anomclip demo` write their outputs through `predict_files`:
+`anomclip predict` and `anomclip demo` write their outputs through `write_predictions` (the PyTorch model's
+scores via `predict_files`, an exported ONNX model's via `anomclip_hf.export.runtime`):
 
     scores.csv     path, image_score, decision (anomalous / normal, empty without a threshold), extra columns
     overlays/      one side-by-side panel PNG per image, mirroring the input folder's sub-folders
@@ -12,14 +13,14 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .batches import ScoredBatch
 from .data.files import IMAGE_EXTENSIONS, walk_images
+from .decisions import decision
 from .image_io import load_mask
-from .inference import score_images
-from .thresholds import decision
 from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
@@ -54,23 +55,39 @@ def overlay_name(path: str, root: Optional[str]) -> str:
     return os.path.splitext(relative)[0] + ".png"
 
 
-def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optional[str] = None,
-                  category: Optional[str] = None, threshold: Optional[float] = None,
-                  pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
-                  extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, batch_size: int = 16,
-                  output_size: Optional[int] = None, keep_maps: bool = False, note: str = "",
-                  not_images: Sequence[str] = (), autocast_dtype=None, progress: bool = True) -> PredictionResult:
+def predict_files(model, paths: Sequence[str], output_dir: str, *, category: Optional[str] = None,
+                  threshold: Optional[float] = None, pixel_threshold: Optional[float] = None, batch_size: int = 16,
+                  output_size: Optional[int] = None, autocast_dtype=None, progress: bool = True,
+                  **write_options) -> PredictionResult:
     """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir`.
 
     threshold / pixel_threshold: default to the category's stored ones (category.json).
-    ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
     autocast_dtype: torch.bfloat16 / torch.float16 for the vision tower on a GPU (see `score_images`).
-    Unreadable files, and the `not_images` found beside the images, are reported (errors.csv and the
-    result), never fatal.
+    write_options: root, ground_truth, extra_columns, keep_maps, note, not_images (see `write_predictions`).
     """
+    from .inference import score_images  # torch: only this scorer needs it
+
     state = model.get_category(category)
     threshold = state.metadata.get("decision_threshold") if threshold is None else threshold
     pixel_threshold = state.metadata.get("pixel_threshold") if pixel_threshold is None else pixel_threshold
+    batches = score_images(model, list(paths), batch_size=batch_size, output_size=output_size, category=state.name,
+                           progress=progress, skip_unreadable=True, autocast_dtype=autocast_dtype)
+    return write_predictions(batches, paths, output_dir, threshold=threshold, pixel_threshold=pixel_threshold,
+                             **write_options)
+
+
+def write_predictions(batches: Iterable[ScoredBatch], paths: Sequence[str], output_dir: str, *,
+                      root: Optional[str] = None, threshold: Optional[float] = None,
+                      pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
+                      extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, keep_maps: bool = False,
+                      note: str = "", not_images: Sequence[str] = ()) -> PredictionResult:
+    """Write scores.csv, overlays/ and errors.csv into `output_dir` from the scored `batches` of `paths`
+    (from any scorer: `inference.score_images`, or the ONNX Runtime detector's `score_batches`).
+
+    ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
+    Unreadable files, and the `not_images` found beside the images, are reported (errors.csv and the
+    result), never fatal.
+    """
     ground_truth, extra_columns = ground_truth or {}, extra_columns or {}
     result = PredictionResult(output_dir=output_dir, threshold=threshold)
     os.makedirs(os.path.join(output_dir, OVERLAY_DIR), exist_ok=True)
@@ -78,9 +95,7 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
     with open(os.path.join(output_dir, SCORES_FILE), "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "image_score", "decision", *columns])
-        for batch in score_images(model, list(paths), batch_size=batch_size, output_size=output_size,
-                                  category=state.name, progress=progress, skip_unreadable=True,
-                                  autocast_dtype=autocast_dtype):
+        for batch in batches:
             result.failures += [(paths[index], error) for index, error in batch.failures]
             for offset, index in enumerate(batch.indices):
                 path, score = paths[index], float(batch.image_scores[offset])

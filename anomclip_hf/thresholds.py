@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from .decisions import decision  # noqa: F401 (re-exported)
 from .vv_attention import VisionFeatures
 
 DEFAULT_MARGIN = 0.1
@@ -36,12 +37,6 @@ class ThresholdEstimate:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def decision(score: float, threshold: Optional[float]) -> str:
-    """"anomalous" at or above the threshold (the convention of `f1_max`'s threshold), else "normal";
-    "" when no threshold is known."""
-    return "" if threshold is None else ("anomalous" if score >= threshold else "normal")
 
 
 def leave_one_out_scores(model, references: VisionFeatures, category: Optional[str] = None
