@@ -85,7 +85,8 @@ def _predict_onnx(args) -> int:
                                       ("--revision", args.revision), ("--output-size", args.output_size))
              if value is not None] + (["--autocast"] if args.autocast != "none" else [])
     if given:
-        raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop {', '.join(given)}")
+        raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
+                         f"{', '.join(given)}")
     from .export.runtime import OnnxAnomalyDetector
     from .prediction import find_inputs, write_predictions
 
