@@ -141,8 +141,9 @@ def test_predict_onnx_writes_the_files_of_the_pytorch_predict(exported, tmp_path
 
 BLOCKER = """
 import sys
-# torch and transformers look uninstalled: importing them fails and importlib.util.find_spec finds nothing.
-for name in ("torch", "transformers"):
+# torch, transformers (and the other dependencies the runtime must not need) look uninstalled: importing them
+# fails and importlib.util.find_spec finds nothing.
+for name in ("torch", "transformers", "scipy", "tqdm", "datasets", "huggingface_hub"):
     sys.modules[name] = None
 """
 

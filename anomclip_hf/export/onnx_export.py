@@ -141,7 +141,8 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
     with torch.no_grad():
         # Fill the caches (text prototypes, upsampling matrices) with real tensors before tracing reads them.
         reference(pixel_values)
-        scorer(pixel_values)
+        if scorer.model is not model:
+            scorer(pixel_values)
         program = torch.export.export(scorer, (pixel_values,), dynamic_shapes=({0: torch.export.Dim("batch")},),
                                       strict=False)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -1,21 +1,24 @@
 """`OnnxAnomalyDetector`: score images with an exported category on ONNX Runtime.
 
-Needs only numpy, pillow and onnxruntime (no torch, no transformers): the preprocessing is the package's own
-numpy one (`pixel_arrays`), so the graph gets the numbers the PyTorch model would.
+Needs only numpy, pillow and onnxruntime (no torch, no transformers; tqdm for `score_batches`): the
+preprocessing is the package's own numpy one (`pixel_arrays`), so the graph gets the numbers the PyTorch model
+would.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..batches import ScoredBatch, scored_batches
 from ..decisions import decision
 from ..pixel_arrays import ImageInput, pixel_array
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar
+
+if TYPE_CHECKING:
+    from ..batches import ScoredBatch
 
 
 @dataclass
@@ -88,5 +91,7 @@ class OnnxAnomalyDetector:
     def score_batches(self, images: Sequence[ImageInput], batch_size: int = 16, progress: bool = True,
                       skip_unreadable: bool = False) -> Iterator[ScoredBatch]:
         """Batch by batch, as `inference.score_images` (for `prediction.write_predictions`)."""
+        from ..batches import scored_batches  # and tqdm: only this path shows progress
+
         return scored_batches(images, lambda decoded: self.run(self.preprocess(decoded)), batch_size=batch_size,
                               progress=progress, skip_unreadable=skip_unreadable)
