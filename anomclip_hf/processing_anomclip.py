@@ -16,6 +16,12 @@ from .pixel_arrays import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, pixel_a
 PROCESSOR_CONFIG_NAME = "anomclip_processor_config.json"
 
 
+def _as_list(items) -> list:
+    if items is None:
+        return []
+    return list(items) if isinstance(items, (list, tuple)) else [items]
+
+
 def preprocess_images(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_MEAN,
                       std=OPENAI_CLIP_STD) -> torch.Tensor:
     """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, bicubic resize to S x S, mean/std normalise
