@@ -21,6 +21,7 @@ from torch import nn
 from .. import __version__
 from ..category_io import base_model_identity, category_record
 from ..pixel_arrays import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESAMPLE
+from .extras import import_extra
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 
 DEFAULT_OPSET = 18  # the oldest opset torch's torch.export-based exporter writes
@@ -60,7 +61,9 @@ class OnnxExport:
 
 def _check_options(model, category: Optional[str], opset: int, output_size: Optional[int], fp16: bool,
                    quantize: Optional[str]):
-    import onnx
+    onnx = import_extra("onnx")
+    import_extra("onnxscript")  # torch.onnx's exporter needs it
+    import_extra("onnxruntime")  # the check after the export
 
     state = model.get_category(category)
     if state.memory_bank is None:
@@ -80,9 +83,7 @@ def _check_options(model, category: Optional[str], opset: int, output_size: Opti
 
 
 def _session(path: str):
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return import_extra("onnxruntime").InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
 def _compare(session, scorer: CategoryScorer, pixel_values: torch.Tensor) -> dict:
@@ -126,8 +127,6 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
     the matrix products' weights. The graph passes `onnx.checker`; the result's `check` is the largest
     difference from the PyTorch forward on seeded random inputs.
     """
-    import onnx
-
     from ..atomic_io import write_json
 
     state, output_size = _check_options(model, category, opset, output_size, fp16, quantize)
@@ -156,7 +155,7 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
             quantize_dynamic(float_path, path, weight_type=QuantType.QInt8)
         finally:
             os.remove(float_path)
-    onnx.checker.check_model(path, full_check=True)
+    import_extra("onnx").checker.check_model(path, full_check=True)
     check = _compare(_session(path), reference, pixel_values)
     precision = "float16" if fp16 else (quantize or "float32")
     write_json(sidecar_path(path), _sidecar(model, state, path, int(opset), output_size, precision, check))

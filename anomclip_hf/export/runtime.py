@@ -15,6 +15,7 @@ import numpy as np
 
 from ..decisions import decision
 from ..pixel_arrays import ImageInput, pixel_array
+from .extras import import_extra
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar
 
 if TYPE_CHECKING:
@@ -38,8 +39,7 @@ class OnnxAnomalyDetector:
 
     def __init__(self, path: str, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
                  session_options=None):
-        import onnxruntime
-
+        onnxruntime = import_extra("onnxruntime")
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model not found: {path}")
