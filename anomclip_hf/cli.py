@@ -66,6 +66,10 @@ def _cmd_push(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    if args.onnx:
+        return _predict_onnx(args)
+    if not (args.base and args.category):
+        raise ValueError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
     from .base_source import check_base
     from .prediction import find_inputs, input_root
 
@@ -88,10 +92,50 @@ def _cmd_predict(args) -> int:
                            threshold=args.threshold,
                            batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet,
                            autocast_dtype=autocast_dtype(args.autocast), save_maps=args.save_maps)
+    return _predict_summary(result)
+
+
+def _predict_onnx(args) -> int:
+    """predict --onnx: the same files from an exported model on ONNX Runtime."""
+    given = [flag for flag, value in (("--base", args.base), ("--category", args.category),
+                                      ("--revision", args.revision), ("--output-size", args.output_size))
+             if value is not None] + (["--autocast"] if args.autocast != "none" else [])
+    if given:
+        raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
+                         f"{', '.join(given)}")
+    from .export.runtime import OnnxAnomalyDetector
+    from .prediction import find_inputs, input_root, write_predictions
+
+    images, others, unlistable = find_inputs(args.images, exclude=args.output)
+    detector = OnnxAnomalyDetector(args.onnx, threshold=args.threshold)
+    if detector.threshold is None:
+        print(f"warning: {args.onnx} stores no decision threshold; pass --threshold to get decisions", file=sys.stderr)
+    batches = detector.score_batches(images, batch_size=args.batch_size, progress=not args.quiet, skip_unreadable=True)
+    result = write_predictions(batches, images, args.output, root=input_root(args.images), not_images=others,
+                               unlistable=unlistable, threshold=detector.threshold,
+                               pixel_threshold=detector.pixel_threshold, note=detector.note,
+                               save_maps=args.save_maps)
+    return _predict_summary(result)
+
+
+def _predict_summary(result) -> int:
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
     print(result.summary())
     return 0 if result.scores else 1
+
+
+def _cmd_export(args) -> int:
+    from .export import export_onnx
+    from .modeling_anomclip import AnomCLIPModel
+
+    model = AnomCLIPModel.from_base(args.base)
+    state = model.load_category(args.category, revision=args.revision)
+    exported = export_onnx(model, args.output, category=state.name, opset=args.opset, output_size=args.output_size,
+                           fp16=args.fp16, quantize=args.quantize)
+    print(exported.summary())
+    print(f"score with: anomclip predict --onnx {args.output} --images DIR --output OUT")
+    return 0
 
 
 def _cmd_fit(args) -> int:
@@ -242,9 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         "anomclip predict --base openai/clip-vit-base-patch16 --category runs/fit/adapter "
         "--images photos/ --output runs/predict",
         "anomclip predict --base B --category user/anomclip-mvtec-bottle --images photos/ "
-        "--output out --threshold 0.3")
-    predict.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the category was trained on")
-    predict.add_argument("--category", required=True, help="category adapter folder or Hub repo id")
+        "--output out --threshold 0.3",
+        "anomclip predict --onnx bottle.onnx --images photos/ --output runs/predict-onnx")
+    predict.add_argument("--base", default=None, help="the CLIP or AnomCLIP base the category was trained on")
+    predict.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
+    predict.add_argument("--onnx", default=None, help="an exported model (anomclip export) instead of --base and "
+                         "--category: ONNX Runtime, no torch")
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     predict.add_argument("--images", required=True, nargs="+",
                          help="image files and/or folders of images (sub-folders included)")
@@ -262,6 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
                               "(masks/*.png, 255 = above the pixel threshold)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
+
+    export = _add_command(
+        commands, "export", "export a category to one ONNX graph (+ a JSON of preprocessing and thresholds)",
+        "anomclip export --base openai/clip-vit-base-patch16 --category runs/fit/adapter --output bottle.onnx",
+        "anomclip export --base B --category user/anomclip-mvtec-bottle --output bottle-int8.onnx --quantize int8",
+        description="Write the whole forward of one category (vision tower, memory search, text prototypes,\n"
+                    "fusion, maps) as one ONNX graph: pixel_values (batch, 3, S, S) -> image_scores (batch,),\n"
+                    "anomaly_maps (batch, H, W); and OUTPUT.json beside it. Score it with `anomclip predict\n"
+                    "--onnx` or anomclip_hf.export.OnnxAnomalyDetector (numpy, pillow, onnxruntime only).\n"
+                    "Needs the onnx extra: pip install \"anomclip-hf[onnx]\".")
+    export.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the category was trained on")
+    export.add_argument("--category", required=True, help="category adapter folder or Hub repo id (with references)")
+    export.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
+    export.add_argument("--output", required=True, help="the .onnx file to write (its JSON goes to OUTPUT.json)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    export.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
+    precision = export.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 weights and vision tower (for GPU runtimes)")
+    precision.add_argument("--quantize", choices=["int8"], default=None,
+                           help="dynamic int8 quantization of the matrix-product weights (smaller; drift printed)")
+    export.set_defaults(func=_cmd_export)
 
     from .training import add_training_arguments
 

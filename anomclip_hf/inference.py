@@ -1,70 +1,40 @@
-"""Scoring many images in batches (predict, demo and evaluation share this loop)."""
+"""Scoring many images in batches with the PyTorch model (predict, demo and evaluation share this loop)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from .numeric_flags import MAX_OUTPUT_SIZE
-from .image_io import ImageReadError, PathOrImage, load_image
+from .batches import ScoredBatch, scored_batches
+from .image_io import PathOrImage
 from .modeling_anomclip import AnomCLIPModel
+from .numeric_flags import MAX_OUTPUT_SIZE
 from .processing_anomclip import preprocess_images
 
-
-@dataclass
-class ScoredBatch:
-    indices: list[int]
-    images: list  # the decoded RGB PIL images, for pictures without reading the files again
-    image_scores: np.ndarray  # (b,)
-    anomaly_maps: np.ndarray  # (b, H, W) float32
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (index, error) of unreadable inputs
-
-
-def _decode(chunk, start: int, skip_unreadable: bool) -> tuple[list[int], list, list[tuple[int, str]]]:
-    indices, decoded, failures = [], [], []
-    for offset, item in enumerate(chunk):
-        try:
-            decoded.append(load_image(item))
-            indices.append(start + offset)
-        except ImageReadError as error:
-            if not skip_unreadable:
-                raise
-            failures.append((start + offset, str(error)))
-    return indices, decoded, failures
+__all__ = ["ScoredBatch", "score_images"]
 
 
 def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
                  category: Optional[str] = None, progress: bool = True, description: str = "scoring",
                  skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None
                  ) -> Iterator[ScoredBatch]:
-    """Yield scores batch by batch, so a whole test split never sits in memory at once.
+    """Yield scores batch by batch (see `batches.scored_batches`).
 
     skip_unreadable: report files that cannot be decoded in `ScoredBatch.failures` and score the rest
     (default: raise the ImageReadError naming the file).
     autocast_dtype: torch.bfloat16 / torch.float16 run the vision tower under autocast (for GPUs); the memory
     distances, text scores and maps stay float32.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}; expected >= 1")
     if output_size is not None and not 1 <= output_size <= MAX_OUTPUT_SIZE:
         raise ValueError(f"output_size={output_size}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
-    with tqdm(total=len(images), desc=description, disable=not progress, unit="img") as bar:
-        for start in range(0, len(images), batch_size):
-            chunk = images[start: start + batch_size]
-            indices, decoded, failures = _decode(chunk, start, skip_unreadable)
-            if decoded:
-                pixel_values = preprocess_images(decoded, model.config.image_size)
-                with torch.inference_mode(), torch.autocast(model.device.type, dtype=autocast_dtype,
-                                                            enabled=autocast_dtype is not None):
-                    out = model(pixel_values, category=category, output_size=output_size)
-                scores, maps = out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
-            else:
-                scores, maps = np.zeros(0, np.float32), np.zeros((0, 0, 0), np.float32)
-            yield ScoredBatch(indices=indices, images=decoded, image_scores=scores, anomaly_maps=maps,
-                              failures=failures)
-            bar.update(len(chunk))
 
+    def score(decoded: list):
+        pixel_values = preprocess_images(decoded, model.config.image_size)
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=autocast_dtype,
+                                                    enabled=autocast_dtype is not None):
+            out = model(pixel_values, category=category, output_size=output_size)
+        return out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
+
+    return scored_batches(images, score, batch_size=batch_size, progress=progress, description=description,
+                          skip_unreadable=skip_unreadable)

@@ -156,6 +156,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         """tau: the configured value, else the raw logit_scale parameter (reference code)."""
         if self.config.text_temperature is not None:
             return self.config.text_temperature
+        if torch.compiler.is_exporting():
+            return self.clip.logit_scale.detach()  # float() of a traced parameter cannot be exported; same value
         return float(self.clip.logit_scale.detach())
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
@@ -165,7 +167,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[2:]) != (size, size):
             raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, 3, {size}, {size})"
                              " (use AnomCLIPProcessor)")
-        if not torch.isfinite(pixel_values).all():
+        # A data-dependent check cannot be part of an exported graph (anomclip export); ONNX callers check inputs.
+        if not torch.compiler.is_exporting() and not torch.isfinite(pixel_values).all():
             bad = int((~torch.isfinite(pixel_values)).sum())
             raise ValueError(f"pixel_values contains {bad} NaN or infinite values")
 

@@ -1,6 +1,7 @@
 """Scoring a set of image files with a category: scores.csv, one overlay PNG per image, a report of bad files.
 
-`anomclip predict` and `anomclip demo` write their outputs through `predict_files`:
+`anomclip predict` and `anomclip demo` write their outputs through `write_predictions` (the PyTorch model's
+scores via `predict_files`, an exported ONNX model's via `anomclip_hf.export.runtime`):
 
     scores.csv     path, image_score, normalized_score (the threshold at 0.5), decision (anomalous / normal,
                    both empty without a threshold), extra columns (a "note" for a random base)
@@ -21,17 +22,17 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from .atomic_io import write_csv
+from .batches import ScoredBatch
 from .data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
+from .decisions import decision, normalized_score
 from .image_io import display_path, load_mask
-from .inference import score_images
 from .labels import pipeline_check_note
 from .run_lock import FolderInUseError, folder_lock
-from .thresholds import decision, normalized_score
 from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
@@ -68,35 +69,57 @@ def overlay_name(path: str, root: Optional[str]) -> str:
     return os.path.splitext(relative)[0] + ".png"
 
 
-def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optional[str] = None,
-                  category: Optional[str] = None, threshold: Optional[float] = None,
-                  pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
-                  extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, batch_size: int = 16,
-                  output_size: Optional[int] = None, keep_maps: bool = False, note: Optional[str] = None,
-                  not_images: Sequence[str] = (), unlistable: Sequence[tuple[str, str]] = (), autocast_dtype=None,
-                  progress: bool = True, save_maps: bool = False) -> PredictionResult:
+def predict_files(model, paths: Sequence[str], output_dir: str, *, category: Optional[str] = None,
+                  threshold: Optional[float] = None, pixel_threshold: Optional[float] = None, batch_size: int = 16,
+                  output_size: Optional[int] = None, autocast_dtype=None, progress: bool = True,
+                  note: Optional[str] = None, **write_options) -> PredictionResult:
     """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir`.
 
     threshold / pixel_threshold: default to the category's stored ones (category.json).
-    ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
     autocast_dtype: torch.bfloat16 / torch.float16 for the vision tower on a GPU (see `score_images`).
     note: a label for every overlay and row (a "note" column); default: PIPELINE CHECK for a random base.
-    save_maps: also write each raw anomaly map (maps/*.npy) and, with a pixel threshold, its mask (masks/*.png).
-    Unreadable files, files with undecodable names, the `not_images` found beside the images and the
-    `unlistable` (folder, why) pairs are reported (errors.csv and the result), never fatal. An OSError
-    writing the outputs names the path in its message.
+    write_options: root, ground_truth, extra_columns, keep_maps, not_images, unlistable, save_maps (see
+    `write_predictions`).
     """
+    from .inference import score_images  # torch: only this scorer needs it
+
     state = model.get_category(category)
     threshold = state.metadata.get("decision_threshold") if threshold is None else threshold
     pixel_threshold = state.metadata.get("pixel_threshold") if pixel_threshold is None else pixel_threshold
-    ground_truth, extra_columns = ground_truth or {}, extra_columns or {}
-    result = PredictionResult(output_dir=output_dir, threshold=threshold)
-    note = pipeline_check_note(model) if note is None else note
-    columns = sorted({key for row in extra_columns.values() for key in row} | ({"note"} if note else set()))
     paths = list(paths)
     named = [path for path in paths if _printable(path)]
+
+    def batches():  # scored lazily, inside write_predictions' lock
+        for batch in score_images(model, named, batch_size=batch_size, output_size=output_size,
+                                  category=state.name, progress=progress, skip_unreadable=True,
+                                  autocast_dtype=autocast_dtype):
+            yield batch
+
+    return write_predictions(batches(), named, output_dir, threshold=threshold, pixel_threshold=pixel_threshold,
+                             note=pipeline_check_note(model) if note is None else note,
+                             unnamed=[path for path in paths if not _printable(path)], **write_options)
+
+
+def write_predictions(batches: Iterable[ScoredBatch], paths: Sequence[str], output_dir: str, *,
+                      root: Optional[str] = None, threshold: Optional[float] = None,
+                      pixel_threshold: Optional[float] = None, ground_truth: Optional[Mapping[str, str]] = None,
+                      extra_columns: Optional[Mapping[str, Mapping[str, object]]] = None, keep_maps: bool = False,
+                      note: str = "", not_images: Sequence[str] = (), unlistable: Sequence[tuple[str, str]] = (),
+                      unnamed: Sequence[str] = (), save_maps: bool = False) -> PredictionResult:
+    """Write scores.csv, overlays/ and errors.csv into `output_dir` from the scored `batches` of `paths`
+    (from any scorer: `inference.score_images`, or the ONNX Runtime detector's `score_batches`).
+
+    ground_truth: path -> mask file, drawn as a yellow contour; extra_columns: path -> {column: value}.
+    save_maps: also write each raw anomaly map (maps/*.npy) and, with a pixel threshold, its mask (masks/*.png).
+    Unreadable files, files with undecodable names (`unnamed`), the `not_images` found beside the images and
+    the `unlistable` (folder, why) pairs are reported (errors.csv and the result), never fatal. An OSError
+    writing the outputs names the path in its message.
+    """
+    ground_truth, extra_columns = ground_truth or {}, extra_columns or {}
+    result = PredictionResult(output_dir=output_dir, threshold=threshold)
+    columns = sorted({key for row in extra_columns.values() for key in row} | ({"note"} if note else set()))
     result.failures += [(path, "file name is not valid UTF-8 (its bytes are shown as \\xNN); rename it to score it")
-                        for path in paths if not _printable(path)]
+                        for path in unnamed]
     rows = [["path", "image_score", "normalized_score", "decision", *columns]]
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise OSError(f"cannot write output folder {display_path(output_dir)}: it is a file, not a folder")
@@ -106,12 +129,10 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, root: Optiona
         with _writing(output_dir, "output folder"):  # a read-only folder fails here, naming it
             held.enter_context(folder_lock(output_dir, "predict run"))
         _remove_earlier_outputs(output_dir)
-        for batch in score_images(model, named, batch_size=batch_size, output_size=output_size,
-                                  category=state.name, progress=progress, skip_unreadable=True,
-                                  autocast_dtype=autocast_dtype):
-            result.failures += [(named[index], error) for index, error in batch.failures]
+        for batch in batches:
+            result.failures += [(paths[index], error) for index, error in batch.failures]
             for offset, index in enumerate(batch.indices):
-                path, score = named[index], float(batch.image_scores[offset])
+                path, score = paths[index], float(batch.image_scores[offset])
                 result.scores[path] = score
                 if keep_maps:
                     result.maps[path] = batch.anomaly_maps[offset]

@@ -9,18 +9,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
-from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPTokenizer
 
 from .configuration_anomclip import AnomCLIPConfig
-from .image_io import PathOrImage, load_image, load_mask, resize_mask
+from .image_io import PathOrImage, load_mask, resize_mask
+from .pixel_arrays import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, pixel_array  # noqa: F401 (re-exported)
 from .tokenization import add_prompt_tokens
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROCESSOR_CONFIG_NAME = "anomclip_processor_config.json"
-
-ImageInput = Union[PathOrImage, np.ndarray]
 
 
 def _as_list(items) -> list:
@@ -29,30 +25,11 @@ def _as_list(items) -> list:
     return list(items) if isinstance(items, (list, tuple)) else [items]
 
 
-def _as_pil(item: ImageInput) -> Image.Image:
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8:
-            raise ValueError(f"numpy images must be uint8 (H, W[, C]); got {item.dtype}")
-        item = Image.fromarray(item)
-    return load_image(item)
-
-
 def preprocess_images(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_MEAN,
                       std=OPENAI_CLIP_STD) -> torch.Tensor:
-    """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, bicubic resize to S x S, mean/std normalise.
-
-    The whole image is resized (no centre crop), so masks stay aligned and no border defect is cut off.
-    """
-    batch = []
-    for item in images:
-        image = _as_pil(item).resize((image_size, image_size), Image.BICUBIC)
-        batch.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    if not batch:
-        raise ValueError("no images given")
-    pixels = torch.stack(batch)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (pixels - mean_t) / std_t
+    """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, bicubic resize to S x S, mean/std normalise
+    (`pixel_arrays.pixel_array`, shared with the ONNX Runtime detector)."""
+    return torch.from_numpy(pixel_array(images, image_size, mean, std))
 
 
 def preprocess_masks(masks: Sequence[Union[PathOrImage, np.ndarray, None]], size: int) -> torch.Tensor:

@@ -29,12 +29,17 @@ def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Se
             bank_rows = max(1, min(bank.shape[0], max_block_elements))
             query_rows = max(1, max_block_elements // bank_rows)
             nearest = []  # highest cosine per query row, block by block (no in-place writes: autograd works)
-            for query in range(0, flat.shape[0], query_rows):
-                best = None
-                for start in range(0, bank.shape[0], bank_rows):
-                    block = (flat[query: query + query_rows] @ bank[start: start + bank_rows].T).amax(dim=1)
-                    best = block if best is None else torch.maximum(best, block)
-                nearest.append(best)
+            if torch.compiler.is_exporting():
+                # One block: a loop over a batch-dependent row count cannot be part of a graph with a dynamic
+                # batch (anomclip export). The same maxima, only not bounded in memory.
+                nearest.append((flat @ bank.T).amax(dim=1))
+            else:
+                for query in range(0, flat.shape[0], query_rows):
+                    best = None
+                    for start in range(0, bank.shape[0], bank_rows):
+                        block = (flat[query: query + query_rows] @ bank[start: start + bank_rows].T).amax(dim=1)
+                        best = block if best is None else torch.maximum(best, block)
+                    nearest.append(best)
             per_layer.append(((1.0 - torch.cat(nearest)) / 2.0).reshape(features.shape[:-1]))
     return torch.stack(per_layer).mean(dim=0).clamp(0.0, 1.0)
 

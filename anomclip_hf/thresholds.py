@@ -20,6 +20,8 @@ from typing import Optional
 
 import torch
 
+from .decisions import decision, normalized_score  # noqa: F401 (re-exported)
+
 DEFAULT_MARGIN = 0.1
 
 
@@ -34,21 +36,6 @@ class ThresholdEstimate:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def decision(score: float, threshold: Optional[float]) -> str:
-    """"anomalous" at or above the threshold (the convention of `f1_max`'s threshold), else "normal";
-    "" when no threshold is known."""
-    return "" if threshold is None else ("anomalous" if score >= threshold else "normal")
-
-
-def normalized_score(score: float, threshold: Optional[float]) -> Optional[float]:
-    """The score on a 0-1 scale on which the decision threshold sits at 0.5, as anomalib users expect:
-    score / (2 * threshold), clipped to [0, 1] (scores are >= 0, so 0 stays 0 and the order below 2x the
-    threshold is kept). None without a positive threshold."""
-    if threshold is None or threshold <= 0:
-        return None
-    return min(max(float(score) / (2.0 * float(threshold)), 0.0), 1.0)
 
 
 def threshold_estimate(image_scores: torch.Tensor, pixel_maxima: torch.Tensor,

@@ -79,6 +79,27 @@ def test_blocked_nearest_neighbour_is_exact(references):
         assert (memory_patch_scores(features, bank, max_block_elements=budget) - expected).abs().max() < 1e-6
 
 
+def test_export_branches_compute_the_same_scores(scored_model, monkeypatch):
+    """While torch.export traces (anomclip export), the forward takes one nearest-neighbour block, a tensor
+    temperature and no finiteness check: the same numbers as the eager path."""
+    generator = torch.Generator().manual_seed(7)
+    features = [F.normalize(torch.randn(3, 225, 24, generator=generator), dim=-1) for _ in range(2)]
+    bank = [F.normalize(torch.randn(4 * 225, 24, generator=generator), dim=-1) for _ in range(2)]
+    blocked = memory_patch_scores(features, bank, max_block_elements=1000)
+    pixel_values = torch.randn(2, 3, 30, 30)
+    with torch.no_grad():
+        eager = scored_model(pixel_values, output_size=40)
+    temperature = scored_model.temperature
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert (memory_patch_scores(features, bank, max_block_elements=1000) - blocked).abs().max() < 1e-6
+    assert (memory_patch_scores(features, bank) - _brute_force_memory_scores(features, bank)).abs().max() < 1e-6
+    assert isinstance(scored_model.temperature, torch.Tensor) and float(scored_model.temperature) == temperature
+    with torch.no_grad():
+        exporting = scored_model(pixel_values, output_size=40)
+    assert torch.equal(exporting.image_scores, eager.image_scores)
+    assert torch.equal(exporting.anomaly_maps, eager.anomaly_maps)
+
+
 def test_nearest_neighbour_blocks_stay_within_budget(monkeypatch):
     features = [F.normalize(torch.randn(8, 225, 16), dim=-1)]
     bank = [F.normalize(torch.randn(64 * 225, 16), dim=-1)]

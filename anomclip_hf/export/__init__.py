@@ -1,0 +1,22 @@
+"""Deployment: export a category to one ONNX graph (needs torch) and score with ONNX Runtime (torch-free).
+
+    from anomclip_hf.export import export_onnx            # torch, transformers, onnx, onnxscript
+    from anomclip_hf.export import OnnxAnomalyDetector    # numpy, pillow, onnxruntime only
+
+Names are imported on first use, so importing the detector never imports the exporter's torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"export_onnx": ".onnx_export", "OnnxExportError": ".onnx_export", "OnnxAnomalyDetector": ".runtime",
+            "OnnxPrediction": ".runtime", "read_sidecar": ".sidecar", "sidecar_path": ".sidecar"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

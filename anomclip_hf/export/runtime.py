@@ -1,0 +1,100 @@
+"""`OnnxAnomalyDetector`: score images with an exported category on ONNX Runtime.
+
+Needs only numpy, pillow and onnxruntime (no torch, no transformers; tqdm for `score_batches`): the
+preprocessing is the package's own numpy one (`pixel_arrays`), so the graph gets the numbers the PyTorch model
+would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ..decisions import decision
+from ..labels import PIPELINE_CHECK_NOTE
+from ..pixel_arrays import ImageInput, pixel_array
+from .extras import import_extra
+from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar
+
+if TYPE_CHECKING:
+    from ..batches import ScoredBatch
+
+
+@dataclass
+class OnnxPrediction:
+    image_scores: np.ndarray  # (B,) float32 in [0, 1], higher = more anomalous
+    anomaly_maps: np.ndarray  # (B, H, W) float32 in [0, 1]
+    decisions: list[str]  # "anomalous" / "normal" at the decision threshold; "" without one
+
+
+class OnnxAnomalyDetector:
+    """An exported category (`anomclip export`): `detector(images)` -> scores, decisions and maps.
+
+    path: the .onnx file; its sidecar (`path + ".json"`) gives preprocessing and thresholds.
+    threshold: the image decision threshold (default: the category's stored one).
+    providers: ONNX Runtime execution providers (default: CPU).
+    """
+
+    def __init__(self, path: str, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
+                 session_options=None):
+        onnxruntime = import_extra("onnxruntime")
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        self.path = path
+        self.settings = read_sidecar(path)
+        preprocessing = self.settings["preprocessing"]
+        if preprocessing["resample"] != "bicubic":
+            raise ValueError(f"{path}: resample {preprocessing['resample']!r} is not supported (expected 'bicubic')")
+        self.image_size = int(preprocessing["image_size"])
+        self.mean, self.std = tuple(preprocessing["mean"]), tuple(preprocessing["std"])
+        self.threshold = self.settings.get("decision_threshold") if threshold is None else float(threshold)
+        self.pixel_threshold = self.settings.get("pixel_threshold")
+        self.category = self.settings.get("category", {}).get("category")
+        # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.
+        self.note = PIPELINE_CHECK_NOTE if (self.settings.get("base_model") or {}).get("random_weights") else ""
+        self.session = onnxruntime.InferenceSession(path, sess_options=session_options,
+                                                    providers=list(providers or ["CPUExecutionProvider"]))
+
+    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """(B, 3, S, S) float32 pixel values, as `AnomCLIPProcessor` makes them."""
+        return pixel_array(images, self.image_size, self.mean, self.std)
+
+    def run(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(image scores (B,), anomaly maps (B, H, W)) of preprocessed pixel values."""
+        pixel_values = np.asarray(pixel_values, dtype=np.float32)
+        expected = (3, self.image_size, self.image_size)
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != expected:
+            raise ValueError(f"pixel_values has shape {pixel_values.shape}; expected (batch, {expected[0]}, "
+                             f"{expected[1]}, {expected[2]})")
+        if not np.isfinite(pixel_values).all():
+            raise ValueError(f"pixel_values contains {int((~np.isfinite(pixel_values)).sum())} NaN or infinite values")
+        scores, maps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values})
+        return scores.astype(np.float32, copy=False), maps.astype(np.float32, copy=False)
+
+    def predict(self, images, batch_size: int = 16) -> OnnxPrediction:
+        """Scores, decisions and maps of PIL images, paths or uint8 arrays (one or a list)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; expected >= 1")
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        scores, maps = [], []
+        for start in range(0, len(images), batch_size):
+            batch_scores, batch_maps = self.run(self.preprocess(images[start: start + batch_size]))
+            scores.append(batch_scores)
+            maps.append(batch_maps)
+        image_scores = np.concatenate(scores)
+        return OnnxPrediction(image_scores=image_scores, anomaly_maps=np.concatenate(maps),
+                              decisions=[decision(float(score), self.threshold) for score in image_scores])
+
+    __call__ = predict
+
+    def score_batches(self, images: Sequence[ImageInput], batch_size: int = 16, progress: bool = True,
+                      skip_unreadable: bool = False) -> Iterator[ScoredBatch]:
+        """Batch by batch, as `inference.score_images` (for `prediction.write_predictions`)."""
+        from ..batches import scored_batches  # and tqdm: only this path shows progress
+
+        return scored_batches(images, lambda decoded: self.run(self.preprocess(decoded)), batch_size=batch_size,
+                              progress=progress, skip_unreadable=skip_unreadable)

@@ -1,0 +1,45 @@
+"""CLIP pixel values as a numpy array: the one image preprocessing of the package.
+
+Torch-free, so the PyTorch processor and the ONNX Runtime detector (anomclip_hf.export.runtime) share it and
+feed their models the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from .image_io import PathOrImage, load_image
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESAMPLE = "bicubic"  # the resize filter, as named in an exported model's sidecar JSON
+
+ImageInput = Union[PathOrImage, np.ndarray]
+
+
+def as_pil(item: ImageInput) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image of any mode or a uint8 (H, W[, C]) array."""
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8 (H, W[, C]); got {item.dtype}")
+        item = Image.fromarray(item)
+    return load_image(item)
+
+
+def pixel_array(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
+                ) -> np.ndarray:
+    """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, bicubic resize to S x S, mean/std normalise.
+
+    The whole image is resized (no centre crop), so masks stay aligned and no border defect is cut off.
+    """
+    batch = [np.asarray(as_pil(item).resize((image_size, image_size), Image.BICUBIC), dtype=np.float32) / 255.0
+             for item in images]
+    if not batch:
+        raise ValueError("no images given")
+    pixels = np.stack(batch).transpose(0, 3, 1, 2)
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std_a = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((pixels - mean_a) / std_a)
