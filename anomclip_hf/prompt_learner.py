@@ -92,6 +92,8 @@ class PromptTokenTable(nn.Module):
                 with torch.no_grad():
                     self.vectors(name).copy_(previous)
             else:
-                self.delete_adapter(name)
+                with warnings.catch_warnings():  # PEFT made the half-loaded adapter active; it goes away
+                    warnings.filterwarnings("ignore", message=f"Adapter {name} was active")
+                    self.delete_adapter(name)
             raise
         self._keep_trainable()
