@@ -77,7 +77,9 @@ class AdapterExpectations:
             return {key: (len(self.adapter_config["token_indices"]), self.text_width) for key in self.weight_keys}
         if filename == PROTOTYPES_FILE:
             return {head: (2, self.projection_dim) for head in HEADS}
-        return {f"layer_{i}": (shots, self.num_patches, self.vision_width) for i in self.memory_layers}
+        if filename == MEMORY_FILE:
+            return {f"layer_{i}": (shots, self.num_patches, self.vision_width) for i in self.memory_layers}
+        raise ValueError(f"{filename} holds no tensors")
 
     def size_limit(self, filename: str) -> int:
         """Bytes a file of the layout may have on this base (the memory bank: MAX_SHOTS references)."""
@@ -111,6 +113,8 @@ def write_adapter(save_directory: str, record: dict, adapter_config, weights: Ma
     adapter_config: the PEFT config (has `save_pretrained`); memory_bank: memory layer -> (k, P, W) tensor.
     """
     validate_category_name(record.get("category"))  # before anything touches disk
+    # Never write an adapter that would not load: the record as it will read back (tuples become lists).
+    validate_record(json.loads(json.dumps(record)), os.fspath(save_directory))
 
     def as_saved(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().float().cpu().contiguous()
@@ -209,10 +213,10 @@ def _nullable(check: Check) -> Check:
     return nullable
 
 
-def _list_of(item: Check, max_items: int) -> Check:
+def _list_of(item: Check, max_items: int, min_items: int = 0) -> Check:
     def check(value, path):
-        if not isinstance(value, list) or len(value) > max_items:
-            raise _Invalid(path, f"a list of at most {max_items} items", value)
+        if not isinstance(value, list) or not min_items <= len(value) <= max_items:
+            raise _Invalid(path, f"a list of {min_items} to {max_items} items", value)
         for index, element in enumerate(value):
             item(element, f"{path}[{index}]")
     return check
@@ -273,7 +277,7 @@ RECORD_SCHEMA = _object({
     "format_version": (True, _integer(1, FORMAT_VERSION)),
     "category": (True, _rule(_category_name_problem)),
     "class_name": (True, _string()),
-    "phrases": (True, _list_of(_rule(phrase_problem), MAX_PHRASES)),
+    "phrases": (True, _list_of(_rule(phrase_problem), MAX_PHRASES, 1)),  # none: no anomaly prompt
     "learned_prompts": (True, _boolean),
     "prompt_layout": (True, PROMPT_LAYOUT_SCHEMA),
     "base_model": (True, BASE_MODEL_SCHEMA),
@@ -480,13 +484,15 @@ def _check_tensors(tensors: dict, shapes: dict, filename: str, source: str, why:
     """Exactly these keys, each of its shape, float32 (as save_category writes) and finite."""
     if sorted(tensors) != sorted(shapes):
         raise ValueError(f"{source}: {filename} holds tensors {sorted(tensors)}; expected exactly {sorted(shapes)}")
-    for key, tensor in tensors.items():
+    for key in sorted(tensors):  # a fixed order: the same file gives the same message
+        tensor = tensors[key]
         if tuple(tensor.shape) != shapes[key]:
             raise ValueError(f"{source}: {filename} tensor {key!r} has shape {tuple(tensor.shape)}; expected "
                              f"{shapes[key]} {why}".rstrip())
         if tensor.dtype != torch.float32:
             raise ValueError(f"{source}: {filename} tensor {key!r} is {tensor.dtype}; expected torch.float32")
-        bad = int((~torch.isfinite(tensor)).sum())
-        if bad:
+        # amax/amin propagate NaN and are the extremes: both finite iff every value is (no mask allocated).
+        if tensor.numel() and not (torch.isfinite(tensor.amax()) and torch.isfinite(tensor.amin())):
+            bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(f"{source}: {filename} tensor {key!r} holds {bad} NaN or infinite values; expected "
                              "finite values")

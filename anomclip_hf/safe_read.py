@@ -12,7 +12,6 @@ import stat
 
 # Flags that refuse a link swapped in after the checks and keep a FIFO from blocking the open (absent on Windows).
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-_CHUNK = 1 << 20
 
 
 def _kind(mode: int) -> str:
@@ -52,15 +51,17 @@ def read_regular_file(path: str, root: str, limit: int, what: str) -> bytes:
             raise ValueError(f"{what} is empty (0 bytes); save or download the adapter again")
         if info.st_size > limit:
             raise ValueError(f"{what} has {info.st_size} bytes; at most {limit} are expected for this base model")
+        # One read of the whole file in the common case (no chunk copies); never more than limit + 1 bytes.
+        want = info.st_size + 1
         chunks, total = [], 0
-        while total <= limit:  # bounded even if the file grows while it is read
-            chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
+        while total < want:
+            chunk = os.read(fd, want - total)
             if not chunk:
                 break
             chunks.append(chunk)
             total += len(chunk)
     finally:
         os.close(fd)
-    if total > limit:
-        raise ValueError(f"{what} grew past {limit} bytes while it was read")
-    return b"".join(chunks)
+    if total != info.st_size:
+        raise ValueError(f"{what} changed size while it was read ({info.st_size} bytes, then {total})")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

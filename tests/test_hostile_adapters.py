@@ -210,7 +210,8 @@ ROWS = {
                         ["category.json field 'memory' is 'layers'", "null or a JSON object"]),
     "training_a_number": (_edit_record(training=5), ["category.json field 'training' is 5", "a JSON object"]),
     "phrases_a_string": (_edit_record(phrases="{} with a dent"),
-                         ["category.json field 'phrases'", "a list of at most 1024 items"]),
+                         ["category.json field 'phrases'", "a list of 1 to 1024 items"]),
+    "no_phrases": (_edit_record(phrases=[]), ["category.json field 'phrases' is a list []", "1 to 1024 items"]),
     "phrase_format_attack": (_edit_record(phrases=["{0.__class__} dent"]),
                              ["category.json field 'phrases[0]'", "exactly one '{}'"]),
     "class_name_too_long": (_edit_record(class_name="x" * 300),
@@ -302,6 +303,14 @@ def test_a_category_holds_at_most_max_shots(tiny_model):
     with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images; a category holds at most {MAX_SHOTS}"):
         tiny_model.add_category("widget", reference_images=_fake_features(MAX_SHOTS + 1))
     assert tiny_model.categories == [] and tiny_model.prompt_tokens.adapter_names == []
+
+
+def test_saving_refuses_a_record_that_would_not_load(tiny_model, tmp_path):
+    state = tiny_model.add_category("widget")
+    state.metadata["decision_threshold"] = float("nan")
+    with pytest.raises(ValueError, match=r"adapter: category.json field 'decision_threshold' is nan; expected null"):
+        tiny_model.save_category(tmp_path / "adapter")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _fake_features(k):
