@@ -32,6 +32,10 @@ PROMPT_LAYOUT_KEYS = PROMPT_TOKEN_KEYS + ("anomaly_token_position",)
 METADATA_KEYS = ("seed", "reference_files", "training", "evaluation", "decision_threshold", "pixel_threshold",
                  "threshold_estimate")
 
+# The most reference images a category may hold: the Hub adapter's memory bank is at most
+# MAX_SHOTS x patches x width float32 per memory layer, which bounds what loading an adapter reads.
+MAX_SHOTS = 1024
+
 # A category name becomes a folder name (grid jobs), a PEFT adapter and module name (torch forbids '.') and
 # part of repo ids.
 _CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,95}")
@@ -136,6 +140,8 @@ class CategoryState(nn.Module):
         for i in range(self._memory_layers):
             delattr(self, f"memory_{i}")
         layers = list(layers) if layers is not None else []
+        if layers and layers[0].shape[0] > MAX_SHOTS:
+            raise ValueError(f"{layers[0].shape[0]} reference images; a category holds at most {MAX_SHOTS}")
         for i, layer in enumerate(layers):
             self.register_buffer(f"memory_{i}", layer.detach())
         self._memory_layers = len(layers)

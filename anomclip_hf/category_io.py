@@ -11,7 +11,9 @@ README.md                    model card
 ```
 
 An adapter is data, never code: only these JSON and safetensors files are read (no pickle, no remote code),
-and nothing named inside category.json is used as a file-system path.
+and nothing named inside category.json is used as a file-system path. Every byte of it is untrusted: only
+regular files inside the folder are read, each with a size limit derived from the base (`safe_read`);
+category.json must match `RECORD_SCHEMA`, and every tensor its exact shape, float32 and finite values.
 
 This module reads and writes (record, tensors) and checks them against what a base model expects
 (`AdapterExpectations`); it never imports the model. The model turns the contents into a `CategoryState`.
@@ -19,20 +21,25 @@ This module reads and writes (record, tensors) and checks them against what a ba
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
-from .atomic_io import atomic_directory
-from .category import PROMPT_LAYOUT_KEYS, describe_base, validate_category_name
+from .atomic_io import atomic_directory, recover_directory
+from .category import HEADS, MAX_SHOTS, PROMPT_LAYOUT_KEYS, describe_base, validate_category_name
 from .hub.download import download_category
 from .hub.validation import looks_like_local_path, validate_repo_id
 from .model_card import render_category_card
+from .prompts import phrase_problem
+from .safe_read import read_regular_file
 
 FORMAT_VERSION = 1
 ADAPTER_CONFIG = "adapter_config.json"
@@ -45,8 +52,9 @@ LAYOUT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CATEGORY_FILE, MEMORY_FILE, PRO
 REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CATEGORY_FILE)
 # Files that would need unpickling; an adapter holding only these is refused, never opened.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_RECORD_KEYS = ("format_version", "category", "class_name", "phrases", "learned_prompts", "prompt_layout",
-                "base_model")
+MAX_JSON_BYTES = 4 << 20  # category.json / adapter_config.json: a few KB when saved, MBs only if hostile
+# A safetensors header (JSON: name, dtype, shape, offsets per tensor) of a handful of tensors is < 1 KB.
+TENSOR_HEADER_SLACK = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,26 @@ class AdapterExpectations:
     vision_width: int
     projection_dim: int
     text_width: int
+    num_patches: int  # (image_size / patch_size)^2
     adapter_config: Mapping  # the PEFT config the prompt vectors must have (peft_type, token_indices)
+    weight_keys: tuple  # the keys of the PEFT state dict of the prompt vectors
+
+    def tensor_shapes(self, filename: str, shots: int = 0) -> dict:
+        """The exact {key: shape} of a tensor file (the memory bank: of `shots` references)."""
+        if filename == ADAPTER_WEIGHTS:
+            return {key: (len(self.adapter_config["token_indices"]), self.text_width) for key in self.weight_keys}
+        if filename == PROTOTYPES_FILE:
+            return {head: (2, self.projection_dim) for head in HEADS}
+        if filename == MEMORY_FILE:
+            return {f"layer_{i}": (shots, self.num_patches, self.vision_width) for i in self.memory_layers}
+        raise ValueError(f"{filename} holds no tensors")
+
+    def size_limit(self, filename: str) -> int:
+        """Bytes a file of the layout may have on this base (the memory bank: MAX_SHOTS references)."""
+        if filename.endswith(".json"):
+            return MAX_JSON_BYTES
+        values = sum(math.prod(shape) for shape in self.tensor_shapes(filename, MAX_SHOTS).values())
+        return 4 * values + TENSOR_HEADER_SLACK
 
 
 @dataclass
@@ -71,7 +98,7 @@ class AdapterContents:
     adapter_config: dict
     weights: dict  # PEFT state dict of the prompt vectors
     memory_bank: Optional[dict] = None  # "layer_{i}" -> (k, P, W), or None without references
-    prototypes: dict = field(default_factory=dict)  # head -> (2, D)
+    prototypes: dict = field(default_factory=dict)  # head -> (2, D), or {} (computed from the prompts)
     source: str = ""
 
     def memory_layers(self, layers) -> Optional[list[torch.Tensor]]:
@@ -87,6 +114,8 @@ def write_adapter(save_directory: str, record: dict, adapter_config, weights: Ma
     adapter_config: the PEFT config (has `save_pretrained`); memory_bank: memory layer -> (k, P, W) tensor.
     """
     validate_category_name(record.get("category"))  # before anything touches disk
+    # Never write an adapter that would not load: the record as it will read back (tuples become lists).
+    validate_record(json.loads(json.dumps(record)), os.fspath(save_directory))
 
     def as_saved(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().float().cpu().contiguous()
@@ -105,20 +134,210 @@ def write_adapter(save_directory: str, record: dict, adapter_config, weights: Ma
     return os.fspath(save_directory)
 
 
+# ------------------------------------------------------------------------------------------- schema
+# category.json, field by field: every field's type and range, in one place. A check is a function
+# (value, path) that raises _Invalid(path, what was expected); the combinators below build them.
+MAX_TEXT_LENGTH = 256  # class name, base model name, ...
+MAX_PHRASES = 1024
+MAX_PATH_LENGTH = 4096
+MAX_DEPTH = 8  # nesting of the free-form records (training, evaluation, threshold_estimate, prompts)
+# Scores are in [0, 1]. A threshold of 0 would call every image anomalous, so it must be > 0; an estimate
+# is (1 + margin) x a reference's score, which may pass 1 (then every image is "normal"): up to 2 is accepted.
+THRESHOLD_RANGE = (0.0, 2.0)
+
+
+_MISSING = object()
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, expected: str, value: Any):
+        super().__init__(path)
+        self.path, self.expected, self.value = path, expected, value
+
+
+Check = Callable[[Any, str], None]
+
+
+def _integer(low: int, high: int) -> Check:
+    def check(value, path):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise _Invalid(path, f"an integer from {low} to {high}", value)
+    return check
+
+
+def _boolean(value, path):
+    if not isinstance(value, bool):
+        raise _Invalid(path, "true or false", value)
+
+
+def _string(max_length: int = MAX_TEXT_LENGTH) -> Check:
+    def check(value, path):
+        if not isinstance(value, str) or not 0 < len(value) <= max_length:
+            raise _Invalid(path, f"a string of 1 to {max_length} characters", value)
+    return check
+
+
+def _threshold(value, path):
+    low, high = THRESHOLD_RANGE
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or \
+            not low < value <= high:
+        raise _Invalid(path, f"a number greater than {low:g} and at most {high:g} (scores are in [0, 1])", value)
+
+
+def _rule(problem: Callable[[Any], Optional[str]]) -> Check:
+    """A check from a function returning None or what is expected (the package's own rules)."""
+    def check(value, path):
+        expected = problem(value)
+        if expected:
+            raise _Invalid(path, expected, value)
+    return check
+
+
+def _category_name_problem(value) -> Optional[str]:
+    try:
+        validate_category_name(value)
+    except ValueError:
+        return "1-96 letters, digits, '_' or '-', starting with a letter or digit"
+    return None
+
+
+def _nullable(check: Check) -> Check:
+    def nullable(value, path):
+        if value is None:
+            return
+        try:
+            check(value, path)
+        except _Invalid as error:
+            if error.path != path:
+                raise
+            raise _Invalid(path, f"null or {error.expected}", value) from None
+    return nullable
+
+
+def _list_of(item: Check, max_items: int, min_items: int = 0) -> Check:
+    def check(value, path):
+        if not isinstance(value, list) or not min_items <= len(value) <= max_items:
+            raise _Invalid(path, f"a list of {min_items} to {max_items} items", value)
+        for index, element in enumerate(value):
+            item(element, f"{path}[{index}]")
+    return check
+
+
+def _object(fields: Mapping[str, tuple], closed: bool = True) -> Check:
+    """A JSON object with these (required, check) fields; `closed`: no others."""
+    def check(value, path):
+        if not isinstance(value, dict):
+            raise _Invalid(path, "a JSON object", value)
+        missing = [key for key, (required, _) in fields.items() if required and key not in value]
+        if missing:
+            raise _Invalid(f"{path}.{missing[0]}" if path else missing[0], "this field", _MISSING)
+        unknown = sorted(set(value) - set(fields))
+        if closed and unknown:
+            where = f"{path}.{unknown[0]}" if path else unknown[0]
+            raise _Invalid(where, f"only the fields {sorted(fields)} (unknown field)", value[unknown[0]])
+        for key, (_, field_check) in fields.items():
+            if key in value:
+                field_check(value[key], f"{path}.{key}" if path else key)
+    return check
+
+
+def _free_json(max_depth: int = MAX_DEPTH) -> Check:
+    """A free-form record (an object): any JSON values, nested at most `max_depth` levels."""
+    def walk(value, path, depth):
+        if depth > max_depth and isinstance(value, (dict, list)):
+            raise _Invalid(path, f"at most {max_depth} levels of nesting", value)
+        if isinstance(value, dict):
+            for key, element in value.items():
+                walk(element, f"{path}.{key}", depth + 1)
+        elif isinstance(value, list):
+            for index, element in enumerate(value):
+                walk(element, f"{path}[{index}]", depth + 1)
+
+    def check(value, path):
+        if not isinstance(value, dict):
+            raise _Invalid(path, "a JSON object", value)
+        walk(value, path, 1)
+    return check
+
+
+_COUNT = _integer(0, 4096)
+PROMPT_LAYOUT_SCHEMA = _object({
+    **{key: (True, _COUNT) for key in PROMPT_LAYOUT_KEYS if key != "anomaly_token_position"},
+    "anomaly_token_position": (True, _string(64)),
+    "prompt_token_names": (False, _list_of(_string(64), 1 << 16)),
+    "prompt_token_ids": (False, _list_of(_integer(0, 1 << 31), 1 << 16)),
+    "prompts": (False, _free_json(4)),
+})
+BASE_MODEL_SCHEMA = _object({
+    "name_or_path": (False, _nullable(_string(MAX_PATH_LENGTH))),
+    "revision": (False, _nullable(_string())),
+    "architecture": (False, _nullable(_object({}, closed=False))),  # compared with the base's, key by key
+    "fingerprint": (False, _nullable(_string(64))),
+})
+RECORD_SCHEMA = _object({
+    "format_version": (True, _integer(1, FORMAT_VERSION)),
+    "category": (True, _rule(_category_name_problem)),
+    "class_name": (True, _string()),
+    "phrases": (True, _list_of(_rule(phrase_problem), MAX_PHRASES, 1)),  # none: no anomaly prompt
+    "learned_prompts": (True, _boolean),
+    "prompt_layout": (True, PROMPT_LAYOUT_SCHEMA),
+    "base_model": (True, BASE_MODEL_SCHEMA),
+    "memory": (False, _nullable(_object({"layers": (True, _list_of(_integer(0, 4096), 4096)),
+                                         "tap": (True, _string(64))}))),
+    "shots": (True, _integer(0, MAX_SHOTS)),  # = the memory bank's k (checked with the tensors)
+    "seed": (False, _nullable(_integer(-(1 << 63), (1 << 64) - 1))),
+    "reference_files": (False, _nullable(_list_of(_string(MAX_PATH_LENGTH), MAX_SHOTS))),
+    "training": (False, _nullable(_free_json())),
+    "evaluation": (False, _nullable(_free_json())),
+    "decision_threshold": (False, _nullable(_threshold)),
+    "pixel_threshold": (False, _nullable(_threshold)),
+    "threshold_estimate": (False, _nullable(_free_json())),
+})
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) else f"a {type(value).__name__} {json.dumps(value)}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate_record(record: Any, source: str) -> dict:
+    """`record` (parsed category.json) if it matches RECORD_SCHEMA, else one ValueError naming the file, the
+    field and what was expected."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: {CATEGORY_FILE} holds {_show(record)}; expected a JSON object")
+    _check_format_version(record, source)  # first: a newer format is an upgrade, not a broken file
+    try:
+        RECORD_SCHEMA(record, "")
+    except _Invalid as error:
+        found = "is missing" if error.value is _MISSING else f"is {_show(error.value)}"
+        raise ValueError(f"{source}: {CATEGORY_FILE} field {error.path!r} {found}; expected {error.expected}") from None
+    return record
+
+
 # ------------------------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class AdapterSource:
     """Where an adapter's files are: `folder` to read, `name` for messages, and for a Hub repo the names of
-    all its files (`repo_files`), including those deliberately not downloaded."""
+    all its files (`repo_files`), including those deliberately not downloaded. `root`: the folder the files
+    (links included) must lie in; the folder itself, or for a Hub snapshot the cached repo folder whose
+    blobs its links point to."""
 
     folder: str
     name: str
     repo_files: Optional[tuple] = None
+    root: Optional[str] = None
+
+    @property
+    def allowed_root(self) -> str:
+        return self.root or self.folder
 
 
 def resolve_category_folder(path_or_repo_id: str, revision: Optional[str] = None, **hub_kwargs) -> AdapterSource:
     """A local folder as is, or a Hub repo's snapshot (downloaded, or from the cache)."""
     path_or_repo_id = os.fspath(path_or_repo_id)
+    if not os.path.lexists(path_or_repo_id) and looks_like_local_path(path_or_repo_id):
+        with contextlib.suppress(OSError):  # a save killed between its renames left the adapter as a backup
+            recover_directory(path_or_repo_id)
     if os.path.isdir(path_or_repo_id):
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repos, but {path_or_repo_id} is a local folder")
@@ -134,7 +353,7 @@ def resolve_category_folder(path_or_repo_id: str, revision: Optional[str] = None
                          f"repo id ({error})") from None
     snapshot = download_category(path_or_repo_id, revision=revision, filenames=LAYOUT_FILES, **hub_kwargs)
     return AdapterSource(snapshot.folder, f"Hub repo {path_or_repo_id!r} (commit {snapshot.commit})",
-                         snapshot.repo_files)
+                         snapshot.repo_files, snapshot.repo_folder)
 
 
 def check_adapter_files(folder: str, source: str, repo_files=None) -> None:
@@ -151,73 +370,71 @@ def check_adapter_files(folder: str, source: str, repo_files=None) -> None:
     raise ValueError(f"{source} is not a category adapter folder: missing {missing}")
 
 
-def _read_json(folder: str, filename: str, source: str):
+def _read_bytes(folder: str, filename: str, source: str, root: str, limit: int) -> bytes:
+    return read_regular_file(os.path.join(folder, filename), root, limit, f"{source}: {filename}")
+
+
+def _read_json(folder: str, filename: str, source: str, root: Optional[str] = None):
+    data = _read_bytes(folder, filename, source, root or folder, MAX_JSON_BYTES)
     try:
-        with open(os.path.join(folder, filename), encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{source}: {filename} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{source}: {filename} is nested too deeply to be an adapter file (expected at most "
+                         f"{MAX_DEPTH} levels)") from None
 
 
-def _read_tensors(folder: str, filename: str, source: str) -> dict:
+def _read_tensors(adapter: AdapterSource, filename: str, limit: int) -> dict:
+    data = _read_bytes(adapter.folder, filename, adapter.name, adapter.allowed_root, limit)
     try:
-        return load_file(os.path.join(folder, filename))
+        return load_tensors(data)
     except SafetensorError as error:
-        raise ValueError(f"{source}: {filename} is not a readable safetensors file ({error}); it may be truncated "
-                         "or corrupt: save or download the adapter again") from None
+        raise ValueError(f"{adapter.name}: {filename} is not a readable safetensors file ({error}); it may be "
+                         "truncated or corrupt: save or download the adapter again") from None
 
 
 def _check_format_version(record: dict, source: str) -> None:
     version = record.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{source}: {CATEGORY_FILE} has format_version {version!r}; expected an integer from 1 "
-                         f"to {FORMAT_VERSION}")
+        raise ValueError(f"{source}: {CATEGORY_FILE} field 'format_version' is {_show(version)}; expected an "
+                         f"integer from 1 to {FORMAT_VERSION}")
     if version > FORMAT_VERSION:
         raise ValueError(f"{source}: the adapter has format_version {version}, made by a newer anomclip-hf; this "
                          f"anomclip-hf reads format_version {FORMAT_VERSION} at most: upgrade anomclip-hf "
                          "(pip install -U anomclip-hf)")
 
 
-def read_category_record(folder: str, source: Optional[str] = None, repo_files=None) -> dict:
+def read_category_record(folder: str, source: Optional[str] = None, repo_files=None,
+                         root: Optional[str] = None) -> dict:
     """Check the files of an adapter folder and return its validated category.json dict."""
     source = source or folder
     check_adapter_files(folder, source, repo_files)
-    record = _read_json(folder, CATEGORY_FILE, source)
-    if not isinstance(record, dict):
-        raise ValueError(f"{source}: {CATEGORY_FILE} holds {type(record).__name__}; expected a JSON object")
-    _check_format_version(record, source)
-    missing = [key for key in _RECORD_KEYS if key not in record]
-    if missing:
-        raise ValueError(f"{source}: {CATEGORY_FILE} lacks {missing}")
-    try:
-        validate_category_name(record["category"])
-    except ValueError as error:
-        raise ValueError(f"{source}: {CATEGORY_FILE}: {error}") from None
-    if not isinstance(record["class_name"], str) or not isinstance(record["phrases"], list) or not all(
-            isinstance(p, str) for p in record["phrases"]):
-        raise ValueError(f"{source}: {CATEGORY_FILE}: class_name must be a string and phrases a list of strings")
-    for key in ("prompt_layout", "base_model"):
-        if not isinstance(record[key], dict):
-            raise ValueError(f"{source}: {CATEGORY_FILE}: {key} must be a JSON object")
-    return record
+    return validate_record(_read_json(folder, CATEGORY_FILE, source, root), source)
 
 
-def read_adapter(adapter: AdapterSource) -> AdapterContents:
-    """Read an adapter folder: its files, category.json (checked on its own) and every tensor file."""
+def read_adapter(adapter: AdapterSource, expected: AdapterExpectations) -> AdapterContents:
+    """Read an adapter folder: its files, category.json (checked against the schema) and every tensor file,
+    each within the size `expected` (the base) allows. Optional files that are present are read (a link or
+    an unreadable file is an error, never a silent fallback)."""
     folder, source = adapter.folder, adapter.name
-    record = read_category_record(folder, source, adapter.repo_files)
-    config = _read_json(folder, ADAPTER_CONFIG, source)
-    memory_bank = (_read_tensors(folder, MEMORY_FILE, source)
-                   if os.path.isfile(os.path.join(folder, MEMORY_FILE)) else None)
-    prototypes = (_read_tensors(folder, PROTOTYPES_FILE, source)
-                  if os.path.isfile(os.path.join(folder, PROTOTYPES_FILE)) else {})
-    return AdapterContents(record=record, adapter_config=config, weights=_read_tensors(folder, ADAPTER_WEIGHTS, source),
-                           memory_bank=memory_bank, prototypes=prototypes, source=source)
+    record = read_category_record(folder, source, adapter.repo_files, adapter.allowed_root)
+    config = _read_json(folder, ADAPTER_CONFIG, source, adapter.allowed_root)
+
+    def optional(filename):
+        present = os.path.lexists(os.path.join(folder, filename))
+        return _read_tensors(adapter, filename, expected.size_limit(filename)) if present else None
+
+    return AdapterContents(record=record, adapter_config=config,
+                           weights=_read_tensors(adapter, ADAPTER_WEIGHTS, expected.size_limit(ADAPTER_WEIGHTS)),
+                           memory_bank=optional(MEMORY_FILE), prototypes=optional(PROTOTYPES_FILE) or {},
+                           source=source)
 
 
+# ------------------------------------------------------------------------------------------- checking
 def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> None:
-    """Refuse an adapter made for another prompt layout or base model, or with tensors of the wrong shape,
-    naming both sides."""
+    """Refuse an adapter made for another prompt layout or base model, or whose tensors are not exactly
+    what this base needs (keys, shapes, float32, finite), naming the file and what was expected."""
     source, record = contents.source, contents.record
     layout = record["prompt_layout"]
     for key in PROMPT_LAYOUT_KEYS:
@@ -231,24 +448,55 @@ def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> N
                          f"{describe_base(current)}; load it onto the base it was made for")
     config, wanted = contents.adapter_config, expected.adapter_config
     if not isinstance(config, dict) or config.get("peft_type") != wanted["peft_type"] or \
-            list(config.get("token_indices") or []) != list(wanted["token_indices"]):
-        found = config.get("peft_type") if isinstance(config, dict) else config
+            config.get("token_indices") != list(wanted["token_indices"]):
+        found = config.get("peft_type") if isinstance(config, dict) else _show(config)
         raise ValueError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
                          f"{len(wanted['token_indices'])} prompt tokens (found peft_type {found!r})")
-    if contents.memory_bank is not None:
-        memory = record.get("memory") or {}
-        layers = list(expected.memory_layers)
-        if sorted(contents.memory_bank) != sorted(f"layer_{i}" for i in layers) or \
-                memory.get("tap") != expected.memory_tap:
-            raise ValueError(f"{source}: memory bank holds {sorted(contents.memory_bank)} ({memory.get('tap')}); "
-                             f"this model uses layers {layers} ({expected.memory_tap})")
-        _check_shapes(contents.memory_bank, expected.vision_width, 3, MEMORY_FILE, source)
-    _check_shapes(contents.prototypes, expected.projection_dim, 2, PROTOTYPES_FILE, source)
-    _check_shapes(contents.weights, expected.text_width, 2, ADAPTER_WEIGHTS, source)
+    _check_memory(contents, expected)
+    if contents.prototypes:  # absent: computed from the prompt vectors on first use
+        _check_tensors(contents.prototypes, expected.tensor_shapes(PROTOTYPES_FILE), PROTOTYPES_FILE, source)
+    _check_tensors(contents.weights, expected.tensor_shapes(ADAPTER_WEIGHTS), ADAPTER_WEIGHTS, source)
 
 
-def _check_shapes(tensors: dict, expected_last: int, ndim: int, filename: str, source: str) -> None:
-    for key, tensor in tensors.items():
-        if tensor.ndim != ndim or tensor.shape[-1] != expected_last:
+def _check_memory(contents: AdapterContents, expected: AdapterExpectations) -> None:
+    """The memory bank the record describes: present iff shots > 0, k = shots in every layer, the base's
+    memory layers, tap, patch count and width."""
+    source, record = contents.source, contents.record
+    shots = record["shots"]
+    if contents.memory_bank is None:
+        if shots:
+            raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} but {MEMORY_FILE} is missing; "
+                             "expected the memory bank of those references (download or save the adapter again)")
+        if record.get("threshold_estimate") is not None:
+            raise ValueError(f"{source}: {CATEGORY_FILE} field 'threshold_estimate' is estimated from reference "
+                             f"images but there is no {MEMORY_FILE}; expected null without references")
+        return
+    if not shots:
+        raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is 0 but there is a {MEMORY_FILE}; expected "
+                         "the number of reference images in it")
+    memory = record.get("memory") or {}
+    layers = list(expected.memory_layers)
+    if memory.get("layers") != layers or memory.get("tap") != expected.memory_tap:
+        raise ValueError(f"{source}: {CATEGORY_FILE} field 'memory' is {_show(record.get('memory'))}; this model "
+                         f"uses memory layers {layers} ({expected.memory_tap})")
+    _check_tensors(contents.memory_bank, expected.tensor_shapes(MEMORY_FILE, shots), MEMORY_FILE, source,
+                   f"(k = shots {shots} of {CATEGORY_FILE}, {expected.num_patches} patches, width "
+                   f"{expected.vision_width})")
+
+
+def _check_tensors(tensors: dict, shapes: dict, filename: str, source: str, why: str = "") -> None:
+    """Exactly these keys, each of its shape, float32 (as save_category writes) and finite."""
+    if sorted(tensors) != sorted(shapes):
+        raise ValueError(f"{source}: {filename} holds tensors {sorted(tensors)}; expected exactly {sorted(shapes)}")
+    for key in sorted(tensors):  # a fixed order: the same file gives the same message
+        tensor = tensors[key]
+        if tuple(tensor.shape) != shapes[key]:
             raise ValueError(f"{source}: {filename} tensor {key!r} has shape {tuple(tensor.shape)}; expected "
-                             f"{ndim} dimensions ending in {expected_last}")
+                             f"{shapes[key]} {why}".rstrip())
+        if tensor.dtype != torch.float32:
+            raise ValueError(f"{source}: {filename} tensor {key!r} is {tensor.dtype}; expected torch.float32")
+        # amax/amin propagate NaN and are the extremes: both finite iff every value is (no mask allocated).
+        if tensor.numel() and not (torch.isfinite(tensor.amax()) and torch.isfinite(tensor.amin())):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{source}: {filename} tensor {key!r} holds {bad} NaN or infinite values; expected "
+                             "finite values")

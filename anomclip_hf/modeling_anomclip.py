@@ -18,7 +18,7 @@ from .category_io import FORMAT_VERSION, AdapterContents, AdapterExpectations, c
 from .configuration_anomclip import AnomCLIPConfig
 from .losses import TextFeatures
 from .processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_images
-from .prompt_learner import PromptTokenTable
+from .prompt_learner import ADAPTER_WEIGHT_KEYS, PromptTokenTable
 from .prompts import HeadPrompts, build_head_prompts, build_zero_shot_prompts, class_name_for, manual_phrases
 from .scoring import (harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample, text_anomaly_probability,
                       upsampled_peak)
@@ -443,8 +443,10 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             base_identity=self.base_identity(), memory_layers=tuple(config.memory_layers),
             memory_tap=config.memory_tap, vision_width=clip.vision_config.hidden_size,
             projection_dim=clip.projection_dim, text_width=clip.text_config.hidden_size,
+            num_patches=(clip.vision_config.image_size // clip.vision_config.patch_size) ** 2,
             adapter_config={"peft_type": adapter_config.peft_type.value,
-                            "token_indices": list(adapter_config.token_indices)})
+                            "token_indices": list(adapter_config.token_indices)},
+            weight_keys=ADAPTER_WEIGHT_KEYS)
 
     def category_record(self, name: Optional[str] = None) -> dict:
         """The category.json content of category `name` (default: the active one)."""
@@ -481,11 +483,13 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
                       revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
         """Load a category adapter from a folder or a Hub repo id (at `revision`: branch, tag or commit; also
         cache_dir, token, local_files_only, force_download); it becomes the active category (unless
-        `activate=False`). Everything is read and checked before the model changes."""
+        `activate=False`). Everything is read and checked before the model changes, and a load that fails
+        changes nothing (a loaded category of the same name stays as it was)."""
         if name is not None:
             validate_category_name(name)
-        contents = read_adapter(resolve_category_folder(path_or_repo_id, revision=revision, **hub_kwargs))
-        check_adapter(contents, self.adapter_expectations())
+        expected = self.adapter_expectations()
+        contents = read_adapter(resolve_category_folder(path_or_repo_id, revision=revision, **hub_kwargs), expected)
+        check_adapter(contents, expected)
         return self._register_adapter(contents, name or contents.record["category"], activate)
 
     def _register_adapter(self, contents: AdapterContents, name: str, activate: bool) -> CategoryState:
@@ -494,7 +498,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             name=name, class_name=record["class_name"], phrases=record["phrases"],
             learned_prompts=bool(record["learned_prompts"]),
             memory_bank=contents.memory_layers(self.config.memory_layers), prototypes=contents.prototypes,
-            metadata={key: record.get(key) for key in METADATA_KEYS})
+            metadata={key: record.get(key) for key in METADATA_KEYS}).to(self.device)
+        # The one step that changes the model and can fail; it restores the table if it does.
         self.prompt_tokens.load_adapter_state_dict(name, {k: v.to(self.device) for k, v in contents.weights.items()})
         return self._register(state, activate)
 

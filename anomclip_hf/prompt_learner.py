@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 TARGET_MODULE = "token_embedding"
+# The keys of a category's PEFT state dict (adapter_model.safetensors): the vectors of every row.
+ADAPTER_WEIGHT_KEYS = (f"{TARGET_MODULE}.trainable_tokens_delta",)
 
 
 class PromptTokenTable(nn.Module):
@@ -74,10 +76,24 @@ class PromptTokenTable(nn.Module):
         return get_peft_model_state_dict(self, adapter_name=name)
 
     def load_adapter_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
-        if name not in self.adapter_names:
+        """Set adapter `name`'s vectors from a PEFT state dict; if that fails, the table is as before (an
+        existing adapter keeps its vectors, a new one is removed)."""
+        existed = name in self.adapter_names
+        previous = self.vectors(name).detach().clone() if existed else None
+        if not existed:
             self._inject(name)
-        result = set_peft_model_state_dict(self, state, adapter_name=name)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(f"adapter weights have unexpected keys {unexpected}")
+        try:
+            result = set_peft_model_state_dict(self, state, adapter_name=name)
+            unexpected = getattr(result, "unexpected_keys", [])
+            if unexpected:
+                raise ValueError(f"adapter weights have unexpected keys {unexpected}")
+        except BaseException:
+            if existed:
+                with torch.no_grad():
+                    self.vectors(name).copy_(previous)
+            else:
+                with warnings.catch_warnings():  # PEFT made the half-loaded adapter active; it goes away
+                    warnings.filterwarnings("ignore", message=f"Adapter {name} was active")
+                    self.delete_adapter(name)
+            raise
         self._keep_trainable()

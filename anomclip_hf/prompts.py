@@ -86,6 +86,20 @@ def class_name_for(category: str) -> str:
     return _CLASS_NAME_RENAMES.get(key, key.replace("_", " "))
 
 
+MAX_PHRASE_LENGTH = 200  # characters; CLIP reads 77 tokens of a whole prompt anyway
+
+
+def phrase_problem(phrase) -> Optional[str]:
+    """None if `phrase` is a usable manual phrase, else what is expected of one. The phrase is a format
+    string (phrase.format(class_name)): exactly one '{}' and no other braces, so it cannot index or read
+    attributes ('{0.__class__}', '{1}') or fail at scoring time."""
+    if not isinstance(phrase, str) or not 0 < len(phrase) <= MAX_PHRASE_LENGTH:
+        return f"a string of 1 to {MAX_PHRASE_LENGTH} characters"
+    if phrase.count("{}") != 1 or "{" in phrase.replace("{}", "") or "}" in phrase.replace("{}", ""):
+        return "exactly one '{}' where the class name goes and no other braces, e.g. '{} with a scratch'"
+    return None
+
+
 def manual_phrases(category: str, use_category_phrases: bool = True,
                    extra_phrases: Optional[Sequence[str]] = None) -> list[str]:
     """The 8 generic phrases + the category's list (unknown categories: generic only) + user phrases."""
@@ -93,8 +107,9 @@ def manual_phrases(category: str, use_category_phrases: bool = True,
     if use_category_phrases:
         phrases += CATEGORY_PHRASES.get(category, ())
     for phrase in extra_phrases or ():
-        if "{}" not in phrase:
-            raise ValueError(f"manual phrase {phrase!r} must contain '{{}}' where the class name goes")
+        problem = phrase_problem(phrase)
+        if problem:
+            raise ValueError(f"manual phrase {phrase!r}: expected {problem}")
         phrases.append(phrase)
     return phrases
 
@@ -107,9 +122,9 @@ def read_phrases_file(path: str) -> list[str]:
             phrase = line.strip()
             if not phrase or phrase.startswith("#"):
                 continue
-            if "{}" not in phrase:
-                raise ValueError(f"{path} line {number}: phrase {phrase!r} must contain '{{}}' where the class "
-                                 "name goes, e.g. '{} with a scratch'")
+            problem = phrase_problem(phrase)
+            if problem:
+                raise ValueError(f"{path} line {number}: phrase {phrase!r}: expected {problem}")
             phrases.append(phrase)
     if not phrases:
         raise ValueError(f"{path} holds no phrases; expected one per line, e.g. '{{}} with a scratch'")

@@ -275,7 +275,7 @@ def test_unsafe_category_names_and_repo_ids_touch_nothing(fake_hub, trained, ada
     record = json.loads((adapter_dir / "category.json").read_text())
     record["category"] = "../x"
     (adapter_dir / "category.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match=r"category.json: category name '\.\./x' is not allowed"):
+    with pytest.raises(ValueError, match=r"category.json field 'category' is '\.\./x'; expected 1-96 letters"):
         fresh.load_category(str(adapter_dir))
     _assert_nothing_loaded(fresh)
     # a category with a path in its name is refused when it is made, and (renamed afterwards) before a

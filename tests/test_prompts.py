@@ -25,8 +25,9 @@ def test_phrase_lists():
     assert manual_phrases("my_widget") == list(GENERIC_PHRASES)  # unknown: generic only, no KeyError
     assert manual_phrases("bottle", use_category_phrases=False) == list(GENERIC_PHRASES)
     assert manual_phrases("x", extra_phrases=["{} with a dent"])[-1] == "{} with a dent"
-    with pytest.raises(ValueError, match="must contain"):
-        manual_phrases("x", extra_phrases=["dent"])
+    for bad in ("dent", "{} {}", "{0.__class__} dent", "{1} dent", "{} dent }"):
+        with pytest.raises(ValueError, match=r"expected exactly one '\{\}'"):
+            manual_phrases("x", extra_phrases=[bad])
 
 
 def test_cross_product_covers_every_pair():

@@ -34,6 +34,11 @@ class CategorySnapshot:
     commit: str  # the commit the revision resolved to
     repo_files: Optional[tuple]  # every file of the repo at that commit, when the listing is cached
 
+    @property
+    def repo_folder(self) -> str:
+        """The repo's folder in the cache (models--owner--name): its snapshots' links point into its blobs/."""
+        return os.path.dirname(os.path.dirname(os.path.abspath(self.folder)))
+
 
 def download_category(repo_id: str, revision: Optional[str] = None, *, filenames: Sequence[str],
                       cache_dir: Optional[str] = None, token=None, local_files_only: bool = False,
