@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .image_io import ImageReadError, PathOrImage, load_image
 from .modeling_anomclip import AnomCLIPModel
-from .processing_anomclip import preprocess_images
+from .processing_anomclip import model_pixel_values
 
 
 @dataclass
@@ -54,7 +54,7 @@ def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size
             chunk = images[start: start + batch_size]
             indices, decoded, failures = _decode(chunk, start, skip_unreadable)
             if decoded:
-                pixel_values = preprocess_images(decoded, model.config.image_size)
+                pixel_values = model_pixel_values(model.config, decoded)
                 with torch.inference_mode(), torch.autocast(model.device.type, dtype=autocast_dtype,
                                                             enabled=autocast_dtype is not None):
                     out = model(pixel_values, category=category, output_size=output_size)

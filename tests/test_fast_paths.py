@@ -199,7 +199,8 @@ def _plain_forward(model, pixel_values, output_size):
     text_patch = text_anomaly_probability(features.patch_embeds, prototypes["pixel"], model.temperature)
     bank = [layer.reshape(-1, layer.shape[-1]) for layer in model.get_category().memory_bank]
     visual = _brute_force_memory_scores(features.memory_features, bank)
-    peak = upsample_patch_map(visual, output_size).flatten(1).max(dim=1).values
+    # image scores are defined at the config's scoring size, whatever the map size
+    peak = upsample_patch_map(visual, model.config.scoring_size).flatten(1).max(dim=1).values
     sigma = scaled_sigma(model.config.gaussian_sigma, model.config.sigma_reference_size, output_size)
     maps = gaussian_blur(upsample_patch_map(harmonic_fusion(text_patch, visual), output_size), sigma)
     return harmonic_fusion(peak, text_image), maps
