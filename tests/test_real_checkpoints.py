@@ -267,3 +267,17 @@ def test_train_script_runs(folders, tmp_path, flavour):
                         "--no-progress"]) == 0
     record = json.loads((out / "mvtec" / "widget" / "2shot" / "seed0" / "adapter" / "category.json").read_text())
     assert record["base_model"]["name_or_path"] == str(folders[flavour]) and record["learned_prompts"]
+
+
+def test_from_clip_wraps_the_loaded_weights_without_a_copy(tiny_clip):
+    import copy
+
+    from anomclip_hf.tokenization import build_offline_clip_tokenizer
+
+    clip = copy.deepcopy(tiny_clip)
+    before = {name: tensor.clone() for name, tensor in clip.state_dict().items()}
+    model = AnomCLIPModel.from_clip(clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+    assert model.clip is clip  # one copy of CLIP: the wrapper holds the loaded module itself
+    for name, tensor in model.clip.state_dict().items():
+        assert torch.equal(tensor, before[name]), name  # and wrapping re-initialised nothing
+    assert not any(p.requires_grad for p in model.clip.parameters())
