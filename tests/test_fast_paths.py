@@ -171,7 +171,7 @@ def test_shared_prefixes_give_the_padded_features_and_gradients(tiny_model, monk
 
 
 def test_equal_ids_with_different_embeddings_use_the_padded_batch(tiny_model):
-    clip, eos = tiny_model.clip, tiny_model.config.clip_config.text_config.eos_token_id
+    clip, eos = tiny_model.clip, tiny_model.text_eos_token_id
     ids = tiny_model.tokenize_prompts(["bottle", "bottle crack"])[:, :16]
     embeds = clip.text_model.embeddings.token_embedding(ids).detach().clone()
     embeds[1, 1] += 0.5  # same id as row 0 at position 1, another vector: no prefix may be shared

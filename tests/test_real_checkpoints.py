@@ -110,7 +110,7 @@ def test_sharded_anomclip_base_round_trips(folders, tmp_path):
     assert loaded.config.image_mean == model.config.image_mean
 
 
-def test_float16_weights_compute_in_the_requested_dtype_with_float32_state(folders, images):
+def test_float16_weights_compute_in_the_requested_dtype_with_float32_state(folders, images, tmp_path):
     assert resolve_compute_dtype(torch.float16, "cpu") == torch.float32
     assert resolve_compute_dtype(torch.float16, "cuda") == torch.float16
     assert resolve_compute_dtype(torch.bfloat16, "cuda:0") == torch.bfloat16
@@ -120,7 +120,7 @@ def test_float16_weights_compute_in_the_requested_dtype_with_float32_state(folde
     reference = AnomCLIPModel.from_clip(str(folders["float16"]))
     for dtype in (torch.float16, torch.bfloat16):
         model = AnomCLIPModel.from_clip(str(folders["float16"]), torch_dtype=dtype)
-        assert model.clip.dtype == dtype and model.prompt_parameters is not None
+        assert model.clip.dtype == dtype
         model.add_category("bottle", reference_images=[Image.open(p) for p in images["references"]],
                            learned_prompts=True)
         assert model.prompt_parameters()[0].dtype == torch.float32
@@ -134,6 +134,12 @@ def test_float16_weights_compute_in_the_requested_dtype_with_float32_state(folde
         assert features.global_embeds.dtype == torch.float32 and torch.isfinite(out.image_scores).all()
         # half-precision towers: the features agree with the float32 computation to their precision
         assert (features.global_embeds - exact.global_embeds).abs().max() < 0.05
+    # a base saved in float16 loads onto the CPU in float32, with float32 prompt vectors
+    model.save_pretrained(tmp_path / "base16")
+    loaded = AnomCLIPModel.from_pretrained(tmp_path / "base16")
+    assert loaded.clip.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in loaded.prompt_tokens.parameters())
+    assert AnomCLIPModel.from_pretrained(tmp_path / "base16", torch_dtype="bfloat16").clip.dtype == torch.bfloat16
 
 
 def test_image_score_is_defined_at_the_scoring_size(folders, images):
