@@ -1,7 +1,7 @@
 """anomclip-hf: PromptAD few-shot anomaly detection on Hugging Face CLIP models.
 
 Importing the package is cheap (the `anomclip` command line starts at once): the public names load torch and
-transformers on first use. AnomCLIP is registered with AutoConfig/AutoModel and as the pipeline task
+transformers on first use. AnomCLIP is registered with AutoConfig/AutoModel/AutoProcessor and as the pipeline task
 "image-anomaly-detection" once transformers' auto classes or pipelines are imported (`_registration`), or when
 any public name is used, so `import anomclip_hf` followed by `AutoModel.from_pretrained(...)` or
 `pipeline("image-anomaly-detection", ...)` works.

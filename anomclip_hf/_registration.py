@@ -16,6 +16,7 @@ import sys
 _TRIGGERS = {
     "transformers.models.auto.configuration_auto": "anomclip_hf.configuration_anomclip",
     "transformers.models.auto.modeling_auto": "anomclip_hf.modeling_anomclip",
+    "transformers.models.auto.processing_auto": "anomclip_hf.processing_anomclip",
     "transformers.pipelines": "anomclip_hf.pipeline_image_anomaly_detection",
 }
 _pending: list[str] = []  # triggers imported, registration not yet run

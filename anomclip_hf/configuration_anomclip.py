@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 from transformers import AutoConfig, CLIPConfig, PretrainedConfig
 
 from .category import HEADS, prompt_token_names
+# OpenAI CLIP's normalisation and bicubic resize: the defaults when a checkpoint has no preprocessor_config.json
+from .pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 ANOMALY_TOKEN_POSITIONS = ("suffix", "before_class")
 MEMORY_TAPS = ("after_attention", "block_output")
@@ -63,6 +65,18 @@ class AnomCLIPConfig(PretrainedConfig):
             The map size `gaussian_sigma` is given at (the reference evaluates at 400x400).
         output_size (`int`, *optional*):
             Default anomaly-map size; `None` gives maps at the input resolution.
+        scoring_size (`int`, *optional*, defaults to 400):
+            The map size image scores are defined at (the peak of the memory map upsampled to this size),
+            whatever `output_size` a caller asks for; decision thresholds use it too. 400 is the reference
+            protocol's evaluation size.
+        text_eos_token_id (`int`, *optional*):
+            The EOS id text features are pooled at: the tokenizer's `eos_token_id`, recorded when the model is
+            built from a checkpoint (OpenAI's CLIP configs keep a legacy `text_config.eos_token_id = 2`). `None`
+            (older saved bases): the loaded tokenizer's EOS id.
+        image_mean, image_std (`list[float]`, *optional*):
+            Pixel normalisation, from the base's `preprocessor_config.json` when it has one (else OpenAI's).
+        image_resample (`int`, *optional*, defaults to 3):
+            PIL resampling filter of the resize to `image_size` (the processor config's `resample`; 3 = bicubic).
         prompt_token_ids (`list[int]`, *optional*):
             Vocabulary ids of the added prompt tokens, in `prompt_token_names` order; set when the model is
             built from a CLIP checkpoint.
@@ -106,6 +120,11 @@ class AnomCLIPConfig(PretrainedConfig):
         gaussian_sigma: float = 4.0,
         sigma_reference_size: int = 400,
         output_size: Optional[int] = None,
+        scoring_size: int = 400,
+        text_eos_token_id: Optional[int] = None,
+        image_mean: Optional[Sequence[float]] = None,
+        image_std: Optional[Sequence[float]] = None,
+        image_resample: int = BICUBIC,
         prompt_token_ids: Optional[Sequence[int]] = None,
         base_model_name_or_path: Optional[str] = None,
         base_model_revision: Optional[str] = None,
@@ -148,6 +167,18 @@ class AnomCLIPConfig(PretrainedConfig):
         self.gaussian_sigma = float(gaussian_sigma)
         self.sigma_reference_size = int(sigma_reference_size)
         self.output_size = None if output_size is None else int(output_size)
+        if int(scoring_size) < 1:
+            raise ValueError(f"scoring_size={scoring_size}; expected a positive integer")
+        self.scoring_size = int(scoring_size)
+        self.text_eos_token_id = None if text_eos_token_id is None else int(text_eos_token_id)
+        self.image_mean = [float(x) for x in (OPENAI_CLIP_MEAN if image_mean is None else image_mean)]
+        self.image_std = [float(x) for x in (OPENAI_CLIP_STD if image_std is None else image_std)]
+        for name, values in (("image_mean", self.image_mean), ("image_std", self.image_std)):
+            if len(values) != 3:
+                raise ValueError(f"{name}={values}; expected 3 values (R, G, B)")
+        if min(self.image_std) <= 0:
+            raise ValueError(f"image_std={self.image_std}; expected positive values")
+        self.image_resample = int(image_resample)
         self.prompt_token_ids = [int(i) for i in prompt_token_ids] if prompt_token_ids is not None else None
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision

@@ -10,7 +10,7 @@ from .batches import ScoredBatch, scored_batches
 from .image_io import PathOrImage
 from .modeling_anomclip import AnomCLIPModel
 from .numeric_flags import MAX_OUTPUT_SIZE
-from .processing_anomclip import preprocess_images
+from .processing_anomclip import model_pixel_values
 
 __all__ = ["ScoredBatch", "score_images"]
 
@@ -30,7 +30,7 @@ def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size
         raise ValueError(f"output_size={output_size}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
 
     def score(decoded: list):
-        pixel_values = preprocess_images(decoded, model.config.image_size)
+        pixel_values = model_pixel_values(model.config, decoded)
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=autocast_dtype,
                                                     enabled=autocast_dtype is not None):
             out = model(pixel_values, category=category, output_size=output_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
@@ -16,8 +17,9 @@ from .category import HEADS, METADATA_KEYS, PROMPT_LAYOUT_KEYS, CategoryState, b
 from .category_io import FORMAT_VERSION, AdapterContents, AdapterExpectations, check_adapter, read_adapter, \
     resolve_category_folder, write_adapter
 from .configuration_anomclip import AnomCLIPConfig
+from .dtypes import resolve_compute_dtype
 from .losses import TextFeatures
-from .processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_images
+from .processing_anomclip import checkpoint_preprocessing, model_pixel_values
 from .prompt_learner import ADAPTER_WEIGHT_KEYS, PromptTokenTable
 from .prompts import HeadPrompts, build_head_prompts, build_zero_shot_prompts, class_name_for, manual_phrases
 from .scoring import (harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample, text_anomaly_probability,
@@ -31,6 +33,7 @@ logger = logging.get_logger(__name__)
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 SCORING_MODES = ("full", "memory", "text")
+CLIP_MODEL_TYPE = "clip"
 
 
 @dataclass
@@ -39,8 +42,9 @@ class AnomCLIPOutput(ModelOutput):
 
     Args:
         image_scores (`torch.FloatTensor` of shape `(batch_size,)`):
-            The image anomaly score. Mode "full": h(peak of the upsampled, unblurred memory map, text image
-            score) with h(a, b) = ab / (a + b); "memory": that peak; "text": the text image score.
+            The image anomaly score. Mode "full": h(peak of the unblurred memory map upsampled to the config's
+            `scoring_size`, text image score) with h(a, b) = ab / (a + b); "memory": that peak; "text": the
+            text image score. Independent of `output_size`.
         anomaly_maps (`torch.FloatTensor` of shape `(batch_size, height, width)`):
             The pixel anomaly map at `output_size`: per patch h(text patch score, memory patch score) (or
             one of them alone in the "text"/"memory" modes), bilinearly upsampled, then Gaussian-blurred.
@@ -75,10 +79,12 @@ class AnomCLIPPreTrainedModel(PreTrainedModel):
 class AnomCLIPModel(AnomCLIPPreTrainedModel):
     """PromptAD on a frozen CLIP: dual-stream vision, learnable prompts per category, visual memory."""
 
-    def __init__(self, config: AnomCLIPConfig):
+    def __init__(self, config: AnomCLIPConfig, clip: Optional[CLIPModel] = None):
+        """`clip`: an already loaded CLIPModel of `config.clip_config` to wrap as it is (from_clip), so its
+        weights are neither copied nor re-initialised."""
         super().__init__(config)
-        self.clip = CLIPModel(config.clip_config)
-        self.clip.requires_grad_(False)
+        if clip is None:
+            self.clip = CLIPModel(config.clip_config)
         width = config.clip_config.text_config.hidden_size
         self.prompt_tokens = PromptTokenTable(len(config.prompt_token_names), width)
         self.tokenizer: Optional[CLIPTokenizer] = None
@@ -86,30 +92,47 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         self.category_states = nn.ModuleDict()
         self._active: Optional[str] = None
         self.post_init()
+        if clip is not None:  # after post_init: weight initialisation must not touch the loaded weights
+            self.clip = clip
+        self.clip.requires_grad_(False)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
     def from_clip(cls, clip: Union[str, os.PathLike, CLIPModel], tokenizer: Optional[CLIPTokenizer] = None,
-                  revision: Optional[str] = None, **config_kwargs) -> "AnomCLIPModel":
-        """Wrap a CLIP checkpoint: an HF id, a local folder, or a `CLIPModel` object (then pass `tokenizer`,
-        or it is loaded from the model's `name_or_path`)."""
+                  revision: Optional[str] = None, torch_dtype=None, device=None, **config_kwargs
+                  ) -> "AnomCLIPModel":
+        """Wrap a CLIP checkpoint: an HF id, a local folder (single or sharded safetensors), or a `CLIPModel`
+        object (wrapped as it is, then pass `tokenizer`, or it is loaded from the model's `name_or_path`).
+
+        The towers compute in `torch_dtype`, else float32 on the CPU and the checkpoint's dtype on `device`
+        (see `dtypes.resolve_compute_dtype`). Text features are pooled at the tokenizer's EOS id, and images
+        are normalised with the checkpoint's preprocessor_config.json mean/std; both are recorded in the config.
+        """
         if isinstance(clip, CLIPModel):
             clip_model = clip
             name = clip.config.name_or_path or None
         else:
             name = os.fspath(clip)
-            clip_model = CLIPModel.from_pretrained(name, revision=revision)
+            check_clip_checkpoint(name, revision)
+            # dtype="auto": the weights stay in their dtype on disk; cast once below if the policy says so.
+            clip_model = CLIPModel.from_pretrained(name, revision=revision, dtype="auto")
         if tokenizer is None:
             if not name:
                 raise ValueError("from_clip(CLIPModel) needs tokenizer= when the model has no name_or_path")
             tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision)
-        config = AnomCLIPConfig(clip_config=clip_model.config, base_model_name_or_path=name,
-                                base_model_revision=revision, **config_kwargs)
+        device = torch.device(device) if device is not None else clip_model.device
+        compute_dtype = resolve_compute_dtype(clip_model.dtype, device, torch_dtype)
+        if clip_model.dtype != compute_dtype:
+            clip_model.to(compute_dtype)
+        preprocessing = checkpoint_preprocessing(name, revision=revision) if name else {}
+        # A copy: initialising the wrapper resets its sub-configs' attention settings, the CLIP's own must stay.
+        config = AnomCLIPConfig(clip_config=copy.deepcopy(clip_model.config), base_model_name_or_path=name,
+                                base_model_revision=revision, text_eos_token_id=tokenizer.eos_token_id,
+                                **{**preprocessing, **config_kwargs})
         config.prompt_token_ids = add_prompt_tokens(tokenizer, config.prompt_token_names)
-        model = cls(config)
-        model.clip.load_state_dict(clip_model.state_dict())
+        model = cls(config, clip=clip_model)
         model.tokenizer = tokenizer
-        return model.eval()
+        return model.to(device).eval()
 
     @classmethod
     def from_base(cls, base: Union[str, os.PathLike, CLIPModel], **config_overrides) -> "AnomCLIPModel":
@@ -121,8 +144,15 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         return cls.from_clip(base, **config_overrides)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, torch_dtype=None, device=None, **kwargs):
+        """A saved AnomCLIP base (single or sharded safetensors, any `revision=`). dtype policy as `from_clip`:
+        `torch_dtype` (or `dtype`), else float32 on the CPU and the saved dtype on `device`."""
+        torch_dtype = kwargs.pop("dtype", None) if torch_dtype is None else torch_dtype
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, dtype="auto", **kwargs)
+        device = torch.device(device) if device is not None else model.device
+        model.clip.to(resolve_compute_dtype(model.clip.dtype, device, torch_dtype))
+        model.prompt_tokens.float()  # instantiated in the saved dtype; prompt vectors are float32
+        model.to(device)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
@@ -133,6 +163,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         else:  # a broken or missing tokenizer of a full base is an error, not a silent None
             model.tokenizer = CLIPTokenizer.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if model.tokenizer is not None:
+            if model.config.text_eos_token_id is None:  # a base saved before the field: the tokenizer's EOS
+                model.config.text_eos_token_id = model.tokenizer.eos_token_id
             model._check_tokenizer(model.tokenizer)
         return model.eval()
 
@@ -149,6 +181,19 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         ids = tokenizer.convert_tokens_to_ids(self.config.prompt_token_names)
         if ids != self.config.prompt_token_ids:
             raise ValueError(f"tokenizer prompt-token ids {ids} differ from the model's {self.config.prompt_token_ids}")
+        eos = self.config.text_eos_token_id
+        if eos is not None and tokenizer.eos_token_id != eos:
+            raise ValueError(f"tokenizer EOS id {tokenizer.eos_token_id} differs from the model's text_eos_token_id {eos}")
+
+    @property
+    def text_eos_token_id(self) -> int:
+        """The id text features are pooled at: the config's (the tokenizer's EOS, recorded by from_clip), else
+        the loaded tokenizer's, else the CLIP text config's (only right for checkpoints that keep it current)."""
+        if self.config.text_eos_token_id is not None:
+            return self.config.text_eos_token_id
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            return self.tokenizer.eos_token_id
+        return self.config.clip_config.text_config.eos_token_id
 
     # ----------------------------------------------------------------------------------------- features
     @property
@@ -173,12 +218,17 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             raise ValueError(f"pixel_values contains {bad} NaN or infinite values")
 
     def encode_images(self, pixel_values: torch.Tensor) -> VisionFeatures:
-        """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised)."""
+        """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised, float32).
+
+        The pixels are cast to the tower's dtype at its input and the features back to float32 at its output,
+        so no matmul mixes dtypes whatever the checkpoint's dtype."""
         self._check_pixel_values(pixel_values)
         dtype = self.clip.visual_projection.weight.dtype
-        return dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
-                                          pixel_values.to(self.device, dtype), self.config.vv_layers,
-                                          self.config.memory_layers, self.config.memory_tap)
+        features = dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
+                                              pixel_values.to(self.device, dtype), self.config.vv_layers,
+                                              self.config.memory_layers, self.config.memory_tap)
+        return VisionFeatures(features.global_embeds.float(), features.patch_embeds.float(),
+                              [f.float() for f in features.memory_features])
 
     def _prompt_embeddings(self, category: str, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the category's learned vectors substituted at the prompt tokens."""
@@ -203,13 +253,14 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         return ids.to(self.device)
 
     def encode_prompt_texts(self, category: str, prompts: Sequence[str]) -> torch.Tensor:
-        """Unnormalised text features (len(prompts), D) of prompts that may contain prompt tokens."""
+        """Unnormalised float32 text features (len(prompts), D) of prompts that may contain prompt tokens,
+        pooled at the tokenizer's EOS (`text_eos_token_id`; the first one: CLIP tokenizers pad with EOS)."""
         if not prompts:
             return torch.zeros(0, self.config.clip_config.projection_dim, device=self.device)
-        eos = self.config.clip_config.text_config.eos_token_id
+        eos = self.text_eos_token_id
         input_ids = truncate_to_longest(self.tokenize_prompts(prompts), eos)
         embeds = self._prompt_embeddings(category, input_ids)
-        return encode_text_embeddings(self.clip.text_model, self.clip.text_projection, embeds, input_ids, eos)
+        return encode_text_embeddings(self.clip.text_model, self.clip.text_projection, embeds, input_ids, eos).float()
 
     def head_prompts(self, category: str, head: str) -> HeadPrompts:
         state = self.get_category(category)
@@ -281,7 +332,7 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             if not references:
                 raise ValueError("reference_images is empty: pass at least one normal image (or None for "
                                  "text-only zero-shot scoring)")
-            pixel_values = preprocess_images(references, self.config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+            pixel_values = model_pixel_values(self.config, references)
         if pixel_values.shape[0] == 0:
             raise ValueError("reference_images is empty: pass at least one normal image")
         with torch.no_grad():
@@ -346,7 +397,9 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
                 held_out = VisionFeatures(references.global_embeds[index: index + 1],
                                           references.patch_embeds[index: index + 1],
                                           [layer[index: index + 1] for layer in references.memory_features])
-                out = self.score_features(held_out, state.name, memory_bank=[layer[keep] for layer in bank])
+                # at the scoring size, so the pixel threshold is defined like the image one
+                out = self.score_features(held_out, state.name, output_size=self.config.scoring_size,
+                                          memory_bank=[layer[keep] for layer in bank])
                 image_scores.append(out.image_scores[0].float().cpu())
                 pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
         return torch.stack(image_scores), torch.stack(pixel_maxima)
@@ -357,7 +410,7 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
         output); stored in its metadata and category.json. See `thresholds`."""
         if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
-            reference_images = preprocess_images(list(reference_images), self.config.image_size)
+            reference_images = model_pixel_values(self.config, list(reference_images))
         if isinstance(reference_images, torch.Tensor):
             with torch.no_grad():
                 reference_images = self.encode_images(reference_images.to(self.device))
@@ -411,11 +464,11 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             visual_patch = memory_patch_scores([f.float() for f in features.memory_features], bank)
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
-            visual_peak = upsampled_peak(visual_patch, output_size)
+            visual_peak = upsampled_peak(visual_patch, self.config.scoring_size)
             image_scores = harmonic_fusion(visual_peak, text_image)
         elif mode == "memory":
             patch_scores = visual_patch
-            image_scores = upsampled_peak(visual_patch, output_size)
+            image_scores = upsampled_peak(visual_patch, self.config.scoring_size)
         else:
             patch_scores, image_scores = text_patch, text_image
         sigma = scaled_sigma(self.config.gaussian_sigma, self.config.sigma_reference_size, output_size)
@@ -511,6 +564,15 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
 
         return push_category_to_hub(self, repo_id, name, private=private, token=token, revision=revision,
                                     commit_message=commit_message)
+
+
+def check_clip_checkpoint(name_or_path: str, revision: Optional[str] = None) -> None:
+    """Refuse a checkpoint whose towers CLIP cannot represent (SigLIP, any non-CLIP model type) by name."""
+    config_dict, _ = PretrainedConfig.get_config_dict(name_or_path, revision=revision)
+    model_type = config_dict.get("model_type")
+    if model_type != CLIP_MODEL_TYPE:
+        raise ValueError(f"{name_or_path}: config.json has model_type {model_type!r}; AnomCLIP wraps CLIP checkpoints "
+                         f"(model_type {CLIP_MODEL_TYPE!r}: text and vision towers transformers' CLIPModel loads)")
 
 
 def is_anomclip_base(config_dict: dict) -> bool:

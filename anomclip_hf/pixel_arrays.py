@@ -15,7 +15,9 @@ from .image_io import PathOrImage, load_image
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-RESAMPLE = "bicubic"  # the resize filter, as named in an exported model's sidecar JSON
+BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the resample value of CLIP processor configs
+# PIL resample values by name, as an exported model's sidecar JSON names its resize filter
+RESAMPLE_NAMES = {int(filter_): filter_.name.lower() for filter_ in Image.Resampling}
 
 ImageInput = Union[PathOrImage, np.ndarray]
 
@@ -29,13 +31,16 @@ def as_pil(item: ImageInput) -> Image.Image:
     return load_image(item)
 
 
-def pixel_array(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
-                ) -> np.ndarray:
-    """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, bicubic resize to S x S, mean/std normalise.
+def pixel_array(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                resample: int = BICUBIC) -> np.ndarray:
+    """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, resize to S x S (bicubic by default), mean/std
+    normalise.
 
-    The whole image is resized (no centre crop), so masks stay aligned and no border defect is cut off.
+    The whole image is resized (no shortest-edge resize and centre crop, unlike CLIP's own processors), so
+    masks stay aligned and no border defect is cut off.
     """
-    batch = [np.asarray(as_pil(item).resize((image_size, image_size), Image.BICUBIC), dtype=np.float32) / 255.0
+    filter_ = Image.Resampling(resample)
+    batch = [np.asarray(as_pil(item).resize((image_size, image_size), filter_), dtype=np.float32) / 255.0
              for item in images]
     if not batch:
         raise ValueError("no images given")

@@ -8,15 +8,16 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from huggingface_hub import hf_hub_download
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPTokenizer
+from transformers import AutoProcessor, CLIPConfig, CLIPTokenizer, PretrainedConfig
+from transformers.utils import cached_file
 
 from .configuration_anomclip import AnomCLIPConfig
 from .image_io import PathOrImage, load_mask, resize_mask
-from .pixel_arrays import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, pixel_array  # noqa: F401 (re-exported)
+from .pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, pixel_array  # noqa: F401
 from .tokenization import add_prompt_tokens
 
 PROCESSOR_CONFIG_NAME = "anomclip_processor_config.json"
+CHECKPOINT_PROCESSOR_CONFIG_NAME = "preprocessor_config.json"  # a CLIP checkpoint's own image processor
 
 
 def _as_list(items) -> list:
@@ -26,10 +27,35 @@ def _as_list(items) -> list:
 
 
 def preprocess_images(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_MEAN,
-                      std=OPENAI_CLIP_STD) -> torch.Tensor:
-    """(B, 3, S, S) float32 pixel values: any PIL mode to RGB, bicubic resize to S x S, mean/std normalise
-    (`pixel_arrays.pixel_array`, shared with the ONNX Runtime detector)."""
-    return torch.from_numpy(pixel_array(images, image_size, mean, std))
+                      std=OPENAI_CLIP_STD, resample: int = BICUBIC) -> torch.Tensor:
+    """(B, 3, S, S) float32 pixel values (`pixel_arrays.pixel_array`, shared with the ONNX Runtime detector):
+    any PIL mode to RGB, resize to S x S (bicubic by default), mean/std normalise."""
+    return torch.from_numpy(pixel_array(images, image_size, mean, std, resample))
+
+
+def model_pixel_values(config: AnomCLIPConfig, images: Sequence[ImageInput]) -> torch.Tensor:
+    """The model's own preprocessing (add_category with images, thresholds, training, scoring of files): its
+    image size and its checkpoint's mean, std and resampling, the values `AnomCLIPProcessor.from_model` uses."""
+    return preprocess_images(images, config.image_size, config.image_mean, config.image_std, config.image_resample)
+
+
+def checkpoint_preprocessing(name_or_path: str, **hub_kwargs) -> dict:
+    """{image_mean, image_std, image_resample} from a CLIP checkpoint's preprocessor_config.json (the keys it
+    sets); {} when it has none. Its resize/crop sizes are not used: images are resized whole to the tower's
+    image size (see `preprocess_images`)."""
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    path = cached_file(name_or_path, CHECKPOINT_PROCESSOR_CONFIG_NAME, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **hub_kwargs)
+    if path is None:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        settings = json.load(handle)
+    found = {ours: settings[theirs] for ours, theirs in (("image_mean", "image_mean"), ("image_std", "image_std"),
+                                                         ("image_resample", "resample")) if theirs in settings}
+    for key in ("image_mean", "image_std"):
+        if key in found and (not isinstance(found[key], list) or len(found[key]) != 3):
+            raise ValueError(f"{path}: {key}={found[key]!r}; expected a list of 3 numbers")
+    return found
 
 
 def preprocess_masks(masks: Sequence[Union[PathOrImage, np.ndarray, None]], size: int) -> torch.Tensor:
@@ -50,37 +76,51 @@ class AnomCLIPProcessor:
     """Images, masks and prompt text for [`AnomCLIPModel`], with the same names as transformers processors."""
 
     def __init__(self, tokenizer: Optional[CLIPTokenizer] = None, image_size: int = 224,
-                 image_mean: Sequence[float] = OPENAI_CLIP_MEAN, image_std: Sequence[float] = OPENAI_CLIP_STD):
+                 image_mean: Sequence[float] = OPENAI_CLIP_MEAN, image_std: Sequence[float] = OPENAI_CLIP_STD,
+                 image_resample: int = BICUBIC):
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.image_mean = tuple(float(x) for x in image_mean)
         self.image_std = tuple(float(x) for x in image_std)
+        self.image_resample = int(image_resample)
+
+    @classmethod
+    def from_config(cls, config: AnomCLIPConfig, tokenizer: Optional[CLIPTokenizer] = None) -> "AnomCLIPProcessor":
+        """The preprocessing an AnomCLIP config records (image size, its checkpoint's mean/std/resampling)."""
+        return cls(tokenizer, config.image_size, config.image_mean, config.image_std, config.image_resample)
 
     @classmethod
     def from_clip(cls, name_or_path: str, **kwargs) -> "AnomCLIPProcessor":
-        """From an HF CLIP id or folder: its tokenizer plus the prompt tokens, its image size and mean/std."""
+        """From an HF CLIP id or folder: its tokenizer plus the prompt tokens, its image size, and the mean/std
+        and resampling of its preprocessor_config.json (the values `AnomCLIPModel.from_clip` records)."""
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path, **kwargs)
-        clip_config = CLIPConfig.from_pretrained(name_or_path, **kwargs)
-        add_prompt_tokens(tokenizer, AnomCLIPConfig(clip_config=clip_config).prompt_token_names)
-        try:
-            image_processor = CLIPImageProcessor.from_pretrained(name_or_path, **kwargs)
-            mean, std = image_processor.image_mean, image_processor.image_std
-        except OSError:
-            mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-        return cls(tokenizer, clip_config.vision_config.image_size, mean, std)
+        config = AnomCLIPConfig(clip_config=CLIPConfig.from_pretrained(name_or_path, **kwargs),
+                                **checkpoint_preprocessing(name_or_path, **kwargs))
+        add_prompt_tokens(tokenizer, config.prompt_token_names)
+        return cls.from_config(config, tokenizer)
 
     @classmethod
     def from_model(cls, model) -> "AnomCLIPProcessor":
-        """The processor matching a loaded [`AnomCLIPModel`] (its tokenizer and image size)."""
-        return cls(model.tokenizer, model.config.image_size)
+        """The processor matching a loaded [`AnomCLIPModel`] (its tokenizer, image size, mean/std, resampling)."""
+        return cls.from_config(model.config, model.tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "AnomCLIPProcessor":
-        local = os.path.join(path, PROCESSOR_CONFIG_NAME) if os.path.isdir(path) else hf_hub_download(
-            path, PROCESSOR_CONFIG_NAME, **kwargs)
+        """A saved processor folder, or an AnomCLIP base folder/repo (built from its config): what
+        `AutoProcessor.from_pretrained` returns for an AnomCLIP base."""
+        kwargs.pop("trust_remote_code", None)
+        hub_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "cache_dir", "token", "local_files_only")}
+        local = cached_file(path, PROCESSOR_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        if local is None:
+            config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
+            if config_dict.get("model_type") != AnomCLIPConfig.model_type:
+                raise OSError(f"{path} has no {PROCESSOR_CONFIG_NAME} and is not an AnomCLIP base (config.json "
+                              f"model_type {config_dict.get('model_type')!r}); use AnomCLIPProcessor.from_clip for a "
+                              "CLIP checkpoint")
+            return cls.from_config(AnomCLIPConfig.from_dict(config_dict), CLIPTokenizer.from_pretrained(path, **hub_kwargs))
         with open(local, encoding="utf-8") as handle:
             settings = json.load(handle)
-        return cls(CLIPTokenizer.from_pretrained(path, **kwargs), **settings)
+        return cls(CLIPTokenizer.from_pretrained(path, **hub_kwargs), **settings)
 
     def save_pretrained(self, save_directory: str) -> None:
         os.makedirs(save_directory, exist_ok=True)
@@ -88,7 +128,7 @@ class AnomCLIPProcessor:
             self.tokenizer.save_pretrained(save_directory)
         with open(os.path.join(save_directory, PROCESSOR_CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump({"image_size": self.image_size, "image_mean": list(self.image_mean),
-                       "image_std": list(self.image_std)}, handle, indent=2)
+                       "image_std": list(self.image_std), "image_resample": self.image_resample}, handle, indent=2)
 
     def __call__(self, images=None, masks=None, text=None, return_tensors: str = "pt", **tokenizer_kwargs) -> dict:
         if return_tensors != "pt":
@@ -96,7 +136,7 @@ class AnomCLIPProcessor:
         out = {}
         if images is not None:
             out["pixel_values"] = preprocess_images(_as_list(images), self.image_size, self.image_mean,
-                                                    self.image_std)
+                                                    self.image_std, self.image_resample)
         if masks is not None:
             out["masks"] = preprocess_masks(_as_list(masks), self.image_size)
         if text is not None:
@@ -107,3 +147,7 @@ class AnomCLIPProcessor:
         if not out:
             raise ValueError("pass images, masks or text")
         return out
+
+
+# AutoProcessor.from_pretrained(base folder) returns an AnomCLIPProcessor once this class exists.
+AutoProcessor.register(AnomCLIPConfig, AnomCLIPProcessor, exist_ok=True)

@@ -56,7 +56,7 @@ def write_shots(folder: str, shots: int, size: int = 240) -> list[str]:
 def head_inputs(model, head: str, truncate: bool):
     """(input ids, eos id) of every prompt of a head, as encode_prompts builds them."""
     prompts = model.head_prompts(CATEGORY, head)
-    eos = model.config.clip_config.text_config.eos_token_id
+    eos = model.text_eos_token_id
     ids = model.tokenize_prompts(prompts.normal + prompts.manual + prompts.learned)
     return (truncate_to_longest(ids, eos) if truncate else ids), eos
 

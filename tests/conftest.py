@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from types import SimpleNamespace
@@ -47,7 +48,8 @@ def tiny_clip() -> CLIPModel:
 
 @pytest.fixture
 def tiny_model(tiny_clip) -> AnomCLIPModel:
-    return AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+    # from_clip wraps the CLIPModel it is given (no copy): a copy keeps the session's tiny_clip untouched
+    return AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from anomclip_hf import AnomCLIPModel
@@ -22,7 +24,7 @@ def golden_prompt_vectors(golden) -> torch.Tensor:
 
 
 def golden_model(golden_clip, tokenizer, golden) -> AnomCLIPModel:
-    model = AnomCLIPModel.from_clip(golden_clip, tokenizer=tokenizer, **REFERENCE_PRESET)
+    model = AnomCLIPModel.from_clip(copy.deepcopy(golden_clip), tokenizer=tokenizer, **REFERENCE_PRESET)
     pixel_values = golden["images"]["pixel_values"]
     model.add_category("bottle", reference_images=pixel_values[golden["images"]["memory_idx"]],
                        learned_prompts=True)

@@ -192,7 +192,7 @@ def test_shared_prefixes_give_the_padded_features_and_gradients(tiny_model, monk
 
 
 def test_equal_ids_with_different_embeddings_use_the_padded_batch(tiny_model):
-    clip, eos = tiny_model.clip, tiny_model.config.clip_config.text_config.eos_token_id
+    clip, eos = tiny_model.clip, tiny_model.text_eos_token_id
     ids = tiny_model.tokenize_prompts(["bottle", "bottle crack"])[:, :16]
     embeds = clip.text_model.embeddings.token_embedding(ids).detach().clone()
     embeds[1, 1] += 0.5  # same id as row 0 at position 1, another vector: no prefix may be shared
@@ -220,7 +220,8 @@ def _plain_forward(model, pixel_values, output_size):
     text_patch = text_anomaly_probability(features.patch_embeds, prototypes["pixel"], model.temperature)
     bank = [layer.reshape(-1, layer.shape[-1]) for layer in model.get_category().memory_bank]
     visual = _brute_force_memory_scores(features.memory_features, bank)
-    peak = upsample_patch_map(visual, output_size).flatten(1).max(dim=1).values
+    # image scores are defined at the config's scoring size, whatever the map size
+    peak = upsample_patch_map(visual, model.config.scoring_size).flatten(1).max(dim=1).values
     sigma = scaled_sigma(model.config.gaussian_sigma, model.config.sigma_reference_size, output_size)
     maps = gaussian_blur(upsample_patch_map(harmonic_fusion(text_patch, visual), output_size), sigma)
     return harmonic_fusion(peak, text_image), maps

@@ -36,7 +36,7 @@ def test_prompt_token_layout(model, golden, head, setting):
         ours = model.tokenize_prompts(ours_texts)
         assert ours.shape == reference.shape
         # Compare through EOS: after it, the reference pads with 0 and HF's CLIP tokenizer with EOS.
-        eos = model.config.clip_config.text_config.eos_token_id
+        eos = model.text_eos_token_id
         positions = torch.arange(reference.shape[1])
         in_prompt = positions <= eos_positions_of(reference, eos).unsqueeze(1)
         assert torch.equal(eos_positions_of(ours, eos), eos_positions_of(reference, eos))

@@ -3,6 +3,7 @@ push, load by repo id, revisions, the cache, offline use, model cards, and the r
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -37,7 +38,7 @@ def _image(seed: int) -> Image.Image:
 
 
 def _fresh(tiny_clip) -> AnomCLIPModel:
-    return AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+    return AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
 
 
 @pytest.fixture

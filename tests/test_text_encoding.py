@@ -14,7 +14,7 @@ def test_plain_prompts_equal_get_text_features(tiny_model):
     clip, tokenizer = tiny_model.clip, tiny_model.tokenizer
     prompts = ["a photo of a bottle.", "damaged bottle", "x", "a much longer prompt about a hazelnut with a crack"]
     ids = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
-    eos = clip.config.text_config.eos_token_id
+    eos = tiny_model.text_eos_token_id
     with torch.no_grad():
         ours = encode_text_embeddings(clip.text_model, clip.text_projection,
                                       clip.text_model.embeddings.token_embedding(ids), ids, eos)
@@ -30,7 +30,7 @@ def test_plain_prompts_equal_get_text_features(tiny_model):
 def test_eos_pooling_ignores_larger_added_token_ids(tiny_model):
     """argmax(ids) would pick an added prompt token (its id is above EOS); we pool at the EOS id."""
     ids = tiny_model.tokenize_prompts(["<img_n0_0> bottle."])
-    eos = tiny_model.config.clip_config.text_config.eos_token_id
+    eos = tiny_model.text_eos_token_id
     assert int(ids.max()) > eos
     position = int(eos_positions_of(ids, eos)[0])
     assert int(ids[0, position]) == eos and int(ids.argmax()) != position

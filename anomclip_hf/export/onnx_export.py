@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..pixel_arrays import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESAMPLE
+from ..pixel_arrays import RESAMPLE_NAMES
 from .extras import import_extra
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
 
@@ -102,8 +102,9 @@ def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precisi
         "onnx_file": os.path.basename(onnx_path),
         "inputs": {INPUT_NAME: ["batch", 3, model.config.image_size, model.config.image_size]},
         "outputs": {OUTPUT_NAMES[0]: ["batch"], OUTPUT_NAMES[1]: ["batch", output_size, output_size]},
-        "preprocessing": {"image_size": model.config.image_size, "mean": list(OPENAI_CLIP_MEAN),
-                          "std": list(OPENAI_CLIP_STD), "resample": RESAMPLE, "color": "RGB", "scale": 1 / 255,
+        "preprocessing": {"image_size": model.config.image_size, "mean": list(model.config.image_mean),
+                          "std": list(model.config.image_std),
+                          "resample": RESAMPLE_NAMES[model.config.image_resample], "color": "RGB", "scale": 1 / 255,
                           "layout": "NCHW"},
         "output_size": output_size,
         "decision_threshold": record["decision_threshold"],

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..decisions import decision
 from ..labels import PIPELINE_CHECK_NOTE
-from ..pixel_arrays import ImageInput, pixel_array
+from ..pixel_arrays import RESAMPLE_NAMES, ImageInput, pixel_array
 from .extras import import_extra
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar
 
@@ -47,8 +47,11 @@ class OnnxAnomalyDetector:
         self.path = path
         self.settings = read_sidecar(path)
         preprocessing = self.settings["preprocessing"]
-        if preprocessing["resample"] != "bicubic":
-            raise ValueError(f"{path}: resample {preprocessing['resample']!r} is not supported (expected 'bicubic')")
+        filters = {name: value for value, name in RESAMPLE_NAMES.items()}
+        if preprocessing["resample"] not in filters:
+            raise ValueError(f"{path}: resample {preprocessing['resample']!r} is not a PIL filter "
+                             f"(expected one of {sorted(filters)})")
+        self.resample = filters[preprocessing["resample"]]
         self.image_size = int(preprocessing["image_size"])
         self.mean, self.std = tuple(preprocessing["mean"]), tuple(preprocessing["std"])
         self.threshold = self.settings.get("decision_threshold") if threshold is None else float(threshold)
@@ -61,7 +64,7 @@ class OnnxAnomalyDetector:
 
     def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
         """(B, 3, S, S) float32 pixel values, as `AnomCLIPProcessor` makes them."""
-        return pixel_array(images, self.image_size, self.mean, self.std)
+        return pixel_array(images, self.image_size, self.mean, self.std, self.resample)
 
     def run(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(image scores (B,), anomaly maps (B, H, W)) of preprocessed pixel values."""

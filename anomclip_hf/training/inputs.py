@@ -17,7 +17,7 @@ from ..data import load_split, sample_shots
 from ..data.schema import NORMAL
 from ..image_io import load_image
 from ..modeling_anomclip import AnomCLIPModel, is_anomclip_base
-from ..processing_anomclip import preprocess_images
+from ..processing_anomclip import model_pixel_values
 from ..thresholds import ThresholdEstimate, record_thresholds
 from ..vv_attention import VisionFeatures
 from .config import validate_model_settings
@@ -43,7 +43,7 @@ def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, c
     """An untrained category: k drawn shots as its memory bank, hand-written prompts, leave-one-out
     thresholds; the drawn files are recorded in its metadata (and so in category.json)."""
     references = select_references(dataset, data_root, category, shots, seed)
-    pixel_values = preprocess_images(read_references(references), model.config.image_size)
+    pixel_values = model_pixel_values(model.config, read_references(references))
     with torch.no_grad():
         vision = model.encode_images(pixel_values.to(model.device))  # one pass: memory bank and thresholds
     state = model.add_category(category, reference_images=vision, seed=seed)
