@@ -273,6 +273,7 @@ BASE_MODEL_SCHEMA = _object({
     "revision": (False, _nullable(_string())),
     "architecture": (False, _nullable(_object({}, closed=False))),  # compared with the base's, key by key
     "fingerprint": (False, _nullable(_string(64))),
+    "random_weights": (False, _boolean),  # a pipeline-check base: its outputs are labelled PIPELINE CHECK
 })
 RECORD_SCHEMA = _object({
     "format_version": (True, _integer(1, FORMAT_VERSION)),
