@@ -69,3 +69,37 @@ def test_scores_and_maps(model, golden):
     assert (out.image_scores - scores["image_score"]).abs().max() < TOL
     assert out.anomaly_maps.shape == (4, 400, 400)
     assert (out.anomaly_maps - scores["fused_pixel_map_400"]).abs().max() < TOL
+
+
+def test_text_only_map_and_visual_peak(model, golden):
+    """The two halves the fused results are built from: the text patch map (mode "text": blurred and upsampled
+    text_map_seg_15) and the memory branch's peak (mode "memory": visual_max_400)."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    test_images = golden["images"]["pixel_values"][golden["images"]["test_idx"]]
+    scores = golden["scores"]
+    with torch.no_grad():
+        text = model(test_images, output_size=400, mode="text")
+        memory = model(test_images, output_size=400, mode="memory")
+    upsampled = torch.nn.functional.interpolate(scores["text_map_seg_15"].unsqueeze(1), size=(400, 400),
+                                                mode="bilinear", align_corners=False)[:, 0].double().numpy()
+    expected = np.stack([gaussian_filter(m, sigma=4.0, mode="reflect", truncate=4.0) for m in upsampled])
+    assert np.abs(text.anomaly_maps.double().numpy() - expected).max() < TOL
+    assert (memory.image_scores - scores["visual_max_400"]).abs().max() < TOL
+    assert (text.image_scores - scores["text_score_cls"]).abs().max() < TOL
+
+
+@pytest.mark.parametrize("head,setting", HEAD_SETTINGS)
+def test_training_step_logits(model, golden, head, setting):
+    """The CE logits of the reference's first step: tau [v.n, v.a_1..a_K] for the shots' features."""
+    from anomclip_hf.losses import alignment_logits
+
+    features = golden["features"]["global" if head == "image" else "patch_vv"][0:2]
+    with torch.no_grad():
+        logits = alignment_logits(features, model.encode_prompts("bottle", head), model.temperature)
+    reference = golden["train_step"][setting]["logits"]
+    if head == "pixel":  # the reference lays patch logits out (batch, class, patch) for CrossEntropyLoss
+        reference = reference.transpose(1, 2)
+    assert logits.shape == reference.shape
+    assert (logits - reference).abs().max() < TOL
