@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from ..demo import DEFAULT_BACKBONE, EMBEDDED_BACKBONE, PIPELINE_CHECK_NOTE, embedded_demo_model, hub_reachable, is_cached
+from ..base_source import hub_reachable, is_cached
+from ..demo import DEFAULT_BACKBONE, EMBEDDED_BACKBONE, embedded_demo_model
+from ..labels import PIPELINE_CHECK_NOTE, is_random_base
 
 # The training preset whose model settings the base is loaded with (the one `anomclip fit` defaults to).
 FIT_PRESET = "paper"
@@ -49,4 +51,6 @@ def choose_base(base: Optional[str] = None) -> BaseChoice:
     from ..training.inputs import load_base_model
 
     model = load_base_model(name, TrainingConfig.from_preset(FIT_PRESET).model)
+    if is_random_base(model):  # e.g. a saved demo base: labelled as the embedded one is
+        return BaseChoice(name, model, pipeline_check=True, message=f"Base: {name}, {PIPELINE_CHECK_NOTE}.")
     return BaseChoice(name, model, message=f"Base: {name}.")

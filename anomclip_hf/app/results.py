@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from ..demo import PIPELINE_CHECK_NOTE
+from ..labels import PIPELINE_CHECK_NOTE
 from ..image_io import load_image
 from ..thresholds import decision, normalized_score
 from ..visualization import anomaly_panel

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from ..demo import PIPELINE_CHECK_NOTE
+from ..labels import PIPELINE_CHECK_NOTE
 from ..image_io import ImageReadError, load_image
 from .base import FIT_PRESET, BaseChoice, choose_base
 from .results import ScoredImage, ScoredSet, write_thumbnails
