@@ -9,14 +9,13 @@ import sys
 from typing import Optional, Sequence
 
 
-AUTOCAST_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
-
-
 def autocast_dtype(name: str):
-    """--autocast none/bf16/fp16 -> None / torch.bfloat16 / torch.float16."""
+    """A --precision value (or --autocast none/bf16/fp16, its older name) -> None / torch.bfloat16 / torch.float16."""
     import torch
 
-    return None if AUTOCAST_DTYPES[name] is None else getattr(torch, AUTOCAST_DTYPES[name])
+    from .precision import normalize_precision
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[normalize_precision(name)]
 
 
 def resolve_device(name: str) -> str:
@@ -69,9 +68,14 @@ def _cmd_predict(args) -> int:
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
               "pass --threshold to get decisions", file=sys.stderr)
+    from .precision import resolve_precision
+
+    precision = resolve_precision(args.precision, model.device)
+    if args.precision != "fp32":
+        print(precision.describe(), file=sys.stderr)  # what auto chose, and why
     result = predict_files(model, images, args.output, root=args.images, not_images=others, threshold=args.threshold,
                            batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet,
-                           autocast_dtype=autocast_dtype(args.autocast))
+                           autocast_dtype=precision.autocast_dtype)
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
     print(result.summary())
@@ -179,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
-    predict.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default="none",
-                         help="run the vision tower in bf16/fp16 on a GPU; scores and maps stay float32")
+    from .precision import add_precision_argument
+
+    add_precision_argument(predict, aliases=("--autocast",))  # --autocast none/bf16/fp16: its older name
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_cmd_predict)
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .image_io import ImageReadError, PathOrImage, load_image
 from .modeling_anomclip import AnomCLIPModel
+from .precision import resolve_precision, tower_autocast
 from .processing_anomclip import preprocess_images
 
 
@@ -38,25 +39,26 @@ def _decode(chunk, start: int, skip_unreadable: bool) -> tuple[list[int], list, 
 
 def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
                  category: Optional[str] = None, progress: bool = True, description: str = "scoring",
-                 skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None
-                 ) -> Iterator[ScoredBatch]:
+                 skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None,
+                 precision: str = "fp32") -> Iterator[ScoredBatch]:
     """Yield scores batch by batch, so a whole test split never sits in memory at once.
 
     skip_unreadable: report files that cannot be decoded in `ScoredBatch.failures` and score the rest
     (default: raise the ImageReadError naming the file).
-    autocast_dtype: torch.bfloat16 / torch.float16 run the vision tower under autocast (for GPUs); the memory
-    distances, text scores and maps stay float32.
+    precision: "fp32", "bf16", "fp16" or "auto" (see `precision`): the vision tower runs under autocast; the
+    memory distances, text scores and maps stay float32. `autocast_dtype` (a torch dtype) is the older
+    spelling and wins when given.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected >= 1")
+    low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
     with tqdm(total=len(images), desc=description, disable=not progress, unit="img") as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start: start + batch_size]
             indices, decoded, failures = _decode(chunk, start, skip_unreadable)
             if decoded:
                 pixel_values = preprocess_images(decoded, model.config.image_size)
-                with torch.inference_mode(), torch.autocast(model.device.type, dtype=autocast_dtype,
-                                                            enabled=autocast_dtype is not None):
+                with torch.inference_mode(), tower_autocast(low, model.device):
                     out = model(pixel_values, category=category, output_size=output_size)
                 scores, maps = out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
             else:

@@ -227,7 +227,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         state = self.get_category(category)
         if not state.prototypes:
             # Plain tensors even when first asked inside torch.inference_mode: the cache outlives that block.
-            with torch.inference_mode(False), torch.no_grad():
+            # Float32 even when first asked under autocast: cached state must not depend on the first caller.
+            with torch.inference_mode(False), torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 state.prototypes = {head: self.encode_prompts(state.name, head).prototypes() for head in HEADS}
         return state.prototypes
 
