@@ -405,8 +405,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             text_image = text_anomaly_probability(features.global_embeds.float(), prototypes["image"], self.temperature)
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
-            bank = [layer.reshape(-1, layer.shape[-1]) for layer in memory_bank]  # views: module state is on device
-            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], bank)
+            # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
+            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank))
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
             visual_peak = upsampled_peak(visual_patch, output_size)

@@ -15,6 +15,7 @@ Leaf module: imports nothing of the package (scoring, inference, training and th
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import platform
 from dataclasses import dataclass
@@ -79,6 +80,16 @@ def bf16_support(device: Union[str, torch.device]) -> tuple[bool, str]:
     return False, f"native bfloat16 is not detected on {device.type} devices"
 
 
+@functools.lru_cache(maxsize=8)
+def _native_bf16(device: str) -> bool:
+    return bf16_support(device)[0]
+
+
+def native_bf16(device: Union[str, torch.device]) -> bool:
+    """bf16_support(device)[0], remembered per device (the hardware does not change while we run)."""
+    return _native_bf16(str(torch.device(device)))
+
+
 @dataclass(frozen=True)
 class PrecisionChoice:
     requested: str  # as asked (normalised): fp32 / bf16 / fp16 / auto
@@ -137,4 +148,4 @@ def add_precision_argument(parser, *, default: Optional[str] = "fp32", aliases: 
 
 
 __all__ = ["PRECISIONS", "PrecisionChoice", "add_precision_argument", "bf16_support", "cpu_bf16_support",
-           "normalize_precision", "resolve_precision", "tower_autocast"]
+           "native_bf16", "normalize_precision", "resolve_precision", "tower_autocast"]
