@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import weakref
 from typing import Iterator, Sequence
 
 import torch
@@ -49,17 +50,23 @@ def _exact_nearest(flat: torch.Tensor, bank: torch.Tensor, max_block_elements: i
     return torch.cat(nearest)
 
 
+# id(bank) -> (weak reference to the bank, its version, its bf16 copy); an entry leaves with its bank.
+_BF16_BANKS: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
 def _bf16_copy(bank: torch.Tensor) -> torch.Tensor:
-    """The bank in bfloat16, kept on the tensor while it is unchanged (a memory bank is module state that
-    serves many forwards; converting it each time would cost as much as the search it speeds up)."""
-    cached = getattr(bank, "_anomclip_bf16", None)
-    if cached is None or cached[0] != bank._version:
-        cached = (bank._version, bank.detach().to(torch.bfloat16))
-        try:
-            bank._anomclip_bf16 = cached
-        except (AttributeError, RuntimeError):  # e.g. a tensor subclass without attributes: no cache
-            pass
-    return cached[1]
+    """The bank in bfloat16, remembered while the bank lives unchanged (a memory bank is module state that
+    serves many forwards; converting it each time would cost a good part of the search it speeds up). Kept
+    beside the tensor, not on it, so nothing extra is pickled with the model."""
+    key = id(bank)
+    cached = _BF16_BANKS.get(key)
+    if cached is not None and cached[0]() is bank and cached[1] == bank._version:
+        return cached[2]
+    if cached is None:
+        weakref.finalize(bank, _BF16_BANKS.pop, key, None)
+    low = bank.detach().to(torch.bfloat16)
+    _BF16_BANKS[key] = (weakref.ref(bank), bank._version, low)
+    return low
 
 
 @contextlib.contextmanager
