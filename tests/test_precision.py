@@ -119,6 +119,18 @@ def test_older_configs_read_mixed_precision():
     assert TrainingConfig.from_dict({"mixed_precision": "no"}).precision == "fp32"
     assert TrainingConfig.from_dict({"mixed_precision": "bf16"}).precision == "bf16"
     assert "precision" in TrainingConfig(precision="auto").run_fingerprint()
+    # a checkpoint written with the older key resumes under the new one (and only with the same value)
+    from anomclip_hf.training.checkpointing import TrainingProgress
+
+    fingerprint = TrainingConfig().run_fingerprint()
+    legacy = {k: v for k, v in fingerprint.items() if k != "precision"}
+    progress = TrainingProgress(fingerprint=fingerprint)
+    progress.load_state_dict({"fingerprint": {**legacy, "mixed_precision": "no"}, "epoch": 3, "history": [],
+                              "wall_time_s": 1.0})
+    assert progress.epoch == 3
+    with pytest.raises(ValueError, match="precision"):
+        progress.load_state_dict({"fingerprint": {**legacy, "mixed_precision": "bf16"}, "epoch": 3, "history": [],
+                                  "wall_time_s": 1.0})
 
 
 @pytest.fixture
