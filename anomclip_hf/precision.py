@@ -136,11 +136,20 @@ def tower_autocast(choice: Union[PrecisionChoice, Optional[torch.dtype]], device
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+def _precision_argument(value: str) -> str:
+    import argparse  # only the command lines need it
+
+    try:
+        return normalize_precision(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_precision_argument(parser, *, default: Optional[str] = "fp32", aliases: tuple[str, ...] = ()) -> None:
     """`--precision {fp32,bf16,fp16,auto}` for every command that runs the towers (one definition).
 
     `aliases`: older flag names kept working (they accept the older spellings, e.g. none/no)."""
-    parser.add_argument("--precision", *aliases, dest="precision", type=normalize_precision, default=default,
+    parser.add_argument("--precision", *aliases, dest="precision", type=_precision_argument, default=default,
                         metavar="{" + ",".join(PRECISIONS) + "}",
                         help="tower precision: fp32, bf16, fp16, or auto = bf16 where the CPU/GPU runs it natively, "
                              "else fp32; weights, prompts, memory, scores and maps stay float32 "
