@@ -10,15 +10,7 @@ from typing import Optional, Sequence
 
 from .numeric_flags import MAX_OUTPUT_SIZE, finite_float, int_range, nonnegative_int, positive_int
 
-AUTOCAST_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
 FIT_LOG_FILE = "training_log.jsonl"
-
-
-def autocast_dtype(name: str):
-    """--autocast none/bf16/fp16 -> None / torch.bfloat16 / torch.float16."""
-    import torch
-
-    return None if AUTOCAST_DTYPES[name] is None else getattr(torch, AUTOCAST_DTYPES[name])
 
 
 def resolve_device(name: str) -> str:
@@ -87,11 +79,15 @@ def _cmd_predict(args) -> int:
     if args.save_maps and state.metadata.get("pixel_threshold") is None:
         print(f"warning: category {state.name!r} stores no pixel threshold: --save-maps writes the maps, no masks",
               file=sys.stderr)
+    from .precision import resolve_precision
+
+    precision = resolve_precision(args.precision, model.device)
+    if args.precision != "fp32":
+        print(precision.describe(), file=sys.stderr)  # what auto chose, and why
     result = predict_files(model, images, args.output, root=input_root(args.images), not_images=others,
-                           unlistable=unlistable,
-                           threshold=args.threshold,
-                           batch_size=args.batch_size, output_size=args.output_size, progress=not args.quiet,
-                           autocast_dtype=autocast_dtype(args.autocast), save_maps=args.save_maps)
+                           unlistable=unlistable, threshold=args.threshold, batch_size=args.batch_size,
+                           output_size=args.output_size, progress=not args.quiet,
+                           autocast_dtype=precision.autocast_dtype, save_maps=args.save_maps)
     return _predict_summary(result)
 
 
@@ -99,7 +95,7 @@ def _predict_onnx(args) -> int:
     """predict --onnx: the same files from an exported model on ONNX Runtime."""
     given = [flag for flag, value in (("--base", args.base), ("--category", args.category),
                                       ("--revision", args.revision), ("--output-size", args.output_size))
-             if value is not None] + (["--autocast"] if args.autocast != "none" else [])
+             if value is not None] + (["--precision"] if args.precision != "fp32" else [])
     if given:
         raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
                          f"{', '.join(given)}")
@@ -302,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                          help=f"anomaly-map size, at most {MAX_OUTPUT_SIZE} (default: model input)")
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
-    predict.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default="none",
-                         help="run the vision tower in bf16/fp16 on a GPU; scores and maps stay float32")
+    from .precision_flags import add_precision_argument
+
+    add_precision_argument(predict, aliases=("--autocast",))  # --autocast none/bf16/fp16: its older name
     predict.add_argument("--save-maps", action="store_true",
                          help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "
                               "(masks/*.png, 255 = above the pixel threshold)")

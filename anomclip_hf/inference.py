@@ -10,6 +10,7 @@ from .batches import ScoredBatch, scored_batches
 from .image_io import PathOrImage
 from .modeling_anomclip import AnomCLIPModel
 from .numeric_flags import MAX_OUTPUT_SIZE
+from .precision import resolve_precision, tower_autocast
 from .processing_anomclip import model_pixel_values
 
 __all__ = ["ScoredBatch", "score_images"]
@@ -17,22 +18,23 @@ __all__ = ["ScoredBatch", "score_images"]
 
 def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
                  category: Optional[str] = None, progress: bool = True, description: str = "scoring",
-                 skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None
-                 ) -> Iterator[ScoredBatch]:
+                 skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None,
+                 precision: str = "fp32") -> Iterator[ScoredBatch]:
     """Yield scores batch by batch (see `batches.scored_batches`).
 
     skip_unreadable: report files that cannot be decoded in `ScoredBatch.failures` and score the rest
     (default: raise the ImageReadError naming the file).
-    autocast_dtype: torch.bfloat16 / torch.float16 run the vision tower under autocast (for GPUs); the memory
-    distances, text scores and maps stay float32.
+    precision: "fp32", "bf16", "fp16" or "auto" (see `precision`): the vision tower runs under autocast; the
+    memory distances, text scores and maps stay float32. `autocast_dtype` (a torch dtype) is the older
+    spelling and wins when given.
     """
     if output_size is not None and not 1 <= output_size <= MAX_OUTPUT_SIZE:
         raise ValueError(f"output_size={output_size}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
+    low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
 
     def score(decoded: list):
         pixel_values = model_pixel_values(model.config, decoded)
-        with torch.inference_mode(), torch.autocast(model.device.type, dtype=autocast_dtype,
-                                                    enabled=autocast_dtype is not None):
+        with torch.inference_mode(), tower_autocast(low, model.device):
             out = model(pixel_values, category=category, output_size=output_size)
         return out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
 

@@ -20,6 +20,10 @@ class TextFeatures:
     def anomaly(self) -> torch.Tensor:
         return torch.cat([self.manual, self.learned]) if self.learned.numel() else self.manual
 
+    def float(self) -> "TextFeatures":
+        """The same features in float32 (a text tower under autocast returns bf16/fp16)."""
+        return TextFeatures(normal=self.normal.float(), manual=self.manual.float(), learned=self.learned.float())
+
     def prototypes(self) -> torch.Tensor:
         """(2, D) [normal, anomaly]: normalised means of the unnormalised prompt features."""
         return torch.stack([F.normalize(self.normal.mean(0), dim=-1), F.normalize(self.anomaly.mean(0), dim=-1)])

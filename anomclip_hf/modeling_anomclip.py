@@ -281,7 +281,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
         state = self.get_category(category)
         if not state.prototypes:
             # Plain tensors even when first asked inside torch.inference_mode: the cache outlives that block.
-            with torch.inference_mode(False), torch.no_grad():
+            # Float32 even when first asked under autocast: cached state must not depend on the first caller.
+            with torch.inference_mode(False), torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 state.prototypes = {head: self.encode_prompts(state.name, head).prototypes() for head in HEADS}
         return state.prototypes
 
@@ -460,8 +461,8 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
             text_image = text_anomaly_probability(features.global_embeds.float(), prototypes["image"], self.temperature)
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
-            bank = [layer.reshape(-1, layer.shape[-1]) for layer in memory_bank]  # views: module state is on device
-            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], bank)
+            # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
+            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank))
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
             visual_peak = upsampled_peak(visual_patch, self.config.scoring_size)

@@ -6,7 +6,7 @@ import anomclip_hf  # registers the task
 from transformers import pipeline
 
 detector = pipeline("image-anomaly-detection", model="path/to/anomclip-base", category="path/or/repo-of-adapter")
-detector(["a.png", "b.png"], batch_size=8)
+detector(["a.png", "b.png"], batch_size=8)  # precision="auto": bf16 towers where the CPU/GPU runs it natively
 # [{"score": 0.41, "decision": "anomalous", "threshold": 0.3, "anomaly_map": array(H, W)}, ...]
 ```
 
@@ -23,6 +23,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .image_io import load_image
 from .modeling_anomclip import AnomCLIPModel
+from .precision import resolve_precision, tower_autocast
 from .processing_anomclip import AnomCLIPProcessor
 from .thresholds import decision, normalized_score
 
@@ -46,15 +47,17 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         super().__init__(model, feature_extractor=feature_extractor or AnomCLIPProcessor.from_model(model), **kwargs)
 
     def _sanitize_parameters(self, category: Optional[str] = None, threshold: Optional[float] = None,
-                             output_size: Optional[int] = None, **kwargs):
+                             output_size: Optional[int] = None, precision: Optional[str] = None, **kwargs):
         if kwargs:
             raise TypeError(f"{TASK} pipeline: unexpected arguments {sorted(kwargs)}; expected category, threshold, "
-                            "output_size, batch_size")
+                            "output_size, precision, batch_size")
         forward, postprocess = {}, {}
         if category is not None:
             forward["category"] = self._resolve_category(category)
         if output_size is not None:
             forward["output_size"] = output_size
+        if precision is not None:  # resolved once here, not per image
+            forward["precision"] = resolve_precision(precision, self.model.device)
         if threshold is not None:
             postprocess["threshold"] = threshold
         return {}, forward, postprocess
@@ -70,9 +73,12 @@ class ImageAnomalyDetectionPipeline(Pipeline):
     def preprocess(self, image):
         return {"pixel_values": self.feature_extractor(images=[load_image(image)])["pixel_values"]}
 
-    def _forward(self, model_inputs, category: Optional[str] = None, output_size: Optional[int] = None):
+    def _forward(self, model_inputs, category: Optional[str] = None, output_size: Optional[int] = None,
+                 precision=None):
         name = self.model.get_category(category).name
-        out = self.model(model_inputs["pixel_values"].to(self.model.device), category=name, output_size=output_size)
+        with tower_autocast(precision, self.model.device):  # scores and maps stay float32 (scoring.py)
+            out = self.model(model_inputs["pixel_values"].to(self.model.device), category=name,
+                             output_size=output_size)
         # Plain tensors with the batch first, so the pipeline can split a batch into items.
         return {"image_scores": out.image_scores, "anomaly_maps": out.anomaly_maps,
                 "category": [name] * out.image_scores.shape[0]}

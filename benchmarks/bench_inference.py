@@ -1,14 +1,19 @@
-"""Inference speed: a full AnomCLIPModel forward against a bare CLIPVisionModel forward of the same weights.
+"""Inference speed: a full AnomCLIPModel forward against a bare CLIPVisionModel forward of the same weights,
+in float32 and in bfloat16 (autocast towers) side by side, with memories of 4, 16 and 64 reference images.
 
 Paper backbone shapes (ViT-B-16-plus-240), random weights. The full forward is what `anomclip predict`
 runs per batch: the dual-stream vision tower (V-V in all 12 blocks, two memory taps), nearest neighbours
-in a memory of 4 reference images, the cached text prototypes (no text tower), fusion, a 400x400 map and
-its Gaussian blur. The baseline is transformers' `CLIPVisionModel` on the same vision weights. Both run
-under torch.inference_mode, interleaved, and the figures are medians.
-Target: full / bare time <= 1.20 (the V-V path adds about 12% of the FLOPs).
+in a memory of k reference images, the cached text prototypes (no text tower), fusion, a 400x400 map and
+its Gaussian blur. The baseline is transformers' `CLIPVisionModel` on the same vision weights. Everything
+runs under torch.inference_mode, interleaved (A B C A B C ...), and the figures are medians.
+Printed per batch size:
+- full / bare (float32) at every k: target <= 1.20 at k = 4, <= 1.15 at k = 64;
+- bf16 / fp32 of the full forward (k = 4) and of the bare one: target <= 0.65 where bf16 is native;
+- the largest difference of image scores and of map pixels between bf16 and fp32 (drift; random weights);
+- the memory search alone at every k: exact float32, and the bf16 shortlist with its float32 re-check.
 
-    python benchmarks/bench_inference.py [--batches 1 8] [--repeats 7] [--references 4] [--json]
-    python benchmarks/bench_inference.py --device cuda --autocast bfloat16    # on a GPU
+    python benchmarks/bench_inference.py [--batches 1 8] [--repeats 5] [--references 4 16 64] [--json]
+    python benchmarks/bench_inference.py --device cuda          # on a GPU
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from transformers import CLIPVisionModel
 
 from _common import (MIB, PeakRSS, apply_threads, base_parser, interleaved_times, median, paper_model, random_pixels,
                      report)
+from anomclip_hf.precision import resolve_precision, tower_autocast
+from anomclip_hf.scoring import memory_patch_scores
+from anomclip_hf.vv_attention import VisionFeatures
 
 OUTPUT_SIZE = 400
 
@@ -30,72 +38,127 @@ def bare_vision_model(model) -> CLIPVisionModel:
     return vision.eval()
 
 
-def autocast_context(device: str, dtype_name: str):
-    dtype = None if dtype_name == "none" else getattr(torch, dtype_name)
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+def reference_features(model, count: int, device: str, chunk: int = 8) -> VisionFeatures:
+    """encode_images of `count` random reference images, in chunks (one encoding serves every k)."""
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, count, chunk):
+            parts.append(model.encode_images(random_pixels(min(chunk, count - start), seed=100 + start).to(device)))
+    return VisionFeatures(torch.cat([p.global_embeds for p in parts]), torch.cat([p.patch_embeds for p in parts]),
+                          [torch.cat(layers) for layers in zip(*(p.memory_features for p in parts))])
+
+
+def first(features: VisionFeatures, count: int) -> VisionFeatures:
+    return VisionFeatures(features.global_embeds[:count], features.patch_embeds[:count],
+                          [layer[:count] for layer in features.memory_features])
 
 
 def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--references", type=int, default=4, help="reference images in the memory bank")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--references", type=int, nargs="+", default=[4, 16, 64],
+                        help="memory sizes k (reference images); the first one is used for the bf16 comparison")
+    parser.add_argument("--low", default="bf16", choices=["bf16", "fp16", "none"],
+                        help="the low precision compared with float32 (none: float32 only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--autocast", default="none", choices=["none", "bfloat16", "float16"],
-                        help="autocast dtype for both models (GPU); the scores stay float32")
     args = parser.parse_args()
     apply_threads(args)
 
     model = paper_model().to(args.device)
-    model.add_category("bottle", reference_images=random_pixels(args.references, seed=1))
+    references = reference_features(model, max(args.references), args.device)
+    for k in args.references:
+        model.add_category(f"k{k}", reference_images=first(references, k))
+        with torch.inference_mode():
+            model.text_prototypes(f"k{k}")  # cached, as after loading an adapter: no text tower below
     bare = bare_vision_model(model).to(args.device)
-    with torch.inference_mode():
-        model.text_prototypes("bottle")  # cached, as after loading an adapter: no text tower below
+    k0 = args.references[0]
+    precisions = {"fp32": resolve_precision("fp32", args.device)}
+    if args.low != "none":
+        precisions[args.low] = resolve_precision(args.low, args.device)
 
-    def full_forward(pixel_values):
-        with torch.inference_mode(), autocast_context(args.device, args.autocast):
-            return model(pixel_values, output_size=OUTPUT_SIZE)
+    def full_forward(pixel_values, k, precision):
+        with torch.inference_mode(), tower_autocast(precisions[precision], args.device):
+            return model(pixel_values, category=f"k{k}", output_size=OUTPUT_SIZE)
 
-    def bare_forward(pixel_values):
-        with torch.inference_mode(), autocast_context(args.device, args.autocast):
+    def bare_forward(pixel_values, precision):
+        with torch.inference_mode(), tower_autocast(precisions[precision], args.device):
             return bare(pixel_values=pixel_values)
 
     def vision_only(pixel_values):
-        with torch.inference_mode(), autocast_context(args.device, args.autocast):
+        with torch.inference_mode():
             return model.encode_images(pixel_values)
 
-    results = {"settings": {"device": args.device, "autocast": args.autocast, "references": args.references,
-                            "output_size": OUTPUT_SIZE, "repeats": args.repeats,
-                            "bare_attention": bare.config._attn_implementation}, "batches": {}}
-    lines = [f"full AnomCLIPModel forward ({args.references} references, {OUTPUT_SIZE}x{OUTPUT_SIZE} blurred maps, "
-             f"cached prototypes) vs bare CLIPVisionModel ({bare.config._attn_implementation} attention); "
-             f"device {args.device}, autocast {args.autocast}, median of {args.repeats}"]
+    results = {"settings": {"device": args.device, "references": args.references, "output_size": OUTPUT_SIZE,
+                            "repeats": args.repeats, "bare_attention": bare.config._attn_implementation,
+                            "precisions": {name: choice.describe() for name, choice in precisions.items()}},
+               "batches": {}}
+    lines = [f"full AnomCLIPModel forward (k = {args.references} references, {OUTPUT_SIZE}x{OUTPUT_SIZE} blurred "
+             f"maps, cached prototypes) vs bare CLIPVisionModel ({bare.config._attn_implementation} attention); "
+             f"device {args.device}, median of {args.repeats}, interleaved"]
+    lines += [f"  {choice.describe()}" for choice in precisions.values()]
     for batch in args.batches:
         pixel_values = random_pixels(batch, seed=2).to(args.device)
-        times = interleaved_times({"bare": lambda: bare_forward(pixel_values),
-                                   "vision": lambda: vision_only(pixel_values),
-                                   "full": lambda: full_forward(pixel_values)}, args.repeats, args.device)
-        bare_s, vision_s, full_s = (median(times[name]) for name in ("bare", "vision", "full"))
-        entry = {"bare_s": bare_s, "dual_stream_vision_s": vision_s, "full_s": full_s,
-                 "bare_images_per_s": batch / bare_s, "full_images_per_s": batch / full_s,
-                 "ratio_full_to_bare": full_s / bare_s, "ratio_vision_to_bare": vision_s / bare_s,
-                 "times": times}
-        lines.append(f"batch {batch}: bare {batch / bare_s:6.2f} img/s ({bare_s * 1e3:7.1f} ms) | full "
-                     f"{batch / full_s:6.2f} img/s ({full_s * 1e3:7.1f} ms) | ratio {full_s / bare_s:.3f} "
-                     f"(dual-stream vision alone {vision_s / bare_s:.3f}, scoring {(full_s - vision_s) * 1e3:.1f} ms)")
+        functions = {"bare fp32": lambda: bare_forward(pixel_values, "fp32"),
+                     "vision fp32": lambda: vision_only(pixel_values)}
+        for k in args.references:
+            functions[f"full fp32 k={k}"] = lambda k=k: full_forward(pixel_values, k, "fp32")
+        if args.low != "none":
+            functions[f"bare {args.low}"] = lambda: bare_forward(pixel_values, args.low)
+            functions[f"full {args.low} k={k0}"] = lambda: full_forward(pixel_values, k0, args.low)
+        times = interleaved_times(functions, args.repeats, args.device)
+        medians = {name: median(values) for name, values in times.items()}
+        bare_s, vision_s = medians["bare fp32"], medians["vision fp32"]
+        entry = {"medians_s": medians, "times": times, "ratio_vision_to_bare": vision_s / bare_s,
+                 "ratio_full_to_bare": {str(k): medians[f"full fp32 k={k}"] / bare_s for k in args.references}}
+        lines.append(f"batch {batch}: bare {batch / bare_s:6.2f} img/s ({bare_s * 1e3:7.1f} ms); dual-stream vision "
+                     f"alone {vision_s / bare_s:.3f}x bare")
+        for k in args.references:
+            full_s = medians[f"full fp32 k={k}"]
+            lines.append(f"  full fp32, k = {k:3d}: {batch / full_s:6.2f} img/s ({full_s * 1e3:7.1f} ms), "
+                         f"{full_s / bare_s:.3f}x bare (scoring {(full_s - vision_s) * 1e3:.1f} ms)")
+        if args.low != "none":
+            low_full, low_bare = medians[f"full {args.low} k={k0}"], medians[f"bare {args.low}"]
+            with torch.inference_mode():
+                plain = full_forward(pixel_values, k0, "fp32")
+                low = full_forward(pixel_values, k0, args.low)
+            drift = {"image_scores": float((low.image_scores - plain.image_scores).abs().max()),
+                     "anomaly_maps": float((low.anomaly_maps - plain.anomaly_maps).abs().max())}
+            entry.update(low_to_fp32_full=low_full / medians[f"full fp32 k={k0}"], low_to_fp32_bare=low_bare / bare_s,
+                         drift=drift)
+            lines.append(f"  {args.low} vs fp32 (k = {k0}): full {low_full * 1e3:7.1f} ms = "
+                         f"{entry['low_to_fp32_full']:.3f}x fp32, bare {entry['low_to_fp32_bare']:.3f}x fp32; "
+                         f"max drift: image score {drift['image_scores']:.2e}, map pixel {drift['anomaly_maps']:.2e}")
         if batch == max(args.batches) and args.device == "cpu":
             with PeakRSS() as bare_memory:
-                bare_forward(pixel_values)
+                bare_forward(pixel_values, "fp32")
             with PeakRSS() as full_memory:
-                full_forward(pixel_values)
+                full_forward(pixel_values, k0, "fp32")
             entry.update(bare_peak_extra_rss_mib=bare_memory.extra_bytes / MIB,
                          full_peak_extra_rss_mib=full_memory.extra_bytes / MIB,
                          full_peak_rss_mib=full_memory.peak_bytes / MIB, rss_method=full_memory.method)
-            lines.append(f"batch {batch} peak RSS above the loaded model: full {full_memory.extra_bytes / MIB:.0f} "
-                         f"MiB, bare {bare_memory.extra_bytes / MIB:.0f} MiB (process peak "
-                         f"{full_memory.peak_bytes / MIB:.0f}"
-                         f" MiB; {full_memory.method})")
+            lines.append(f"  peak RSS above the loaded model (k = {k0}): full {full_memory.extra_bytes / MIB:.0f} MiB, "
+                         f"bare {bare_memory.extra_bytes / MIB:.0f} MiB (process peak "
+                         f"{full_memory.peak_bytes / MIB:.0f} MiB; {full_memory.method})")
         results["batches"][str(batch)] = entry
+
+    # The memory search alone: exact float32 products, and the bf16 shortlist + float32 re-check.
+    with torch.inference_mode():
+        queries = model.encode_images(random_pixels(1, seed=3).to(args.device)).memory_features
+    search = {}
+    for k in args.references:
+        bank = model.get_category(f"k{k}").memory_bank
+        memory_patch_scores(queries, bank, search="shortlist")  # builds the bank's bf16 copy, once
+        times = interleaved_times({mode: lambda mode=mode: memory_patch_scores(queries, bank, search=mode)
+                                   for mode in ("exact", "shortlist")}, args.repeats, args.device)
+        exact = memory_patch_scores(queries, bank, search="exact")
+        difference = float((memory_patch_scores(queries, bank, search="shortlist") - exact).abs().max())
+        search[str(k)] = {mode: median(values) for mode, values in times.items()}
+        search[str(k)]["max_difference"] = difference
+    results["memory_search_s"] = search
+    lines.append("memory search of one image (225 patches, 2 layers): "
+                 + "; ".join(f"k = {k}: exact {v['exact'] * 1e3:.1f} ms, bf16 shortlist {v['shortlist'] * 1e3:.1f} ms "
+                             f"(max difference {v['max_difference']:.1e})" for k, v in search.items()))
     report(args, results, lines)
 
 

@@ -16,8 +16,10 @@ from anomclip_hf.metrics import PixelMetricAccumulator, _curves
 from anomclip_hf.metrics._regions import region_sizes
 from anomclip_hf.modeling_anomclip import HEADS
 from anomclip_hf.processing_anomclip import preprocess_images
-from anomclip_hf.scoring import (gaussian_blur, harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample,
-                                 text_anomaly_probability, upsample_patch_map, upsampled_peak)
+from anomclip_hf import scoring
+from anomclip_hf.scoring import (bf16_product_error_bound, gaussian_blur, harmonic_fusion, memory_patch_scores,
+                                 scaled_sigma, smooth_upsample, text_anomaly_probability, upsample_patch_map,
+                                 upsampled_peak)
 from anomclip_hf.text_encoding import encode_text_embeddings, prefix_tree
 from anomclip_hf.vv_attention import dual_stream_vision_forward
 
@@ -113,6 +115,85 @@ def test_nearest_neighbour_blocks_stay_within_budget(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "amax", recording_amax)
     memory_patch_scores(features, bank, max_block_elements=50_000)
     assert largest and max(largest) <= 50_000
+
+
+def _random_memory(references: int, width: int, seed: int, near_duplicates: bool = False):
+    generator = torch.Generator().manual_seed(seed)
+    features = [F.normalize(torch.randn(2, 225, width, generator=generator), dim=-1) for _ in range(2)]
+    bank = [F.normalize(torch.randn(references, 225, width, generator=generator), dim=-1) for _ in range(2)]
+    if near_duplicates:  # every query has many bank rows within the bf16 error bound: the exact fallback
+        bank = [F.normalize(f[:1].expand(references, -1, -1) + 1e-4 * torch.randn(references, 225, width,
+                                                                                   generator=generator), dim=-1)
+                for f in features]
+    return features, bank
+
+
+@pytest.mark.parametrize("references,width", [(1, 64), (4, 64), (16, 64), (64, 64), (64, 896)])
+def test_shortlisted_nearest_neighbour_equals_the_exact_one(references, width):
+    features, bank = _random_memory(references, width, seed=references + width)
+    expected = _brute_force_memory_scores(features, [b.reshape(-1, width) for b in bank])
+    for budget in (1 << 17, 1 << 22):  # the smaller one: several query blocks and chunks of re-checked pairs
+        fast = memory_patch_scores(features, bank, max_block_elements=budget, search="shortlist")
+        assert (fast - expected).abs().max() < 1e-6
+    assert torch.equal(memory_patch_scores(features, bank, search="exact"), memory_patch_scores(features, bank))
+
+
+@pytest.mark.parametrize("references", [4, 64])
+def test_shortlist_recovers_every_nearest_neighbour_and_falls_back_on_near_ties(references):
+    """Per layer: the similarity found is the exact nearest neighbour's, also where many rows tie within the
+    bf16 error bound (those patches go to the exact search)."""
+    for near_duplicates in (False, True):
+        features, bank = _random_memory(references, 96, seed=references, near_duplicates=near_duplicates)
+        for f, b in zip(features, bank):
+            flat, rows = f.reshape(-1, 96), b.reshape(-1, 96)
+            exact = (flat @ rows.T).max(dim=1).values
+            fast = scoring._shortlisted_nearest(flat, rows, rows.bfloat16(), 1 << 22, max_candidates=8)
+            assert (fast - exact).abs().max() < 1e-6
+
+
+def test_bf16_product_error_bound_holds():
+    generator = torch.Generator().manual_seed(0)
+    for width in (16, 640, 896):
+        q = F.normalize(torch.randn(300, width, generator=generator), dim=-1)
+        b = F.normalize(torch.randn(500, width, generator=generator), dim=-1)
+        b[0] = 1 / width ** 0.5  # equal components: every rounding error has the same sign
+        q[0] = b[0] + 1e-3
+        q = F.normalize(q, dim=-1)
+        error = ((q.bfloat16() @ b.bfloat16().T).float() - (q.double() @ b.double().T).float()).abs()
+        assert error.max() <= bf16_product_error_bound(width)
+    assert 0.0117 < bf16_product_error_bound(896) < 0.0119  # 3 bf16 roundings + float32 sums
+
+
+def test_auto_search_uses_the_shortlist_only_for_large_banks_on_native_bf16(monkeypatch):
+    calls = []
+    real = scoring._shortlisted_nearest
+    monkeypatch.setattr(scoring, "_shortlisted_nearest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    small, large = _random_memory(4, 32, seed=1), _random_memory(32, 32, seed=2)
+    for native in (False, True):
+        monkeypatch.setattr(scoring, "native_bf16", lambda device: native)
+        calls.clear()
+        memory_patch_scores(*small)
+        assert not calls  # 4 x 225 rows: exact
+        memory_patch_scores(*large)
+        assert len(calls) == (2 if native else 0)  # 32 x 225 = 7200 rows: shortlist where bf16 is native
+    with pytest.raises(ValueError, match="search='fast'"):
+        memory_patch_scores(*small, search="fast")
+
+
+def test_shortlist_bank_copy_follows_changes_and_gradients_match():
+    features, bank = _random_memory(16, 48, seed=3)
+    first = memory_patch_scores(features, bank, search="shortlist")
+    with torch.no_grad():
+        bank[0].copy_(F.normalize(torch.randn_like(bank[0]), dim=-1))  # in place: the cached bf16 copy is stale
+    changed = memory_patch_scores(features, bank, search="shortlist")
+    assert not torch.equal(first, changed)
+    assert (changed - memory_patch_scores(features, bank, search="exact")).abs().max() < 1e-6
+    grads = []
+    for search in ("exact", "shortlist"):
+        leaves = [f.clone().requires_grad_(True) for f in features]
+        memory_patch_scores(leaves, bank, search=search).sum().backward()
+        grads.append(torch.cat([leaf.grad.flatten() for leaf in leaves]))
+    assert (grads[0] - grads[1]).abs().max() < 1e-6
 
 
 def test_scoring_stays_float32_under_autocast():

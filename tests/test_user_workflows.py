@@ -259,9 +259,12 @@ def test_add_category_refuses_unsafe_names(tiny_model, name):
 
 
 def test_predict_device_and_autocast_options(workspace, tmp_path):
-    from anomclip_hf.cli import autocast_dtype, resolve_device
+    from anomclip_hf.cli import resolve_device
+    from anomclip_hf.precision import resolve_precision
 
-    assert resolve_device("cpu") == "cpu" and autocast_dtype("bf16") == torch.bfloat16 and autocast_dtype("none") is None
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_precision("bf16", "cpu").autocast_dtype == torch.bfloat16
+    assert resolve_precision("none", "cpu").autocast_dtype is None  # --autocast none, the flag's older spelling
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
         assert resolve_device("auto") == "cpu"
     else:

@@ -47,6 +47,7 @@ class EvaluationSettings:
     num_bins: int = 2000
     train: bool = True  # False: memory + hand-written prompts, no prompt training
     training: dict = field(default_factory=dict)
+    precision: str = "fp32"  # of the towers while scoring the test images (as requested: fp32/bf16/fp16/auto)
 
     def __post_init__(self):
         if self.pixel_mode not in ("exact", "binned"):
@@ -64,7 +65,9 @@ def _load_finished(path: str, settings: EvaluationSettings) -> Optional[dict]:
         return None
     with open(path, encoding="utf-8") as handle:
         cell = json.load(handle)
-    return cell if cell.get("settings") == _as_json(asdict(settings)) else None
+    # Cells written before the precision setting existed were scored in float32.
+    stored = {"precision": "fp32", **cell["settings"]} if isinstance(cell.get("settings"), dict) else None
+    return cell if stored == _as_json(asdict(settings)) else None
 
 
 def _as_json(value):
@@ -102,7 +105,8 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     has_masks = any(path is not None for path in test["mask_path"])
     began = time.perf_counter()
     for batch in score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
-                              progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}"):
+                              progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}",
+                              precision=settings.precision):
         if has_masks:
             masks = np.stack([read_mask(test[i], size=(size, size)) for i in batch.indices])
             pixels.update(batch.anomaly_maps, masks)
@@ -135,7 +139,8 @@ def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, d
     """Run (or resume) the protocol and write results.csv / results.json / results.md; return the summary."""
     config = config or TrainingConfig()
     settings = EvaluationSettings(dataset=str(dataset).lower(), resolution=int(resolution), pixel_mode=pixel_mode,
-                                  train=train, training=config.run_fingerprint() if train else {})
+                                  train=train, training=config.run_fingerprint() if train else {},
+                                  precision=config.precision)
     jobs = build_jobs(dataset, data_root, categories, shots, seeds)
     model = base if isinstance(base, AnomCLIPModel) else None
     cells = []

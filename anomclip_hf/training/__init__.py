@@ -1,10 +1,10 @@
 """PromptAD prompt training on top of AnomCLIPModel (plain torch + accelerate; the model knows nothing of it).
 
     config.py         TrainingConfig (spec section 4) and the YAML presets (training/presets/)
-    step.py           the objective and one optimisation step (shared by the loop and the parity tests)
+    step.py           the objective and one optimisation step (shared by the loop and the parity tests); the
+                      text tower under the autocast of `config.precision` (anomclip_hf.precision decides)
     loop.py           fit_prompts: one full-batch SGD step per epoch, logging, checkpoints, resume
     checkpointing.py  safetensors + JSON checkpoints (prompt vectors, optimiser, scheduler, RNG, progress), no pickle
-    precision.py      frozen CLIP in bf16/fp16 on GPUs, trainable tensors and losses in float32
     inputs.py         base model and reference images, checked before anything is written
     job.py            train_category: one (dataset, category, shots, seed) job -> adapter folder + summary
     grid.py           run_grid: many jobs shared out over the processes of an accelerate launch

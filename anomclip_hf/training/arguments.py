@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any, Optional
 import yaml
 
 from ..numeric_flags import finite_float, nonnegative_float, nonnegative_int
-from .config import MIXED_PRECISION, SCHEDULES, TrainingConfig
+from ..precision_flags import add_precision_argument
+from .config import SCHEDULES, TrainingConfig
 
 if TYPE_CHECKING:  # the Hub client loads only when a run pushes
     from ..hub.push import HubTarget
 
 # Fields a job or grid defines itself (shots per job) or that get their own flag below.
-_SKIPPED = {"model", "shots", "preset", "progress_bar", "cpu"}
-_CHOICES = {"schedule": SCHEDULES, "mixed_precision": MIXED_PRECISION}
+_SKIPPED = {"model", "shots", "preset", "progress_bar", "cpu", "precision"}
+_CHOICES = {"schedule": SCHEDULES}
 DEFAULT_HUB_PATTERN = "{org}/anomclip-{dataset}-{category}-{shots}shot"
 
 
@@ -40,6 +41,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         choices = _CHOICES.get(spec.name)
         group.add_argument(*flags, dest=spec.name, type=kind, default=None, choices=choices,
                            help=f"(without preset: {default})")
+    # The flag predict shares; --mixed-precision (no/bf16/fp16) is its older name.
+    add_precision_argument(group, default=None, aliases=("--mixed-precision", "--mixed_precision"))
     group.add_argument("--model-setting", "--model_setting", dest="model_settings", action="append", default=[],
                        metavar="KEY=VALUE", help="an AnomCLIPConfig setting, e.g. anomaly_token_position=before_class")
     group.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None,
@@ -97,8 +100,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         if value is not None and spec.name not in ("model", "shots", "preset"):
             overrides[spec.name] = value
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if getattr(args, "mixed_precision", None) is None and launcher in ("bf16", "fp16"):
-        overrides["mixed_precision"] = launcher  # `accelerate launch --mixed_precision bf16` applies too
+    if getattr(args, "precision", None) is None and launcher in ("bf16", "fp16"):
+        overrides["precision"] = launcher  # `accelerate launch --mixed_precision bf16` applies too
     model = dict(_parse_setting(item) for item in getattr(args, "model_settings", []) or [])
     if model:
         overrides["model"] = model

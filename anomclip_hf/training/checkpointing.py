@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..atomic_io import atomic_directory
+from ..precision_flags import normalize_precision
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d+)$")
@@ -45,6 +46,10 @@ class TrainingProgress:
                 "wall_time_s": self.wall_time_s}
 
     def load_state_dict(self, state: dict) -> None:
+        state = {**state, "fingerprint": dict(state["fingerprint"])}
+        if "mixed_precision" in state["fingerprint"]:  # written before `precision` replaced it
+            legacy = state["fingerprint"].pop("mixed_precision")
+            state["fingerprint"].setdefault("precision", normalize_precision(legacy))
         if state["fingerprint"] != self.fingerprint:
             differing = sorted(key for key in set(state["fingerprint"]) | set(self.fingerprint)
                                if state["fingerprint"].get(key) != self.fingerprint.get(key))

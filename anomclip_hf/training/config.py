@@ -18,14 +18,15 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from ..precision_flags import normalize_precision
+
 SCHEDULES = ("two_stage", "joint")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 # training/presets/ of the repository, shipped in the package as anomclip_hf.presets (see pyproject.toml).
 PRESET_DIR = Path(str(resources.files("anomclip_hf.presets")))
 # Fields that must match for a checkpoint to continue a run (the rest only changes logging or bookkeeping).
 RUN_DEFINING_FIELDS = ("schedule", "stage1_epochs", "stage2_epochs", "joint_epochs", "lr", "momentum",
                        "weight_decay", "min_lr", "eam_margin", "align_weight", "prompt_seed",
-                       "mixed_precision", "model")
+                       "precision", "model")
 
 
 @dataclass
@@ -39,8 +40,10 @@ class TrainingConfig:
     prompt_seed: initialises the prompt vectors (the reference uses 111 for every run); the shot draw has
         its own seed, given per job.
     shots: k, the default number of normal reference images when a job does not say.
-    mixed_precision: "no" | "bf16" | "fp16": the frozen CLIP runs in that dtype on a GPU (prompt vectors and
-        losses stay float32); always float32 on CPU.
+    precision: "fp32" | "bf16" | "fp16" | "auto": the frozen CLIP towers run under autocast in that dtype
+        (auto: bf16 where the CPU/GPU runs it natively, else fp32; see `anomclip_hf.precision`); prompt
+        vectors, optimizer state, losses and the memory bank stay float32. `mixed_precision` (no/bf16/fp16)
+        is the older name of this setting and is still read.
     checkpoint_every: save an accelerate checkpoint every N epochs (0: never); checkpoint_limit keeps the
         newest N (0: all).
     trackers: "auto" (tensorboard when installed), "none", or a comma-separated list for `log_with`.
@@ -60,7 +63,7 @@ class TrainingConfig:
     align_weight: float = 0.001
     prompt_seed: int = 111
     shots: int = 1
-    mixed_precision: str = "no"
+    precision: str = "fp32"
     checkpoint_every: int = 10
     checkpoint_limit: int = 2
     trackers: str = "auto"
@@ -80,8 +83,7 @@ class TrainingConfig:
                 setattr(self, spec.name, _as_number(spec.name, value, type(default)))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision={self.mixed_precision!r}; expected one of {MIXED_PRECISION}")
+        self.precision = normalize_precision(self.precision)
         for name in ("stage1_epochs", "stage2_epochs", "joint_epochs", "checkpoint_every", "checkpoint_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; expected a non-negative integer")
@@ -117,6 +119,10 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainingConfig":
         names = {spec.name for spec in dataclasses.fields(cls)}
+        values = dict(values)
+        if "mixed_precision" in values:  # the older name of `precision` (presets and configs written before)
+            legacy = values.pop("mixed_precision")
+            values.setdefault("precision", legacy)
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown training setting(s) {unknown}; valid: {sorted(names)}")

@@ -29,12 +29,12 @@ from ..atomic_io import write_json
 from ..labels import pipeline_check_fields
 from ..hub.push import HubTarget
 from ..modeling_anomclip import AnomCLIPModel
+from ..precision import PrecisionChoice, resolve_precision
 from ..processing_anomclip import AnomCLIPProcessor
 from .checkpointing import resolve_resume
 from .config import TrainingConfig
 from .inputs import check_model_settings, load_base_model, read_references, select_references, try_estimate_thresholds
 from .loop import EpochCallback, fit_prompts
-from .precision import resolve_mixed_precision
 from .step import ShotFeatures
 
 ADAPTER_DIR, SUMMARY_FILE, CHECKPOINT_DIR, TENSORBOARD_RUN = "adapter", "summary.json", "checkpoints", "logs"
@@ -88,11 +88,13 @@ def train_category(
         os.remove(os.path.join(output_dir, SUMMARY_FILE))  # it describes the adapter of an earlier run
 
     began = time.perf_counter()
-    accelerator = _job_accelerator(config, output_dir)
+    device = PartialState(cpu=config.cpu).device
+    precision = resolve_precision(config.precision, device)
+    accelerator = _job_accelerator(config, output_dir, device, precision)
     model.to(accelerator.device)
     pixel_values = AnomCLIPProcessor.from_model(model)(images=images)["pixel_values"]
-    # One float32 forward of the k shots (before any low-precision cast) serves the memory bank and the
-    # training features alike.
+    # One float32 forward of the k shots serves the memory bank and the training features alike (the
+    # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
     with torch.no_grad():
         vision = model.encode_images(pixel_values)
     state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
@@ -103,7 +105,7 @@ def train_category(
         result = fit_prompts(model, category, features, config, accelerator, checkpoint_dir=checkpoint_dir,
                              resume_from=resume_from, callbacks=callbacks,
                              fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
-                             description=f"{dataset}/{category} {shots}-shot seed {seed}")
+                             description=f"{dataset}/{category} {shots}-shot seed {seed}", precision=precision)
     finally:
         # Not accelerator.end_training(): it also destroys the process group the other jobs still need.
         for tracker in accelerator.trackers:
@@ -114,7 +116,7 @@ def train_category(
         "epochs": result.epochs, "stage_epochs": _stage_epochs(config),
         "final_losses": result.final_losses(), "wall_time_s": round(result.wall_time_s, 3),
         "dataset": dataset, "shot_seed": int(seed), "prompt_seed": config.prompt_seed,
-        "mixed_precision": accelerator.mixed_precision, "resumed_from": result.resumed_from,
+        "precision": precision.precision, "precision_reason": precision.reason, "resumed_from": result.resumed_from,
     }
     state.metadata.update(seed=config.prompt_seed, reference_files=reference_files, training=training)
     thresholds = try_estimate_thresholds(model, vision, category)
@@ -159,12 +161,15 @@ def push_job_adapter(job_dir: str, adapter_dir: str, repo_id: str, target: HubTa
     return pushed
 
 
-def _job_accelerator(config: TrainingConfig, output_dir: str) -> Accelerator:
-    """A fresh Accelerator per job: its own project folder, trackers and checkpoint registrations."""
-    device = PartialState(cpu=config.cpu).device
+def _job_accelerator(config: TrainingConfig, output_dir: str, device: torch.device,
+                     precision: PrecisionChoice) -> Accelerator:
+    """A fresh Accelerator per job: its own project folder, trackers and checkpoint registrations.
+
+    The towers' autocast is ours (`precision`); accelerate only hears of float16 on a GPU, to scale the loss
+    so that small gradients do not underflow."""
     trackers = _trackers(config.trackers)
-    return Accelerator(cpu=config.cpu, mixed_precision=resolve_mixed_precision(config.mixed_precision, device),
-                       log_with=trackers or None, project_dir=output_dir)
+    scaled = "fp16" if precision.precision == "fp16" and device.type == "cuda" else "no"
+    return Accelerator(cpu=config.cpu, mixed_precision=scaled, log_with=trackers or None, project_dir=output_dir)
 
 
 def _trackers(setting: str) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from ..modeling_anomclip import AnomCLIPModel
+from ..precision import PrecisionChoice, resolve_precision
 from .checkpointing import TrainingProgress, clear_checkpoints, load_checkpoint, save_checkpoint
-from .precision import frozen_clip_dtype
 from .step import ShotFeatures, build_optimizer, build_scheduler, training_step
 
 logger = logging.getLogger(__name__)
@@ -49,14 +49,16 @@ class FitResult:
 def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, config, accelerator, *,
                 checkpoint_dir: Optional[str] = None, resume_from: Optional[str] = None,
                 fingerprint: Optional[dict] = None, callbacks: Sequence[EpochCallback] = (),
-                description: str = "") -> FitResult:
+                description: str = "", precision: Optional[PrecisionChoice] = None) -> FitResult:
     """Train `category`'s prompt vectors in place for config.total_epochs (or what is left after `resume_from`).
 
     Checkpoints (prompt tensor, optimizer, scheduler, RNG, progress) are safetensors + JSON (`checkpointing`);
     nothing is wrapped in DDP (each job is an independent run). A non-finite loss stops the run with
-    NonFiniteLossError before anything of that epoch is saved.
+    NonFiniteLossError before anything of that epoch is saved. precision: of the text tower (default: resolved
+    from config.precision for the accelerator's device).
     """
-    temperature = model.temperature  # read before any low-precision cast of logit_scale
+    precision = precision or resolve_precision(config.precision, accelerator.device)
+    temperature = model.temperature
     vectors = model.prompt_parameters(category)
     optimizer = build_optimizer(vectors, config)
     scheduler = build_scheduler(optimizer, config)
@@ -76,28 +78,27 @@ def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, con
     bar = tqdm(total=total, initial=progress.epoch, desc=description or category, unit="epoch",
                disable=not config.progress_bar)
     try:
-        with frozen_clip_dtype(model, accelerator.mixed_precision):
-            for epoch in range(start, total + 1):
-                began = time.perf_counter()
-                lr = optimizer.param_groups[0]["lr"]
-                terms = training_step(model, category, features, optimizer, config, config.uses_margin(epoch),
-                                      backward=accelerator.backward, temperature=temperature)
-                if not math.isfinite(terms["loss"]):
-                    raise NonFiniteLossError(
-                        f"training {description or category} stopped: the loss is {terms['loss']} at epoch {epoch} "
-                        f"(lr {lr:g}); nothing of this epoch was saved. Lower --lr or check the reference images")
-                scheduler.step()
-                logs = {"epoch": epoch, "stage": config.stage(epoch), "lr": lr, **terms}
-                progress.epoch = epoch
-                progress.history.append(logs)
-                progress.wall_time_s += time.perf_counter() - began
-                accelerator.log({f"train/{k}": v for k, v in logs.items() if k not in ("epoch", "stage")}, step=epoch)
-                bar.update(1)
-                bar.set_postfix(loss=f"{terms['loss']:.4f}", stage=logs["stage"])
-                if checkpoint_dir and config.checkpoint_every and epoch % config.checkpoint_every == 0:
-                    save_checkpoint(checkpoint_dir, epoch, limit=config.checkpoint_limit, **states)
-                for callback in callbacks:
-                    callback(epoch, logs)
+        for epoch in range(start, total + 1):
+            began = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            terms = training_step(model, category, features, optimizer, config, config.uses_margin(epoch),
+                                  backward=accelerator.backward, temperature=temperature, precision=precision)
+            if not math.isfinite(terms["loss"]):
+                raise NonFiniteLossError(
+                    f"training {description or category} stopped: the loss is {terms['loss']} at epoch {epoch} "
+                    f"(lr {lr:g}); nothing of this epoch was saved. Lower --lr or check the reference images")
+            scheduler.step()
+            logs = {"epoch": epoch, "stage": config.stage(epoch), "lr": lr, **terms}
+            progress.epoch = epoch
+            progress.history.append(logs)
+            progress.wall_time_s += time.perf_counter() - began
+            accelerator.log({f"train/{k}": v for k, v in logs.items() if k not in ("epoch", "stage")}, step=epoch)
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", stage=logs["stage"])
+            if checkpoint_dir and config.checkpoint_every and epoch % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint_dir, epoch, limit=config.checkpoint_limit, **states)
+            for callback in callbacks:
+                callback(epoch, logs)
     finally:
         bar.close()
         model.clear_prototype_cache(category)  # the vectors changed; prototypes are recomputed on demand

@@ -8,8 +8,9 @@ from typing import Callable, Optional
 import torch
 
 from ..category import HEADS
-from ..losses import TextFeatures, promptad_loss
+from ..losses import promptad_loss
 from ..modeling_anomclip import AnomCLIPModel
+from ..precision import PrecisionChoice, tower_autocast
 from ..vv_attention import VisionFeatures
 
 
@@ -45,22 +46,21 @@ def build_scheduler(optimizer, config) -> torch.optim.lr_scheduler.CosineAnneali
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.total_epochs, eta_min=config.min_lr)
 
 
-def _float32(text: TextFeatures) -> TextFeatures:
-    # The text tower may run in bf16/fp16; the losses are always computed in float32.
-    return TextFeatures(normal=text.normal.float(), manual=text.manual.float(), learned=text.learned.float())
-
-
 def promptad_objective(model: AnomCLIPModel, category: str, features: ShotFeatures, config, use_margin: bool,
-                       temperature: Optional[float] = None) -> dict[str, torch.Tensor]:
+                       temperature: Optional[float] = None,
+                       precision: Optional[PrecisionChoice] = None) -> dict[str, torch.Tensor]:
     """Loss terms of both heads ("image/loss_ce", ..., "pixel/loss_eam") and their sum "loss".
 
     The heads own disjoint rows of the prompt table, so summing them trains each head on its own loss.
+    precision: the text tower runs under its autocast (None: float32); the losses are float32 either way.
     """
     temperature = model.temperature if temperature is None else temperature
     terms: dict[str, torch.Tensor] = {}
     total = None
     for head in HEADS:
-        text = _float32(model.encode_prompts(category, head))
+        with tower_autocast(precision, model.device):
+            text = model.encode_prompts(category, head)
+        text = text.float()  # the losses are float32 whatever the tower ran in
         head_terms = promptad_loss(features.for_head(head), text, temperature, use_margin=use_margin,
                                    margin=config.eam_margin, align_weight=config.align_weight)
         terms.update({f"{head}/{name}": value for name, value in head_terms.items()})
@@ -71,11 +71,11 @@ def promptad_objective(model: AnomCLIPModel, category: str, features: ShotFeatur
 
 def training_step(model: AnomCLIPModel, category: str, features: ShotFeatures, optimizer, config, use_margin: bool,
                   backward: Optional[Callable[[torch.Tensor], None]] = None,
-                  temperature: Optional[float] = None) -> dict[str, float]:
+                  temperature: Optional[float] = None, precision: Optional[PrecisionChoice] = None) -> dict[str, float]:
     """Zero the gradients, compute the objective, backpropagate (`backward`, e.g. accelerator.backward),
     take one optimiser step; returns the terms as floats. The gradients stay on the parameters."""
     optimizer.zero_grad(set_to_none=True)
-    terms = promptad_objective(model, category, features, config, use_margin, temperature)
+    terms = promptad_objective(model, category, features, config, use_margin, temperature, precision)
     (backward or torch.Tensor.backward)(terms["loss"])
     optimizer.step()
     return {name: float(value.detach()) for name, value in terms.items()}

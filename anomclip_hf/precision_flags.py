@@ -1,0 +1,43 @@
+"""The precision names and the `--precision` flag, torch-free (the command line builds its parser from here
+without importing torch; `precision` decides what they mean on a device).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+# Spellings of earlier options (training's mixed_precision "no", predict's --autocast "none") and dtype names.
+_ALIASES = {"no": "fp32", "none": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def normalize_precision(value: Optional[str]) -> str:
+    """fp32 / bf16 / fp16 / auto from any accepted spelling (None -> fp32); ValueError names the value."""
+    if value is None:
+        return "fp32"
+    name = _ALIASES.get(str(value).strip().lower(), str(value).strip().lower())
+    if name not in PRECISIONS:
+        raise ValueError(f"precision={value!r}; expected one of {PRECISIONS} (or no/none/float32/bfloat16/float16)")
+    return name
+
+
+def _precision_argument(value: str) -> str:
+    try:
+        return normalize_precision(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_precision_argument(parser, *, default: Optional[str] = "fp32", aliases: tuple[str, ...] = ()) -> None:
+    """`--precision {fp32,bf16,fp16,auto}` for every command that runs the towers (one definition).
+
+    `aliases`: older flag names kept working (they accept the older spellings, e.g. none/no)."""
+    parser.add_argument("--precision", *aliases, dest="precision", type=_precision_argument, default=default,
+                        metavar="{" + ",".join(PRECISIONS) + "}",
+                        help="tower precision: fp32, bf16, fp16, or auto = bf16 where the CPU/GPU runs it natively, "
+                             "else fp32; weights, prompts, memory, scores and maps stay float32 "
+                             f"(default: {default or 'the preset'})")
+
+
+__all__ = ["PRECISIONS", "add_precision_argument", "normalize_precision"]
