@@ -29,6 +29,7 @@ from anomclip_hf.inference import score_images
 from anomclip_hf.prediction import NOT_AN_IMAGE
 from anomclip_hf.thresholds import decision, normalized_score
 from anomclip_hf.tokenization import build_offline_clip_tokenizer
+from anomclip_hf.visualization import overlay_layout
 from conftest import perturb_norms, tiny_clip_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -121,8 +122,8 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
     assert dict(scored.failures).keys() == {"corrupt.png", "notes.txt"}
     assert workspace.work_dir not in str(scored.failures) and workspace.work_dir not in str(outcome.rejected)
     assert all(os.path.isfile(image.overlay) for image in scored.images)
-    # Gallery pictures carry no decision label (the slider decides): exactly the three 64 px panels.
-    assert [Image.open(image.thumbnail).size for image in scored.images] == [(3 * 64, 64)] * 2
+    # Gallery pictures carry no decision label (the slider decides): the panels of a 64 px image, no header.
+    assert [Image.open(image.thumbnail).size for image in scored.images] == [overlay_layout((64, 64), 0).size] * 2
 
     # Decisions at any threshold come from the stored scores; the counts follow score >= threshold.
     scores = np.array([image.score for image in scored.images])

@@ -13,6 +13,7 @@ from typing import Optional
 
 from ..base_source import hub_reachable, is_cached
 from ..demo import DEFAULT_BACKBONE, EMBEDDED_BACKBONE, embedded_demo_model
+from ..hub.validation import validate_repo_id
 from ..labels import PIPELINE_CHECK_NOTE, is_random_base
 
 # The training preset whose model settings the base is loaded with (the one `anomclip fit` defaults to).
@@ -42,10 +43,10 @@ def choose_base(base: Optional[str] = None) -> BaseChoice:
                           message=f"Base: {EMBEDDED_BACKBONE}, {PIPELINE_CHECK_NOTE}.")
     if not os.path.isdir(name):
         try:
-            cached = is_cached(name)
-        except ValueError:  # huggingface_hub's repo-id validation: neither a folder nor a repo id
+            validate_repo_id(name)
+        except ValueError:
             raise ValueError(f"base {name!r} is neither a folder nor a Hub model id") from None
-        if not cached and not hub_reachable():
+        if not is_cached(name) and not hub_reachable():
             return BaseChoice(name, None, message=offline_message(name))
     from ..training import TrainingConfig
     from ..training.inputs import load_base_model
