@@ -23,19 +23,24 @@ _pending: list[str] = []  # triggers imported, registration not yet run
 _running = False  # a registration is importing: the transformers imports it causes must not start another
 
 
-def _transformers_importing() -> bool:
-    """True while any transformers module is still executing (registering then would import transformers
-    code against a half-initialised module)."""
+_WATCHED = ("transformers", "anomclip_hf")
+
+
+def _mid_import() -> bool:
+    """True while a module of transformers or of this package (but its root, which installs the hook at the
+    end of its own import) is still executing: registering then would import code against a half-initialised
+    module."""
     return any(getattr(getattr(module, "__spec__", None), "_initializing", False)
-               for name, module in list(sys.modules.items()) if name.split(".")[0] == "transformers")
+               for name, module in list(sys.modules.items())
+               if name.split(".")[0] in _WATCHED and name != "anomclip_hf")
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Wraps the loaders of transformers' modules: once a trigger module has been imported and no
-    transformers module is mid-import any more, the pending registrations run."""
+    """Wraps the loaders of the modules of transformers and of this package: once a trigger module has been
+    imported and none of them is mid-import any more, the pending registrations run."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] != "transformers":
+        if fullname.split(".")[0] not in _WATCHED:
             return None
         for finder in sys.meta_path:  # the spec the rest of the import system would have produced
             if finder is self or not hasattr(finder, "find_spec"):
@@ -49,17 +54,15 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
 
-        class _Loader(importlib.abc.Loader):
-            def create_module(self, spec):
-                return loader.create_module(spec)
+        run = loader.exec_module
 
-            def exec_module(self, module):
-                loader.exec_module(module)
-                if fullname in _TRIGGERS:
-                    _pending.append(fullname)
-                _run_pending(exclude=module)
+        def exec_module(module):  # on this loader instance only: get_code, is_package ... stay its own
+            run(module)
+            if fullname in _TRIGGERS:
+                _pending.append(fullname)
+            _run_pending(exclude=module)
 
-        spec.loader = _Loader()
+        loader.exec_module = exec_module
         return spec
 
 
@@ -72,7 +75,7 @@ def _run_pending(exclude=None) -> None:
         return
     _running = True
     try:
-        while _pending and not _transformers_importing():
+        while _pending and not _mid_import():
             importlib.import_module(_TRIGGERS[_pending.pop(0)])
     finally:
         _running = False

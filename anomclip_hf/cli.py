@@ -9,6 +9,7 @@ import sys
 from typing import Optional, Sequence
 
 from .numeric_flags import MAX_OUTPUT_SIZE, finite_float, int_range, nonnegative_int, positive_int
+from .precision_flags import add_precision_argument
 
 FIT_LOG_FILE = "training_log.jsonl"
 
@@ -298,8 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                          help=f"anomaly-map size, at most {MAX_OUTPUT_SIZE} (default: model input)")
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
-    from .precision_flags import add_precision_argument
-
     add_precision_argument(predict, aliases=("--autocast",))  # --autocast none/bf16/fp16: its older name
     predict.add_argument("--save-maps", action="store_true",
                          help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "

@@ -16,7 +16,7 @@ from anomclip_hf.visualization import overlay_layout
 
 
 
-COMMANDS = ("demo", "convert-open-clip", "push", "predict", "fit", "evaluate")
+COMMANDS = ("demo", "convert-open-clip", "push", "predict", "export", "fit", "evaluate", "app")
 
 
 def test_help_lists_commands():
@@ -44,10 +44,10 @@ def test_help_in_process_lists_every_command_with_its_help(capsys, monkeypatch):
 @pytest.mark.parametrize("argv,message", [
     ([], "anomclip: error: the following arguments are required: command"),
     (["nope"], "anomclip: error: argument command: invalid choice: 'nope'"),
-    (["predict", "--base", "b"], "anomclip predict: error: the following arguments are required: --category, "
-                                 "--images, --output"),
+    (["predict", "--base", "b"], "anomclip predict: error: the following arguments are required: --images, "
+                                 "--output"),
     (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--autocast", "fp8"],
-     "anomclip predict: error: argument --autocast: invalid choice: 'fp8'"),
+     "anomclip predict: error: argument --precision/--autocast: precision='fp8'; expected one of"),
     (["demo", "--shots", "two"], "anomclip demo: error: argument --shots: expected an integer >= 1, got 'two'"),
     (["evaluate", "--base", "b", "--dataset", "kaggle", "--data-root", "r", "--output", "o"],
      "anomclip evaluate: error: argument --dataset: invalid choice: 'kaggle'"),
