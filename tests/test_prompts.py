@@ -58,7 +58,7 @@ def test_head_prompts_layout(position):
 SPEC_GENERIC = ["damaged {}", "flawed {}", "abnormal {}", "imperfect {}", "blemished {}", "{} with flaw",
                 "{} with defect", "{} with damage"]
 # Copied verbatim from the appendix table of the project spec (promptad.md, "per-category manual phrases"),
-# checked against it when copied; the tests do not read the spec (a clone has no ../shared).
+# checked against it when copied; no test reads the spec (it is not part of a clone).
 SPEC_PHRASE_TABLE = """\
 | bottle | {} with large breakage; {} with small breakage; {} with contamination |
 | toothbrush | {} with defect; {} with anomaly |
