@@ -1,5 +1,5 @@
-"""The transformers pipeline "image-anomaly-detection", registered when this module is imported (any name
-imported from `anomclip_hf` imports it).
+"""The transformers pipeline "image-anomaly-detection", registered when this module is imported (which
+`import anomclip_hf` arranges once transformers' pipelines are imported).
 
 ```python
 import anomclip_hf  # registers the task

@@ -8,15 +8,10 @@ Names are imported on first use, so importing the detector never imports the exp
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
-_EXPORTS = {"export_onnx": ".onnx_export", "OnnxExportError": ".onnx_export", "OnnxAnomalyDetector": ".runtime",
-            "OnnxPrediction": ".runtime", "read_sidecar": ".sidecar", "sidecar_path": ".sidecar"}
+_EXPORTS = {"export_onnx": "onnx_export", "OnnxExportError": "onnx_export", "OnnxAnomalyDetector": "runtime",
+            "OnnxPrediction": "runtime", "read_sidecar": "sidecar", "sidecar_path": "sidecar"}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

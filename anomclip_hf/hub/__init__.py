@@ -9,7 +9,8 @@ uploads what `category_io` wrote). So this package imports nothing eagerly: impo
 not pull in `hub.push`. The names below resolve on first use.
 """
 
-import importlib
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "CategoryDownloadError": "download", "CategorySnapshot": "download", "download_category": "download",
@@ -19,9 +20,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -15,7 +15,7 @@ Lazy: `anomclip --help` reads only arguments.py and config.py; the loop and torc
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {"add_training_arguments": "arguments", "config_from_args": "arguments", "TrainingConfig": "config",
             "available_presets": "config", "Job": "grid", "build_jobs": "grid", "run_grid": "grid",
@@ -24,15 +24,4 @@ _EXPORTS = {"add_training_arguments": "arguments", "config_from_args": "argument
             "promptad_objective": "step", "training_step": "step"}
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
