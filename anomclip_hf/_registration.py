@@ -14,10 +14,10 @@ import sys
 
 # transformers module -> the anomclip_hf module whose import registers with it.
 _TRIGGERS = {
-    "transformers.models.auto.configuration_auto": "anomclip_hf.configuration_anomclip",
-    "transformers.models.auto.modeling_auto": "anomclip_hf.modeling_anomclip",
-    "transformers.models.auto.processing_auto": "anomclip_hf.processing_anomclip",
-    "transformers.pipelines": "anomclip_hf.pipeline_image_anomaly_detection",
+    "transformers.models.auto.configuration_auto": "anomclip_hf.model.configuration_anomclip",
+    "transformers.models.auto.modeling_auto": "anomclip_hf.model.modeling_anomclip",
+    "transformers.models.auto.processing_auto": "anomclip_hf.model.processing_anomclip",
+    "transformers.pipelines": "anomclip_hf.inference.pipeline_image_anomaly_detection",
 }
 _pending: list[str] = []  # triggers imported, registration not yet run
 _running = False  # a registration is importing: the transformers imports it causes must not start another

@@ -29,7 +29,10 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from anomclip_hf import AnomCLIPModel
-from anomclip_hf.tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
+from anomclip_hf.model.tokenization import (
+    build_offline_clip_tokenizer,
+    open_clip_bpe_path,
+)
 
 MIB = 2 ** 20
 # OpenCLIP ViT-B-16-plus-240 (the paper backbone, spec section 2), as a transformers CLIPConfig.

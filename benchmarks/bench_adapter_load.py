@@ -20,16 +20,36 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (MIB, PAPER_PROJECTION, PAPER_TEXT, PAPER_VISION, PeakRSS, apply_threads, base_parser,  # noqa: E402
-                     interleaved_times, median, report)
-
-from anomclip_hf.category import PROMPT_LAYOUT_KEYS  # noqa: E402
-from anomclip_hf.category_io import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CATEGORY_FILE, FORMAT_VERSION,  # noqa: E402
-                                     MEMORY_FILE, PROTOTYPES_FILE, AdapterExpectations, AdapterSource, check_adapter,
-                                     read_adapter, write_adapter)
-from anomclip_hf.configuration_anomclip import AnomCLIPConfig  # noqa: E402
-from anomclip_hf.prompt_learner import ADAPTER_WEIGHT_KEYS, PromptTokenTable  # noqa: E402
+from _common import (  # noqa: E402
+    MIB,
+    PAPER_PROJECTION,
+    PAPER_TEXT,
+    PAPER_VISION,
+    PeakRSS,
+    apply_threads,
+    base_parser,
+    interleaved_times,
+    median,
+    report,
+)
 from transformers import CLIPConfig  # noqa: E402
+
+from anomclip_hf.model.category import PROMPT_LAYOUT_KEYS  # noqa: E402
+from anomclip_hf.model.category_io import (  # noqa: E402
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CATEGORY_FILE,
+    FORMAT_VERSION,
+    MEMORY_FILE,
+    PROTOTYPES_FILE,
+    AdapterExpectations,
+    AdapterSource,
+    check_adapter,
+    read_adapter,
+    write_adapter,
+)
+from anomclip_hf.model.configuration_anomclip import AnomCLIPConfig  # noqa: E402
+from anomclip_hf.model.prompt_learner import ADAPTER_WEIGHT_KEYS, PromptTokenTable  # noqa: E402
 
 
 def paper_expectations() -> tuple[AdapterExpectations, AnomCLIPConfig, PromptTokenTable]:

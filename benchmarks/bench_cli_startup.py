@@ -45,7 +45,7 @@ def main() -> None:
         "anomclip --help": (cli + ["--help"], 0),
         "anomclip predict --help": (cli + ["predict", "--help"], 0),
         "anomclip predict (argument error)": (cli + ["predict", "--base", "x"], 2),
-        "import anomclip_hf.modeling_anomclip": ([sys.executable, "-c", "import anomclip_hf.modeling_anomclip"], 0),
+        "import anomclip_hf.model.modeling_anomclip": ([sys.executable, "-c", "import anomclip_hf.model.modeling_anomclip"], 0),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for name, (command, code) in variants.items():  # warm-up: file-system caches

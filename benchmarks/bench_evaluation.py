@@ -12,10 +12,18 @@ Target: <= 5 s and <= 1 GiB peak extra memory for the three metrics.
 from __future__ import annotations
 
 import numpy as np
+from _common import (
+    MIB,
+    PeakRSS,
+    apply_threads,
+    base_parser,
+    interleaved_times,
+    median,
+    report,
+)
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from _common import MIB, PeakRSS, apply_threads, base_parser, interleaved_times, median, report
 from anomclip_hf.metrics import PixelMetricAccumulator
 
 

@@ -20,18 +20,21 @@ import sys
 import tempfile
 
 import torch
-
 from _common import MIB, apply_threads, base_parser, paper_shaped_clip, report
-from anomclip_hf.tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
+
+from anomclip_hf.model.tokenization import (
+    build_offline_clip_tokenizer,
+    open_clip_bpe_path,
+)
 
 CHILD_FLAG = "--measure"
 
 
 def measure(kind: str, folder: str) -> dict:
     """In this (fresh) process: the peak RSS of loading `folder` with `kind`."""
+    from _common import PeakRSS
     from transformers import CLIPModel
 
-    from _common import PeakRSS
     from anomclip_hf import AnomCLIPModel
 
     load = {"from_clip": lambda: AnomCLIPModel.from_clip(folder),

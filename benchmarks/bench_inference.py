@@ -19,13 +19,22 @@ Printed per batch size:
 from __future__ import annotations
 
 import torch
+from _common import (
+    MIB,
+    PeakRSS,
+    apply_threads,
+    base_parser,
+    interleaved_times,
+    median,
+    paper_model,
+    random_pixels,
+    report,
+)
 from transformers import CLIPVisionModel
 
-from _common import (MIB, PeakRSS, apply_threads, base_parser, interleaved_times, median, paper_model, random_pixels,
-                     report)
-from anomclip_hf.precision import resolve_precision, tower_autocast
-from anomclip_hf.scoring import memory_patch_scores
-from anomclip_hf.vv_attention import VisionFeatures
+from anomclip_hf.model.precision import resolve_precision, tower_autocast
+from anomclip_hf.model.scoring import memory_patch_scores
+from anomclip_hf.model.vv_attention import VisionFeatures
 
 OUTPUT_SIZE = 400
 

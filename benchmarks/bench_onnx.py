@@ -20,9 +20,17 @@ import time
 import numpy as np
 import onnxruntime
 import torch
-
-from _common import (MIB, PeakRSS, apply_threads, base_parser, interleaved_times, median, paper_model, random_pixels,
-                     report)
+from _common import (
+    MIB,
+    PeakRSS,
+    apply_threads,
+    base_parser,
+    interleaved_times,
+    median,
+    paper_model,
+    random_pixels,
+    report,
+)
 
 from anomclip_hf.export import export_onnx
 

@@ -32,13 +32,26 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from _common import (
+    MIB,
+    PeakRSS,
+    apply_threads,
+    base_parser,
+    interleaved_times,
+    median,
+    paper_model,
+    report,
+)
 from PIL import Image
 
-from _common import MIB, PeakRSS, apply_threads, base_parser, interleaved_times, median, paper_model, report
-from anomclip_hf.modeling_anomclip import HEADS
-from anomclip_hf.precision import resolve_precision
-from anomclip_hf.processing_anomclip import AnomCLIPProcessor
-from anomclip_hf.text_encoding import encode_text_embeddings, prefix_tree, truncate_to_longest
+from anomclip_hf.model.modeling_anomclip import HEADS
+from anomclip_hf.model.precision import resolve_precision
+from anomclip_hf.model.processing_anomclip import AnomCLIPProcessor
+from anomclip_hf.model.text_encoding import (
+    encode_text_embeddings,
+    prefix_tree,
+    truncate_to_longest,
+)
 from anomclip_hf.training import TrainingConfig
 from anomclip_hf.training.job import train_category
 from anomclip_hf.training.step import ShotFeatures, build_optimizer, training_step

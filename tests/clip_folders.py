@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from conftest import perturb_norms
 from transformers import CLIPConfig, CLIPModel
 
-from anomclip_hf.processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
-from conftest import perturb_norms
+from anomclip_hf.model.processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 # openai/clip-vit-base-patch16's config.json keeps these legacy text ids; its tokenizer's EOS is <|endoftext|>.
 LEGACY_TEXT_IDS = dict(bos_token_id=0, pad_token_id=1, eos_token_id=2)

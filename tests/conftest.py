@@ -9,11 +9,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from golden_data import (
+    GOLDEN_DATA_DIR,
+    load_open_clip_config,
+    load_open_clip_state_dict,
+    load_reference,
+)
 from transformers import CLIPConfig, CLIPModel
 
 from anomclip_hf import AnomCLIPModel
-from anomclip_hf.tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
-from golden_data import GOLDEN_DATA_DIR, load_open_clip_config, load_open_clip_state_dict, load_reference
+from anomclip_hf.model.tokenization import (
+    build_offline_clip_tokenizer,
+    open_clip_bpe_path,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
@@ -59,7 +67,7 @@ def golden():
 
 @pytest.fixture(scope="session")
 def golden_clip() -> CLIPModel:
-    from anomclip_hf.convert_open_clip import clip_model_from_open_clip_state_dict
+    from anomclip_hf.convert.open_clip import clip_model_from_open_clip_state_dict
 
     return clip_model_from_open_clip_state_dict(load_open_clip_config(), load_open_clip_state_dict())
 
@@ -85,9 +93,8 @@ def real_tokenizer():
 def fake_hub(tmp_path, monkeypatch):
     """A loopback fake Hub (tests/fake_hub.py) behind the real huggingface_hub client, with an empty cache in
     tmp_path and no token: nothing can reach the network or the user's cache."""
-    from huggingface_hub import constants
-
     from fake_hub import FakeHub
+    from huggingface_hub import constants
 
     with FakeHub() as hub:
         for name, value in (("ENDPOINT", hub.url),

@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_norms, tiny_clip_config
 from PIL import Image
 from transformers import CLIPModel
 
@@ -23,14 +24,13 @@ from anomclip_hf.app.base import choose_base
 from anomclip_hf.app.results import ScoredImage, ScoredSet, write_scores_csv
 from anomclip_hf.app.uploads import stage_files
 from anomclip_hf.app.workspace import BusyError, Workspace
-from anomclip_hf.category_io import REQUIRED_FILES
 from anomclip_hf.data import render_normal, render_sample
-from anomclip_hf.inference import score_images
-from anomclip_hf.prediction import NOT_AN_IMAGE
-from anomclip_hf.thresholds import decision, normalized_score
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
-from anomclip_hf.visualization import overlay_layout
-from conftest import perturb_norms, tiny_clip_config
+from anomclip_hf.inference.batch_scoring import score_images
+from anomclip_hf.inference.prediction import NOT_AN_IMAGE
+from anomclip_hf.inference.visualization import overlay_layout
+from anomclip_hf.model.category_io import REQUIRED_FILES
+from anomclip_hf.model.thresholds import decision, normalized_score
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -164,7 +164,12 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
 
 
 def test_embedded_base_labels_every_result_pipeline_check(tmp_path, images):
-    from anomclip_hf.app.layout import banner_text, gallery_items, summary_text, table_html
+    from anomclip_hf.app.layout import (
+        banner_text,
+        gallery_items,
+        summary_text,
+        table_html,
+    )
 
     workspace = Workspace(choose_base("anomclip-demo-random"), str(tmp_path / "work"))
     assert "PIPELINE CHECK" in banner_text(workspace)

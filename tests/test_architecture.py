@@ -99,21 +99,21 @@ def test_package_has_no_import_cycles(import_graph):
 
 def test_the_graph_is_read_from_the_code(import_graph):
     # A control: the reader finds known edges, so an empty graph cannot pass the cycle test.
-    assert "anomclip_hf.category_io" in import_graph["anomclip_hf.modeling_anomclip"]
-    assert "anomclip_hf.hub" in import_graph["anomclip_hf.category_io"]  # via hub.download: runs hub/__init__
+    assert "anomclip_hf.model.category_io" in import_graph["anomclip_hf.model.modeling_anomclip"]
+    assert "anomclip_hf.hub" in import_graph["anomclip_hf.model.category_io"]  # via hub.download: runs hub/__init__
     assert "anomclip_hf.metrics._curves" in import_graph["anomclip_hf.metrics.accumulators"]  # from . import _curves
 
 
 def test_imports_point_downwards(import_graph):
-    assert not import_graph["anomclip_hf.category"], "category.py must import nothing of the package"
+    assert not import_graph["anomclip_hf.model.category"], "category.py must import nothing of the package"
     # Adapter and Hub I/O know no model.
-    for module in ("anomclip_hf.category_io", "anomclip_hf.hub.download", "anomclip_hf.hub.validation",
-                   "anomclip_hf.model_card", "anomclip_hf.processing_anomclip", "anomclip_hf.thresholds"):
-        assert "anomclip_hf.modeling_anomclip" not in _reachable(import_graph, module), module
+    for module in ("anomclip_hf.model.category_io", "anomclip_hf.hub.download", "anomclip_hf.hub.validation",
+                   "anomclip_hf.hub.model_card", "anomclip_hf.model.processing_anomclip", "anomclip_hf.model.thresholds"):
+        assert "anomclip_hf.model.modeling_anomclip" not in _reachable(import_graph, module), module
     # The model never imports what uses it.
-    above = {"anomclip_hf.cli", "anomclip_hf.demo", "anomclip_hf.prediction", "anomclip_hf.inference",
-             "anomclip_hf.pipeline_image_anomaly_detection", "anomclip_hf.training", "anomclip_hf.evaluation"}
-    reached = _reachable(import_graph, "anomclip_hf.modeling_anomclip")
+    above = {"anomclip_hf.cli", "anomclip_hf.cli.demo", "anomclip_hf.inference.prediction", "anomclip_hf.inference",
+             "anomclip_hf.inference.pipeline_image_anomaly_detection", "anomclip_hf.training", "anomclip_hf.evaluation"}
+    reached = _reachable(import_graph, "anomclip_hf.model.modeling_anomclip")
     assert not {m for m in reached if m in above or m.startswith(tuple(a + "." for a in above))}
 
 
@@ -163,7 +163,7 @@ def test_half_and_meta_move_every_category_tensor(two_categories):
 
 def test_forward_uses_the_bank_in_place(two_categories, monkeypatch):
     # No per-forward copy: the memory search receives views of the registered buffers.
-    import anomclip_hf.modeling_anomclip as modeling
+    import anomclip_hf.model.modeling_anomclip as modeling
 
     seen = []
     original = modeling.memory_patch_scores

@@ -12,9 +12,7 @@ from PIL import Image
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import build_parser, main
-from anomclip_hf.visualization import overlay_layout
-
-
+from anomclip_hf.inference.visualization import overlay_layout
 
 COMMANDS = ("demo", "convert-open-clip", "push", "predict", "export", "fit", "evaluate", "app")
 

@@ -14,24 +14,43 @@ import os
 
 import numpy as np
 import pytest
+import test_golden_parity as golden_parity
 import torch
 import torch.nn.functional as F
+from golden_setup import HEAD_SETTINGS, golden_model
 from PIL import Image
 from transformers import AutoImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-import test_golden_parity as golden_parity
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import build_parser, main
-from anomclip_hf.convert_open_clip import (CONVERSION_RECORD_NAME, UnsupportedOpenClipModel,
-                                           clip_config_from_open_clip, clip_model_from_open_clip_state_dict,
-                                           clip_tokenizer_for_open_clip, convert_open_clip,
-                                           convert_open_clip_state_dict, save_converted_open_clip)
-from anomclip_hf.convert_open_clip_checks import (KNOWN_TEXT_OPTIONS, KNOWN_VISION_OPTIONS, TEXT_DEFAULTS,
-                                                  VISION_DEFAULTS, check_convertible)
-from anomclip_hf.convert_open_clip_sources import config_from_open_clip_model, resolve_open_clip_source
-from anomclip_hf.prompts import (MVTEC_CATEGORIES, VISA_CATEGORIES, ZERO_SHOT_TEMPLATE, class_name_for,
-                                 manual_phrases)
-from golden_setup import HEAD_SETTINGS, golden_model
+from anomclip_hf.convert.checks import (
+    KNOWN_TEXT_OPTIONS,
+    KNOWN_VISION_OPTIONS,
+    TEXT_DEFAULTS,
+    VISION_DEFAULTS,
+    check_convertible,
+)
+from anomclip_hf.convert.open_clip import (
+    CONVERSION_RECORD_NAME,
+    UnsupportedOpenClipModel,
+    clip_config_from_open_clip,
+    clip_model_from_open_clip_state_dict,
+    clip_tokenizer_for_open_clip,
+    convert_open_clip,
+    convert_open_clip_state_dict,
+    save_converted_open_clip,
+)
+from anomclip_hf.convert.sources import (
+    config_from_open_clip_model,
+    resolve_open_clip_source,
+)
+from anomclip_hf.model.prompts import (
+    MVTEC_CATEGORIES,
+    VISA_CATEGORIES,
+    ZERO_SHOT_TEMPLATE,
+    class_name_for,
+    manual_phrases,
+)
 
 TOL = 1e-4
 TEXTS = ["a photo of a bottle.", "damaged metal nut with scratch.", "printed circuit board with bent"]

@@ -23,7 +23,7 @@ from anomclip_hf.data import (
     sample_shots,
 )
 from anomclip_hf.data.synthetic_images import MIN_CHANGE
-from anomclip_hf.image_io import ImageReadError
+from anomclip_hf.io.image_io import ImageReadError
 
 SIZE = 64
 N_TRAIN, N_GOOD, N_DEFECT, N_ANOMALY = 6, 3, 2, 5

@@ -11,18 +11,26 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 from transformers import CLIPVisionModel
 
-from anomclip_hf.inference import score_images
+from anomclip_hf.inference.batch_scoring import score_images
+from anomclip_hf.memory import search as memory_search
+from anomclip_hf.memory.search import bf16_product_error_bound
 from anomclip_hf.metrics import PixelMetricAccumulator, _curves
 from anomclip_hf.metrics._regions import region_sizes
-from anomclip_hf.modeling_anomclip import HEADS
-from anomclip_hf.processing_anomclip import preprocess_images
-from anomclip_hf import scoring
-from anomclip_hf.scoring import (bf16_product_error_bound, gaussian_blur, harmonic_fusion, memory_patch_scores,
-                                 scaled_sigma, smooth_upsample, text_anomaly_probability, upsample_patch_map,
-                                 upsampled_peak)
-from anomclip_hf.text_encoding import encode_text_embeddings, prefix_tree
-from anomclip_hf.vv_attention import dual_stream_vision_forward
-
+from anomclip_hf.model import scoring
+from anomclip_hf.model.modeling_anomclip import HEADS
+from anomclip_hf.model.processing_anomclip import preprocess_images
+from anomclip_hf.model.scoring import (
+    gaussian_blur,
+    harmonic_fusion,
+    memory_patch_scores,
+    scaled_sigma,
+    smooth_upsample,
+    text_anomaly_probability,
+    upsample_patch_map,
+    upsampled_peak,
+)
+from anomclip_hf.model.text_encoding import encode_text_embeddings, prefix_tree
+from anomclip_hf.model.vv_attention import dual_stream_vision_forward
 
 # ----------------------------------------------------------------------------- maps: upsample + blur
 
@@ -147,7 +155,7 @@ def test_shortlist_recovers_every_nearest_neighbour_and_falls_back_on_near_ties(
         for f, b in zip(features, bank):
             flat, rows = f.reshape(-1, 96), b.reshape(-1, 96)
             exact = (flat @ rows.T).max(dim=1).values
-            fast = scoring._shortlisted_nearest(flat, rows, rows.bfloat16(), 1 << 22, max_candidates=8)
+            fast = memory_search.shortlisted_nearest(flat, rows, rows.bfloat16(), 1 << 22, max_candidates=8)
             assert (fast - exact).abs().max() < 1e-6
 
 
@@ -166,8 +174,8 @@ def test_bf16_product_error_bound_holds():
 
 def test_auto_search_uses_the_shortlist_only_for_large_banks_on_native_bf16(monkeypatch):
     calls = []
-    real = scoring._shortlisted_nearest
-    monkeypatch.setattr(scoring, "_shortlisted_nearest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = memory_search.shortlisted_nearest
+    monkeypatch.setattr(memory_search, "shortlisted_nearest", lambda *a, **k: calls.append(1) or real(*a, **k))
     small, large = _random_memory(4, 32, seed=1), _random_memory(32, 32, seed=2)
     for native in (False, True):
         monkeypatch.setattr(scoring, "native_bf16", lambda device: native)
@@ -247,7 +255,7 @@ def test_prefix_tree_merges_shared_prefixes():
 
 
 def _head_features_and_gradients(model, share_prefixes, monkeypatch):
-    import anomclip_hf.modeling_anomclip as modeling
+    import anomclip_hf.model.modeling_anomclip as modeling
 
     def encode(*args):
         return encode_text_embeddings(*args, share_prefixes=share_prefixes)

@@ -14,11 +14,11 @@ from PIL import Image
 
 from anomclip_hf.cli import main
 from anomclip_hf.data import generate_mvtec_tree
-from anomclip_hf.demo import embedded_demo_model
-from anomclip_hf.labels import PIPELINE_CHECK_NOTE
-from anomclip_hf.model_card import render_base_card
-from anomclip_hf.thresholds import normalized_score
-from anomclip_hf.visualization import MAX_SIDE, anomaly_panel, overlay_layout
+from anomclip_hf.hub.model_card import render_base_card
+from anomclip_hf.inference.visualization import MAX_SIDE, anomaly_panel, overlay_layout
+from anomclip_hf.io.labels import PIPELINE_CHECK_NOTE
+from anomclip_hf.model.embedded_base import embedded_demo_model
+from anomclip_hf.model.thresholds import normalized_score
 
 IMAGE_SIZE = 112
 
@@ -195,7 +195,7 @@ def test_normalised_score_is_one_half_at_the_threshold(space, tmp_path):
     assert normalized_score(0.9, 0.3) == 1.0 and normalized_score(0.1, None) is None
     # scores.csv: set --threshold to one image's exact score: that row reads 0.5, every row score/(2t)
     from anomclip_hf import AnomCLIPModel
-    from anomclip_hf.prediction import predict_folder
+    from anomclip_hf.inference.prediction import predict_folder
 
     base, adapter = str(space / "base"), str(space / "fit" / "adapter")
     images = str(space / "data" / "widget" / "test")

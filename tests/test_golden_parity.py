@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
-from anomclip_hf.text_encoding import eos_positions_of
 from golden_setup import HEAD_SETTINGS, golden_model
+
+from anomclip_hf.model.text_encoding import eos_positions_of
 
 TOL = 1e-5
 
@@ -93,7 +93,7 @@ def test_text_only_map_and_visual_peak(model, golden):
 @pytest.mark.parametrize("head,setting", HEAD_SETTINGS)
 def test_training_step_logits(model, golden, head, setting):
     """The CE logits of the reference's first step: tau [v.n, v.a_1..a_K] for the shots' features."""
-    from anomclip_hf.losses import alignment_logits
+    from anomclip_hf.model.losses import alignment_logits
 
     features = golden["features"]["global" if head == "image" else "patch_vv"][0:2]
     with torch.no_grad():

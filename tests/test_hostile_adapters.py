@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
 from anomclip_hf import AnomCLIPModel
-from anomclip_hf.category import MAX_SHOTS
-from anomclip_hf.category_io import MEMORY_FILE, TENSOR_HEADER_SLACK
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
+from anomclip_hf.model.category import MAX_SHOTS
+from anomclip_hf.model.category_io import MEMORY_FILE, TENSOR_HEADER_SLACK
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 WEIGHT_KEY = "token_embedding.trainable_tokens_delta"
 PATCHES, WIDTH, TOKENS = 225, 32, 24  # tiny CLIP: (30 / 2)^2 patches, width 32; 24 prompt tokens
@@ -314,14 +314,14 @@ def test_saving_refuses_a_record_that_would_not_load(tiny_model, tmp_path):
 
 
 def _fake_features(k):
-    from anomclip_hf.vv_attention import VisionFeatures
+    from anomclip_hf.model.vv_attention import VisionFeatures
 
     return VisionFeatures(torch.zeros(k, 16), torch.zeros(k, PATCHES, 16), [torch.zeros(k, PATCHES, WIDTH)] * 2)
 
 
 def test_failure_inside_peft_keeps_the_old_category_and_leaves_no_orphan(good_adapter, loaded, pixel_values,
                                                                           monkeypatch):
-    import anomclip_hf.prompt_learner as prompt_learner
+    import anomclip_hf.model.prompt_learner as prompt_learner
 
     def corrupt_then_fail(module, state, adapter_name):
         with torch.no_grad():

@@ -7,9 +7,9 @@ names, or the bytes on disk. Kill tests run real subprocesses. Nothing here touc
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
-import errno
 import os
 import struct
 import subprocess
@@ -21,10 +21,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomclip_hf.image_io import ImageReadError, load_image
 from anomclip_hf.data.files import probe_size
-from anomclip_hf.prediction import ERRORS_FILE, OVERLAY_DIR, SCORES_FILE, predict_folder
-from anomclip_hf.run_lock import LOCK_FILE, FolderInUseError
+from anomclip_hf.inference.prediction import (
+    ERRORS_FILE,
+    OVERLAY_DIR,
+    SCORES_FILE,
+    predict_folder,
+)
+from anomclip_hf.io.image_io import ImageReadError, load_image
+from anomclip_hf.io.run_lock import LOCK_FILE, FolderInUseError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -247,7 +252,7 @@ def test_b_output_path_that_is_a_file_is_one_clear_oserror(scored_model, tmp_pat
 
 
 def test_b_disk_full_names_the_file_and_leaves_no_torn_csv(scored_model, tmp_path, monkeypatch):
-    import anomclip_hf.atomic_io as atomic_io
+    import anomclip_hf.io.atomic_io as atomic_io
 
     random_png(tmp_path / "images" / "a.png", seed=1)
     output = tmp_path / "out"
@@ -277,7 +282,7 @@ sys.path.insert(0, "tests")
 from conftest import perturb_norms, tiny_clip_config
 from transformers import CLIPModel
 from anomclip_hf import AnomCLIPModel, atomic_io
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 root, trials = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
@@ -353,7 +358,7 @@ def train_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_dir(tiny_clip, tmp_path_factory):
     from anomclip_hf import AnomCLIPModel
-    from anomclip_hf.tokenization import build_offline_clip_tokenizer
+    from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
     folder = str(tmp_path_factory.mktemp("base"))
     AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False)).save_pretrained(folder)
@@ -510,7 +515,7 @@ def test_d_a_failing_process_does_not_leave_the_others_waiting(base_dir, train_d
 
 
 def test_b_read_only_output_folder_is_one_oserror_naming_it(scored_model, tmp_path, monkeypatch):
-    import anomclip_hf.run_lock as run_lock
+    import anomclip_hf.io.run_lock as run_lock
 
     random_png(tmp_path / "images" / "a.png", seed=1)
     (tmp_path / "out").mkdir()

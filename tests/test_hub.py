@@ -12,19 +12,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
+from conftest import perturb_norms, tiny_clip_config
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from transformers import CLIPModel
 
 from anomclip_hf import AnomCLIPModel, AnomCLIPProcessor
-from anomclip_hf.category_io import LAYOUT_FILES
-from anomclip_hf.hub import CategoryDownloadError, repo_id_from_pattern, upload_category_folder
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
-from conftest import perturb_norms, tiny_clip_config
+from anomclip_hf.hub import (
+    CategoryDownloadError,
+    repo_id_from_pattern,
+    upload_category_folder,
+)
+from anomclip_hf.model.category_io import LAYOUT_FILES
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 REPO = "tester/anomclip-mvtec-widget-2shot"
 EVALUATION = {"dataset": "mvtec", "resolution": 64, "test_images": 12,
@@ -173,7 +177,7 @@ def test_offline_environment_variable_in_a_new_process(fake_hub, trained, tmp_pa
     code = ("import sys; sys.path.insert(0, 'tests');"
             "from conftest import perturb_norms, tiny_clip_config; import torch;"
             "from transformers import CLIPModel; from anomclip_hf import AnomCLIPModel;"
-            "from anomclip_hf.tokenization import build_offline_clip_tokenizer;"
+            "from anomclip_hf.model.tokenization import build_offline_clip_tokenizer;"
             "torch.manual_seed(0); clip = perturb_norms(CLIPModel(tiny_clip_config())).eval();"
             "model = AnomCLIPModel.from_clip(clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False));"
             f"print(model.load_category({REPO!r}).name)")
@@ -310,7 +314,7 @@ def test_unsafe_category_names_and_repo_ids_touch_nothing(fake_hub, trained, ada
 
 
 def test_interrupted_save_keeps_the_previous_adapter_loadable(adapter_dir, trained, tiny_clip, monkeypatch):
-    import anomclip_hf.category_io as category_io
+    import anomclip_hf.model.category_io as category_io
 
     before = {p.name: p.read_bytes() for p in adapter_dir.iterdir()}
     calls = []

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from anomclip_hf import AnomCLIPModel
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 SCORING_SIZE = 400  # the reference's map size; sigma 4 there
 

@@ -23,7 +23,6 @@ from anomclip_hf.metrics import (
 )
 from anomclip_hf.metrics._regions import region_sizes
 
-
 # ----------------------------------------------------------------------------- reference implementations
 
 

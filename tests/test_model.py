@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_norms, tiny_clip_config
 from PIL import Image, ImageDraw
 from transformers import AutoConfig, AutoModel, CLIPModel
 
 from anomclip_hf import AnomCLIPConfig, AnomCLIPModel, AnomCLIPProcessor
-from anomclip_hf.losses import promptad_loss
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
-
-from conftest import perturb_norms, tiny_clip_config
+from anomclip_hf.model.losses import promptad_loss
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 
 def _object_image(seed: int = 0, defect: bool = False) -> Image.Image:
@@ -162,7 +161,7 @@ def test_save_category_is_atomic(tmp_path, bottle_model, monkeypatch):
     target = tmp_path / "bottle"
     bottle_model.save_category(target)
     before = (target / "category.json").read_text()
-    import anomclip_hf.category_io as category_io
+    import anomclip_hf.model.category_io as category_io
 
     def broken_card(*args, **kwargs):
         raise RuntimeError("disk full")

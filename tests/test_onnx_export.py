@@ -21,8 +21,12 @@ from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import main
 from anomclip_hf.export import OnnxAnomalyDetector, export_onnx
 from anomclip_hf.export.onnx_export import OnnxExportError
-from anomclip_hf.processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, preprocess_images
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
+from anomclip_hf.model.processing_anomclip import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    preprocess_images,
+)
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4

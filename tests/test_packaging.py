@@ -1,7 +1,8 @@
 """pyproject.toml ships every sub-package (a forgotten one imports in the repo but not from a wheel)."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

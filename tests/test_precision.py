@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from anomclip_hf import precision as precision_module
-from anomclip_hf.inference import score_images
-from anomclip_hf.precision import resolve_precision, tower_autocast
-from anomclip_hf.precision_flags import PRECISIONS, normalize_precision
-from anomclip_hf.training import TrainingConfig, build_optimizer, config_from_args, training_step
+from anomclip_hf.flags.precision import PRECISIONS, normalize_precision
+from anomclip_hf.inference.batch_scoring import score_images
+from anomclip_hf.model import precision as precision_module
+from anomclip_hf.model.precision import resolve_precision, tower_autocast
+from anomclip_hf.training import (
+    TrainingConfig,
+    build_optimizer,
+    config_from_args,
+    training_step,
+)
 from anomclip_hf.training.step import ShotFeatures
 
 
@@ -40,7 +45,7 @@ def test_spellings_and_bad_values():
 
 
 def test_auto_on_a_cpu_without_bf16_falls_back_to_float32_and_says_so(cpu_without_bf16, caplog):
-    with caplog.at_level(logging.INFO, logger="anomclip_hf.precision"):
+    with caplog.at_level(logging.INFO, logger="anomclip_hf.model.precision"):
         choice = resolve_precision("auto", "cpu")
     assert (choice.requested, choice.precision, choice.autocast_dtype) == ("auto", "fp32", None)
     assert "no AVX512_BF16/AMX/BF16" in choice.reason and "float32" in choice.reason
@@ -48,7 +53,7 @@ def test_auto_on_a_cpu_without_bf16_falls_back_to_float32_and_says_so(cpu_withou
 
 
 def test_auto_on_a_cpu_with_bf16_runs_bf16(cpu_with_bf16, caplog):
-    with caplog.at_level(logging.INFO, logger="anomclip_hf.precision"):
+    with caplog.at_level(logging.INFO, logger="anomclip_hf.model.precision"):
         choice = resolve_precision("auto", "cpu")
     assert (choice.precision, choice.autocast_dtype) == ("bf16", torch.bfloat16)
     assert "avx512_bf16" in choice.reason and "avx512_bf16" in caplog.text
@@ -62,7 +67,7 @@ def test_torch_capability_probe_counts(monkeypatch):
 
 
 def test_explicit_bf16_without_native_support_runs_and_warns(cpu_without_bf16, caplog):
-    with caplog.at_level(logging.INFO, logger="anomclip_hf.precision"):
+    with caplog.at_level(logging.INFO, logger="anomclip_hf.model.precision"):
         choice = resolve_precision("bf16", "cpu")
     assert choice.precision == "bf16"  # honoured: the drift can be measured anywhere
     assert any(r.levelno == logging.WARNING and "emulated" in r.getMessage() for r in caplog.records)

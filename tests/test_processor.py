@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from anomclip_hf import AnomCLIPProcessor
-from anomclip_hf.image_io import ImageReadError, load_image, to_rgb
-from anomclip_hf.processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from anomclip_hf.io.image_io import ImageReadError, load_image, to_rgb
+from anomclip_hf.model.processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
 def test_pixel_values_are_bicubic_resized_and_normalised():

@@ -1,12 +1,19 @@
 """Class names, manual phrases and the semantic-concatenation prompt layout."""
 
 import pytest
+from conftest import tiny_clip_config
 
 from anomclip_hf import AnomCLIPConfig
-from anomclip_hf.prompts import (CATEGORY_PHRASES, GENERIC_PHRASES, MVTEC_CATEGORIES, VISA_CATEGORIES,
-                                 build_head_prompts, class_name_for, learned_pairs, manual_phrases)
-
-from conftest import tiny_clip_config
+from anomclip_hf.model.prompts import (
+    CATEGORY_PHRASES,
+    GENERIC_PHRASES,
+    MVTEC_CATEGORIES,
+    VISA_CATEGORIES,
+    build_head_prompts,
+    class_name_for,
+    learned_pairs,
+    manual_phrases,
+)
 
 
 def test_class_names():

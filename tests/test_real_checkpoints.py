@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clip_folders import write_clip_folder
 from PIL import Image
 from transformers import AutoProcessor, CLIPModel, SiglipConfig, pipeline
 
 from anomclip_hf import AnomCLIPModel, AnomCLIPProcessor
 from anomclip_hf.cli import main
 from anomclip_hf.data import generate_mvtec_tree
-from anomclip_hf.dtypes import resolve_compute_dtype
-from anomclip_hf.processing_anomclip import model_pixel_values
-from clip_folders import write_clip_folder
+from anomclip_hf.model.dtypes import resolve_compute_dtype
+from anomclip_hf.model.processing_anomclip import model_pixel_values
 
 REPO = Path(__file__).resolve().parents[1]
 FLAVOURS = {"openai": {}, "float16": {"dtype": torch.float16}, "sharded": {"max_shard_size": "20KB"}}
@@ -155,7 +155,7 @@ def test_image_score_is_defined_at_the_scoring_size(folders, images):
         assert (out.image_scores - outputs[400].image_scores).abs().max() < 1e-6, size
     assert (memory[28] - memory[800]).abs().max() < 1e-6
     # the peak at 28 differs from the one at the scoring size: the fixed size is what makes them equal
-    from anomclip_hf.scoring import upsampled_peak
+    from anomclip_hf.model.scoring import upsampled_peak
 
     patch = outputs[400].memory_patch_scores
     assert (upsampled_peak(patch, 400) - memory[28]).abs().max() < 1e-6
@@ -278,7 +278,7 @@ def test_train_script_runs(folders, tmp_path, flavour):
 def test_from_clip_wraps_the_loaded_weights_without_a_copy(tiny_clip):
     import copy
 
-    from anomclip_hf.tokenization import build_offline_clip_tokenizer
+    from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
     clip = copy.deepcopy(tiny_clip)
     before = {name: tensor.clone() for name, tensor in clip.state_dict().items()}

@@ -2,7 +2,11 @@
 
 import torch
 
-from anomclip_hf.text_encoding import encode_text_embeddings, eos_positions_of, truncate_to_longest
+from anomclip_hf.model.text_encoding import (
+    encode_text_embeddings,
+    eos_positions_of,
+    truncate_to_longest,
+)
 
 
 def _hf_text_features(clip, input_ids):

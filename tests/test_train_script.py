@@ -13,7 +13,7 @@ import pytest
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.data import generate_mvtec_tree
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "train.py"

@@ -7,15 +7,21 @@ import os
 
 import pytest
 import torch
+from golden_setup import REFERENCE_PRESET, golden_model
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.data import DatasetLayoutError, generate_mvtec_tree
-from anomclip_hf.image_io import ImageReadError
-from anomclip_hf.processing_anomclip import AnomCLIPProcessor
-from anomclip_hf.tokenization import build_offline_clip_tokenizer
-from anomclip_hf.training import (TrainingConfig, build_optimizer, encode_shots, run_grid, train_category,
-                                  training_step)
-from golden_setup import REFERENCE_PRESET, golden_model
+from anomclip_hf.io.image_io import ImageReadError
+from anomclip_hf.model.processing_anomclip import AnomCLIPProcessor
+from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
+from anomclip_hf.training import (
+    TrainingConfig,
+    build_optimizer,
+    encode_shots,
+    run_grid,
+    train_category,
+    training_step,
+)
 
 CATEGORY = "widget"
 
@@ -255,7 +261,7 @@ def test_config_presets_and_overrides(tmp_path):
 def test_low_precision_training_keeps_float32_prompts_state_and_weights(tiny_model, data_root):
     """bf16 towers (autocast, on the CPU here): the prompt vectors, their gradients, the optimizer state and
     the losses stay float32, and the CLIP weights are never touched."""
-    from anomclip_hf.precision import resolve_precision
+    from anomclip_hf.model.precision import resolve_precision
 
     before = {k: v.clone() for k, v in tiny_model.clip.state_dict().items()}
     image = os.path.join(data_root, CATEGORY, "train", "good", "000.png")
@@ -280,7 +286,7 @@ def test_bf16_training_step_is_close_to_the_float32_step(tiny_clip):
     Measured on this data: loss terms differ by at most 5.2e-3 (total 6.53), the gradient and the SGD update
     by 1.5e-2 relative (L2), the updated vectors by at most 2.2e-5 (the update itself is up to 1.8e-3);
     the bounds below leave a factor of about 4."""
-    from anomclip_hf.precision import resolve_precision
+    from anomclip_hf.model.precision import resolve_precision
 
     shots = torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(0))
     config = fast_config()

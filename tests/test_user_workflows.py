@@ -16,11 +16,16 @@ from transformers import pipeline
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import main
 from anomclip_hf.data import generate_mvtec_tree
-from anomclip_hf.demo import embedded_demo_model
-from anomclip_hf.image_io import load_image
-from anomclip_hf.processing_anomclip import preprocess_images
-from anomclip_hf.thresholds import DEFAULT_MARGIN
-from anomclip_hf.visualization import anomaly_panel, jet, mask_contour, overlay_layout
+from anomclip_hf.inference.visualization import (
+    anomaly_panel,
+    jet,
+    mask_contour,
+    overlay_layout,
+)
+from anomclip_hf.io.image_io import load_image
+from anomclip_hf.model.embedded_base import embedded_demo_model
+from anomclip_hf.model.processing_anomclip import preprocess_images
+from anomclip_hf.model.thresholds import DEFAULT_MARGIN
 
 IMAGE_SIZE = 112
 
@@ -260,7 +265,7 @@ def test_add_category_refuses_unsafe_names(tiny_model, name):
 
 def test_predict_device_and_autocast_options(workspace, tmp_path):
     from anomclip_hf.cli import resolve_device
-    from anomclip_hf.precision import resolve_precision
+    from anomclip_hf.model.precision import resolve_precision
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_precision("bf16", "cpu").autocast_dtype == torch.bfloat16

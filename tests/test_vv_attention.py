@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionModel
 
-from anomclip_hf.vv_attention import dual_stream_vision_forward
+from anomclip_hf.model.vv_attention import dual_stream_vision_forward
 
 
 def _layer_norm(x, module):

@@ -18,8 +18,8 @@ import sys
 
 from accelerate import PartialState
 
+from anomclip_hf.flags.numeric import nonnegative_int, positive_int
 from anomclip_hf.training import add_training_arguments, config_from_args, run_grid
-from anomclip_hf.numeric_flags import nonnegative_int, positive_int
 from anomclip_hf.training.arguments import add_hub_arguments, hub_target_from_args
 from anomclip_hf.training.grid import GridAbortedError
 

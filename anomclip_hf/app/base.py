@@ -11,10 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from ..base_source import hub_reachable, is_cached
-from ..demo import DEFAULT_BACKBONE, EMBEDDED_BACKBONE, embedded_demo_model
 from ..hub.validation import validate_repo_id
-from ..labels import PIPELINE_CHECK_NOTE, is_random_base
+from ..io.base_source import hub_reachable, is_cached
+from ..io.labels import PIPELINE_CHECK_NOTE, is_random_base
+from ..model.embedded_base import (
+    DEFAULT_BACKBONE,
+    EMBEDDED_BACKBONE,
+    embedded_demo_model,
+)
 
 # The training preset whose model settings the base is loaded with (the one `anomclip fit` defaults to).
 FIT_PRESET = "paper"

@@ -10,7 +10,7 @@ import html
 import os
 from typing import Optional
 
-from ..demo import EMBEDDED_BACKBONE
+from ..model.embedded_base import EMBEDDED_BACKBONE
 from .results import ScoredSet, large_view, write_scores_csv
 from .workspace import BusyError, Workspace
 

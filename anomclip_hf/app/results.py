@@ -14,10 +14,10 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from ..labels import PIPELINE_CHECK_NOTE
-from ..image_io import load_image
-from ..thresholds import decision, normalized_score
-from ..visualization import anomaly_panel
+from ..inference.visualization import anomaly_panel
+from ..io.image_io import load_image
+from ..io.labels import PIPELINE_CHECK_NOTE
+from ..model.thresholds import decision, normalized_score
 
 LARGE_VIEW_SIZE = 384  # pixels on the short side of each of the three panels
 

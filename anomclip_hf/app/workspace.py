@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from ..labels import PIPELINE_CHECK_NOTE
-from ..image_io import ImageReadError, load_image
+from ..io.image_io import ImageReadError, load_image
+from ..io.labels import PIPELINE_CHECK_NOTE
 from .base import FIT_PRESET, BaseChoice, choose_base
 from .results import ScoredImage, ScoredSet, write_thumbnails
 from .uploads import MAX_FILE_MB, MAX_FILES, StagedFiles, folder_sources, stage_files
@@ -155,7 +155,7 @@ class Workspace:
     # ------------------------------------------------------------------ scoring
     def score(self, sources: Sequence[str]) -> ScoredSet:
         """Score the uploaded test images with the active category (through `predict_files`)."""
-        from ..prediction import overlay_name, predict_files
+        from ..inference.prediction import overlay_name, predict_files
 
         category = self.require_category()
         if not sources:

@@ -20,7 +20,12 @@ from .mvtec import list_mvtec_categories, load_mvtec
 from .reading import read_image, read_mask
 from .schema import FEATURES, LABEL_NAMES
 from .shots import sample_shots
-from .synthetic_images import DEFECT_TYPES, SyntheticSample, render_normal, render_sample
+from .synthetic_images import (
+    DEFECT_TYPES,
+    SyntheticSample,
+    render_normal,
+    render_sample,
+)
 from .synthetic_trees import generate_mvtec_tree, generate_visa_tree
 from .visa import detect_visa_layout, list_visa_categories, load_visa
 

@@ -1,6 +1,6 @@
 """The one error type raised for a dataset tree that does not have the expected layout.
 
-Unreadable image files raise `anomclip_hf.image_io.ImageReadError` instead; both subclass ValueError,
+Unreadable image files raise `anomclip_hf.io.image_io.ImageReadError` instead; both subclass ValueError,
 so callers can catch either one or both.
 """
 

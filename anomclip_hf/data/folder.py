@@ -13,7 +13,13 @@ from typing import List, Optional
 from datasets import Dataset
 
 from .errors import DatasetLayoutError
-from .files import IMAGE_EXTENSIONS, check_row_files, list_images, list_subdirs, require_dir
+from .files import (
+    IMAGE_EXTENSIONS,
+    check_row_files,
+    list_images,
+    list_subdirs,
+    require_dir,
+)
 from .schema import GOOD, build_dataset, check_split, make_row
 
 

@@ -1,4 +1,4 @@
-"""Reading the image and the *binary* mask of a dataset row, through anomclip_hf.image_io.
+"""Reading the image and the *binary* mask of a dataset row, through anomclip_hf.io.image_io.
 
 The `mask` column decodes to the raw file (VisA: 0/1/2/3, MVTec: 0/255); use `read_mask` to get
 the 0/1 array metrics expect. A normal row (no mask) gives an all-zero mask.
@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ..image_io import load_image, load_mask, resize_mask
+from ..io.image_io import load_image, load_mask, resize_mask
 from .files import probe_size
 
 RowOrPath = Union[Mapping, str, os.PathLike]

@@ -21,13 +21,13 @@ import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 from tqdm.auto import tqdm
 
-from ..atomic_io import write_json
-from ..labels import pipeline_check_fields
 from ..data import load_split, read_mask
-from ..inference import score_images
+from ..inference.batch_scoring import score_images
+from ..io.atomic_io import write_json
+from ..io.labels import pipeline_check_fields
 from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
-from ..modeling_anomclip import AnomCLIPModel
-from ..thresholds import decision
+from ..model.modeling_anomclip import AnomCLIPModel
+from ..model.thresholds import decision
 from ..training.config import TrainingConfig
 from ..training.grid import Job, build_jobs
 from ..training.inputs import add_reference_category, load_base_model

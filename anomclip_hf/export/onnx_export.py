@@ -19,9 +19,15 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..pixel_arrays import RESAMPLE_NAMES
+from ..io.pixel_arrays import RESAMPLE_NAMES
 from .extras import import_extra
-from .sidecar import INPUT_NAME, OUTPUT_NAMES, SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
+from .sidecar import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    sidecar_path,
+)
 
 DEFAULT_OPSET = 18  # the oldest opset torch's torch.export-based exporter writes
 QUANTIZE_MODES = ("int8",)
@@ -127,7 +133,7 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
     the matrix products' weights. The graph passes `onnx.checker`; the result's `check` is the largest
     difference from the PyTorch forward on seeded random inputs.
     """
-    from ..atomic_io import write_json
+    from ..io.atomic_io import write_json
 
     state, output_size = _check_options(model, category, opset, output_size, fp16, quantize)
     began = time.perf_counter()

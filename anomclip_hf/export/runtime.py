@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..decisions import decision
-from ..labels import PIPELINE_CHECK_NOTE
-from ..pixel_arrays import RESAMPLE_NAMES, ImageInput, pixel_array
+from ..io.labels import PIPELINE_CHECK_NOTE
+from ..io.pixel_arrays import RESAMPLE_NAMES, ImageInput, pixel_array
+from ..model.decisions import decision
 from .extras import import_extra
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar
 
 if TYPE_CHECKING:
-    from ..batches import ScoredBatch
+    from ..io.batches import ScoredBatch
 
 
 @dataclass
@@ -97,7 +97,9 @@ class OnnxAnomalyDetector:
     def score_batches(self, images: Sequence[ImageInput], batch_size: int = 16, progress: bool = True,
                       skip_unreadable: bool = False) -> Iterator[ScoredBatch]:
         """Batch by batch, as `inference.score_images` (for `prediction.write_predictions`)."""
-        from ..batches import scored_batches  # and tqdm: only this path shows progress
+        from ..io.batches import (
+            scored_batches,  # and tqdm: only this path shows progress
+        )
 
         return scored_batches(images, lambda decoded: self.run(self.preprocess(decoded)), batch_size=batch_size,
                               progress=progress, skip_unreadable=skip_unreadable)

@@ -2,11 +2,12 @@
 
     validation.py   category names, repo ids and repo-id patterns, checked before they reach disk or the Hub
     download.py     download_category: one repo's files through huggingface_hub (cache, revisions, offline)
-    push.py         push_category_to_hub / upload_category_folder / push_base_to_hub, HubTarget for training runs
+    push.py         commit_files (one commit of given files), HubTarget for training runs
+    model_card.py   the model cards of category adapters and base models
 
-download and validation sit below the adapter reader (`category_io` uses them); push sits above it (it
-uploads what `category_io` wrote). So this package imports nothing eagerly: importing `hub.download` must
-not pull in `hub.push`. The names below resolve on first use.
+The hub layer knows no model and no adapter schema: the model side (`model.publishing`: upload_category_folder,
+push_category_to_hub, push_base_to_hub) decides what to upload and calls `commit_files`. Those three are
+re-exported here, resolved on first use like every name (importing `hub.download` pulls in nothing else).
 """
 
 
@@ -14,8 +15,8 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "CategoryDownloadError": "download", "CategorySnapshot": "download", "download_category": "download",
-    "HubTarget": "push", "push_base_to_hub": "push", "push_category_to_hub": "push",
-    "upload_category_folder": "push",
+    "HubTarget": "push", "commit_files": "push", "push_base_to_hub": "anomclip_hf.model.publishing",
+    "push_category_to_hub": "anomclip_hf.model.publishing", "upload_category_folder": "anomclip_hf.model.publishing",
     "repo_id_from_pattern": "validation", "validate_category_name": "validation", "validate_repo_id": "validation",
 }
 

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from huggingface_hub import constants, snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 try:  # the repo listing snapshot_download caches (huggingface_hub >= 1.x); older clients: no listing
     from huggingface_hub import get_cached_repo_tree

@@ -10,9 +10,10 @@ import os
 import string
 from typing import Any
 
-from huggingface_hub.utils import HFValidationError, validate_repo_id as _hub_validate_repo_id
+from huggingface_hub.utils import HFValidationError
+from huggingface_hub.utils import validate_repo_id as _hub_validate_repo_id
 
-from ..category import validate_category_name  # noqa: F401  (re-exported: names that reach disk and the Hub)
+from ..model.category import validate_category_name  # noqa: F401  (re-exported: names that reach disk and the Hub)
 
 # Fields a repo-id pattern may use, e.g. "{org}/anomclip-{dataset}-{category}-{shots}shot".
 REPO_ID_FIELDS = ("org", "dataset", "category", "shots", "seed")

@@ -20,7 +20,14 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from . import _curves
-from ._inputs import as_binary, as_scores, check_both_classes, check_fpr_limit, check_same_shape, map_inputs
+from ._inputs import (
+    as_binary,
+    as_scores,
+    check_both_classes,
+    check_fpr_limit,
+    check_same_shape,
+    map_inputs,
+)
 from ._regions import region_sizes
 
 

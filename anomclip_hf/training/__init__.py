@@ -2,7 +2,7 @@
 
     config.py         TrainingConfig (spec section 4) and the YAML presets (training/presets/)
     step.py           the objective and one optimisation step (shared by the loop and the parity tests); the
-                      text tower under the autocast of `config.precision` (anomclip_hf.precision decides)
+                      text tower under the autocast of `config.precision` (anomclip_hf.model.precision decides)
     loop.py           fit_prompts: one full-batch SGD step per epoch, logging, checkpoints, resume
     checkpointing.py  safetensors + JSON checkpoints (prompt vectors, optimiser, scheduler, RNG, progress), no pickle
     inputs.py         base model and reference images, checked before anything is written

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from ..numeric_flags import finite_float, nonnegative_float, nonnegative_int
-from ..precision_flags import add_precision_argument
+from ..flags.numeric import finite_float, nonnegative_float, nonnegative_int
+from ..flags.precision import add_precision_argument
 from .config import SCHEDULES, TrainingConfig
 
 if TYPE_CHECKING:  # the Hub client loads only when a run pushes

@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic_io import atomic_directory
-from ..precision_flags import normalize_precision
+from ..flags.precision import normalize_precision
+from ..io.atomic_io import atomic_directory
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d+)$")

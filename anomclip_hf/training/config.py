@@ -8,17 +8,17 @@ AnomCLIPConfig settings that go to `AnomCLIPModel.from_clip(**model)` (or `from_
 from __future__ import annotations
 
 import dataclasses
-from importlib import resources
 import inspect
 import math
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import yaml
 
-from ..precision_flags import normalize_precision
+from ..flags.precision import normalize_precision
 
 SCHEDULES = ("two_stage", "joint")
 # training/presets/ of the repository, shipped in the package as anomclip_hf.presets (see pyproject.toml).
@@ -41,7 +41,7 @@ class TrainingConfig:
         its own seed, given per job.
     shots: k, the default number of normal reference images when a job does not say.
     precision: "fp32" | "bf16" | "fp16" | "auto": the frozen CLIP towers run under autocast in that dtype
-        (auto: bf16 where the CPU/GPU runs it natively, else fp32; see `anomclip_hf.precision`); prompt
+        (auto: bf16 where the CPU/GPU runs it natively, else fp32; see `anomclip_hf.model.precision`); prompt
         vectors, optimizer state, losses and the memory bank stay float32. `mixed_precision` (no/bf16/fp16)
         is the older name of this setting and is still read.
     checkpoint_every: save an accelerate checkpoint every N epochs (0: never); checkpoint_limit keeps the
@@ -214,7 +214,7 @@ def resolve_preset(preset: str) -> str:
 
 def _model_setting_names() -> set[str]:
     # Imported here, not at the top: the command line builds its parser from this module without torch.
-    from ..configuration_anomclip import AnomCLIPConfig
+    from ..model.configuration_anomclip import AnomCLIPConfig
 
     parameters = inspect.signature(AnomCLIPConfig.__init__).parameters
     internal = {"self", "kwargs", "clip_config", "prompt_token_ids", "base_model_name_or_path", "base_model_revision"}
@@ -223,7 +223,7 @@ def _model_setting_names() -> set[str]:
 
 def validate_model_settings(settings: Mapping[str, Any], clip_config=None) -> None:
     """Unknown names or values AnomCLIPConfig refuses raise ValueError here, before any model is loaded."""
-    from ..configuration_anomclip import AnomCLIPConfig
+    from ..model.configuration_anomclip import AnomCLIPConfig
 
     unknown = sorted(set(settings) - _model_setting_names())
     if unknown:

@@ -21,14 +21,21 @@ from typing import Optional, Sequence, Union
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from ..atomic_io import write_json
 from ..data import list_categories
 from ..data.loading import DATASETS
 from ..hub.push import HubTarget
-from ..modeling_anomclip import AnomCLIPModel
+from ..io.atomic_io import write_json
+from ..model.modeling_anomclip import AnomCLIPModel
 from .config import TrainingConfig
 from .inputs import load_base_model
-from .job import ADAPTER_DIR, SUMMARY_FILE, push_job_adapter, run_settings, settings_hash, train_category
+from .job import (
+    ADAPTER_DIR,
+    SUMMARY_FILE,
+    push_job_adapter,
+    run_settings,
+    settings_hash,
+    train_category,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from transformers import PretrainedConfig
 
-from ..category import PROMPT_TOKEN_KEYS
 from ..data import load_split, sample_shots
 from ..data.schema import NORMAL
-from ..image_io import load_image
-from ..modeling_anomclip import AnomCLIPModel, is_anomclip_base
-from ..processing_anomclip import model_pixel_values
-from ..thresholds import ThresholdEstimate, record_thresholds
-from ..vv_attention import VisionFeatures
+from ..io.image_io import load_image
+from ..model.category import PROMPT_TOKEN_KEYS
+from ..model.modeling_anomclip import AnomCLIPModel, is_anomclip_base
+from ..model.processing_anomclip import model_pixel_values
+from ..model.thresholds import ThresholdEstimate, record_thresholds
+from ..model.vv_attention import VisionFeatures
 from .config import validate_model_settings
 
 

@@ -25,15 +25,22 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import is_tensorboard_available
 
-from ..atomic_io import write_json
-from ..labels import pipeline_check_fields
 from ..hub.push import HubTarget
-from ..modeling_anomclip import AnomCLIPModel
-from ..precision import PrecisionChoice, resolve_precision
-from ..processing_anomclip import AnomCLIPProcessor
+from ..io.atomic_io import write_json
+from ..io.labels import pipeline_check_fields
+from ..model.modeling_anomclip import AnomCLIPModel
+from ..model.precision import PrecisionChoice, resolve_precision
+from ..model.processing_anomclip import AnomCLIPProcessor
+from ..model.publishing import upload_category_folder
 from .checkpointing import resolve_resume
 from .config import TrainingConfig
-from .inputs import check_model_settings, load_base_model, read_references, select_references, try_estimate_thresholds
+from .inputs import (
+    check_model_settings,
+    load_base_model,
+    read_references,
+    select_references,
+    try_estimate_thresholds,
+)
 from .loop import EpochCallback, fit_prompts
 from .step import ShotFeatures
 
@@ -151,7 +158,7 @@ def settings_hash(settings: dict) -> str:
 def push_job_adapter(job_dir: str, adapter_dir: str, repo_id: str, target: HubTarget) -> dict:
     """Push a finished job's adapter and record the commit in its summary.json (so a rerun does not push
     it again); returns {"hub_repo_id", "hub_commit"}."""
-    commit = target.push(adapter_dir, repo_id)
+    commit = upload_category_folder(adapter_dir, repo_id, **target.upload_options())
     pushed = {"hub_repo_id": repo_id, "hub_commit": commit.oid}
     path = os.path.join(job_dir, SUMMARY_FILE)
     if os.path.isfile(path):

@@ -14,9 +14,14 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from ..modeling_anomclip import AnomCLIPModel
-from ..precision import PrecisionChoice, resolve_precision
-from .checkpointing import TrainingProgress, clear_checkpoints, load_checkpoint, save_checkpoint
+from ..model.modeling_anomclip import AnomCLIPModel
+from ..model.precision import PrecisionChoice, resolve_precision
+from .checkpointing import (
+    TrainingProgress,
+    clear_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .step import ShotFeatures, build_optimizer, build_scheduler, training_step
 
 logger = logging.getLogger(__name__)

@@ -7,11 +7,11 @@ from typing import Callable, Optional
 
 import torch
 
-from ..category import HEADS
-from ..losses import promptad_loss
-from ..modeling_anomclip import AnomCLIPModel
-from ..precision import PrecisionChoice, tower_autocast
-from ..vv_attention import VisionFeatures
+from ..model.category import HEADS
+from ..model.losses import promptad_loss
+from ..model.modeling_anomclip import AnomCLIPModel
+from ..model.precision import PrecisionChoice, tower_autocast
+from ..model.vv_attention import VisionFeatures
 
 
 @dataclass

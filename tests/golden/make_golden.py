@@ -19,8 +19,12 @@ from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from golden_data import (TOKEN_EMBEDDING, load_open_clip_state_dict, load_reference,  # noqa: E402
-                         normalized_pixels)
+from golden_data import (  # noqa: E402
+    TOKEN_EMBEDDING,
+    load_open_clip_state_dict,
+    load_reference,
+    normalized_pixels,
+)
 
 TOKEN_KEYS = ("tokens_normal", "tokens_abnormal_handle", "tokens_abnormal_learned")
 

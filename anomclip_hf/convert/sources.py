@@ -176,7 +176,11 @@ def pretrained_tag_source(name: str, tag: str, model_cfg: dict) -> OpenClipSourc
 
 
 def _block_config(block: nn.Module, width: int) -> dict:
-    from open_clip.transformer import CustomResidualAttentionBlock, LayerScale, QuickGELU
+    from open_clip.transformer import (
+        CustomResidualAttentionBlock,
+        LayerScale,
+        QuickGELU,
+    )
 
     custom = isinstance(block, CustomResidualAttentionBlock)
     hidden = block.mlp.c_fc.out_features
@@ -199,7 +203,7 @@ def config_from_open_clip_model(model: nn.Module, name: str) -> tuple[dict, dict
     open_clip = import_open_clip()
     from open_clip.transformer import VisionTransformer
 
-    from .convert_open_clip_checks import UnsupportedOpenClipModel
+    from .checks import UnsupportedOpenClipModel
 
     if not isinstance(model, open_clip.CLIP):
         raise UnsupportedOpenClipModel(f"open_clip model {name!r} is a {type(model).__name__}; only open_clip.CLIP "

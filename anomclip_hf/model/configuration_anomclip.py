@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 from transformers import AutoConfig, CLIPConfig, PretrainedConfig
 
-from .category import HEADS, prompt_token_names
 # OpenAI CLIP's normalisation and bicubic resize: the defaults when a checkpoint has no preprocessor_config.json
-from .pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ..io.pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .category import HEADS, prompt_token_names
 
 ANOMALY_TOKEN_POSITIONS = ("suffix", "before_class")
 MEMORY_TAPS = ("after_attention", "block_output")
@@ -86,7 +86,7 @@ class AnomCLIPConfig(PretrainedConfig):
             Its revision (branch, tag or commit), when one was given.
         random_weights (`bool`, *optional*, defaults to `False`):
             The CLIP weights are random (a pipeline check, e.g. the offline demo's base): every output made
-            with it is labelled PIPELINE CHECK (`anomclip_hf.labels`).
+            with it is labelled PIPELINE CHECK (`anomclip_hf.io.labels`).
 
     Example:
 

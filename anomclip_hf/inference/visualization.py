@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from .image_io import resize_mask
-from .thresholds import decision
+from ..io.image_io import resize_mask
+from ..model.thresholds import decision
 
 GROUND_TRUTH_COLOUR = (255, 255, 0)
 PREDICTION_COLOUR = (255, 0, 0)

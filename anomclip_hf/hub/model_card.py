@@ -13,8 +13,8 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .hub.validation import looks_like_local_path, validate_repo_id
-from .labels import PIPELINE_CHECK_NOTE
+from ..io.labels import PIPELINE_CHECK_NOTE
+from .validation import looks_like_local_path, validate_repo_id
 
 TEMPLATE_PACKAGE = "anomclip_hf.model_cards"
 CATEGORY_TEMPLATE = "category_adapter.md"

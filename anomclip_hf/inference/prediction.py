@@ -26,13 +26,13 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic_io import write_csv
-from .batches import ScoredBatch
-from .data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
-from .decisions import decision, normalized_score
-from .image_io import display_path, load_mask
-from .labels import pipeline_check_note
-from .run_lock import FolderInUseError, folder_lock
+from ..data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
+from ..io.atomic_io import write_csv
+from ..io.batches import ScoredBatch
+from ..io.image_io import display_path, load_mask
+from ..io.labels import pipeline_check_note
+from ..io.run_lock import FolderInUseError, folder_lock
+from ..model.decisions import decision, normalized_score
 from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
@@ -81,7 +81,7 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, category: Opt
     write_options: root, ground_truth, extra_columns, keep_maps, not_images, unlistable, save_maps (see
     `write_predictions`).
     """
-    from .inference import score_images  # torch: only this scorer needs it
+    from .batch_scoring import score_images  # torch: only this scorer needs it
 
     state = model.get_category(category)
     threshold = state.metadata.get("decision_threshold") if threshold is None else threshold

@@ -11,9 +11,15 @@ import torch
 from transformers import AutoProcessor, CLIPConfig, CLIPTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
+from ..io.image_io import PathOrImage, load_mask, resize_mask
+from ..io.pixel_arrays import (  # noqa: F401
+    BICUBIC,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ImageInput,
+    pixel_array,
+)
 from .configuration_anomclip import AnomCLIPConfig
-from .image_io import PathOrImage, load_mask, resize_mask
-from .pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageInput, pixel_array  # noqa: F401
 from .tokenization import add_prompt_tokens
 
 PROCESSOR_CONFIG_NAME = "anomclip_processor_config.json"

@@ -33,13 +33,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
-from .atomic_io import atomic_directory, recover_directory
-from .category import HEADS, MAX_SHOTS, PROMPT_LAYOUT_KEYS, describe_base, validate_category_name
-from .hub.download import download_category
-from .hub.validation import looks_like_local_path, validate_repo_id
-from .model_card import render_category_card
+from ..hub.download import download_category
+from ..hub.model_card import render_category_card
+from ..hub.validation import looks_like_local_path, validate_repo_id
+from ..io.atomic_io import atomic_directory, recover_directory
+from ..io.safe_read import read_regular_file
+from .category import (
+    HEADS,
+    MAX_SHOTS,
+    PROMPT_LAYOUT_KEYS,
+    describe_base,
+    validate_category_name,
+)
 from .prompts import phrase_problem
-from .safe_read import read_regular_file
 
 FORMAT_VERSION = 1
 ADAPTER_CONFIG = "adapter_config.json"

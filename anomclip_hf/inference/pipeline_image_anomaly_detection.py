@@ -21,11 +21,11 @@ from typing import Optional
 from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .image_io import load_image
-from .modeling_anomclip import AnomCLIPModel
-from .precision import resolve_precision, tower_autocast
-from .processing_anomclip import AnomCLIPProcessor
-from .thresholds import decision, normalized_score
+from ..io.image_io import load_image
+from ..model.modeling_anomclip import AnomCLIPModel
+from ..model.precision import resolve_precision, tower_autocast
+from ..model.processing_anomclip import AnomCLIPProcessor
+from ..model.thresholds import decision, normalized_score
 
 TASK = "image-anomaly-detection"
 

@@ -9,23 +9,60 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
-from transformers import AutoModel, CLIPModel, CLIPTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoModel,
+    CLIPModel,
+    CLIPTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.utils import ModelOutput, logging
 
-from .category import HEADS, METADATA_KEYS, PROMPT_LAYOUT_KEYS, CategoryState, base_model_architecture, \
-    base_model_fingerprint, validate_category_name
-from .category_io import FORMAT_VERSION, AdapterContents, AdapterExpectations, check_adapter, read_adapter, \
-    resolve_category_folder, write_adapter
+from .category import (
+    HEADS,
+    METADATA_KEYS,
+    PROMPT_LAYOUT_KEYS,
+    CategoryState,
+    base_model_architecture,
+    base_model_fingerprint,
+    validate_category_name,
+)
+from .category_io import (
+    FORMAT_VERSION,
+    AdapterContents,
+    AdapterExpectations,
+    check_adapter,
+    read_adapter,
+    resolve_category_folder,
+    write_adapter,
+)
 from .configuration_anomclip import AnomCLIPConfig
 from .dtypes import resolve_compute_dtype
 from .losses import TextFeatures
 from .processing_anomclip import checkpoint_preprocessing, model_pixel_values
 from .prompt_learner import ADAPTER_WEIGHT_KEYS, PromptTokenTable
-from .prompts import HeadPrompts, build_head_prompts, build_zero_shot_prompts, class_name_for, manual_phrases
-from .scoring import (harmonic_fusion, memory_patch_scores, scaled_sigma, smooth_upsample, text_anomaly_probability,
-                      upsampled_peak)
+from .prompts import (
+    HeadPrompts,
+    build_head_prompts,
+    build_zero_shot_prompts,
+    class_name_for,
+    manual_phrases,
+)
+from .scoring import (
+    harmonic_fusion,
+    memory_patch_scores,
+    scaled_sigma,
+    smooth_upsample,
+    text_anomaly_probability,
+    upsampled_peak,
+)
 from .text_encoding import encode_text_embeddings, truncate_to_longest
-from .thresholds import DEFAULT_MARGIN, ThresholdEstimate, record_thresholds, threshold_estimate
+from .thresholds import (
+    DEFAULT_MARGIN,
+    ThresholdEstimate,
+    record_thresholds,
+    threshold_estimate,
+)
 from .tokenization import add_prompt_tokens
 from .vv_attention import VisionFeatures, dual_stream_vision_forward
 
@@ -561,7 +598,9 @@ class AnomCLIPModel(AnomCLIPPreTrainedModel):
                              token=None, revision: Optional[str] = None, commit_message: Optional[str] = None):
         """Push category `name` (default: the active one) to its own Hub repo, with its model card; returns the
         commit info (`.oid` pins the revision). `revision` is the branch to push to (created if needed)."""
-        from .hub.push import push_category_to_hub  # hub.push sits above the model: it saves through it
+        from .publishing import (
+            push_category_to_hub,  # it imports the Hub client: only when pushing
+        )
 
         return push_category_to_hub(self, repo_id, name, private=private, token=token, revision=revision,
                                     commit_message=commit_message)

@@ -18,55 +18,17 @@ import time
 from typing import Optional
 
 import numpy as np
-import torch
-from transformers import CLIPConfig, CLIPModel
 
-from .base_source import hub_reachable, is_cached
-from .data import generate_mvtec_tree, load_split, read_mask
-from .evaluation.protocol import stored_threshold_metrics
-from .labels import is_random_base, pipeline_check_fields
-from .metrics import aupro, f1_max, image_auroc, pixel_auroc
-from .modeling_anomclip import AnomCLIPModel
-from .prediction import OVERLAY_DIR, SCORES_FILE, predict_files
-from .tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
-from .training.inputs import add_reference_category
+from ..data import generate_mvtec_tree, load_split, read_mask
+from ..inference.prediction import OVERLAY_DIR, SCORES_FILE, predict_files
+from ..io.labels import pipeline_check_fields
+from ..metrics import aupro, f1_max, image_auroc, pixel_auroc
+from ..model.embedded_base import DEFAULT_BACKBONE, EMBEDDED_BACKBONE, demo_backbone  # noqa: F401 (re-exported)
+from ..training.inputs import add_reference_category
+from .protocol import stored_threshold_metrics
 
 DEMO_CATEGORY = "widget"
-DEFAULT_BACKBONE = "openai/clip-vit-base-patch16"
-EMBEDDED_BACKBONE = "anomclip-demo-random"
 DEFAULT_EPOCHS = 4
-
-
-def embedded_demo_model(seed: int = 0) -> AnomCLIPModel:
-    """A small random CLIP (ViT 112 px, patch 8, 4 layers) with an offline tokenizer."""
-    tokenizer = build_offline_clip_tokenizer(real_vocab=open_clip_bpe_path() is not None)
-    config = CLIPConfig(
-        projection_dim=64,
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-                         num_attention_heads=4, max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act="gelu"),
-        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=112, patch_size=8, hidden_act="gelu"),
-    )
-    torch.manual_seed(seed)
-    clip = CLIPModel(config)
-    clip.config.name_or_path = EMBEDDED_BACKBONE
-    model = AnomCLIPModel.from_clip(clip, tokenizer=tokenizer)
-    model.config.random_weights = True  # saved with the base: whatever runs on it is labelled
-    return model
-
-
-def demo_backbone(base: Optional[str], seed: int) -> tuple[AnomCLIPModel, bool]:
-    """(model, is_pipeline_check): `base` if given (a pipeline check when its config says random weights);
-    else the default Hub CLIP when cached or reachable; else the embedded random CLIP."""
-    if base is not None:
-        model = AnomCLIPModel.from_base(base)
-        return model, is_random_base(model)
-    if os.path.isdir(DEFAULT_BACKBONE) or is_cached(DEFAULT_BACKBONE) or hub_reachable():
-        return AnomCLIPModel.from_base(DEFAULT_BACKBONE), False
-    print(f"The Hugging Face Hub cannot be reached and {DEFAULT_BACKBONE} is not cached, so the demo runs on a "
-          "small random CLIP: its results are a pipeline check, not a detection result.")
-    return embedded_demo_model(seed), True
 
 
 def default_output_dir() -> str:
@@ -97,7 +59,7 @@ def run_demo(output_dir: Optional[str] = None, base: Optional[str] = None, shots
     if pipeline_check and base is None:
         model.save_pretrained(os.path.join(output_dir, "base"))
     if epochs > 0:
-        from .training import TrainingConfig, train_category
+        from ..training import TrainingConfig, train_category
 
         config = TrainingConfig(progress_bar=progress).with_epochs(epochs)
         train_category(model, DEMO_CATEGORY, os.path.join(output_dir, "training"), dataset="mvtec",

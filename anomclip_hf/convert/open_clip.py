@@ -20,13 +20,23 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+)
 
-from .atomic_io import atomic_directory
-from .convert_open_clip_checks import (CLIP_EOT_ID, PREPROCESS_DEFAULTS, UnsupportedOpenClipModel,
-                                       check_convertible)
-from .convert_open_clip_sources import resolve_open_clip_source
-from .tokenization import build_offline_clip_tokenizer
+from ..io.atomic_io import atomic_directory
+from ..model.tokenization import build_offline_clip_tokenizer
+from .checks import (
+    CLIP_EOT_ID,
+    PREPROCESS_DEFAULTS,
+    UnsupportedOpenClipModel,
+    check_convertible,
+)
+from .sources import resolve_open_clip_source
 
 CLIP_SOT_ID = 49406
 CONVERSION_RECORD_NAME = "open_clip_conversion.json"
@@ -213,7 +223,7 @@ def convert_open_clip(model: Union[str, os.PathLike, torch.nn.Module], checkpoin
                               tokenizer=clip_tokenizer_for_open_clip(cfg["text_cfg"]["context_length"]))
     record = {"open_clip_model": source.name, **source.provenance, "model_cfg": source.model_cfg,
               "preprocess_cfg": {**PREPROCESS_DEFAULTS, **source.preprocess_cfg},
-              "converter": "anomclip_hf.convert_open_clip"}
+              "converter": "anomclip_hf.convert.open_clip"}
     return ConvertedOpenClip(clip, processor, record)
 
 

@@ -6,12 +6,12 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from .batches import ScoredBatch, scored_batches
-from .image_io import PathOrImage
-from .modeling_anomclip import AnomCLIPModel
-from .numeric_flags import MAX_OUTPUT_SIZE
-from .precision import resolve_precision, tower_autocast
-from .processing_anomclip import model_pixel_values
+from ..flags.numeric import MAX_OUTPUT_SIZE
+from ..io.batches import ScoredBatch, scored_batches
+from ..io.image_io import PathOrImage
+from ..model.modeling_anomclip import AnomCLIPModel
+from ..model.precision import resolve_precision, tower_autocast
+from ..model.processing_anomclip import model_pixel_values
 
 __all__ = ["ScoredBatch", "score_images"]
 

@@ -23,7 +23,7 @@ from typing import Optional, Union
 
 import torch
 
-from .precision_flags import PRECISIONS, normalize_precision
+from ..flags.precision import PRECISIONS, normalize_precision
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-from peft import TrainableTokensConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft import (
+    TrainableTokensConfig,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+)
 from torch import nn
 from torch.nn import functional as F
 

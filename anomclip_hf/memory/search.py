@@ -1,0 +1,137 @@
+"""Nearest-neighbour search of a memory bank: the highest cosine similarity of each query row over the bank's
+rows, for any bank size with bounded peak memory.
+
+    exact_nearest        float32 matrix products in blocks (no block holds more than max_block_elements values)
+    shortlisted_nearest  a bfloat16 product shortlists candidates within its proven error bound, float32
+                         re-checks them: the same nearest neighbour (worth it on hardware with native bf16)
+    nearest_similarity   the entry point: one of the two, or one unblocked product inside an ONNX export
+
+Inputs are unit vectors (queries (N, W), bank (M, W)); callers turn similarities into their scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Iterator, Optional
+
+import torch
+
+# The approximate search pays off once the bank is large: below this many rows per layer (about 16 reference
+# images of 225 patches) the exact product is cheap and `search="auto"` keeps it.
+SHORTLIST_MIN_ROWS = 4096
+# A patch whose shortlist would hold more candidates than this (near-ties within the error bound) is searched
+# exactly instead.
+SHORTLIST_MAX_CANDIDATES = 64
+_BF16_UNIT_ROUNDOFF = 2.0 ** -8  # bfloat16 keeps 8 significant bits: round-to-nearest relative error <= 2^-8
+_FP32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def bf16_product_error_bound(width: int) -> float:
+    """c such that |bf16 product of q and b - q.b| <= c |q| |b| for vectors of `width` elements.
+
+    Both inputs are rounded to bfloat16 (relative error <= u each), the products are summed in float32 (the
+    standard bound gamma_n = n u32 / (1 - n u32) on sum |q_i b_i|) and the result is rounded to bfloat16
+    once more (u); sum |q_i b_i| <= |q| |b| (Cauchy-Schwarz). So c = (1 + u)^3 (1 + gamma_n) - 1.
+    """
+    gamma = width * _FP32_UNIT_ROUNDOFF / (1 - width * _FP32_UNIT_ROUNDOFF)
+    return (1 + _BF16_UNIT_ROUNDOFF) ** 3 * (1 + gamma) - 1
+
+
+def exact_nearest(flat: torch.Tensor, bank: torch.Tensor, max_block_elements: int) -> torch.Tensor:
+    """Highest cosine per query row over the whole bank, as float32 blocks of matrix products (no block of
+    similarities holds more than `max_block_elements` values)."""
+    bank_rows = max(1, min(bank.shape[0], max_block_elements))
+    query_rows = max(1, max_block_elements // bank_rows)
+    nearest = []  # highest cosine per query row, block by block (no in-place writes: autograd works)
+    for query in range(0, flat.shape[0], query_rows):
+        best = None
+        for start in range(0, bank.shape[0], bank_rows):
+            block = (flat[query: query + query_rows] @ bank[start: start + bank_rows].T).amax(dim=1)
+            best = block if best is None else torch.maximum(best, block)
+        nearest.append(best)
+    return torch.cat(nearest)
+
+
+# id(bank) -> (weak reference to the bank, its version, its bf16 copy); an entry leaves with its bank.
+_BF16_BANKS: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def bf16_copy(bank: torch.Tensor) -> torch.Tensor:
+    """The bank in bfloat16, remembered while the bank lives unchanged (a memory bank is module state that
+    serves many forwards; converting it each time would cost a good part of the search it speeds up). Kept
+    beside the tensor, not on it, so nothing extra is pickled with the model."""
+    key = id(bank)
+    cached = _BF16_BANKS.get(key)
+    if cached is not None and cached[0]() is bank and cached[1] == bank._version:
+        return cached[2]
+    if cached is None:
+        weakref.finalize(bank, _BF16_BANKS.pop, key, None)
+    low = bank.detach().to(torch.bfloat16)
+    _BF16_BANKS[key] = (weakref.ref(bank), bank._version, low)
+    return low
+
+
+@contextlib.contextmanager
+def float32_accumulation(device: torch.device) -> Iterator[None]:
+    """cuBLAS may sum bf16 products in bf16 unless told not to; the error bound assumes float32 sums."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction = before
+
+
+def shortlisted_nearest(flat: torch.Tensor, bank: torch.Tensor, low_bank: torch.Tensor, max_block_elements: int,
+                         max_candidates: int = SHORTLIST_MAX_CANDIDATES) -> torch.Tensor:
+    """The same values as `exact_nearest` (to float32 rounding), from a bfloat16 product that shortlists
+    candidates and an exact float32 re-check of the shortlist.
+
+    With a = the bf16 similarity and e = its error bound per query (bf16_product_error_bound): the true
+    nearest neighbour j* has a_j* >= s* - e >= max(a) - 2e, so every row with a >= max(a) - 2e is kept and
+    no row below can be the nearest. Patches with more than `max_candidates` such rows go to the exact search.
+    """
+    bound = bf16_product_error_bound(flat.shape[-1]) * bank.norm(dim=-1).max()
+    rows = max(1, max_block_elements // max(bank.shape[0], 1))
+    nearest = []
+    for query in range(0, flat.shape[0], rows):
+        block = flat[query: query + rows]
+        margin = 2 * bound * block.detach().norm(dim=-1, keepdim=True)
+        with float32_accumulation(low_bank.device):
+            approx = (block.detach().to(torch.bfloat16) @ low_bank.T).float()
+        keep = approx >= approx.amax(dim=1, keepdim=True) - margin
+        counts = keep.sum(dim=1)
+        easy = counts <= max_candidates
+        pair_rows, pair_cols = (keep & easy.unsqueeze(1)).nonzero(as_tuple=True)
+        step = max(1, max_block_elements // flat.shape[-1])  # gathered (pairs, W) blocks stay within the budget
+        dots = [(block[pair_rows[i: i + step]] * bank[pair_cols[i: i + step]]).sum(dim=-1)
+                for i in range(0, pair_rows.shape[0], step)]
+        dots = torch.cat(dots) if dots else flat.new_zeros(0)
+        best = torch.full((block.shape[0],), -torch.inf, dtype=dots.dtype, device=dots.device)
+        best = best.scatter_reduce(0, pair_rows, dots, reduce="amax")
+        hard = (~easy).nonzero(as_tuple=True)[0]
+        if hard.numel():
+            best = best.index_put((hard,), exact_nearest(block[hard], bank, max_block_elements))
+        nearest.append(best)
+    return torch.cat(nearest)
+
+
+def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, *, shortlist: bool = False,
+                       low_bank: Optional[torch.Tensor] = None, max_block_elements: int = 1 << 22) -> torch.Tensor:
+    """(N,) highest cosine of each query row over the bank's rows (float32 inputs of the same width).
+
+    shortlist: use `shortlisted_nearest` with `low_bank` (the bank in bfloat16; `bf16_copy` keeps one per bank).
+    """
+    if torch.compiler.is_exporting():
+        # One block: a loop over a batch-dependent row count cannot be part of a graph with a dynamic batch
+        # (anomclip export). The same maxima, only not bounded in memory.
+        return (queries @ bank.T).amax(dim=1)
+    if shortlist:
+        return shortlisted_nearest(queries, bank, bf16_copy(bank) if low_bank is None else low_bank,
+                                   max_block_elements)
+    return exact_nearest(queries, bank, max_block_elements)
