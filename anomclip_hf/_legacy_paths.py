@@ -22,7 +22,7 @@ LEGACY_MODULES = {
     "image_io": "io.image_io",
     "pixel_arrays": "io.pixel_arrays",
     "batches": "io.batches",
-    "base_source": "io.base_source",
+    "base_source": "hub.base_source",
     "labels": "io.labels",
     "numeric_flags": "flags.numeric",
     "precision_flags": "flags.precision",

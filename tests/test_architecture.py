@@ -29,20 +29,19 @@ def _is_type_checking_block(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, list[str]]]:
-    """(module, imported names) of every package import in a file, at module level or inside functions,
-    except under `if TYPE_CHECKING:` and in a package `__init__`'s lazy `__getattr__` (a re-export that runs
-    only when the name is used, never when a submodule of the package is imported)."""
-    found: list[tuple[str, list[str]]] = []
+def _imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, list[str], bool]]:
+    """(module, imported names, at module level) of every package import in a file: at module level, inside
+    functions and under `if TYPE_CHECKING:` (a type-only import still ties two modules together), except in a
+    package `__init__`'s lazy `__getattr__` (a re-export that runs only when the name is used, never when a
+    submodule of the package is imported)."""
+    found: list[tuple[str, list[str], bool]] = []
     package = module if is_package else module.rpartition(".")[0]
 
-    def visit(node: ast.AST) -> None:
-        if _is_type_checking_block(node):
-            return
+    def visit(node: ast.AST, top: bool) -> None:
         if is_package and isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
             return
         if isinstance(node, ast.Import):
-            found.extend((alias.name, []) for alias in node.names if alias.name.split(".")[0] == ROOT)
+            found.extend((alias.name, [], top) for alias in node.names if alias.name.split(".")[0] == ROOT)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -51,21 +50,25 @@ def _imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, li
             else:
                 target = node.module or ""
             if target.split(".")[0] == ROOT:
-                found.append((target, [alias.name for alias in node.names]))
+                found.append((target, [alias.name for alias in node.names], top))
+        inner = top and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+            and not _is_type_checking_block(node)
         for child in ast.iter_child_nodes(node):
-            visit(child)
+            visit(child, inner)
 
-    visit(tree)
+    visit(tree, True)
     return found
 
 
-@pytest.fixture(scope="module")
-def import_graph() -> dict[str, set[str]]:
-    files = {_module_name(path): path for path in PACKAGE_DIR.rglob("*.py")}
+def _source_files() -> dict[str, Path]:
+    return {_module_name(path): path for path in PACKAGE_DIR.rglob("*.py")}
+
+
+def _graph(files: dict[str, Path], sources: dict[str, str]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
         targets = set()
-        for target, names in _imports(ast.parse(path.read_text()), module, path.name == "__init__.py"):
+        for target, names, _ in _imports(ast.parse(sources[module]), module, path.name == "__init__.py"):
             submodules = {f"{target}.{name}" for name in names} & set(files)
             targets |= submodules
             if module.startswith(target + ".") and submodules == {f"{target}.{n}" for n in names}:
@@ -82,6 +85,12 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+@pytest.fixture(scope="module")
+def import_graph() -> dict[str, set[str]]:
+    files = _source_files()
+    return _graph(files, {module: path.read_text() for module, path in files.items()})
+
+
 def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     seen, stack = set(), [start]
     while stack:
@@ -92,29 +101,101 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(module for module in graph if module in _reachable(graph, module))
+
+
 def test_package_has_no_import_cycles(import_graph):
-    cycles = sorted(module for module in import_graph if module in _reachable(import_graph, module))
-    assert not cycles, f"modules on an import cycle: {cycles}"
+    assert not _cycles(import_graph), f"modules on an import cycle: {_cycles(import_graph)}"
 
 
 def test_the_graph_is_read_from_the_code(import_graph):
     # A control: the reader finds known edges, so an empty graph cannot pass the cycle test.
-    assert "anomclip_hf.model.category_io" in import_graph["anomclip_hf.model.modeling_anomclip"]
+    assert "anomclip_hf.model.category_io" in import_graph["anomclip_hf.model.category_registry"]
     assert "anomclip_hf.hub" in import_graph["anomclip_hf.model.category_io"]  # via hub.download: runs hub/__init__
     assert "anomclip_hf.metrics._curves" in import_graph["anomclip_hf.metrics.accumulators"]  # from . import _curves
+    assert "anomclip_hf.model.publishing" in import_graph["anomclip_hf.model.category_registry"]  # inside a function
 
 
-def test_imports_point_downwards(import_graph):
-    assert not import_graph["anomclip_hf.model.category"], "category.py must import nothing of the package"
-    # Adapter and Hub I/O know no model.
-    for module in ("anomclip_hf.model.category_io", "anomclip_hf.hub.download", "anomclip_hf.hub.validation",
-                   "anomclip_hf.hub.model_card", "anomclip_hf.model.processing_anomclip", "anomclip_hf.model.thresholds"):
-        assert "anomclip_hf.model.modeling_anomclip" not in _reachable(import_graph, module), module
-    # The model never imports what uses it.
-    above = {"anomclip_hf.cli", "anomclip_hf.cli.demo", "anomclip_hf.inference.prediction", "anomclip_hf.inference",
-             "anomclip_hf.inference.pipeline_image_anomaly_detection", "anomclip_hf.training", "anomclip_hf.evaluation"}
-    reached = _reachable(import_graph, "anomclip_hf.model.modeling_anomclip")
-    assert not {m for m in reached if m in above or m.startswith(tuple(a + "." for a in above))}
+# The layout's arrows (README, "Layout"): the folders each folder may import. Modules directly under
+# anomclip_hf/ (the package face, _lazy, _registration, _version, _legacy_paths) may be imported by all.
+_BELOW_APPS = {"flags", "io", "metrics", "hub", "memory", "model", "convert", "data", "export", "inference",
+               "training", "evaluation", "serving"}
+ALLOWED_IMPORTS = {
+    "flags": set(),
+    "metrics": set(),
+    "io": {"flags"},
+    "hub": {"io", "flags"},
+    "memory": {"io", "flags"},
+    "data": {"io", "flags"},
+    "model": {"io", "hub", "memory", "flags"},
+    "convert": {"io", "model", "flags"},
+    "export": {"model", "io", "memory", "hub", "flags"},
+    "inference": {"model", "io", "hub", "memory", "data", "export", "flags"},
+    "training": {"model", "inference", "data", "io", "hub", "memory", "metrics", "flags"},
+    "evaluation": {"training", "inference", "model", "data", "metrics", "io", "hub", "memory", "export", "flags"},
+    "serving": {"inference", "model", "io", "data", "hub", "memory", "export", "flags"},
+    "app": _BELOW_APPS,
+    "cli": _BELOW_APPS | {"app"},
+}
+# Torch-free folders: the command line parses its flags and the ONNX runtime scores with them loaded.
+TORCH_FREE = {"flags", "io"}
+
+
+def _folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE_DIR / parts[1]).is_dir()) else ""
+
+
+def _forbidden_arrows(graph: dict[str, set[str]]) -> list[str]:
+    wrong = []
+    for module, targets in graph.items():
+        source = _folder(module)
+        for target in targets:
+            folder = _folder(target)
+            if source and folder and folder != source and folder not in ALLOWED_IMPORTS[source]:
+                wrong.append(f"{module} -> {target} ({source}/ may import {sorted(ALLOWED_IMPORTS[source])})")
+    return sorted(wrong)
+
+
+def test_every_folder_has_its_rule():
+    folders = {path.name for path in PACKAGE_DIR.iterdir() if (path / "__init__.py").is_file()}
+    assert folders - {"model_cards", "presets"} <= set(ALLOWED_IMPORTS), "a new folder needs its rule here"
+
+
+def test_imports_follow_the_layout(import_graph):
+    assert not _forbidden_arrows(import_graph), "\n".join(_forbidden_arrows(import_graph))
+    # the bottom of model/: only the name rule of hub.validation (every name that reaches disk or the Hub)
+    assert import_graph["anomclip_hf.model.category"] == {"anomclip_hf.hub", "anomclip_hf.hub.validation"}
+
+
+def test_a_forbidden_import_fails_the_rules():
+    # A control: the same reader, fed the tree plus one upward import, reports it (and the cycle it closes).
+    files = _source_files()
+    sources = {module: path.read_text() for module, path in files.items()}
+    sources["anomclip_hf.model.scoring"] += "\n\ndef _leak():\n    from ..inference.prediction import predict_files\n"
+    graph = _graph(files, sources)
+    assert _forbidden_arrows(graph) == ["anomclip_hf.model.scoring -> anomclip_hf.inference (model/ may import "
+                                        "['flags', 'hub', 'io', 'memory'])",
+                                        "anomclip_hf.model.scoring -> anomclip_hf.inference.prediction (model/ may "
+                                        "import ['flags', 'hub', 'io', 'memory'])"]
+    assert "anomclip_hf.model.scoring" in _cycles(graph)
+
+
+def test_torch_free_folders_import_no_torch_at_module_level():
+    heavy = ("torch", "transformers", "peft", "accelerate", "datasets", "scipy")
+    for module, path in _source_files().items():
+        if _folder(module) not in TORCH_FREE:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not [n for n in names if n.split(".")[0] in heavy], f"{module} imports {names} at module level"
+
+
+def test_top_level_stays_small():
+    top = sorted(path.name for path in PACKAGE_DIR.glob("*.py"))
+    assert len(top) <= 8, top
 
 
 # ----------------------------------------------------------------------------------------- module state

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ..hub.base_source import hub_reachable, is_cached
 from ..hub.validation import validate_repo_id
-from ..io.base_source import hub_reachable, is_cached
 from ..io.labels import PIPELINE_CHECK_NOTE, is_random_base
 from ..model.embedded_base import (
     DEFAULT_BACKBONE,

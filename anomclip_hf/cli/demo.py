@@ -26,7 +26,7 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     if args.base is not None:
-        from ..io.base_source import check_base
+        from ..hub.base_source import check_base
 
         check_base(args.base)
     from ..evaluation.demo import run_demo

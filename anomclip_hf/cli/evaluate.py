@@ -42,7 +42,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from ..io.base_source import check_base
+    from ..hub.base_source import check_base
 
     check_base(args.base)
     data_root = _evaluation_data(args)

@@ -38,7 +38,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from ..io.base_source import check_base
+    from ..hub.base_source import check_base
 
     check_base(args.base)
     from ..data import load_split

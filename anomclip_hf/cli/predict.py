@@ -44,8 +44,8 @@ def run(args) -> int:
         return _predict_onnx(args)
     if not (args.base and args.category):
         raise ValueError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
+    from ..hub.base_source import check_base
     from ..inference.prediction import find_inputs, input_root
-    from ..io.base_source import check_base
 
     # Before the model loads: a wrong path fails at once. The output folder is never scanned as input.
     images, others, unlistable = find_inputs(args.images, exclude=args.output)

@@ -7,16 +7,28 @@ naming the value and the rule instead of writing somewhere unexpected.
 from __future__ import annotations
 
 import os
+import re
 import string
 from typing import Any
 
 from huggingface_hub.utils import HFValidationError
 from huggingface_hub.utils import validate_repo_id as _hub_validate_repo_id
 
-from ..model.category import validate_category_name  # noqa: F401  (re-exported: names that reach disk and the Hub)
-
 # Fields a repo-id pattern may use, e.g. "{org}/anomclip-{dataset}-{category}-{shots}shot".
 REPO_ID_FIELDS = ("org", "dataset", "category", "shots", "seed")
+
+
+# A category name becomes a folder name (grid jobs), a PEFT adapter and module name (torch forbids '.') and
+# part of repo ids.
+_CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,95}")
+
+
+def validate_category_name(name: Any) -> str:
+    """Return `name` if it is a safe category name, else raise ValueError saying what is allowed."""
+    if not isinstance(name, str) or not _CATEGORY_NAME.fullmatch(name):
+        raise ValueError(f"category name {name!r} is not allowed: expected 1-96 letters, digits, '_' or '-', "
+                         "starting with a letter or digit (e.g. 'metal_nut')")
+    return name
 
 
 def validate_repo_id(repo_id: Any) -> str:

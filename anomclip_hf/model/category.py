@@ -1,7 +1,8 @@
 """A category: what one adapter adds to a base model, and the names every other module shares.
 
-This is a leaf module: it imports nothing of the package, so the configuration, prompts, adapter I/O,
-model cards, the Hub code and the model can all take their names from here without import cycles.
+The bottom of `model/`: it imports nothing of the package but the category-name rule (`hub.validation`, which
+guards every name that reaches the disk or the Hub), so the configuration, prompts, adapter I/O and the model
+can all take their names from here without import cycles.
 
 - `CategoryState`: a category's tensors as module state (buffers), so `.to()`, `.half()`, `state_dict()`
   and accelerate's device placement move them with the model; its text and metadata as plain attributes.
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
+
+from ..hub.validation import validate_category_name  # noqa: F401 (re-exported: the rule every module uses)
 
 HEADS = ("image", "pixel")
 # Prompt-token prefix of each head: <img_n0_0> is image-head normal prompt 0, context vector 0.
@@ -35,19 +37,6 @@ METADATA_KEYS = ("seed", "reference_files", "training", "evaluation", "decision_
 # The most reference images a category may hold: the Hub adapter's memory bank is at most
 # MAX_SHOTS x patches x width float32 per memory layer, which bounds what loading an adapter reads.
 MAX_SHOTS = 1024
-
-# A category name becomes a folder name (grid jobs), a PEFT adapter and module name (torch forbids '.') and
-# part of repo ids.
-_CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,95}")
-
-
-def validate_category_name(name: Any) -> str:
-    """Return `name` if it is a safe category name, else raise ValueError saying what is allowed."""
-    if not isinstance(name, str) or not _CATEGORY_NAME.fullmatch(name):
-        raise ValueError(f"category name {name!r} is not allowed: expected 1-96 letters, digits, '_' or '-', "
-                         "starting with a letter or digit (e.g. 'metal_nut')")
-    return name
-
 
 # ------------------------------------------------------------------------------------------- prompt tokens
 def context_token(head: str, prompt: int, index: int) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from ..io.base_source import hub_reachable, is_cached
+from ..hub.base_source import hub_reachable, is_cached
 from ..io.labels import is_random_base
 from .modeling_anomclip import AnomCLIPModel
 from .tokenization import build_offline_clip_tokenizer, open_clip_bpe_path

@@ -1,11 +1,13 @@
 """Publishing to the Hub: a category adapter folder, a model's category, an AnomCLIP base. The model side of
-pushing: it knows the adapter layout and the model; `hub.push.commit_files` does the upload and knows neither."""
+pushing: it knows the adapter layout; `hub.push.commit_files` does the upload and knows no model. The model is
+used through its methods only (`save_category`, `save_pretrained`, ...), never imported: the model's own
+`push_category_to_hub` calls this module."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from huggingface_hub import CommitInfo
 
@@ -14,9 +16,6 @@ from ..hub.push import commit_files
 from ..hub.validation import validate_repo_id
 from .category_io import CARD_FILE, LAYOUT_FILES, read_category_record
 from .processing_anomclip import AnomCLIPProcessor
-
-if TYPE_CHECKING:
-    from .modeling_anomclip import AnomCLIPModel
 
 
 def upload_category_folder(folder: str, repo_id: str, *, private: Optional[bool] = None, token=None,
@@ -36,7 +35,7 @@ def upload_category_folder(folder: str, repo_id: str, *, private: Optional[bool]
                    commit_message=message)
 
 
-def push_category_to_hub(model: AnomCLIPModel, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
+def push_category_to_hub(model, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
                          token=None, revision: Optional[str] = None,
                          commit_message: Optional[str] = None) -> CommitInfo:
     """Save category `name` (default: the active one) of `model` and push it to `repo_id`."""
@@ -47,7 +46,7 @@ def push_category_to_hub(model: AnomCLIPModel, repo_id: str, name: Optional[str]
                                       commit_message=commit_message)
 
 
-def push_base_to_hub(model: AnomCLIPModel, repo_id: str, processor=None, *, private: Optional[bool] = None, token=None,
+def push_base_to_hub(model, repo_id: str, processor=None, *, private: Optional[bool] = None, token=None,
                      revision: Optional[str] = None, commit_message: Optional[str] = None,
                      license: Optional[str] = None) -> CommitInfo:
     """Push an AnomCLIP base model with its tokenizer, processor settings and model card, in one commit.

@@ -64,7 +64,7 @@ def check_model_folder(folder: str, flag: str = "--base") -> None:
 
 def check_base(value: str, flag: str = "--base") -> None:
     """Fail fast, naming `flag`, when `value` is neither a model folder nor a Hub id that can be loaded."""
-    from ..hub.validation import looks_like_local_path, validate_repo_id
+    from .validation import looks_like_local_path, validate_repo_id
 
     if os.path.exists(value) or looks_like_local_path(value):
         check_model_folder(value, flag)

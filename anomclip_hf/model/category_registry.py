@@ -1,0 +1,264 @@
+"""The categories of an AnomCLIPModel: registering one (memory bank + prompt adapter), choosing the active one,
+leave-one-out thresholds, and its adapter folder (record, save, load, push). A mixin of `AnomCLIPModel`: the
+methods use the model's config, towers, prompt table and category states.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .category import (
+    HEADS,
+    METADATA_KEYS,
+    PROMPT_LAYOUT_KEYS,
+    CategoryState,
+    base_model_architecture,
+    base_model_fingerprint,
+    validate_category_name,
+)
+from .category_io import (
+    FORMAT_VERSION,
+    AdapterContents,
+    AdapterExpectations,
+    check_adapter,
+    read_adapter,
+    resolve_category_folder,
+    write_adapter,
+)
+from .processing_anomclip import model_pixel_values
+from .prompt_learner import ADAPTER_WEIGHT_KEYS
+from .prompts import class_name_for, manual_phrases
+from .thresholds import (
+    DEFAULT_MARGIN,
+    ThresholdEstimate,
+    record_thresholds,
+    threshold_estimate,
+)
+from .vv_attention import VisionFeatures
+
+
+class CategoryRegistryMixin:
+    """Categories of the model: `category_states` (an nn.ModuleDict of CategoryState) and `_active`."""
+
+    # ----------------------------------------------------------------------------------------- categories
+    @property
+    def categories(self) -> list[str]:
+        return list(self.category_states)
+
+    @property
+    def active_category(self) -> Optional[str]:
+        return self._active
+
+    def get_category(self, name: Optional[str] = None) -> CategoryState:
+        name = name or self._active
+        if name is None:
+            raise ValueError("no category is loaded: call add_category(...) or load_category(...) first")
+        if name not in self.category_states:
+            raise ValueError(f"unknown category {name!r}; loaded categories: {self.categories}")
+        return self.category_states[name]
+
+    def set_category(self, name: str) -> None:
+        self.get_category(name)
+        self._active = name
+
+    def initial_prompt_vectors(self, seed: int) -> torch.Tensor:
+        """N(0, std^2) vectors for every prompt token, reproducible from `seed`."""
+        generator = torch.Generator().manual_seed(int(seed))
+        shape = (len(self.config.prompt_token_names), self.config.clip_config.text_config.hidden_size)
+        return torch.randn(shape, generator=generator) * self.config.ctx_init_std
+
+    def prompt_parameters(self, category: Optional[str] = None) -> list[torch.nn.Parameter]:
+        """The only trainable tensors of a category: its prompt vectors."""
+        return [self.prompt_tokens.vectors(self.get_category(category).name)]
+
+    def build_memory_bank(self, reference_images) -> list[torch.Tensor]:
+        """Per memory layer (k, P, W) unit patch features of the reference images: PIL images, paths,
+        pixel_values, or their `encode_images` output (so a caller that needs the features too encodes once)."""
+        if isinstance(reference_images, VisionFeatures):
+            return [f.detach().float() for f in reference_images.memory_features]
+        if isinstance(reference_images, torch.Tensor):
+            pixel_values = reference_images
+        else:
+            references = list(reference_images)
+            if not references:
+                raise ValueError("reference_images is empty: pass at least one normal image (or None for "
+                                 "text-only zero-shot scoring)")
+            pixel_values = model_pixel_values(self.config, references)
+        if pixel_values.shape[0] == 0:
+            raise ValueError("reference_images is empty: pass at least one normal image")
+        with torch.no_grad():
+            return [f.float() for f in self.encode_images(pixel_values).memory_features]
+
+    def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
+                     phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
+                     learned_prompts: bool = False, seed: int = 0, activate: bool = True) -> CategoryState:
+        """Register a category: its memory bank (from normal reference images, or None for text-only),
+        its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
+        the same name. `learned_prompts=False` scores with hand-written prompts until trained."""
+        validate_category_name(name)  # it becomes a PEFT adapter name, a folder name and part of repo ids
+        use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
+        state = CategoryState(
+            name=name,
+            class_name=class_name or class_name_for(name),
+            phrases=manual_phrases(name, use_category_phrases, phrases),
+            learned_prompts=learned_prompts,
+            memory_bank=None if reference_images is None else self.build_memory_bank(reference_images),
+            metadata={"seed": int(seed)},
+        )
+        self.prompt_tokens.add_adapter(name, self.initial_prompt_vectors(seed).to(self.device))
+        return self._register(state, activate)
+
+    def _register(self, state: CategoryState, activate: bool) -> CategoryState:
+        """Make a category whose prompt adapter is already in `prompt_tokens` available (and active)."""
+        self.category_states[state.name] = state.to(self.device)
+        if activate or self._active is None:
+            self._active = state.name
+        return state
+
+    def remove_category(self, name: str) -> None:
+        self.get_category(name)
+        del self.category_states[name]
+        self.prompt_tokens.delete_adapter(name)
+        if self._active == name:
+            self._active = next(iter(self.category_states), None)
+
+    # ----------------------------------------------------------------------------------------- thresholds
+    def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.
+
+        `references` are the references' `encode_images` output, in the order of the category's memory bank
+        (the features the memory bank was built from, so the vision tower does not run again).
+        """
+        state = self.get_category(category)
+        bank = state.memory_bank
+        if bank is None:
+            raise ValueError(f"category {state.name!r} has no reference images; a threshold needs k >= 2 references")
+        shots = state.shots
+        if shots < 2:
+            raise ValueError(f"category {state.name!r} has {shots} reference image; leave-one-out needs at least 2 "
+                             "(pass a threshold instead)")
+        if references.global_embeds.shape[0] != shots:
+            raise ValueError(f"{references.global_embeds.shape[0]} reference images given, but the memory bank "
+                             f"holds {shots}")
+        image_scores, pixel_maxima = [], []
+        with torch.inference_mode():
+            for index in range(shots):
+                keep = torch.arange(shots, device=bank[0].device) != index
+                held_out = VisionFeatures(references.global_embeds[index: index + 1],
+                                          references.patch_embeds[index: index + 1],
+                                          [layer[index: index + 1] for layer in references.memory_features])
+                # at the scoring size, so the pixel threshold is defined like the image one
+                out = self.score_features(held_out, state.name, output_size=self.config.scoring_size,
+                                          memory_bank=[layer[keep] for layer in bank])
+                image_scores.append(out.image_scores[0].float().cpu())
+                pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
+        return torch.stack(image_scores), torch.stack(pixel_maxima)
+
+    def estimate_thresholds(self, reference_images, category: Optional[str] = None,
+                            margin: Optional[float] = None) -> ThresholdEstimate:
+        """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
+        in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
+        output); stored in its metadata and category.json. See `thresholds`."""
+        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
+            reference_images = model_pixel_values(self.config, list(reference_images))
+        if isinstance(reference_images, torch.Tensor):
+            with torch.no_grad():
+                reference_images = self.encode_images(reference_images.to(self.device))
+        estimate = threshold_estimate(*self.leave_one_out_scores(reference_images, category),
+                                      DEFAULT_MARGIN if margin is None else margin)
+        record_thresholds(self.get_category(category).metadata, estimate)
+        return estimate
+
+    # ----------------------------------------------------------------------------------------- adapters
+    def base_identity(self) -> dict:
+        """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
+        config = self.config
+        identity = {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
+                    "architecture": base_model_architecture(config.clip_config),
+                    "fingerprint": base_model_fingerprint(self.clip, config.prompt_token_ids)}
+        if config.random_weights:  # its adapters' model cards then say PIPELINE CHECK
+            identity["random_weights"] = True
+        return identity
+
+    def adapter_expectations(self) -> AdapterExpectations:
+        """What an adapter must match to load onto this base."""
+        config, clip = self.config, self.config.clip_config
+        adapter_config = self.prompt_tokens.adapter_config()
+        return AdapterExpectations(
+            prompt_layout={key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+            base_identity=self.base_identity(), memory_layers=tuple(config.memory_layers),
+            memory_tap=config.memory_tap, vision_width=clip.vision_config.hidden_size,
+            projection_dim=clip.projection_dim, text_width=clip.text_config.hidden_size,
+            num_patches=(clip.vision_config.image_size // clip.vision_config.patch_size) ** 2,
+            adapter_config={"peft_type": adapter_config.peft_type.value,
+                            "token_indices": list(adapter_config.token_indices)},
+            weight_keys=ADAPTER_WEIGHT_KEYS)
+
+    def category_record(self, name: Optional[str] = None) -> dict:
+        """The category.json content of category `name` (default: the active one)."""
+        state, config = self.get_category(name), self.config
+        key = name or self._active  # its key here; state.name is what the record says (validated on write)
+        return {
+            "format_version": FORMAT_VERSION,
+            "category": state.name,
+            "class_name": state.class_name,
+            "phrases": state.phrases,
+            "learned_prompts": state.learned_prompts,
+            "prompt_layout": {
+                **{key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+                "prompt_token_names": config.prompt_token_names,
+                "prompt_token_ids": config.prompt_token_ids,
+                "prompts": {head: vars(self.head_prompts(key, head)) for head in HEADS},
+            },
+            "base_model": self.base_identity(),
+            "memory": {"layers": config.memory_layers, "tap": config.memory_tap},
+            "shots": state.shots,
+            **{key: state.metadata.get(key) for key in METADATA_KEYS},
+        }
+
+    def save_category(self, save_directory: str, name: Optional[str] = None) -> str:
+        """Write category `name` (default: the active one) as an adapter folder, atomically; see `category_io`."""
+        key = name or self._active
+        record = self.category_record(key)
+        bank = self.get_category(key).memory_bank
+        return write_adapter(
+            save_directory, record, self.prompt_tokens.adapter_config(), self.prompt_tokens.adapter_state_dict(key),
+            None if bank is None else dict(zip(self.config.memory_layers, bank)), self.text_prototypes(key))
+
+    def load_category(self, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
+                      revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
+        """Load a category adapter from a folder or a Hub repo id (at `revision`: branch, tag or commit; also
+        cache_dir, token, local_files_only, force_download); it becomes the active category (unless
+        `activate=False`). Everything is read and checked before the model changes, and a load that fails
+        changes nothing (a loaded category of the same name stays as it was)."""
+        if name is not None:
+            validate_category_name(name)
+        expected = self.adapter_expectations()
+        contents = read_adapter(resolve_category_folder(path_or_repo_id, revision=revision, **hub_kwargs), expected)
+        check_adapter(contents, expected)
+        return self._register_adapter(contents, name or contents.record["category"], activate)
+
+    def _register_adapter(self, contents: AdapterContents, name: str, activate: bool) -> CategoryState:
+        record = contents.record
+        state = CategoryState(
+            name=name, class_name=record["class_name"], phrases=record["phrases"],
+            learned_prompts=bool(record["learned_prompts"]),
+            memory_bank=contents.memory_layers(self.config.memory_layers), prototypes=contents.prototypes,
+            metadata={key: record.get(key) for key in METADATA_KEYS}).to(self.device)
+        # The one step that changes the model and can fail; it restores the table if it does.
+        self.prompt_tokens.load_adapter_state_dict(name, {k: v.to(self.device) for k, v in contents.weights.items()})
+        return self._register(state, activate)
+
+    def push_category_to_hub(self, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
+                             token=None, revision: Optional[str] = None, commit_message: Optional[str] = None):
+        """Push category `name` (default: the active one) to its own Hub repo, with its model card; returns the
+        commit info (`.oid` pins the revision). `revision` is the branch to push to (created if needed)."""
+        from .publishing import (
+            push_category_to_hub,  # the Hub client loads only when pushing
+        )
+
+        return push_category_to_hub(self, repo_id, name, private=private, token=token, revision=revision,
+                                    commit_message=commit_message)
