@@ -297,3 +297,26 @@ def test_a_base_without_tokenizer_says_so(tiny_model, tmp_path, caplog):
         loaded = AnomCLIPModel.from_pretrained(tmp_path / "base")
     assert loaded.tokenizer is None
     assert "no tokenizer loaded from" in caplog.text and str(tmp_path / "base") in caplog.text
+
+
+# ----------------------------------------------------------------------------------------- 0.1 module paths
+@pytest.mark.parametrize("old, new", [("modeling_anomclip", "model.modeling_anomclip"),
+                                      ("configuration_anomclip", "model.configuration_anomclip"),
+                                      ("pipeline_image_anomaly_detection", "inference.pipeline_image_anomaly_detection"),
+                                      ("prediction", "inference.prediction"), ("category_io", "model.category_io"),
+                                      ("convert_open_clip", "convert.open_clip"), ("demo", "evaluation.demo")])
+def test_the_module_paths_of_0_1_still_import(old, new):
+    import importlib
+
+    legacy = importlib.import_module(f"anomclip_hf.{old}")
+    assert legacy is importlib.import_module(f"anomclip_hf.{new}")  # one module object: one class, one registry
+
+
+def test_legacy_names_resolve_to_the_same_objects():
+    from anomclip_hf.modeling_anomclip import AnomCLIPModel as Legacy
+    from anomclip_hf.prediction import predict_folder
+
+    assert Legacy is AnomCLIPModel
+    assert predict_folder.__module__ == "anomclip_hf.inference.prediction"
+    with pytest.raises(ModuleNotFoundError):
+        __import__("anomclip_hf.no_such_module")
