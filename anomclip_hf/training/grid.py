@@ -99,36 +99,11 @@ def run_grid(
         # Each process would believe it is alone and train the whole grid, all writing the same folders.
         raise ValueError(f"{launched} processes were launched but accelerate sees {state.num_processes}; "
                          "without GPUs pass --cpu (TrainingConfig.cpu=True) so they form a CPU process group")
-    model = base if isinstance(base, AnomCLIPModel) else None
-    owns_model = model is None
     results, fatal = [], None
     try:
         with state.split_between_processes(jobs) as my_jobs:
-            for job in my_jobs:
-                job_dir = job.directory(output_dir)
-                try:
-                    finished = _finished_summary(job, job_dir, config)
-                    if finished is not None:
-                        results.append(_skipped(job, job_dir, finished, push_to_hub, hub_repo_ids.get(job), on_error))
-                        continue
-                    if model is None:  # once per process, shared by its jobs; a bad base stops the grid
-                        try:
-                            model = load_base_model(base, config.model)
-                        except Exception as error:  # noqa: BLE001 - reported after the gather
-                            raise _GridStop(error) from error
-                    results.append(train_category(model, job.category, job_dir, dataset=job.dataset,
-                                                  data_root=data_root, shots=job.shots, seed=job.seed, config=config,
-                                                  resume_from_checkpoint=resume_from_checkpoint,
-                                                  push_to_hub=push_to_hub))
-                except _GridStop:
-                    raise
-                except Exception as error:  # noqa: BLE001 - one bad category must not stop the grid
-                    if on_error == "raise":
-                        raise _GridStop(error) from error
-                    results.append(_failed(job, job_dir, error))
-                finally:
-                    if owns_model and model is not None and job.category in model.categories:
-                        model.remove_category(job.category)  # keep one process's model lean across its jobs
+            _run_jobs(my_jobs, results, base, data_root, output_dir, config, resume_from_checkpoint, on_error,
+                      push_to_hub, hub_repo_ids)
     except _GridStop as stop:
         fatal = stop.error
     # Every process reaches the gather, also after a fatal error: otherwise the others would wait forever.
@@ -144,9 +119,42 @@ def run_grid(
     if state.is_main_process:
         base_name = base.config.base_model_name_or_path if isinstance(base, AnomCLIPModel) else os.fspath(base)
         write_json(os.path.join(output_dir, SUMMARY_FILE),
-                   {"base": base_name, "dataset": dataset, "data_root": os.fspath(data_root), "config": config.to_dict(),
-                    "processes": state.num_processes, "jobs": results})
+                   {"base": base_name, "dataset": dataset, "data_root": os.fspath(data_root),
+                    "config": config.to_dict(), "processes": state.num_processes, "jobs": results})
     return results
+
+
+def _run_jobs(my_jobs, results: list, base, data_root, output_dir, config, resume_from_checkpoint, on_error,
+              push_to_hub, hub_repo_ids) -> None:
+    """This process's share of the grid, each job's summary appended to `results`; a bad base (or a failing
+    job with on_error="raise") raises _GridStop."""
+    model = base if isinstance(base, AnomCLIPModel) else None
+    owns_model = model is None
+    for job in my_jobs:
+        job_dir = job.directory(output_dir)
+        try:
+            finished = _finished_summary(job, job_dir, config)
+            if finished is not None:
+                results.append(_skipped(job, job_dir, finished, push_to_hub, hub_repo_ids.get(job), on_error))
+                continue
+            if model is None:  # once per process, shared by its jobs; a bad base stops the grid
+                try:
+                    model = load_base_model(base, config.model)
+                except Exception as error:  # noqa: BLE001 - reported after the gather
+                    raise _GridStop(error) from error
+            results.append(train_category(model, job.category, job_dir, dataset=job.dataset,
+                                          data_root=data_root, shots=job.shots, seed=job.seed, config=config,
+                                          resume_from_checkpoint=resume_from_checkpoint,
+                                          push_to_hub=push_to_hub))
+        except _GridStop:
+            raise
+        except Exception as error:  # noqa: BLE001 - one bad category must not stop the grid
+            if on_error == "raise":
+                raise _GridStop(error) from error
+            results.append(_failed(job, job_dir, error))
+        finally:
+            if owns_model and model is not None and job.category in model.categories:
+                model.remove_category(job.category)  # keep one process's model lean across its jobs
 
 
 class GridAbortedError(RuntimeError):
