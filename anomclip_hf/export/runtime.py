@@ -76,6 +76,11 @@ class OnnxAnomalyDetector:
         if not np.isfinite(pixel_values).all():
             raise ValueError(f"pixel_values contains {int((~np.isfinite(pixel_values)).sum())} NaN or infinite values")
         scores, maps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values})
+        bad = ~(np.isfinite(scores) & np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1))
+        if bad.any():  # the graph cannot check (data-dependent), so its outputs are checked here
+            raise ValueError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "
+                             f"batch NaN or infinite (pixel_values reach {float(np.abs(pixel_values).max()):.3g}); "
+                             "no scores are returned (they would read as 'normal')")
         return scores.astype(np.float32, copy=False), maps.astype(np.float32, copy=False)
 
     def predict(self, images, batch_size: int = 16) -> OnnxPrediction:

@@ -22,6 +22,7 @@ from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from ..io.image_io import load_image
+from ..model.devices import resolve_device
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision, tower_autocast
 from ..model.processing_anomclip import AnomCLIPProcessor
@@ -42,6 +43,9 @@ class ImageAnomalyDetectionPipeline(Pipeline):
 
     def __init__(self, model, feature_extractor=None, **kwargs):
         self._loaded_categories: dict[str, str] = {}  # adapter folder / repo id -> category name
+        device = kwargs.get("device")
+        if device is not None and not (isinstance(device, int) and device < 0):  # -1: transformers' CPU
+            kwargs["device"] = resolve_device(device)  # a clear error, not torch's RuntimeError
         # The processor is the pipeline's feature extractor: transformers only batches pipelines that have
         # one (pixel_values of one size are concatenated, no padding).
         super().__init__(model, feature_extractor=feature_extractor or AnomCLIPProcessor.from_model(model), **kwargs)
