@@ -420,7 +420,8 @@ def _hostile_edit(scale, seed):
     def edit(tensors):
         key = sorted(tensors)[int(torch.randint(len(tensors), (1,), generator=generator))]
         flat = tensors[key].reshape(-1, tensors[key].shape[-1]).clone()
-        rows = torch.rand(flat.shape[0], generator=generator) < 0.5 if seed % 2 else torch.ones(flat.shape[0], dtype=bool)
+        every = torch.ones(flat.shape[0], dtype=torch.bool)
+        rows = torch.rand(flat.shape[0], generator=generator) < 0.5 if seed % 2 else every
         if math.isfinite(scale):
             flat[rows] *= scale
         else:
@@ -490,11 +491,20 @@ def test_scoring_never_turns_nan_into_a_normal_zero(good_adapter, loaded, pixel_
 
     assert torch.isnan(harmonic_fusion(torch.tensor([NAN, 0.3]), torch.tensor([0.2, NAN]))).all()
     assert harmonic_fusion(torch.zeros(1), torch.zeros(1)).item() == 0.0
-    # finite pixel values far outside a preprocessed image's range: the tower overflows to NaN
-    with pytest.raises(ValueError, match=r"NaN or infinite features for images \[0, 1\] of the batch \(pixel_values "
-                                         r"reach \d\.\d+e\+30\); expected preprocessed images"):
-        _scores(loaded[0], pixel_values * 1e30)
+    # finite pixel values far outside a preprocessed image's range: raw 0-255 pixels, or values the tower overflows on
+    for scale in (200.0, 1e30):
+        with pytest.raises(ValueError, match=r"pixel_values reach [\d.e+]+; expected preprocessed images \(\(pixels "
+                                             r"in \[0, 1\] - mean\) / std, within \+-2\.15.*beyond \+-34\.3"):
+            _scores(loaded[0], pixel_values.abs() * scale)
     _assert_unchanged(loaded, pixel_values)
+    # a vision tower whose weights overflow: NaN features, refused instead of fused to 0
+    model = AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+    model.add_category("widget", reference_images=pixel_values)
+    with torch.no_grad():
+        model.clip.vision_model.embeddings.patch_embedding.weight.mul_(1e30)
+    with pytest.raises(ValueError, match=r"the vision tower computed NaN or infinite features for images \[0, 1\] of "
+                                         r"the batch \(pixel_values reach \d\.\d+\); expected preprocessed images"):
+        _scores(model, pixel_values)
     # a base whose logit_scale (the text temperature when the config sets none) turns NaN or negative
     model = AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
     model.load_category(str(good_adapter))
@@ -605,6 +615,39 @@ def test_devices_listed_are_the_ones_present(monkeypatch):
     with pytest.raises(ValueError, match=re.escape("device='cuda': no CUDA GPU is available on this machine; expected "
                                                    "auto or one of the devices of this machine: cpu, mps")):
         resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------------- issue 26: thresholds
+@pytest.mark.parametrize("threshold", [NAN, INF, "0.5", True, None])
+def test_a_threshold_that_is_not_a_finite_number_is_refused_everywhere(threshold, loaded, tmp_path):
+    # Before: NaN called every image "normal" (the CLI's --threshold already refused it), a string failed mid-run.
+    from PIL import Image
+
+    from anomclip_hf.inference.prediction import predict_files
+
+    image = Image.new("RGB", (30, 30), (90, 120, 30))
+    image.save(tmp_path / "a.png")
+    detector = pipeline("image-anomaly-detection", model=loaded[0])
+    if threshold is None:  # control: no threshold given, the stored one decides
+        assert detector(image)["threshold"] == loaded[0].get_category("widget").metadata["decision_threshold"]
+        return
+    message = re.escape(f"={threshold!r}; expected a finite number (a NaN threshold calls every image normal)")
+    with pytest.raises(ValueError, match="threshold" + message):
+        detector(image, threshold=threshold)
+    for keyword in ("threshold", "pixel_threshold"):
+        with pytest.raises(ValueError, match=keyword + message):
+            predict_files(loaded[0], [str(tmp_path / "a.png")], str(tmp_path / "out"), progress=False,
+                          **{keyword: threshold})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", [0, -5, True, 2.5, 4096])
+def test_pipeline_output_size_out_of_range_is_refused(size, loaded):
+    from PIL import Image
+
+    detector = pipeline("image-anomaly-detection", model=loaded[0])
+    with pytest.raises(ValueError, match=re.escape(f"output_size={size!r}; expected 1..2048")):
+        detector(Image.new("RGB", (30, 30)), output_size=size)
 
 
 # ------------------------------------------------------------------------------------------- Hub cache links

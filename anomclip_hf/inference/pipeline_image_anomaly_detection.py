@@ -26,6 +26,8 @@ from ..model.devices import resolve_device
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision, tower_autocast
 from ..model.processing_anomclip import AnomCLIPProcessor
+from ..flags.numeric import check_output_size
+from ..model.decisions import check_threshold
 from ..model.thresholds import decision, normalized_score
 
 TASK = "image-anomaly-detection"
@@ -59,11 +61,11 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         if category is not None:
             forward["category"] = self._resolve_category(category)
         if output_size is not None:
-            forward["output_size"] = output_size
+            forward["output_size"] = check_output_size(output_size)
         if precision is not None:  # resolved once here, not per image
             forward["precision"] = resolve_precision(precision, self.model.device)
-        if threshold is not None:
-            postprocess["threshold"] = threshold
+        if threshold is not None:  # NaN would call every image normal, 0 or less every one anomalous
+            postprocess["threshold"] = check_threshold(threshold)
         return {}, forward, postprocess
 
     def _resolve_category(self, category: str) -> str:

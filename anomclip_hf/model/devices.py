@@ -62,6 +62,6 @@ def resolve_device(value: DeviceLike, flag: str = "device") -> torch.device:
         raise ValueError(f"{_named(flag, value)}: this machine has {torch.cuda.device_count()} CUDA GPU(s); {where}")
     if device.type == "mps" and _mps_available() and not device.index:
         return device
-    missing = {"cuda": "no CUDA GPU is available on this machine",
-               "mps": "Apple MPS is not available on this machine"}.get(device.type, "not a device anomclip-hf computes on")
+    missing = {"cuda": "no CUDA GPU is available on this machine", "mps": "Apple MPS is not available on this machine"}
+    missing = missing.get(device.type, "not a device anomclip-hf computes on")
     raise ValueError(f"{_named(flag, value)}: {missing}; {where}")

@@ -19,6 +19,7 @@ from transformers import (
 )
 from transformers.utils import ModelOutput, logging
 
+from ..io.pixel_arrays import pixel_range_problem
 from .category import (
     HEADS,
     CategoryState,
@@ -240,6 +241,11 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         if not torch.compiler.is_exporting() and not torch.isfinite(pixel_values).all():
             bad = int((~torch.isfinite(pixel_values)).sum())
             raise ValueError(f"pixel_values contains {bad} NaN or infinite values")
+        if not torch.compiler.is_exporting() and pixel_values.numel():  # raw pixels would score as garbage
+            config = self.config
+            problem = pixel_range_problem(float(pixel_values.abs().max()), config.image_mean, config.image_std)
+            if problem:
+                raise ValueError(problem)
 
     def encode_images(self, pixel_values: torch.Tensor) -> VisionFeatures:
         """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised, float32).
