@@ -77,6 +77,47 @@ def test_demo_writes_scores_overlays_adapter_and_detects_defects(tmp_path, monke
     assert category["shots"] == 2 and len(category["reference_files"]) == 2
 
 
+def _refuse_network(monkeypatch) -> list:
+    """Every way out refused and recorded: DNS, TCP connects; the Hub's offline switch off, as for a user who
+    never set HF_HUB_OFFLINE. The list of attempts must stay empty."""
+    import socket
+
+    from huggingface_hub import constants
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError(-2, "Name or service not known (the test allows no network)")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+    return attempts
+
+
+@pytest.mark.parametrize("local_base", [False, True], ids=["embedded-base", "saved-base-folder"])
+def test_demo_on_a_local_base_never_reaches_for_the_network(local_base, tmp_path, capsys, caplog, monkeypatch):
+    # Issue 22: offline, the embedded base was looked up on the Hub by its name (retries and a network warning).
+    from anomclip_hf.model import embedded_base
+
+    monkeypatch.setattr(embedded_base, "hub_reachable", lambda *args, **kwargs: False)  # the one probe: "offline"
+    argv = ["demo", "--output", str(tmp_path / "out"), "--shots", "2", "--epochs", "0", "--quiet"]
+    if local_base:
+        embedded_base.embedded_demo_model(seed=0).save_pretrained(tmp_path / "base")
+        argv += ["--base", str(tmp_path / "base")]
+    attempts = _refuse_network(monkeypatch)
+    assert main(argv) == 0
+    assert attempts == []
+    printed = capsys.readouterr()
+    said = printed.out + printed.err + caplog.text
+    for sign in ("thrown while requesting", "huggingface.co", "Errno", "Retrying", "resolve/main"):
+        assert sign not in said, said
+    assert (tmp_path / "out" / "scores.csv").exists()
+
+
 def test_convert_golden_open_clip_and_predict(tmp_path, golden, golden_files):
     out = tmp_path / "tiny-vv"
     assert main(["convert-open-clip", "--model", "tiny-vv", "--checkpoint", str(golden_files.weights),

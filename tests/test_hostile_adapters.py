@@ -4,8 +4,11 @@ already loaded good category ("widget"), so each also shows that a failed load c
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -17,7 +20,7 @@ from transformers import pipeline
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.model.category import MAX_SHOTS
-from anomclip_hf.model.category_io import MEMORY_FILE, TENSOR_HEADER_SLACK
+from anomclip_hf.model.category_io import ADAPTER_WEIGHTS, MEMORY_FILE, PROTOTYPES_FILE, TENSOR_HEADER_SLACK
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 WEIGHT_KEY = "token_embedding.trainable_tokens_delta"
@@ -92,6 +95,12 @@ def _set(key, index, value):
 def _replace(key, tensor):
     def edit(tensors):
         tensors[key] = tensor
+    return edit
+
+
+def _scale(key, factor):
+    def edit(tensors):
+        tensors[key] = (tensors[key] * factor).contiguous()
     return edit
 
 
@@ -240,6 +249,21 @@ ROWS = {
                                                ["memory_bank.safetensors is not a readable safetensors file"]),
     "category_json_over_the_size_limit": (_sparse("category.json", (4 << 20) + 1),
                                           ["category.json has 4194305 bytes; at most 4194304"]),
+    # issue 26: finite, of the right shape, and still scoring every image the same
+    "huge_prompt_vectors_without_prototypes": (
+        lambda f: (_remove(PROTOTYPES_FILE)(f), _edit_tensors(ADAPTER_WEIGHTS, _scale(WEIGHT_KEY, 1e30))(f)),
+        ["adapter_model.safetensors (no stored prototypes)", "text prototypes computed from its prompt vectors",
+         "head 'image'", "NaN or infinite"]),
+    "memory_bank_scaled_up": (_edit_tensors(MEMORY_FILE, _scale("layer_0", 1e30)),
+                              ["memory_bank.safetensors tensor 'layer_0'", "675 of 675 rows that are not unit vectors",
+                               "norm 1e+30", "expected L2 norm 1"]),
+    "memory_bank_of_zeros": (_edit_tensors(MEMORY_FILE, _scale("layer_1", 0.0)),
+                             ["memory_bank.safetensors tensor 'layer_1'", "norm 0", "expected L2 norm 1"]),
+    "prototypes_scaled_down": (_edit_tensors(PROTOTYPES_FILE, _scale("image", 1e-30)),
+                               ["text_prototypes.safetensors tensor 'image'", "norm 1e-30", "expected L2 norm 1"]),
+    "prototypes_normal_equals_anomaly": (_edit_tensors(PROTOTYPES_FILE, lambda t: t.update(pixel=t["pixel"][[0, 0]])),
+                                         ["text_prototypes.safetensors tensor 'pixel'",
+                                          "equal normal and anomaly rows", "text score 0.5"]),
 }
 
 
@@ -344,7 +368,8 @@ def base_folder(tiny_clip, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("row", ["decision_threshold_string", "category_json_is_a_fifo", "nan_in_memory_bank"])
+@pytest.mark.parametrize("row", ["decision_threshold_string", "category_json_is_a_fifo", "nan_in_memory_bank",
+                                 "huge_prompt_vectors_without_prototypes", "memory_bank_scaled_up"])
 def test_cli_predict_with_a_bad_category_says_one_line(row, good_adapter, base_folder, tmp_path, capsys):
     from PIL import Image
 
@@ -378,6 +403,251 @@ def test_pipeline_with_a_bad_category_refuses_and_changes_nothing(good_adapter, 
         detector(image, category=str(folder))
     _assert_unchanged(loaded, pixel_values)
     assert 0.0 <= detector(image, category="widget")["score"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------- issue 26: degenerate
+# Any stored tensor at a hostile scale: refused naming its file, or scores that are finite and still tell images
+# apart (never the constant 0 "normal" that a NaN prototype or a scaled memory bank used to give).
+HOSTILE_SCALES = (1e-30, 1e-12, 1e-3, 1e3, 1e12, 1e30, INF, -INF, NAN)
+TARGETS = {"prompt_vectors": (ADAPTER_WEIGHTS, True), "prompt_vectors_without_prototypes": (ADAPTER_WEIGHTS, False),
+           "prototypes": (PROTOTYPES_FILE, True), "memory_bank": (MEMORY_FILE, True)}
+
+
+def _hostile_edit(scale, seed):
+    """Multiply a random tensor's random rows (or all of it) by `scale`; ±inf and NaN go to random elements."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def edit(tensors):
+        key = sorted(tensors)[int(torch.randint(len(tensors), (1,), generator=generator))]
+        flat = tensors[key].reshape(-1, tensors[key].shape[-1]).clone()
+        every = torch.ones(flat.shape[0], dtype=torch.bool)
+        rows = torch.rand(flat.shape[0], generator=generator) < 0.5 if seed % 2 else every
+        if math.isfinite(scale):
+            flat[rows] *= scale
+        else:
+            flat.view(-1)[torch.randint(flat.numel(), (3,), generator=generator)] = scale
+        tensors[key] = flat.reshape(tensors[key].shape).contiguous()
+    return edit
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("scale", HOSTILE_SCALES, ids=str)
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_hostile_scales_are_refused_or_score_finite_and_distinct(target, scale, seed, good_adapter, tiny_clip,
+                                                                 pixel_values, tmp_path):
+    filename, keep_prototypes = TARGETS[target]
+    folder = tmp_path / "adapter"
+    shutil.copytree(good_adapter, folder)
+    if not keep_prototypes:
+        (folder / PROTOTYPES_FILE).unlink()
+    _edit_tensors(filename, _hostile_edit(scale, seed))(folder)
+    model = _fresh(tiny_clip)
+    try:
+        model.load_category(str(folder))
+    except ValueError as error:  # refused: naming the adapter and the file, before the model changed
+        message = str(error)
+        assert message.startswith(f"{folder}: ") and filename in message and "\n" not in message, message
+        assert model.categories == [] and model.prompt_tokens.adapter_names == []
+        return
+    image_scores, maps = _scores(model, pixel_values)
+    assert torch.isfinite(image_scores).all() and torch.isfinite(maps).all()
+    assert ((image_scores >= 0) & (image_scores <= 1)).all()
+    assert image_scores.max() - image_scores.min() > 1e-6  # two different images, two different scores
+    assert (maps.flatten(1).amax(1) - maps.flatten(1).amin(1) > 1e-6).all()  # no constant map
+
+
+def test_the_issue_case_scored_zero_normal_before_and_is_refused_now(good_adapter, tiny_clip, tmp_path):
+    # Issue 26: huge prompt vectors, no stored prototypes: NaN prototypes, fused to a score of 0.0, "normal".
+    folder = _bad_adapter(good_adapter, tmp_path, "huge_prompt_vectors_without_prototypes")
+    model = _fresh(tiny_clip)
+    with pytest.raises(ValueError, match="largest |value| 6.8e+28"):
+        model.load_category(str(folder))
+    # The prototypes the model would have computed are NaN indeed (the reason for the refusal).
+    from anomclip_hf.model.category import HEADS
+
+    weights = load_file(str(folder / ADAPTER_WEIGHTS))[WEIGHT_KEY]
+    state = model.add_category("widget", learned_prompts=True)
+    with torch.no_grad():
+        model.prompt_tokens.vectors("widget").copy_(weights)
+    model.clear_prototype_cache()
+    with pytest.raises(ValueError, match=r"category 'widget': the text prototypes computed from its prompt vectors, "
+                                         r"head 'image' holds \d+ NaN or infinite values"):
+        model.text_prototypes()
+    assert state.prototypes == {} and set(HEADS) == {"image", "pixel"}
+
+
+def test_prototypes_computed_at_load_equal_the_stored_ones(good_adapter, tiny_clip, tmp_path):
+    folder = tmp_path / "adapter"
+    shutil.copytree(good_adapter, folder)
+    (folder / PROTOTYPES_FILE).unlink()
+    stored = load_file(str(good_adapter / PROTOTYPES_FILE))
+    state = _fresh(tiny_clip).load_category(str(folder))
+    for head, prototypes in stored.items():  # computed while loading (checked), the same as save_category stored
+        assert (state.prototypes[head] - prototypes).abs().max() < 1e-6
+
+
+def test_scoring_never_turns_nan_into_a_normal_zero(good_adapter, loaded, pixel_values, tiny_clip):
+    from anomclip_hf.model.scoring import harmonic_fusion
+
+    assert torch.isnan(harmonic_fusion(torch.tensor([NAN, 0.3]), torch.tensor([0.2, NAN]))).all()
+    assert harmonic_fusion(torch.zeros(1), torch.zeros(1)).item() == 0.0
+    # finite pixel values far outside a preprocessed image's range: raw 0-255 pixels, or values the tower overflows on
+    for scale in (200.0, 1e30):
+        with pytest.raises(ValueError, match=r"pixel_values reach [\d.e+]+; expected preprocessed images \(\(pixels "
+                                             r"in \[0, 1\] - mean\) / std, within \+-2\.15.*beyond \+-34\.3"):
+            _scores(loaded[0], pixel_values.abs() * scale)
+    _assert_unchanged(loaded, pixel_values)
+    # a vision tower whose weights overflow: NaN features, refused instead of fused to 0
+    model = AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+    model.add_category("widget", reference_images=pixel_values)
+    with torch.no_grad():
+        model.clip.vision_model.embeddings.patch_embedding.weight.mul_(1e30)
+    with pytest.raises(ValueError, match=r"the vision tower computed NaN or infinite features for images \[0, 1\] of "
+                                         r"the batch \(pixel_values reach \d\.\d+\); expected preprocessed images"):
+        _scores(model, pixel_values)
+    # a base whose logit_scale (the text temperature when the config sets none) turns NaN or negative
+    model = AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
+    model.load_category(str(good_adapter))
+    for value in (NAN, -1.0):
+        with torch.no_grad():
+            model.clip.logit_scale.fill_(value)
+        with pytest.raises(ValueError, match=rf"the base's logit_scale is {value}, the text temperature; expected a "
+                                             "finite positive number"):
+            _scores(model, pixel_values)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("text_temperature", NAN, "text_temperature=nan; expected a finite number > 0"),
+    ("text_temperature", INF, "text_temperature=inf; expected a finite number > 0"),
+    ("text_temperature", 0.0, "text_temperature=0.0; expected a finite number > 0"),
+    ("text_temperature", -100.0, "text_temperature=-100.0; expected a finite number > 0"),
+    ("gaussian_sigma", NAN, "gaussian_sigma=nan; expected a finite number >= 0"),
+    ("gaussian_sigma", INF, "gaussian_sigma=inf; expected a finite number >= 0"),
+    ("ctx_init_std", NAN, "ctx_init_std=nan; expected a finite number >= 0"),
+    ("sigma_reference_size", 0, "sigma_reference_size=0; expected a positive integer"),
+    ("output_size", -5, "output_size=-5; expected a positive integer or null"),
+    ("image_mean", [NAN, 0.0, 0.0], "image_mean=[nan, 0.0, 0.0], image_std=[0.26"),
+    ("image_std", [INF, 1.0, 1.0], "image_std=[inf, 1.0, 1.0]; expected finite values"),
+])
+def test_base_settings_that_would_score_silently_wrong_are_refused(setting, value, message, tiny_clip, base_folder,
+                                                                   tmp_path):
+    # Before: a NaN or infinite temperature scored every image 0.0, zero made every text score 0.5, a NaN blur
+    # silently did none, an infinite one or a zero reference size ended in a traceback.
+    from anomclip_hf import AnomCLIPConfig
+
+    with pytest.raises(ValueError) as error:
+        AnomCLIPConfig(clip_config=tiny_clip.config.to_dict(), **{setting: value})
+    assert message in str(error.value)
+    # ... the same from a saved base's config.json (a downloaded base is as untrusted as an adapter)
+    folder = tmp_path / "base"
+    shutil.copytree(base_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[setting] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AnomCLIPModel.from_pretrained(str(folder))
+
+
+# ------------------------------------------------------------------------------------------- issue 26: devices
+NO_GPU_HERE = "expected auto or one of the devices of this machine: cpu"
+
+
+@pytest.fixture
+def without_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("banana", f"--device banana: not a device name; {NO_GPU_HERE}"),
+    ("cuda", f"--device cuda: no CUDA GPU is available on this machine; {NO_GPU_HERE}"),
+    ("cuda:1", f"--device cuda:1: no CUDA GPU is available on this machine; {NO_GPU_HERE}"),
+    ("mps", f"--device mps: Apple MPS is not available on this machine; {NO_GPU_HERE}"),
+    ("meta", f"--device meta: not a device anomclip-hf computes on; {NO_GPU_HERE}"),
+])
+def test_cli_device_that_is_not_here_is_one_line_naming_the_flag(device, message, without_gpus, good_adapter,
+                                                                 base_folder, tmp_path, capsys):
+    from PIL import Image
+
+    from anomclip_hf.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (30, 30), (90, 120, 30)).save(images / "a.png")
+    code = main(["predict", "--base", str(base_folder), "--category", str(good_adapter), "--images", str(images),
+                 "--output", str(tmp_path / "out"), "--device", device, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"anomclip predict: error: {message}", err
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_api_device_that_is_not_here_names_the_argument(without_gpus, tiny_clip, base_folder, loaded):
+    tokenizer = build_offline_clip_tokenizer(real_vocab=False)
+    calls = {"from_clip": lambda device: AnomCLIPModel.from_clip(tiny_clip, tokenizer=tokenizer, device=device),
+             "from_pretrained": lambda device: AnomCLIPModel.from_pretrained(str(base_folder), device=device),
+             "from_base": lambda device: AnomCLIPModel.from_base(str(base_folder), device=device),
+             "pipeline": lambda device: pipeline("image-anomaly-detection", model=loaded[0], device=device)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=re.escape(f"device='banana': not a device name; {NO_GPU_HERE}")):
+            call("banana")
+        with pytest.raises(ValueError, match=re.escape(f"device='cuda': no CUDA GPU is available on this machine; "
+                                                       f"{NO_GPU_HERE}")):
+            call("cuda")
+        assert call("cpu").device.type == "cpu", name
+    assert pipeline("image-anomaly-detection", model=loaded[0], device=-1).device.type == "cpu"  # transformers' CPU
+
+
+def test_devices_listed_are_the_ones_present(monkeypatch):
+    from anomclip_hf.model.devices import available_devices, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert available_devices() == ["cpu", "cuda", "cuda:0", "cuda:1"]
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match=re.escape("--device cuda:2: this machine has 2 CUDA GPU(s); expected auto or "
+                                                   "one of the devices of this machine: cpu, cuda, cuda:0, cuda:1")):
+        resolve_device("cuda:2", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert available_devices() == ["cpu", "mps"] and resolve_device("auto") == torch.device("mps")
+    with pytest.raises(ValueError, match=re.escape("device='cuda': no CUDA GPU is available on this machine; expected "
+                                                   "auto or one of the devices of this machine: cpu, mps")):
+        resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------------- issue 26: thresholds
+@pytest.mark.parametrize("threshold", [NAN, INF, "0.5", True, None])
+def test_a_threshold_that_is_not_a_finite_number_is_refused_everywhere(threshold, loaded, tmp_path):
+    # Before: NaN called every image "normal" (the CLI's --threshold already refused it), a string failed mid-run.
+    from PIL import Image
+
+    from anomclip_hf.inference.prediction import predict_files
+
+    image = Image.new("RGB", (30, 30), (90, 120, 30))
+    image.save(tmp_path / "a.png")
+    detector = pipeline("image-anomaly-detection", model=loaded[0])
+    if threshold is None:  # control: no threshold given, the stored one decides
+        assert detector(image)["threshold"] == loaded[0].get_category("widget").metadata["decision_threshold"]
+        return
+    message = re.escape(f"={threshold!r}; expected a finite number (a NaN threshold calls every image normal)")
+    with pytest.raises(ValueError, match="threshold" + message):
+        detector(image, threshold=threshold)
+    for keyword in ("threshold", "pixel_threshold"):
+        with pytest.raises(ValueError, match=keyword + message):
+            predict_files(loaded[0], [str(tmp_path / "a.png")], str(tmp_path / "out"), progress=False,
+                          **{keyword: threshold})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", [0, -5, True, 2.5, 4096])
+def test_pipeline_output_size_out_of_range_is_refused(size, loaded):
+    from PIL import Image
+
+    detector = pipeline("image-anomaly-detection", model=loaded[0])
+    with pytest.raises(ValueError, match=re.escape(f"output_size={size!r}; expected 1..2048")):
+        detector(Image.new("RGB", (30, 30)), output_size=size)
 
 
 # ------------------------------------------------------------------------------------------- Hub cache links

@@ -120,6 +120,27 @@ def test_detector_scores_images_as_the_model_does(exported):
         detector.run(np.zeros((1, 3, 32, 32), np.float32))
 
 
+def test_detector_refuses_what_the_graph_would_score_as_nonsense(exported, monkeypatch):
+    # Issue 26: the graph cannot check its inputs or values (data-dependent). Far out of range, ONNX Runtime
+    # returns finite nonsense: the same score for every image, which read as a valid "normal".
+    session = onnxruntime.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    noise = np.random.default_rng(0).standard_normal((2, 3, 30, 30)).astype(np.float32)
+    scores, _ = session.run(["image_scores", "anomaly_maps"], {"pixel_values": noise * np.float32(1e30)})
+    assert scores[0] == scores[1]  # what used to come back
+    detector = OnnxAnomalyDetector(exported["onnx"])
+    for scale in (1e30, 200.0):  # overflowing values, raw 0-255 pixels
+        with pytest.raises(ValueError, match=r"pixel_values reach [\d.e+]+; expected preprocessed images .* refused "
+                                             r"beyond \+-34\.3"):
+            detector.run(np.abs(noise) * np.float32(scale))
+    # NaN out of the graph (its fusion now keeps NaN as NaN) is refused by name, never returned as a score
+    outputs = detector.session.run(None, {"pixel_values": noise})
+    monkeypatch.setattr(detector.session, "run", lambda *args: [outputs[0] * np.float32("nan"), outputs[1]])
+    with pytest.raises(ValueError, match=r"the exported model scored images \[0, 1\] of the batch NaN or infinite"):
+        detector.run(noise)
+    with pytest.raises(ValueError, match=r"threshold=nan; expected a finite number"):
+        OnnxAnomalyDetector(exported["onnx"], threshold=float("nan"))
+
+
 def _rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))

@@ -267,13 +267,13 @@ def test_predict_device_and_autocast_options(workspace, tmp_path):
     from anomclip_hf.cli import resolve_device
     from anomclip_hf.model.precision import resolve_precision
 
-    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_precision("bf16", "cpu").autocast_dtype == torch.bfloat16
     assert resolve_precision("none", "cpu").autocast_dtype is None  # --autocast none, the flag's older spelling
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert resolve_device("auto") == "cpu"
+        assert resolve_device("auto") == torch.device("cpu")
     else:
-        assert resolve_device("auto") in ("cuda", "mps")
+        assert resolve_device("auto").type in ("cuda", "mps")
     images = workspace / "data" / "widget" / "test" / "good"
     base = ["predict", "--base", str(workspace / "base"), "--category", str(workspace / "fit" / "adapter"),
             "--images", str(images), "--device", "cpu", "--quiet"]

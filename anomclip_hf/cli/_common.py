@@ -13,12 +13,9 @@ def add_command(commands, name: str, help: str, *examples: str, description: Opt
                                formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def resolve_device(name: str) -> str:
-    """"auto": the first GPU (CUDA, else Apple MPS) if there is one, else the CPU; any other name as is."""
-    import torch
+def resolve_device(name: str, flag: str = "--device"):
+    """`--device` as a torch.device this machine has ("auto": a GPU if there is one), else a ValueError naming
+    the flag, the value and the devices there are: the Python API's rule (`model.devices.resolve_device`)."""
+    from ..model.devices import resolve_device as resolve  # torch: only once a command runs
 
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+    return resolve(name, flag)

@@ -47,13 +47,14 @@ def run(args) -> int:
     from ..hub.base_source import check_base
     from ..inference.prediction import find_inputs, input_root
 
-    # Before the model loads: a wrong path fails at once. The output folder is never scanned as input.
+    # Before the model loads: a wrong path or device fails at once. The output folder is never scanned as input.
     images, others, unlistable = find_inputs(args.images, exclude=args.output)
     check_base(args.base)
+    device = resolve_device(args.device)
     from ..inference.prediction import predict_files
     from ..model.modeling_anomclip import AnomCLIPModel
 
-    model = AnomCLIPModel.from_base(args.base).to(resolve_device(args.device))
+    model = AnomCLIPModel.from_base(args.base).to(device)
     state = model.load_category(args.category, revision=args.revision)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import numpy as np
 
 from ..io.labels import PIPELINE_CHECK_NOTE
-from ..io.pixel_arrays import RESAMPLE_NAMES, ImageInput, pixel_array
-from ..model.decisions import decision
+from ..io.pixel_arrays import RESAMPLE_NAMES, ImageInput, pixel_array, pixel_range_problem
+from ..model.decisions import check_threshold, decision
 from .extras import import_extra
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar
 
@@ -54,7 +54,7 @@ class OnnxAnomalyDetector:
         self.resample = filters[preprocessing["resample"]]
         self.image_size = int(preprocessing["image_size"])
         self.mean, self.std = tuple(preprocessing["mean"]), tuple(preprocessing["std"])
-        self.threshold = self.settings.get("decision_threshold") if threshold is None else float(threshold)
+        self.threshold = self.settings.get("decision_threshold") if threshold is None else check_threshold(threshold)
         self.pixel_threshold = self.settings.get("pixel_threshold")
         self.category = self.settings.get("category", {}).get("category")
         # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.
@@ -75,7 +75,16 @@ class OnnxAnomalyDetector:
                              f"{expected[1]}, {expected[2]})")
         if not np.isfinite(pixel_values).all():
             raise ValueError(f"pixel_values contains {int((~np.isfinite(pixel_values)).sum())} NaN or infinite values")
+        largest = float(np.abs(pixel_values).max()) if pixel_values.size else 0.0
+        problem = pixel_range_problem(largest, self.mean, self.std)
+        if problem:  # the graph has no such check: far out of range, it returns finite nonsense
+            raise ValueError(problem)
         scores, maps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values})
+        bad = ~(np.isfinite(scores) & np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1))
+        if bad.any():  # the graph cannot check (data-dependent), so its outputs are checked here
+            raise ValueError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "
+                             f"batch NaN or infinite (pixel_values reach {float(np.abs(pixel_values).max()):.3g}); "
+                             "no scores are returned (they would read as 'normal')")
         return scores.astype(np.float32, copy=False), maps.astype(np.float32, copy=False)
 
     def predict(self, images, batch_size: int = 16) -> OnnxPrediction:

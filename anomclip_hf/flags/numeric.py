@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from typing import Callable, Optional
 
 # Largest anomaly-map side (--output-size): a 2048x2048 float32 map is 16 MB per image, in memory and per batch.
@@ -45,6 +46,16 @@ def _real(minimum: Optional[float] = None) -> Callable[[str], float]:
 
     parse.__name__ = "finite_number"
     return parse
+
+
+def check_output_size(value) -> Optional[int]:
+    """`value` (None: the model input size) if it is an anomaly-map side 1..MAX_OUTPUT_SIZE, else a ValueError
+    (0 used to fall back to the default silently, a negative size to end in a traceback)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_OUTPUT_SIZE:
+        raise ValueError(f"output_size={value!r}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
+    return value
 
 
 positive_int = _integer(1)  # counts of things that must exist: shots, batch size, resolution

@@ -6,7 +6,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ..flags.numeric import MAX_OUTPUT_SIZE
+from ..flags.numeric import check_output_size
 from ..io.batches import ScoredBatch, scored_batches
 from ..io.image_io import PathOrImage
 from ..model.modeling_anomclip import AnomCLIPModel
@@ -28,8 +28,7 @@ def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size
     memory distances, text scores and maps stay float32. `autocast_dtype` (a torch dtype) is the older
     spelling and wins when given.
     """
-    if output_size is not None and not 1 <= output_size <= MAX_OUTPUT_SIZE:
-        raise ValueError(f"output_size={output_size}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
+    check_output_size(output_size)
     low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
 
     def score(decoded: list):

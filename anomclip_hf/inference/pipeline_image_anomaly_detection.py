@@ -22,9 +22,12 @@ from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from ..io.image_io import load_image
+from ..model.devices import resolve_device
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision, tower_autocast
 from ..model.processing_anomclip import AnomCLIPProcessor
+from ..flags.numeric import check_output_size
+from ..model.decisions import check_threshold
 from ..model.thresholds import decision, normalized_score
 
 TASK = "image-anomaly-detection"
@@ -42,6 +45,9 @@ class ImageAnomalyDetectionPipeline(Pipeline):
 
     def __init__(self, model, feature_extractor=None, **kwargs):
         self._loaded_categories: dict[str, str] = {}  # adapter folder / repo id -> category name
+        device = kwargs.get("device")
+        if device is not None and not (isinstance(device, int) and device < 0):  # -1: transformers' CPU
+            kwargs["device"] = resolve_device(device)  # a clear error, not torch's RuntimeError
         # The processor is the pipeline's feature extractor: transformers only batches pipelines that have
         # one (pixel_values of one size are concatenated, no padding).
         super().__init__(model, feature_extractor=feature_extractor or AnomCLIPProcessor.from_model(model), **kwargs)
@@ -55,11 +61,11 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         if category is not None:
             forward["category"] = self._resolve_category(category)
         if output_size is not None:
-            forward["output_size"] = output_size
+            forward["output_size"] = check_output_size(output_size)
         if precision is not None:  # resolved once here, not per image
             forward["precision"] = resolve_precision(precision, self.model.device)
-        if threshold is not None:
-            postprocess["threshold"] = threshold
+        if threshold is not None:  # NaN would call every image normal, 0 or less every one anomalous
+            postprocess["threshold"] = check_threshold(threshold)
         return {}, forward, postprocess
 
     def _resolve_category(self, category: str) -> str:

@@ -32,7 +32,7 @@ from ..io.batches import ScoredBatch
 from ..io.image_io import display_path, load_mask
 from ..io.labels import pipeline_check_note
 from ..io.run_lock import FolderInUseError, folder_lock
-from ..model.decisions import decision, normalized_score
+from ..model.decisions import check_threshold, decision, normalized_score
 from .visualization import anomaly_panel
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
@@ -84,8 +84,9 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, category: Opt
     from .batch_scoring import score_images  # torch: only this scorer needs it
 
     state = model.get_category(category)
-    threshold = state.metadata.get("decision_threshold") if threshold is None else threshold
-    pixel_threshold = state.metadata.get("pixel_threshold") if pixel_threshold is None else pixel_threshold
+    threshold = state.metadata.get("decision_threshold") if threshold is None else check_threshold(threshold)
+    pixel_threshold = (state.metadata.get("pixel_threshold") if pixel_threshold is None
+                       else check_threshold(pixel_threshold, "pixel_threshold"))
     paths = list(paths)
     named = [path for path in paths if _printable(path)]
 

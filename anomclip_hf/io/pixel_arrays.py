@@ -6,7 +6,7 @@ feed their models the same numbers.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -20,6 +20,20 @@ BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the resample value of CLIP processo
 RESAMPLE_NAMES = {int(filter_): filter_.name.lower() for filter_ in Image.Resampling}
 
 ImageInput = Union[PathOrImage, np.ndarray]
+# How far past the largest preprocessed value pixel values may go (callers normalise in their own ways, tests
+# feed N(0, 1) noise); far beyond are raw 0-255 pixels or values that overflow the tower: garbage scores.
+PIXEL_RANGE_SLACK = 16.0
+
+
+def pixel_range_problem(largest: float, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> Optional[str]:
+    """None if pixel values whose largest magnitude is `largest` can be preprocessed images for `mean`/`std`,
+    else what was expected. Preprocessed values are (pixels in [0, 1] - mean) / std."""
+    reach = max(max(m, 1.0 - m) / s for m, s in zip(mean, std))
+    if largest <= PIXEL_RANGE_SLACK * reach:
+        return None
+    return (f"pixel_values reach {largest:.3g}; expected preprocessed images ((pixels in [0, 1] - mean) / std, "
+            f"within +-{reach:.3g}, as AnomCLIPProcessor makes them; refused beyond +-{PIXEL_RANGE_SLACK * reach:.3g}:"
+            " raw 0-255 pixels, or values that overflow the vision tower)")
 
 
 def as_pil(item: ImageInput) -> Image.Image:

@@ -54,6 +54,7 @@ from .category import (
     describe_base,
     validate_category_name,
 )
+from .sanity import check_prototypes, check_unit_rows
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -274,8 +275,11 @@ def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> N
         raise ValueError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
                          f"{len(wanted['token_indices'])} prompt tokens (found peft_type {found!r})")
     _check_memory(contents, expected)
-    if contents.prototypes:  # absent: computed from the prompt vectors on first use
+    if contents.memory_bank is not None:  # scaled rows would make every cosine huge (score 0) or ~0 (0.5)
+        check_unit_rows(contents.memory_bank, f"{source}: {MEMORY_FILE} tensor")
+    if contents.prototypes:  # absent: computed from the prompt vectors when loaded (and checked the same way)
         _check_tensors(contents.prototypes, expected.tensor_shapes(PROTOTYPES_FILE), PROTOTYPES_FILE, source)
+        check_prototypes(contents.prototypes, f"{source}: {PROTOTYPES_FILE} tensor")
     _check_tensors(contents.weights, expected.tensor_shapes(ADAPTER_WEIGHTS), ADAPTER_WEIGHTS, source)
 
 

@@ -19,6 +19,7 @@ from .category import (
     validate_category_name,
 )
 from .category_io import (
+    ADAPTER_WEIGHTS,
     FORMAT_VERSION,
     AdapterContents,
     AdapterExpectations,
@@ -248,6 +249,11 @@ class CategoryRegistryMixin:
             learned_prompts=bool(record["learned_prompts"]),
             memory_bank=contents.memory_layers(self.config.memory_layers), prototypes=contents.prototypes,
             metadata={key: record.get(key) for key in METADATA_KEYS}).to(self.device)
+        if not state.prototypes:  # none stored: computed from the adapter's vectors now, refused if degenerate
+            vectors = contents.weights[ADAPTER_WEIGHT_KEYS[0]].to(self.device)
+            state.prototypes = self.checked_prototypes(
+                state, vectors, f"{contents.source}: {ADAPTER_WEIGHTS} (no stored prototypes): the text prototypes "
+                f"computed from its prompt vectors (largest |value| {float(vectors.abs().max()):.3g}), head")
         # The one step that changes the model and can fail; it restores the table if it does.
         self.prompt_tokens.load_adapter_state_dict(name, {k: v.to(self.device) for k, v in contents.weights.items()})
         return self._register(state, activate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from transformers import AutoConfig, CLIPConfig, PretrainedConfig
@@ -14,6 +15,14 @@ ANOMALY_TOKEN_POSITIONS = ("suffix", "before_class")
 MEMORY_TAPS = ("after_attention", "block_output")
 # The reference code reads its memory taps in blocks 3 and 8 of a 12-block ViT; other depths scale.
 _REFERENCE_MEMORY_FRACTIONS = (3 / 12, 8 / 12)
+
+
+def _finite_number(name: str, value, positive: bool) -> float:
+    """float(value) if finite and > 0 (`positive`) or >= 0, else ValueError naming the setting."""
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"{name}={value!r}; expected a finite number {'> 0' if positive else '>= 0'}")
+    return number
 
 
 class AnomCLIPConfig(PretrainedConfig):
@@ -151,7 +160,7 @@ class AnomCLIPConfig(PretrainedConfig):
         self.n_prompts_pixel = int(n_prompts_pixel)
         self.n_anomaly_ctx = int(n_anomaly_ctx)
         self.n_anomaly_prompts = int(n_anomaly_prompts)
-        self.ctx_init_std = float(ctx_init_std)
+        self.ctx_init_std = _finite_number("ctx_init_std", ctx_init_std, positive=False)
         self.anomaly_token_position = anomaly_token_position
         self.category_phrases = bool(category_phrases)
         depth = clip_config.vision_config.num_hidden_layers
@@ -163,10 +172,16 @@ class AnomCLIPConfig(PretrainedConfig):
             if not layers or any(i < 0 or i >= depth for i in layers):
                 raise ValueError(f"{name}={layers}; expected indices in [0, {depth - 1}]")
         self.memory_tap = memory_tap
-        self.text_temperature = None if text_temperature is None else float(text_temperature)
-        self.gaussian_sigma = float(gaussian_sigma)
+        # NaN or infinite settings would not fail: the scores would (a NaN temperature scores every image 0).
+        self.text_temperature = None if text_temperature is None else _finite_number("text_temperature",
+                                                                                      text_temperature, positive=True)
+        self.gaussian_sigma = _finite_number("gaussian_sigma", gaussian_sigma, positive=False)
         self.sigma_reference_size = int(sigma_reference_size)
+        if self.sigma_reference_size < 1:
+            raise ValueError(f"sigma_reference_size={sigma_reference_size}; expected a positive integer")
         self.output_size = None if output_size is None else int(output_size)
+        if self.output_size is not None and self.output_size < 1:
+            raise ValueError(f"output_size={output_size}; expected a positive integer or null (the image size)")
         if int(scoring_size) < 1:
             raise ValueError(f"scoring_size={scoring_size}; expected a positive integer")
         self.scoring_size = int(scoring_size)
@@ -176,8 +191,9 @@ class AnomCLIPConfig(PretrainedConfig):
         for name, values in (("image_mean", self.image_mean), ("image_std", self.image_std)):
             if len(values) != 3:
                 raise ValueError(f"{name}={values}; expected 3 values (R, G, B)")
-        if min(self.image_std) <= 0:
-            raise ValueError(f"image_std={self.image_std}; expected positive values")
+        if not all(math.isfinite(x) for x in self.image_mean + self.image_std) or min(self.image_std) <= 0:
+            raise ValueError(f"image_mean={self.image_mean}, image_std={self.image_std}; expected finite values "
+                             "and positive standard deviations")
         self.image_resample = int(image_resample)
         self.prompt_token_ids = [int(i) for i in prompt_token_ids] if prompt_token_ids is not None else None
         self.base_model_name_or_path = base_model_name_or_path

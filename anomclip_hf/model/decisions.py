@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
+
+
+def check_threshold(value, name: str = "threshold") -> Optional[float]:
+    """A threshold given by a caller (None: none) as a float, if it is a finite number (the rule of --threshold),
+    else a ValueError naming `name`: NaN would call every image "normal" and a string fail mid-run."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}; expected a finite number (a NaN threshold calls every image normal)")
+    return float(value)
 
 
 def decision(score: float, threshold: Optional[float]) -> str:

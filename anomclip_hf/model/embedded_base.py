@@ -11,6 +11,7 @@ from transformers import CLIPConfig, CLIPModel
 
 from ..hub.base_source import hub_reachable, is_cached
 from ..io.labels import is_random_base
+from ..io.pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .modeling_anomclip import AnomCLIPModel
 from .tokenization import build_offline_clip_tokenizer, open_clip_bpe_path
 
@@ -32,7 +33,9 @@ def embedded_demo_model(seed: int = 0) -> AnomCLIPModel:
     torch.manual_seed(seed)
     clip = CLIPModel(config)
     clip.config.name_or_path = EMBEDDED_BACKBONE
-    model = AnomCLIPModel.from_clip(clip, tokenizer=tokenizer)
+    # Its preprocessing given here: the name is no Hub repo, so nothing may be looked up under it.
+    model = AnomCLIPModel.from_clip(clip, tokenizer=tokenizer, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+                                    image_resample=BICUBIC)
     model.config.random_weights = True  # saved with the base: whatever runs on it is labelled
     return model
 

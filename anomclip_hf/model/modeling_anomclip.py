@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import (
     AutoModel,
     CLIPModel,
@@ -18,12 +19,14 @@ from transformers import (
 )
 from transformers.utils import ModelOutput, logging
 
+from ..io.pixel_arrays import pixel_range_problem
 from .category import (
     HEADS,
     CategoryState,
 )
 from .category_registry import CategoryRegistryMixin
 from .configuration_anomclip import AnomCLIPConfig
+from .devices import resolve_device
 from .dtypes import resolve_compute_dtype
 from .losses import TextFeatures
 from .processing_anomclip import checkpoint_preprocessing
@@ -33,6 +36,7 @@ from .prompts import (
     build_head_prompts,
     build_zero_shot_prompts,
 )
+from .sanity import check_finite_features, check_finite_scores, check_prototypes, check_temperature
 from .scoring import (
     harmonic_fusion,
     memory_patch_scores,
@@ -50,6 +54,7 @@ logger = logging.get_logger(__name__)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 SCORING_MODES = ("full", "memory", "text")
 CLIP_MODEL_TYPE = "clip"
+PREPROCESSING_KEYS = ("image_mean", "image_std", "image_resample")  # what checkpoint_preprocessing reads
 
 
 @dataclass
@@ -124,6 +129,7 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         (see `dtypes.resolve_compute_dtype`). Text features are pooled at the tokenizer's EOS id, and images
         are normalised with the checkpoint's preprocessor_config.json mean/std; both are recorded in the config.
         """
+        device = resolve_device(device) if device is not None else None  # a wrong name fails before any loading
         if isinstance(clip, CLIPModel):
             clip_model = clip
             name = clip.config.name_or_path or None
@@ -136,11 +142,13 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
             if not name:
                 raise ValueError("from_clip(CLIPModel) needs tokenizer= when the model has no name_or_path")
             tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision)
-        device = torch.device(device) if device is not None else clip_model.device
+        device = device if device is not None else clip_model.device
         compute_dtype = resolve_compute_dtype(clip_model.dtype, device, torch_dtype)
         if clip_model.dtype != compute_dtype:
             clip_model.to(compute_dtype)
-        preprocessing = checkpoint_preprocessing(name, revision=revision) if name else {}
+        # All given: nothing to look up (a base built in code, as the demo's, has a name but no files anywhere).
+        given = set(PREPROCESSING_KEYS) <= set(config_kwargs)
+        preprocessing = checkpoint_preprocessing(name, revision=revision) if name and not given else {}
         # A copy: initialising the wrapper resets its sub-configs' attention settings, the CLIP's own must stay.
         config = AnomCLIPConfig(clip_config=copy.deepcopy(clip_model.config), base_model_name_or_path=name,
                                 base_model_revision=revision, text_eos_token_id=tokenizer.eos_token_id,
@@ -164,8 +172,9 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         """A saved AnomCLIP base (single or sharded safetensors, any `revision=`). dtype policy as `from_clip`:
         `torch_dtype` (or `dtype`), else float32 on the CPU and the saved dtype on `device`."""
         torch_dtype = kwargs.pop("dtype", None) if torch_dtype is None else torch_dtype
+        device = resolve_device(device) if device is not None else None  # a wrong name fails before the weights load
         model = super().from_pretrained(pretrained_model_name_or_path, *args, dtype="auto", **kwargs)
-        device = torch.device(device) if device is not None else model.device
+        device = device if device is not None else model.device
         model.clip.to(resolve_compute_dtype(model.clip.dtype, device, torch_dtype))
         model.prompt_tokens.float()  # instantiated in the saved dtype; prompt vectors are float32
         model.to(device)
@@ -216,10 +225,10 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
     def temperature(self) -> float:
         """tau: the configured value, else the raw logit_scale parameter (reference code)."""
         if self.config.text_temperature is not None:
-            return self.config.text_temperature
+            return self.config.text_temperature  # finite and positive (the config checks it)
         if torch.compiler.is_exporting():
             return self.clip.logit_scale.detach()  # float() of a traced parameter cannot be exported; same value
-        return float(self.clip.logit_scale.detach())
+        return check_temperature(float(self.clip.logit_scale.detach()))
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         size = self.config.image_size
@@ -232,6 +241,11 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         if not torch.compiler.is_exporting() and not torch.isfinite(pixel_values).all():
             bad = int((~torch.isfinite(pixel_values)).sum())
             raise ValueError(f"pixel_values contains {bad} NaN or infinite values")
+        if not torch.compiler.is_exporting() and pixel_values.numel():  # raw pixels would score as garbage
+            config = self.config
+            problem = pixel_range_problem(float(pixel_values.abs().max()), config.image_mean, config.image_std)
+            if problem:
+                raise ValueError(problem)
 
     def encode_images(self, pixel_values: torch.Tensor) -> VisionFeatures:
         """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised, float32).
@@ -243,11 +257,16 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         features = dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
                                               pixel_values.to(self.device, dtype), self.config.vv_layers,
                                               self.config.memory_layers, self.config.memory_tap)
-        return VisionFeatures(features.global_embeds.float(), features.patch_embeds.float(),
-                              [f.float() for f in features.memory_features])
+        features = VisionFeatures(features.global_embeds.float(), features.patch_embeds.float(),
+                                  [f.float() for f in features.memory_features])
+        if not torch.compiler.is_exporting():
+            check_finite_features([features.global_embeds, features.patch_embeds, *features.memory_features],
+                                  pixel_values)
+        return features
 
-    def _prompt_embeddings(self, category: str, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the category's learned vectors substituted at the prompt tokens."""
+    def _prompt_embeddings(self, vectors: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with a category's learned `vectors` (one row per prompt token) substituted at the
+        prompt tokens."""
         prompt_ids = torch.tensor(self.config.prompt_token_ids, device=input_ids.device)
         matches = input_ids.unsqueeze(-1) == prompt_ids
         is_prompt = matches.any(-1)
@@ -255,7 +274,7 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         embeds = token_embedding(torch.where(is_prompt, torch.zeros_like(input_ids), input_ids))
         if bool(is_prompt.any()):
             rows = matches.int().argmax(-1)[is_prompt]
-            learned = self.prompt_tokens.lookup(category, rows).to(embeds.dtype)
+            learned = F.embedding(rows, vectors).to(embeds.dtype)  # = prompt_tokens.lookup of a loaded category
             embeds = embeds.masked_scatter(is_prompt.unsqueeze(-1), learned)
         return embeds
 
@@ -271,23 +290,32 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
     def encode_prompt_texts(self, category: str, prompts: Sequence[str]) -> torch.Tensor:
         """Unnormalised float32 text features (len(prompts), D) of prompts that may contain prompt tokens,
         pooled at the tokenizer's EOS (`text_eos_token_id`; the first one: CLIP tokenizers pad with EOS)."""
+        return self._encode_texts(self.prompt_tokens.vectors(self.get_category(category).name), prompts)
+
+    def _encode_texts(self, vectors: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         if not prompts:
             return torch.zeros(0, self.config.clip_config.projection_dim, device=self.device)
         eos = self.text_eos_token_id
         input_ids = truncate_to_longest(self.tokenize_prompts(prompts), eos)
-        embeds = self._prompt_embeddings(category, input_ids)
+        embeds = self._prompt_embeddings(vectors, input_ids)
         return encode_text_embeddings(self.clip.text_model, self.clip.text_projection, embeds, input_ids, eos).float()
 
     def head_prompts(self, category: str, head: str) -> HeadPrompts:
-        state = self.get_category(category)
+        return self._head_prompts_of(self.get_category(category), head)
+
+    def _head_prompts_of(self, state: CategoryState, head: str) -> HeadPrompts:
         if not state.learned_prompts:
             return build_zero_shot_prompts(state.class_name, state.phrases)
         return build_head_prompts(self.config, head, state.class_name, state.phrases)
 
     def encode_prompts(self, category: str, head: str) -> TextFeatures:
         """Per-prompt text features of one head (with gradients to the prompt vectors when enabled)."""
-        prompts = self.head_prompts(category, head)
-        features = self.encode_prompt_texts(category, prompts.normal + prompts.manual + prompts.learned)
+        state = self.get_category(category)
+        return self._encode_head(state, head, self.prompt_tokens.vectors(state.name))
+
+    def _encode_head(self, state: CategoryState, head: str, vectors: torch.Tensor) -> TextFeatures:
+        prompts = self._head_prompts_of(state, head)
+        features = self._encode_texts(vectors, prompts.normal + prompts.manual + prompts.learned)
         n_normal, n_manual = len(prompts.normal), len(prompts.manual)
         return TextFeatures(normal=features[:n_normal], manual=features[n_normal:n_normal + n_manual],
                             learned=features[n_normal + n_manual:])
@@ -296,11 +324,21 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         """{head: (2, D) [normal, anomaly]}; constants after training, so computed once and cached."""
         state = self.get_category(category)
         if not state.prototypes:
-            # Plain tensors even when first asked inside torch.inference_mode: the cache outlives that block.
-            # Float32 even when first asked under autocast: cached state must not depend on the first caller.
-            with torch.inference_mode(False), torch.no_grad(), torch.autocast(self.device.type, enabled=False):
-                state.prototypes = {head: self.encode_prompts(state.name, head).prototypes() for head in HEADS}
+            state.prototypes = self.checked_prototypes(state, self.prompt_tokens.vectors(state.name),
+                                                       f"category {state.name!r}: the text prototypes computed from "
+                                                       "its prompt vectors, head")
         return state.prototypes
+
+    def checked_prototypes(self, state: CategoryState, vectors: torch.Tensor, where: str) -> dict:
+        """{head: (2, D)} of `state`'s prompts with prompt `vectors`, refused (a ValueError naming `where`) when
+        degenerate: NaN (vectors too large for the text tower), zero or equal rows (see `sanity`)."""
+        # Plain tensors even when first asked inside torch.inference_mode: the cache outlives that block.
+        # Float32 even when first asked under autocast: cached state must not depend on the first caller.
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            prototypes = {head: self._encode_head(state, head, vectors).prototypes() for head in HEADS}
+        if not torch.compiler.is_exporting():
+            check_prototypes(prototypes, where)
+        return prototypes
 
     def clear_prototype_cache(self, category: Optional[str] = None) -> None:
         """Call after changing a category's prompt vectors (training does)."""
@@ -349,6 +387,8 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         if mode in ("full", "memory"):
             # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
             visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank))
+        if not torch.compiler.is_exporting():  # NaN would fuse to 0: "normal" for every image, silently
+            check_finite_scores(state.name, text_image=text_image, text_patch=text_patch, visual_patch=visual_patch)
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
             visual_peak = upsampled_peak(visual_patch, self.config.scoring_size)

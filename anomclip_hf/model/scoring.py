@@ -58,9 +58,10 @@ def text_anomaly_probability(features: torch.Tensor, prototypes: torch.Tensor, t
 
 
 def harmonic_fusion(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """h(a, b) = ab / (a + b), half the harmonic mean (the reference's fusion); 0 where both are 0."""
+    """h(a, b) = ab / (a + b), half the harmonic mean (the reference's fusion); 0 where both are 0, NaN where
+    either is NaN (never a silent 0: an exported graph has no finiteness check to stop it)."""
     total = a + b
-    return torch.where(total > 0, a * b / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+    return torch.where(total == 0, torch.zeros_like(total), a * b / total.clamp_min(torch.finfo(total.dtype).tiny))
 
 
 def _square_grid(patch_scores: torch.Tensor) -> torch.Tensor:
