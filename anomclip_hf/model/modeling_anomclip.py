@@ -348,7 +348,8 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
             # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
-            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank))
+            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank),
+                                               search=self.config.memory_search)
         if mode == "full":
             patch_scores = harmonic_fusion(text_patch, visual_patch)
             visual_peak = upsampled_peak(visual_patch, self.config.scoring_size)
