@@ -103,16 +103,23 @@ class CategoryRegistryMixin:
         if count == 0:
             raise ValueError("reference_images is empty: pass at least one normal image (or None for text-only "
                              "zero-shot scoring)")
-        rows = int(count) * self.num_patches
-        size = memory_rows(rows, memory_size, coreset_ratio)
-        if size is not None and memory_size is None and coreset_ratio is None:
-            logger.warning(default_rule_text(rows, size))
-        if size is None and count > MAX_SHOTS:
-            raise ValueError(f"{count} reference images in an exact memory bank; it holds at most {MAX_SHOTS}: keep a "
-                             "coreset (memory_size / coreset_ratio below 1)")
+        size = self.memory_plan(int(count), memory_size, coreset_ratio, log=True)
         if not isinstance(reference_images, VisionFeatures):
             reference_images = encode_references(self, reference_images, spill=size is not None, progress=progress)
         return build_memory(reference_images, size, seed, progress)
+
+    def memory_plan(self, references: int, memory_size: Optional[int] = None,
+                    coreset_ratio: Optional[float] = None, log: bool = False) -> Optional[int]:
+        """Rows a memory of `references` images keeps per layer (None: the exact bank), checked before any
+        image is encoded: `memory.policy.memory_rows`, and an exact bank of at most MAX_SHOTS images."""
+        rows = int(references) * self.num_patches
+        size = memory_rows(rows, memory_size, coreset_ratio)
+        if size is None and references > MAX_SHOTS:
+            raise ValueError(f"{references} reference images in an exact memory bank; it holds at most {MAX_SHOTS}: "
+                             "keep a coreset (memory_size, or coreset_ratio below 1)")
+        if log and size is not None and memory_size is None and coreset_ratio is None:
+            logger.warning(default_rule_text(rows, size))
+        return size
 
     @property
     def num_patches(self) -> int:
