@@ -217,7 +217,7 @@ ROWS = {
     "class_name_too_long": (_edit_record(class_name="x" * 300),
                             ["category.json field 'class_name'", "a string of 1 to 256 characters"]),
     "shots_over_the_maximum": (_edit_record(shots=MAX_SHOTS + 1),
-                               ["category.json field 'shots' is 1025", "an integer from 0 to 1024"]),
+                               ["category.json field 'shots' is 1025", "exact memory bank; expected at most 1024"]),
     "missing_field": (lambda f: _edit_json(f, lambda r: r.pop("shots")),
                       ["category.json field 'shots' is missing"]),
     "unknown_field": (_edit_record(run_this="rm -rf"), ["category.json field 'run_this'", "unknown field"]),
@@ -299,9 +299,11 @@ def test_the_good_adapter_and_its_limits(good_adapter, loaded, tiny_clip):
     assert _fresh(tiny_clip).load_category(str(linked)).shots == 3
 
 
-def test_a_category_holds_at_most_max_shots(tiny_model):
-    with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images; a category holds at most {MAX_SHOTS}"):
-        tiny_model.add_category("widget", reference_images=_fake_features(MAX_SHOTS + 1))
+def test_an_exact_memory_holds_at_most_max_shots(tiny_model):
+    # more references are kept as a coreset (issue 23); asking for the exact bank of them is refused
+    with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images in an exact memory bank; it holds at "
+                                         f"most {MAX_SHOTS}"):
+        tiny_model.add_category("widget", reference_images=_fake_features(MAX_SHOTS + 1), coreset_ratio=1.0)
     assert tiny_model.categories == [] and tiny_model.prompt_tokens.adapter_names == []
 
 
