@@ -303,3 +303,106 @@ def test_streamed_references_equal_one_batch_and_spill_to_disk(tiny_clip):
     in_memory, on_disk = build_memory(streamed, 200, seed=2), build_memory(spilled, 200, seed=2)
     assert torch.equal(in_memory.sources[0], on_disk.sources[0])
     assert in_memory.coreset["coverage_radius"] == pytest.approx(on_disk.coreset["coverage_radius"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- every path
+@pytest.fixture(scope="module")
+def fitted_coreset(tmp_path_factory, tiny_clip):
+    """`anomclip fit --memory-size 400` on a folder of 6 generated normal images, with the base it used."""
+    from anomclip_hf.cli import main
+    from anomclip_hf.data import generate_mvtec_tree
+
+    root = tmp_path_factory.mktemp("coreset_paths")
+    _fresh(tiny_clip).save_pretrained(root / "base")
+    generate_mvtec_tree(root / "data", categories=("widget",), n_train=6, n_test_good=2, n_test_defect=2,
+                        image_size=48, seed=0)
+    assert main(["fit", "--base", str(root / "base"), "--references", str(root / "data" / "widget" / "train" / "good"),
+                 "--category", "widget", "--output", str(root / "fit"), "--epochs", "2", "--memory-size", "400",
+                 "--quiet"]) == 0
+    from anomclip_hf import AnomCLIPModel
+
+    model = AnomCLIPModel.from_base(str(root / "base"))
+    model.load_category(str(root / "fit" / "adapter"))
+    images = sorted(str(p) for p in (root / "data" / "widget" / "test").rglob("*.png"))
+    return {"root": root, "adapter": root / "fit" / "adapter", "model": model, "images": images}
+
+
+def _model_scores(model, images) -> list[float]:
+    from anomclip_hf.model.processing_anomclip import model_pixel_values
+
+    with torch.no_grad():
+        return model(model_pixel_values(model.config, images)).image_scores.tolist()
+
+
+def test_fit_writes_a_coreset_adapter(fitted_coreset):
+    record = json.loads((fitted_coreset["adapter"] / "category.json").read_text())
+    coreset = record["memory"]["coreset"]
+    assert record["shots"] == 6 and coreset["size"] == 400 and coreset["rows"] == 6 * PATCHES
+    assert len(coreset["coverage_radius"]) == 2 and record["learned_prompts"] and record["decision_threshold"] > 0
+    assert "Coverage radius" in (fitted_coreset["adapter"] / "README.md").read_text()
+    summary = json.loads((fitted_coreset["root"] / "fit" / "summary.json").read_text())
+    assert summary["memory"]["size"] == 400
+
+
+def test_predict_and_the_pipeline_score_a_coreset_adapter_as_the_model(fitted_coreset, tmp_path):
+    import csv
+
+    from transformers import pipeline
+
+    from anomclip_hf.cli import main
+
+    root, images = fitted_coreset["root"], fitted_coreset["images"]
+    expected = dict(zip(images, _model_scores(fitted_coreset["model"], images)))
+    assert main(["predict", "--base", str(root / "base"), "--category", str(fitted_coreset["adapter"]),
+                 "--images", str(root / "data" / "widget" / "test"), "--output", str(tmp_path / "pred")]) == 0
+    with open(tmp_path / "pred" / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(images)
+    for row in rows:
+        path = next(p for p in images if p.endswith(row["path"]))
+        assert float(row["image_score"]) == pytest.approx(expected[path], abs=1e-5)
+    detector = pipeline("image-anomaly-detection", model=str(root / "base"), category=str(fitted_coreset["adapter"]))
+    results = detector(images[:2], batch_size=2)
+    assert [r["score"] for r in results] == pytest.approx([expected[p] for p in images[:2]], abs=1e-5)
+
+
+def test_onnx_export_of_a_coreset_adapter_runs_torch_free_within_1e_4(fitted_coreset):
+    pytest.importorskip("onnxruntime")
+    from anomclip_hf.cli import main
+    from anomclip_hf.export import OnnxAnomalyDetector
+
+    root = fitted_coreset["root"]
+    assert main(["export", "--base", str(root / "base"), "--category", str(fitted_coreset["adapter"]),
+                 "--output", str(root / "widget.onnx")]) == 0
+    result = OnnxAnomalyDetector(str(root / "widget.onnx"))(fitted_coreset["images"], batch_size=3)
+    expected = _model_scores(fitted_coreset["model"], fitted_coreset["images"])
+    assert float(abs(torch.tensor(result.image_scores) - torch.tensor(expected)).max()) < 1e-4
+    sidecar = json.loads((root / "widget.onnx.json").read_text())
+    assert sidecar["category"]["memory"]["coreset"]["size"] == 400
+
+
+def test_a_coreset_adapter_travels_through_the_hub(fitted_coreset, fake_hub, tiny_clip):
+    from anomclip_hf import AnomCLIPModel
+    from anomclip_hf.model.publishing import upload_category_folder
+
+    upload_category_folder(str(fitted_coreset["adapter"]), "tester/anomclip-widget-coreset")
+    model = AnomCLIPModel.from_base(str(fitted_coreset["root"] / "base"))
+    state = model.load_category("tester/anomclip-widget-coreset")
+    assert state.coreset["size"] == 400 and tuple(state.memory_bank[0].shape) == (400, 32)
+    images = fitted_coreset["images"]
+    assert _model_scores(model, images) == _model_scores(fitted_coreset["model"], images)
+
+
+def test_evaluate_builds_a_coreset_by_the_default_rule(fitted_coreset, tmp_path, monkeypatch):
+    from anomclip_hf.cli import main
+    from anomclip_hf.memory import policy
+
+    monkeypatch.setattr(policy, "DEFAULT_MAX_EXACT_ROWS", 300)  # 2 shots = 450 rows: a coreset of 300
+    root = fitted_coreset["root"]
+    assert main(["evaluate", "--base", str(root / "base"), "--dataset", "mvtec", "--data-root", str(root / "data"),
+                 "--categories", "widget", "--shots", "2", "--seeds", "0", "--no-train", "--resolution", "40",
+                 "--output", str(tmp_path / "eval"), "--no-progress"]) == 0
+    record = json.loads(next((tmp_path / "eval").rglob("category.json")).read_text())
+    assert record["memory"]["coreset"]["size"] == 300
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert 0 <= results["tables"]["image_auroc"]["widget"]["2"]["mean"] <= 1
