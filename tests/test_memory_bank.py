@@ -406,3 +406,16 @@ def test_evaluate_builds_a_coreset_by_the_default_rule(fitted_coreset, tmp_path,
     assert record["memory"]["coreset"]["size"] == 300
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert 0 <= results["tables"]["image_auroc"]["widget"]["2"]["mean"] <= 1
+
+
+def test_the_shortlist_takes_a_bank_made_under_inference_mode():
+    # leave-one-out builds its banks (the references but one) under torch.inference_mode; the bf16 shortlist
+    # of a bank that large (>= SHORTLIST_MIN_ROWS rows, chosen by "auto" where bf16 is native) must take them
+    from anomclip_hf.model.scoring import memory_patch_scores
+
+    features, bank = [_unit(225, 16, 13).reshape(1, 225, 16)], _unit(5000, 16, 14)
+    with torch.inference_mode():
+        held_out = bank[torch.arange(5000) != 3]
+        shortlisted = memory_patch_scores(features, [held_out], search="shortlist")
+        exact = memory_patch_scores(features, [held_out], search="exact")
+    assert float((shortlisted - exact).abs().max()) < 1e-6

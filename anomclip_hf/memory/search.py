@@ -63,6 +63,8 @@ def bf16_copy(bank: torch.Tensor) -> torch.Tensor:
     """The bank in bfloat16, remembered while the bank lives unchanged (a memory bank is module state that
     serves many forwards; converting it each time would cost a good part of the search it speeds up). Kept
     beside the tensor, not on it, so nothing extra is pickled with the model."""
+    if bank.is_inference():  # made under inference_mode (a leave-one-out bank): no version to key a cache on
+        return bank.detach().to(torch.bfloat16)
     key = id(bank)
     cached = _BF16_BANKS.get(key)
     if cached is not None and cached[0]() is bank and cached[1] == bank._version:
