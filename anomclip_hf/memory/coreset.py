@@ -27,8 +27,9 @@ from .search import nearest_distance
 DEFAULT_JL_EPS = 0.9
 # Rows per projection chunk: (chunk, width) float32 at a time (8192 x 1024 x 4 B = 32 MiB).
 PROJECTION_CHUNK_ROWS = 8192
-# Rows per block of the lazy greedy selection and kept rows per distance product (blocks stay in cache).
-GREEDY_BLOCK_ROWS = 4096
+# Rows per block of the lazy greedy selection (small blocks: a step refreshes few rows; 512 measured 1.4-20x
+# faster than 4096 here) and kept rows per distance product.
+GREEDY_BLOCK_ROWS = 512
 GREEDY_CENTER_CHUNK = 2048
 
 
