@@ -20,7 +20,12 @@ from transformers import pipeline
 
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.model.category import MAX_SHOTS
-from anomclip_hf.model.category_io import ADAPTER_WEIGHTS, MEMORY_FILE, PROTOTYPES_FILE, TENSOR_HEADER_SLACK
+from anomclip_hf.model.category_io import (
+    ADAPTER_WEIGHTS,
+    MEMORY_FILE,
+    PROTOTYPES_FILE,
+    TENSOR_HEADER_SLACK,
+)
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 WEIGHT_KEY = "token_embedding.trainable_tokens_delta"
@@ -226,7 +231,7 @@ ROWS = {
     "class_name_too_long": (_edit_record(class_name="x" * 300),
                             ["category.json field 'class_name'", "a string of 1 to 256 characters"]),
     "shots_over_the_maximum": (_edit_record(shots=MAX_SHOTS + 1),
-                               ["category.json field 'shots' is 1025", "an integer from 0 to 1024"]),
+                               ["category.json field 'shots' is 1025", "exact memory bank; expected at most 1024"]),
     "missing_field": (lambda f: _edit_json(f, lambda r: r.pop("shots")),
                       ["category.json field 'shots' is missing"]),
     "unknown_field": (_edit_record(run_this="rm -rf"), ["category.json field 'run_this'", "unknown field"]),
@@ -323,9 +328,11 @@ def test_the_good_adapter_and_its_limits(good_adapter, loaded, tiny_clip):
     assert _fresh(tiny_clip).load_category(str(linked)).shots == 3
 
 
-def test_a_category_holds_at_most_max_shots(tiny_model):
-    with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images; a category holds at most {MAX_SHOTS}"):
-        tiny_model.add_category("widget", reference_images=_fake_features(MAX_SHOTS + 1))
+def test_an_exact_memory_holds_at_most_max_shots(tiny_model):
+    # more references are kept as a coreset (issue 23); asking for the exact bank of them is refused
+    with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images in an exact memory bank; it holds at "
+                                         f"most {MAX_SHOTS}"):
+        tiny_model.add_category("widget", reference_images=_fake_features(MAX_SHOTS + 1), coreset_ratio=1.0)
     assert tiny_model.categories == [] and tiny_model.prompt_tokens.adapter_names == []
 
 
@@ -674,3 +681,145 @@ def test_hub_snapshot_links_into_the_repo_blobs_load_and_links_leaving_it_do_not
                                          "models--tester--anomclip-widget"):
         other.load_category(repo, local_files_only=True)
     assert other.categories == [] and other.prompt_tokens.adapter_names == []
+
+
+# --- issue 23: coreset memory ---
+CORESET_ROWS = 300  # of the 3 x 225 reference patch rows per layer
+
+
+@pytest.fixture(scope="module")
+def coreset_adapter(tiny_clip, tmp_path_factory) -> Path:
+    """The 3-shot "widget" with its memory as a coreset of 300 rows per layer (format 2)."""
+    model = _fresh(tiny_clip)
+    references = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    model.add_category("widget", reference_images=references, learned_prompts=True, seed=2, memory_size=CORESET_ROWS)
+    model.estimate_thresholds(references)
+    return Path(model.save_category(tmp_path_factory.mktemp("coreset") / "adapter"))
+
+
+def _edit_coreset(**changes):
+    return lambda folder: _edit_json(folder, lambda record: record["memory"]["coreset"].update(changes))
+
+
+CORESET_ROWS_OF_BAD_ADAPTERS = {
+    "coreset_width_differs_from_the_base": (
+        _edit_tensors(MEMORY_FILE, lambda t: t.update({k: torch.zeros(CORESET_ROWS, WIDTH + 1) for k in t})),
+        ["memory_bank.safetensors tensor 'layer_0' has shape (300, 33); expected (300, 32)",
+         "width 32 of this base"]),
+    "coreset_rows_differ_from_its_size": (
+        _edit_coreset(size=CORESET_ROWS - 1),
+        ["memory_bank.safetensors tensor 'layer_0' has shape (300, 32); expected (299, 32)"]),
+    "coreset_with_nan_rows": (
+        _edit_tensors(MEMORY_FILE, lambda t: t["layer_0"][5].fill_(float("nan"))),
+        ["memory_bank.safetensors tensor 'layer_0' holds 32 NaN or infinite values"]),
+    "coreset_larger_than_its_bank": (
+        _edit_coreset(size=3 * PATCHES + 1),
+        ["field 'memory.coreset.size' is 676", "expected at most 675 rows"]),
+    "coreset_rows_not_shots_times_patches": (
+        _edit_coreset(rows=4 * PATCHES),
+        ["field 'memory.coreset.rows' is 900", "shots x patches = 3 x 225 = 675"]),
+    "coreset_radius_per_layer_missing": (
+        _edit_coreset(coverage_radius=[0.5]),
+        ["field 'memory.coreset.coverage_radius' has 1 values", "one per memory layer [0, 1]"]),
+    "coreset_radius_negative": (
+        _edit_coreset(coverage_radius=[-0.1, 0.2]),
+        ["field 'memory.coreset.coverage_radius[0]' is -0.1", "a number from 0 to 2"]),
+    "coreset_in_a_format_1_record": (
+        _edit_record(format_version=1),
+        ["format_version 1 but a 'memory.coreset'", "format_version 2"]),
+}
+
+
+@pytest.mark.parametrize("row", list(CORESET_ROWS_OF_BAD_ADAPTERS))
+def test_hostile_coreset_adapter_is_refused_and_changes_nothing(row, coreset_adapter, loaded, pixel_values, tmp_path):
+    folder = tmp_path / "bad" / "adapter"
+    shutil.copytree(coreset_adapter, folder)
+    mutate, fragments = CORESET_ROWS_OF_BAD_ADAPTERS[row]
+    mutate(folder)
+    with pytest.raises(ValueError) as error:
+        loaded[0].load_category(str(folder), name="widget")
+    message = str(error.value)
+    assert message.startswith(f"{folder}: "), message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    _assert_unchanged(loaded, pixel_values)
+
+
+def test_the_good_coreset_adapter_loads(coreset_adapter, tiny_clip):
+    state = _fresh(tiny_clip).load_category(str(coreset_adapter))
+    assert state.shots == 3 and tuple(state.memory_bank[0].shape) == (CORESET_ROWS, WIDTH)
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"memory_size": 0}, "memory_size=0; expected a positive number of patch rows"),
+    ({"memory_size": 3 * PATCHES + 1}, "memory_size=676 is larger than the memory bank: its 675 rows"),
+    ({"coreset_ratio": -0.5}, "coreset_ratio=-0.5; expected a fraction of the bank's rows to keep, greater than 0"),
+    ({"coreset_ratio": float("nan")}, "coreset_ratio=nan"),
+    ({"memory_size": 10, "coreset_ratio": 0.5}, "give one of them"),
+])
+def test_bad_memory_settings_are_refused_before_anything_is_added(tiny_model, settings, fragment):
+    references = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        tiny_model.add_category("widget", reference_images=references, **settings)
+    assert tiny_model.categories == [] and tiny_model.prompt_tokens.adapter_names == []
+
+
+def test_reference_features_with_nan_rows_are_refused_by_the_coreset(tiny_model):
+    features = _fake_features(3)
+    features.memory_features[1] = torch.randn(3, PATCHES, WIDTH)
+    features.memory_features[0] = torch.randn(3, PATCHES, WIDTH).index_fill(1, torch.tensor([7]), float("nan"))
+    with pytest.raises(ValueError, match=r"row 7 of the memory bank holds NaN or infinite values \(3 such rows"):
+        tiny_model.add_category("widget", reference_images=features, memory_size=100)
+    assert tiny_model.categories == []
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--memory-size", "0", "argument --memory-size: expected an integer >= 1, got '0'"),
+    ("--coreset-ratio", "-0.1", "argument --coreset-ratio: expected a number greater than 0 and at most 1, got '-0.1'"),
+    ("--coreset-ratio", "1.5", "expected a number greater than 0 and at most 1, got '1.5'"),
+])
+def test_fit_refuses_bad_memory_flags(flag, value, fragment, capsys, tmp_path):
+    from anomclip_hf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--base", "b", "--references", str(tmp_path), "--category", "c", "--output", str(tmp_path / "o"),
+              flag, value])
+    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_a_failed_fit_leaves_no_half_written_adapter(tiny_clip, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from anomclip_hf.training import TrainingConfig, train_category
+
+    good = tmp_path / "refs" / "widget"
+    good.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(4)
+    for index in range(40):  # more than one batch: streamed from the files
+        pixels = (torch.rand(30, 30, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(good / f"{index:03d}.png")
+    config = TrainingConfig(stage1_epochs=1, stage2_epochs=1, trackers="none", progress_bar=False)
+    model = _fresh(tiny_clip)
+    with pytest.raises(ValueError, match="memory_size=9001 is larger than the memory bank: its 9000 rows"):
+        train_category(model, "widget", str(tmp_path / "job"), dataset="folder", data_root=str(tmp_path / "refs"),
+                       shots=40, config=config, memory_size=9001)
+    assert not (tmp_path / "job" / "adapter").exists() and model.categories == []
+    (good / "039.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match="039.png"):
+        train_category(model, "widget", str(tmp_path / "job"), dataset="folder", data_root=str(tmp_path / "refs"),
+                       shots=40, config=config, memory_size=2000)
+    assert not (tmp_path / "job" / "adapter").exists() and model.categories == []
+    # a failure after the forwards (inside the coreset selection) leaves nothing either
+    Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(good / "039.png")
+    import anomclip_hf.model.memory_bank as memory_bank
+
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("interrupted while selecting the coreset")
+
+    monkeypatch.setattr(memory_bank, "select_coreset", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted while selecting"):
+        train_category(model, "widget", str(tmp_path / "job"), dataset="folder", data_root=str(tmp_path / "refs"),
+                       shots=40, config=config, memory_size=2000)
+    assert not (tmp_path / "job" / "adapter").exists() and not (tmp_path / "job" / "summary.json").exists()
+    assert model.categories == []

@@ -16,6 +16,8 @@ def add_command(commands, name: str, help: str, *examples: str, description: Opt
 def resolve_device(name: str, flag: str = "--device"):
     """`--device` as a torch.device this machine has ("auto": a GPU if there is one), else a ValueError naming
     the flag, the value and the devices there are: the Python API's rule (`model.devices.resolve_device`)."""
-    from ..model.devices import resolve_device as resolve  # torch: only once a command runs
+    from ..model.devices import (
+        resolve_device as resolve,  # torch: only once a command runs
+    )
 
     return resolve(name, flag)

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from ..flags.numeric import nonnegative_int, positive_int
+from ..flags.numeric import fraction, nonnegative_int, positive_int
 from ._common import add_command
 
 FIT_LOG_FILE = "training_log.jsonl"
@@ -20,7 +20,8 @@ def add_parser(commands) -> None:
         "anomclip fit --base openai/clip-vit-base-patch16 --references good_parts/ "
         "--category bracket --output runs/fit --epochs 20",
         "anomclip fit --base B --references good/ --category pcb --class-name 'circuit board' "
-        "--phrases my_phrases.txt --output runs/pcb")
+        "--phrases my_phrases.txt --output runs/pcb",
+        "anomclip fit --base B --references line3_good/ --category cap --output runs/cap --memory-size 8192")
     fit.add_argument("--base", required=True)
     fit.add_argument("--references", required=True, help="folder of normal images (or of category sub-folders)")
     fit.add_argument("--category", required=True)
@@ -30,6 +31,12 @@ def add_parser(commands) -> None:
     fit.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the shot draw when --shots is smaller")
     fit.add_argument("--phrases", default=None,
                      help="text file of extra anomaly phrases, one per line, '{}' for the class name")
+    memory = fit.add_mutually_exclusive_group()
+    memory.add_argument("--memory-size", type=positive_int, default=None,
+                        help="patch rows the visual memory keeps per memory layer (a greedy coreset; default: every "
+                             "row up to 16384, a coreset of 16384 above)")
+    memory.add_argument("--coreset-ratio", type=fraction, default=None,
+                        help="the fraction of patch rows kept per memory layer, in (0, 1] (1: the exact bank)")
     fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
     fit.add_argument("--quiet", dest="progress_bar", action="store_false", default=None,
                      help="no progress bars (as --no-progress)")
@@ -58,7 +65,8 @@ def run(args) -> int:
         summary = train_category(args.base, args.category, args.output, dataset="folder",
                                  data_root=args.references, shots=shots, seed=args.seed, config=config,
                                  class_name=args.class_name, phrases=phrases, callbacks=[log_epoch],
-                                 resume_from_checkpoint=args.resume_from_checkpoint)
+                                 resume_from_checkpoint=args.resume_from_checkpoint,
+                                 memory_size=args.memory_size, coreset_ratio=args.coreset_ratio)
     final = list(summary["final_losses"].items())[-1] if summary["final_losses"] else None
     threshold = summary["decision_threshold"]
     if summary.get("note"):
@@ -66,6 +74,11 @@ def run(args) -> int:
     print(f"category {summary['category']!r} fitted on {summary['shots']} reference image(s), {summary['epochs']} "
           f"epochs" + (f"; final loss {final[1]['loss']:.4f} ({final[0]})" if final else "")
           + ("" if threshold is None else f"; decision threshold {threshold:.4f}"))
+    memory = summary.get("memory")
+    if isinstance(memory, dict):
+        radius = ", ".join(f"{r:.4f}" for r in memory["coverage_radius"])
+        print(f"visual memory: a coreset of {memory['size']} of {memory['rows']} patch rows per layer, coverage radius "
+              f"{radius}")
     print(f"adapter: {summary['adapter_dir']}; per-epoch log: {log_path}; summary: "
           f"{os.path.join(args.output, 'summary.json')}")
     if threshold is None:

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import numpy as np
 
 from ..io.labels import PIPELINE_CHECK_NOTE
-from ..io.pixel_arrays import RESAMPLE_NAMES, ImageInput, pixel_array, pixel_range_problem
+from ..io.pixel_arrays import (
+    RESAMPLE_NAMES,
+    ImageInput,
+    pixel_array,
+    pixel_range_problem,
+)
 from ..model.decisions import check_threshold, decision
 from .extras import import_extra
 from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar

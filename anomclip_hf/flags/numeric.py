@@ -64,6 +64,17 @@ finite_float = _real()  # thresholds, margins
 nonnegative_float = _real(0.0)  # learning rates, momentum, weight decay, loss weights
 
 
+def fraction(text: str) -> float:
+    """A finite number greater than 0 and at most 1, e.g. --coreset-ratio (1: everything)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number greater than 0 and at most 1, got {text!r}")
+    return value
+
+
 def int_range(minimum: int, maximum: int) -> Callable[[str], int]:
     """An integer in minimum..maximum, e.g. --output-size (int_range(1, MAX_OUTPUT_SIZE))."""
     return _integer(minimum, maximum)

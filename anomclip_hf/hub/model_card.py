@@ -120,7 +120,7 @@ def _recipe_section(category: dict) -> str:
     lines = ["## Training recipe", ""]
     if not training:
         lines += ["Not trained: hand-written prompts (the text branch as in zero-shot use) and the visual memory "
-                  f"of {category['shots']} reference image(s): {references}."]
+                  f"of {category['shots']} reference image(s): {references}."] + _coreset_lines(category)
         return "\n".join(lines)
     config = training.get("config") or {}
     dataset = training.get("dataset")
@@ -139,9 +139,29 @@ def _recipe_section(category: dict) -> str:
         ("final losses", json.dumps(training.get("final_losses")) if training.get("final_losses") else None),
     ]
     lines += ["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows if value is not None]
+    lines += _coreset_lines(category)
     lines += ["", "<details><summary>full training record</summary>", "", "```json",
               json.dumps(training, indent=2), "```", "", "</details>"]
     return "\n".join(lines)
+
+
+def _coreset_lines(category: dict) -> list[str]:
+    """What a coreset memory keeps and its coverage radius (nothing for the exact bank)."""
+    memory = category.get("memory") or {}
+    coreset = memory.get("coreset")
+    if not coreset:
+        return []
+    projection = (f"a {coreset['projection_dim']}-dimensional random projection" if coreset.get("projection_dim")
+                  else "the features themselves")
+    radii = ", ".join(f"layer {layer}: {radius:.4f}" for layer, radius in
+                      zip(memory.get("layers") or [], coreset["coverage_radius"]))
+    bound = coreset.get("reference_patch_score_bound")
+    return ["", f"Visual memory: a greedy k-center coreset (PatchCore) of {coreset['size']} of the {coreset['rows']} "
+            f"reference patch rows per memory layer, selected on {projection} (seed {coreset['seed']}). Coverage "
+            f"radius (`memory.coreset.coverage_radius` in category.json; {radii}): every reference patch lies within "
+            "that distance of a kept one, so against this memory a reference patch scores at most radius^2 / 4 "
+            + (f"(at most {bound:.4f} averaged over the layers) " if bound is not None else "")
+            + "instead of 0, and any patch's distance to the memory grows by at most the radius."]
 
 
 def _model_name(category: dict, repo_or_folder: str) -> str:

@@ -21,13 +21,13 @@ from typing import Optional
 from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from ..flags.numeric import check_output_size
 from ..io.image_io import load_image
+from ..model.decisions import check_threshold
 from ..model.devices import resolve_device
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision, tower_autocast
 from ..model.processing_anomclip import AnomCLIPProcessor
-from ..flags.numeric import check_output_size
-from ..model.decisions import check_threshold
 from ..model.thresholds import decision, normalized_score
 
 TASK = "image-anomaly-detection"

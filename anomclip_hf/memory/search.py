@@ -4,7 +4,9 @@ rows, for any bank size with bounded peak memory.
     exact_nearest        float32 matrix products in blocks (no block holds more than max_block_elements values)
     shortlisted_nearest  a bfloat16 product shortlists candidates within its proven error bound, float32
                          re-checks them: the same nearest neighbour (worth it on hardware with native bf16)
-    nearest_similarity   the entry point: one of the two, or one unblocked product inside an ONNX export
+    nearest_similarity   the entry point: one of the two (or faiss' exact index, the `[faiss]` extra), or one
+                         unblocked product inside an ONNX export
+    nearest_distance     Euclidean distance to the nearest bank row, for vectors of any norm (coreset radii)
 
 Inputs are unit vectors (queries (N, W), bank (M, W)); callers turn similarities into their scores.
 """
@@ -61,6 +63,8 @@ def bf16_copy(bank: torch.Tensor) -> torch.Tensor:
     """The bank in bfloat16, remembered while the bank lives unchanged (a memory bank is module state that
     serves many forwards; converting it each time would cost a good part of the search it speeds up). Kept
     beside the tensor, not on it, so nothing extra is pickled with the model."""
+    if bank.is_inference():  # made under inference_mode (a leave-one-out bank): no version to key a cache on
+        return bank.detach().to(torch.bfloat16)
     key = id(bank)
     cached = _BF16_BANKS.get(key)
     if cached is not None and cached[0]() is bank and cached[1] == bank._version:
@@ -122,16 +126,42 @@ def shortlisted_nearest(flat: torch.Tensor, bank: torch.Tensor, low_bank: torch.
 
 
 def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, *, shortlist: bool = False,
-                       low_bank: Optional[torch.Tensor] = None, max_block_elements: int = 1 << 22) -> torch.Tensor:
+                       low_bank: Optional[torch.Tensor] = None, max_block_elements: int = 1 << 22,
+                       faiss: bool = False) -> torch.Tensor:
     """(N,) highest cosine of each query row over the bank's rows (float32 inputs of the same width).
 
     shortlist: use `shortlisted_nearest` with `low_bank` (the bank in bfloat16; `bf16_copy` keeps one per bank).
+    faiss: faiss' exact inner-product index instead (`memory.faiss_index`, the `[faiss]` extra; same values to
+    float32 rounding).
     """
+    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (N, W) and (M, W) "
+                         "of the same width W")
     if torch.compiler.is_exporting():
         # One block: a loop over a batch-dependent row count cannot be part of a graph with a dynamic batch
         # (anomclip export). The same maxima, only not bounded in memory.
         return (queries @ bank.T).amax(dim=1)
+    if bank.shape[0] == 0:
+        raise ValueError("the memory bank has no rows to search")
+    if faiss:
+        from .faiss_index import faiss_nearest_similarity
+
+        return faiss_nearest_similarity(queries, bank)
     if shortlist:
         return shortlisted_nearest(queries, bank, bf16_copy(bank) if low_bank is None else low_bank,
                                    max_block_elements)
     return exact_nearest(queries, bank, max_block_elements)
+
+
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, max_block_elements: int = 1 << 22) -> torch.Tensor:
+    """(N,) Euclidean distance of each query row to its nearest bank row, for vectors of any norm.
+
+    min_c ||x - c||^2 = ||x||^2 - 2 max_c (x.c - ||c||^2 / 2): one exact inner-product search of [x, 1]
+    against [c, -||c||^2 / 2], chunked as `exact_nearest` is (bounded memory for any bank size). Float32:
+    squared distances carry an absolute error near 1e-7 x the squared norms.
+    """
+    flat, rows = queries.float(), bank.float()
+    augmented_bank = torch.cat([rows, -0.5 * (rows * rows).sum(dim=1, keepdim=True)], dim=1)
+    best = exact_nearest(torch.cat([flat, flat.new_ones(flat.shape[0], 1)], dim=1), augmented_bank,
+                         max_block_elements)
+    return ((flat * flat).sum(dim=1) - 2 * best).clamp_min(0).sqrt()

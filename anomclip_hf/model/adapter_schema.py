@@ -9,10 +9,17 @@ import json
 import math
 from typing import Any, Callable, Mapping, Optional
 
-from .category import MAX_SHOTS, PROMPT_LAYOUT_KEYS, validate_category_name
+from .category import (
+    MAX_REFERENCES,
+    PROMPT_LAYOUT_KEYS,
+    validate_category_name,
+)
 from .prompts import phrase_problem
 
-FORMAT_VERSION = 1
+# 1: the exact memory bank (k, patches, width) per layer (0.1 and every adapter without a coreset, so older
+#    anomclip-hf keeps reading them); 2: adds "memory.coreset", a coreset bank (M, width) per layer (issue 23).
+FORMAT_VERSION = 2
+CORESET_FORMAT_VERSION = 2
 CATEGORY_FILE = "category.json"
 
 MAX_TEXT_LENGTH = 256  # class name, base model name, ...
@@ -153,6 +160,22 @@ BASE_MODEL_SCHEMA = _object({
     "fingerprint": (False, _nullable(_string(64))),
     "random_weights": (False, _boolean),  # a pipeline-check base: its outputs are labelled PIPELINE CHECK
 })
+def _radius(value, path):
+    # distances between unit vectors lie in [0, 2]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or \
+            not 0 <= value <= 2:
+        raise _Invalid(path, "a distance between unit vectors (a number from 0 to 2)", value)
+
+
+CORESET_SCHEMA = _object({
+    "method": (True, _string(64)),
+    "size": (True, _integer(1, 1 << 40)),  # rows kept per layer (checked against the tensors and the base)
+    "rows": (True, _integer(1, 1 << 40)),  # rows of the full bank: shots x patches
+    "seed": (True, _integer(-(1 << 63), (1 << 64) - 1)),
+    "projection_dim": (True, _nullable(_integer(1, 1 << 20))),
+    "coverage_radius": (True, _list_of(_radius, 4096, 1)),  # per memory layer, in the order of "layers"
+    "reference_patch_score_bound": (False, _radius),
+})
 RECORD_SCHEMA = _object({
     "format_version": (True, _integer(1, FORMAT_VERSION)),
     "category": (True, _rule(_category_name_problem)),
@@ -162,10 +185,12 @@ RECORD_SCHEMA = _object({
     "prompt_layout": (True, PROMPT_LAYOUT_SCHEMA),
     "base_model": (True, BASE_MODEL_SCHEMA),
     "memory": (False, _nullable(_object({"layers": (True, _list_of(_integer(0, 4096), 4096)),
-                                         "tap": (True, _string(64))}))),
-    "shots": (True, _integer(0, MAX_SHOTS)),  # = the memory bank's k (checked with the tensors)
+                                         "tap": (True, _string(64)),
+                                         "coreset": (False, _nullable(CORESET_SCHEMA))}))),
+    # = the memory bank's k (checked with the tensors); a coreset memory may come from up to MAX_REFERENCES
+    "shots": (True, _integer(0, MAX_REFERENCES)),
     "seed": (False, _nullable(_integer(-(1 << 63), (1 << 64) - 1))),
-    "reference_files": (False, _nullable(_list_of(_string(MAX_PATH_LENGTH), MAX_SHOTS))),
+    "reference_files": (False, _nullable(_list_of(_string(MAX_PATH_LENGTH), MAX_REFERENCES))),
     "training": (False, _nullable(_free_json())),
     "evaluation": (False, _nullable(_free_json())),
     "decision_threshold": (False, _nullable(_threshold)),

@@ -37,6 +37,9 @@ METADATA_KEYS = ("seed", "reference_files", "training", "evaluation", "decision_
 # The most reference images a category may hold: the Hub adapter's memory bank is at most
 # MAX_SHOTS x patches x width float32 per memory layer, which bounds what loading an adapter reads.
 MAX_SHOTS = 1024
+# The most reference images a coreset memory may be built from (issue 23): its bank holds at most
+# MAX_SHOTS x patches rows per layer however many references there were.
+MAX_REFERENCES = 1 << 16
 
 # ------------------------------------------------------------------------------------------- prompt tokens
 def context_token(head: str, prompt: int, index: int) -> str:
@@ -96,15 +99,17 @@ def describe_base(identity: Mapping) -> str:
 class CategoryState(nn.Module):
     """Everything one category adds to the base model (saved as one adapter folder).
 
-    Tensors are buffers: `memory_{i}` (k, P, W) unit patch features of memory layer i, and
-    `prototype_{head}` (2, D) cached [normal, anomaly] text prototypes. Its prompt vectors are the
-    category's PEFT adapter in the model's prompt-token table.
+    Tensors are buffers: `memory_{i}` (k, P, W) unit patch features of memory layer i (exact), or (M, W) for a
+    coreset memory (`coreset`: its category.json record, with the coverage radius), and `prototype_{head}` (2, D)
+    cached [normal, anomaly] text prototypes. Its prompt vectors are the category's PEFT adapter in the model's
+    prompt-token table.
     """
 
     def __init__(self, name: str, class_name: str, phrases: Sequence[str], learned_prompts: bool = False,
                  memory_bank: Optional[Sequence[torch.Tensor]] = None,
                  prototypes: Optional[Mapping[str, torch.Tensor]] = None,
-                 metadata: Optional[Mapping[str, Any]] = None):
+                 metadata: Optional[Mapping[str, Any]] = None, coreset: Optional[Mapping[str, Any]] = None,
+                 shots: Optional[int] = None):
         super().__init__()
         self.name = validate_category_name(name)
         self.class_name = class_name
@@ -112,7 +117,7 @@ class CategoryState(nn.Module):
         self.learned_prompts = bool(learned_prompts)  # False: hand-written zero-shot prompts until trained
         self.metadata = dict(metadata or {})
         self._memory_layers = 0
-        self.memory_bank = memory_bank
+        self.set_memory(memory_bank, coreset, shots)
         for head in HEADS:
             self.register_buffer(f"prototype_{head}", None)
         self.prototypes = prototypes or {}
@@ -126,14 +131,31 @@ class CategoryState(nn.Module):
 
     @memory_bank.setter
     def memory_bank(self, layers: Optional[Sequence[torch.Tensor]]) -> None:
+        self.set_memory(layers)
+
+    def set_memory(self, layers: Optional[Sequence[torch.Tensor]], coreset: Optional[Mapping[str, Any]] = None,
+                   shots: Optional[int] = None, sources: Optional[Sequence[torch.Tensor]] = None) -> None:
+        """The exact bank (per layer (k, P, W)), or with `coreset` (its record) a coreset bank (per layer (M, W))
+        built from `shots` references; `sources`: per layer (M,) the reference each kept row comes from (known
+        where the coreset is built; the leave-one-out thresholds need it)."""
+        layers = list(layers) if layers is not None else []
+        if coreset is None and layers and (layers[0].ndim != 3 or layers[0].shape[0] > MAX_SHOTS):
+            raise ValueError(f"memory layers of shape {tuple(layers[0].shape)}; an exact bank is (k, patches, width) "
+                             f"with k at most {MAX_SHOTS} reference images (larger sets are kept as a coreset)")
+        if coreset is not None and (not layers or any(layer.ndim != 2 for layer in layers) or
+                                    isinstance(shots, bool) or not isinstance(shots, int) or
+                                    not 1 <= shots <= MAX_REFERENCES):
+            raise ValueError(f"a coreset memory needs (rows, width) layers and the number of references it was built "
+                             f"from (1 to {MAX_REFERENCES}); got layers {[tuple(x.shape) for x in layers]}, shots "
+                             f"{shots!r}")
         for i in range(self._memory_layers):
             delattr(self, f"memory_{i}")
-        layers = list(layers) if layers is not None else []
-        if layers and layers[0].shape[0] > MAX_SHOTS:
-            raise ValueError(f"{layers[0].shape[0]} reference images; a category holds at most {MAX_SHOTS}")
         for i, layer in enumerate(layers):
             self.register_buffer(f"memory_{i}", layer.detach())
         self._memory_layers = len(layers)
+        self.coreset = None if coreset is None else dict(coreset)
+        self._coreset_shots = int(shots) if coreset is not None else 0
+        self.coreset_sources = None if sources is None else [source.detach().cpu() for source in sources]
 
     @property
     def prototypes(self) -> dict[str, torch.Tensor]:
@@ -152,6 +174,9 @@ class CategoryState(nn.Module):
 
     @property
     def shots(self) -> int:
+        """The number of reference images the memory holds (a coreset: was built from)."""
+        if self.coreset is not None:
+            return self._coreset_shots
         bank = self.memory_bank
         return 0 if bank is None else int(bank[0].shape[0])
 

@@ -40,6 +40,7 @@ from ..io.atomic_io import atomic_directory, recover_directory
 from ..io.safe_read import read_regular_file
 from .adapter_schema import (  # noqa: F401 (RECORD_SCHEMA: re-exported, the schema the docs cite)
     CATEGORY_FILE,
+    CORESET_FORMAT_VERSION,
     FORMAT_VERSION,
     MAX_DEPTH,
     RECORD_SCHEMA,
@@ -85,12 +86,15 @@ class AdapterExpectations:
     adapter_config: Mapping  # the PEFT config the prompt vectors must have (peft_type, token_indices)
     weight_keys: tuple  # the keys of the PEFT state dict of the prompt vectors
 
-    def tensor_shapes(self, filename: str, shots: int = 0) -> dict:
-        """The exact {key: shape} of a tensor file (the memory bank: of `shots` references)."""
+    def tensor_shapes(self, filename: str, shots: int = 0, coreset_size: Optional[int] = None) -> dict:
+        """The exact {key: shape} of a tensor file (the memory bank: of `shots` references, or a coreset of
+        `coreset_size` rows per layer)."""
         if filename == ADAPTER_WEIGHTS:
             return {key: (len(self.adapter_config["token_indices"]), self.text_width) for key in self.weight_keys}
         if filename == PROTOTYPES_FILE:
             return {head: (2, self.projection_dim) for head in HEADS}
+        if filename == MEMORY_FILE and coreset_size is not None:
+            return {f"layer_{i}": (coreset_size, self.vision_width) for i in self.memory_layers}
         if filename == MEMORY_FILE:
             return {f"layer_{i}": (shots, self.num_patches, self.vision_width) for i in self.memory_layers}
         raise ValueError(f"{filename} holds no tensors")
@@ -304,9 +308,39 @@ def _check_memory(contents: AdapterContents, expected: AdapterExpectations) -> N
     if memory.get("layers") != layers or memory.get("tap") != expected.memory_tap:
         raise ValueError(f"{source}: {CATEGORY_FILE} field 'memory' is {show_value(record.get('memory'))}; this model "
                          f"uses memory layers {layers} ({expected.memory_tap})")
+    if memory.get("coreset") is not None:
+        _check_coreset(contents, expected)
+        return
+    if shots > MAX_SHOTS:
+        raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} with an exact memory bank; expected at "
+                         f"most {MAX_SHOTS} (larger reference sets are kept as a coreset, 'memory.coreset')")
     _check_tensors(contents.memory_bank, expected.tensor_shapes(MEMORY_FILE, shots), MEMORY_FILE, source,
                    f"(k = shots {shots} of {CATEGORY_FILE}, {expected.num_patches} patches, width "
                    f"{expected.vision_width})")
+
+
+def _check_coreset(contents: AdapterContents, expected: AdapterExpectations) -> None:
+    """A coreset bank: format 2, one radius per layer, size <= rows = shots x patches <= what loading may read,
+    and (size, width) tensors of this base's width."""
+    source, record = contents.source, contents.record
+    coreset, shots = record["memory"]["coreset"], record["shots"]
+    field = f"{CATEGORY_FILE} field 'memory.coreset"
+    if record["format_version"] < CORESET_FORMAT_VERSION:
+        raise ValueError(f"{source}: {CATEGORY_FILE} has format_version {record['format_version']} but a "
+                         f"'memory.coreset'; expected format_version {CORESET_FORMAT_VERSION} or later with a coreset")
+    if len(coreset["coverage_radius"]) != len(expected.memory_layers):
+        raise ValueError(f"{source}: {field}.coverage_radius' has {len(coreset['coverage_radius'])} values; expected "
+                         f"one per memory layer {list(expected.memory_layers)}")
+    if coreset["rows"] != shots * expected.num_patches:
+        raise ValueError(f"{source}: {field}.rows' is {coreset['rows']}; expected shots x patches = {shots} x "
+                         f"{expected.num_patches} = {shots * expected.num_patches}")
+    most = min(coreset["rows"], MAX_SHOTS * expected.num_patches)
+    if coreset["size"] > most:
+        raise ValueError(f"{source}: {field}.size' is {coreset['size']}; expected at most {most} rows (the bank's "
+                         f"rows, and at most {MAX_SHOTS} x {expected.num_patches} patches)")
+    _check_tensors(contents.memory_bank, expected.tensor_shapes(MEMORY_FILE, coreset_size=coreset["size"]),
+                   MEMORY_FILE, source, f"(M = memory.coreset.size {coreset['size']} of {CATEGORY_FILE}, width "
+                   f"{expected.vision_width} of this base)")
 
 
 def _check_tensors(tensors: dict, shapes: dict, filename: str, source: str, why: str = "") -> None:

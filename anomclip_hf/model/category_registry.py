@@ -8,9 +8,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from transformers.utils import logging
 
+from ..memory.policy import default_rule_text, memory_rows
+from .adapter_schema import CORESET_FORMAT_VERSION
 from .category import (
     HEADS,
+    MAX_SHOTS,
     METADATA_KEYS,
     PROMPT_LAYOUT_KEYS,
     CategoryState,
@@ -20,7 +24,6 @@ from .category import (
 )
 from .category_io import (
     ADAPTER_WEIGHTS,
-    FORMAT_VERSION,
     AdapterContents,
     AdapterExpectations,
     check_adapter,
@@ -28,7 +31,12 @@ from .category_io import (
     resolve_category_folder,
     write_adapter,
 )
-from .processing_anomclip import model_pixel_values
+from .memory_bank import (
+    MemoryBank,
+    build_memory,
+    coreset_leave_one_out,
+    encode_references,
+)
 from .prompt_learner import ADAPTER_WEIGHT_KEYS
 from .prompts import class_name_for, manual_phrases
 from .thresholds import (
@@ -38,6 +46,10 @@ from .thresholds import (
     threshold_estimate,
 )
 from .vv_attention import VisionFeatures
+
+logger = logging.get_logger(__name__)
+# Format 1 (what 0.1 wrote and still reads) for exact banks; a coreset needs format 2.
+EXACT_FORMAT_VERSION = 1
 
 
 class CategoryRegistryMixin:
@@ -75,39 +87,75 @@ class CategoryRegistryMixin:
         return [self.prompt_tokens.vectors(self.get_category(category).name)]
 
     def build_memory_bank(self, reference_images) -> list[torch.Tensor]:
-        """Per memory layer (k, P, W) unit patch features of the reference images: PIL images, paths,
-        pixel_values, or their `encode_images` output (so a caller that needs the features too encodes once)."""
-        if isinstance(reference_images, VisionFeatures):
-            return [f.detach().float() for f in reference_images.memory_features]
-        if isinstance(reference_images, torch.Tensor):
-            pixel_values = reference_images
-        else:
-            references = list(reference_images)
-            if not references:
-                raise ValueError("reference_images is empty: pass at least one normal image (or None for "
-                                 "text-only zero-shot scoring)")
-            pixel_values = model_pixel_values(self.config, references)
-        if pixel_values.shape[0] == 0:
-            raise ValueError("reference_images is empty: pass at least one normal image")
-        with torch.no_grad():
-            return [f.float() for f in self.encode_images(pixel_values).memory_features]
+        """Per memory layer (k, P, W) unit patch features of the reference images (a coreset's (M, W) when the
+        default rule applies, see `build_memory`): PIL images, paths, pixel_values, or their `encode_images`
+        output (so a caller that needs the features too encodes once)."""
+        return self.build_memory(reference_images).layers
+
+    def build_memory(self, reference_images, memory_size: Optional[int] = None,
+                     coreset_ratio: Optional[float] = None, seed: int = 0, progress: bool = False) -> MemoryBank:
+        """The visual memory of reference images (PIL images, paths, pixel values, `encode_images` output, or a
+        built `MemoryBank`): exact, or a greedy coreset of `memory_size` rows (or `coreset_ratio` of them) per
+        layer; by default exact up to `memory.policy.DEFAULT_MAX_EXACT_ROWS` rows, a coreset above (logged).
+        Images are encoded `model.memory_bank.REFERENCE_BATCH` at a time; for a coreset, their memory features
+        wait on disk (bounded memory for thousands of references)."""
+        if isinstance(reference_images, MemoryBank):
+            return reference_images
+        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
+            reference_images = list(reference_images)
+        count = (reference_images.global_embeds.shape[0] if isinstance(reference_images, VisionFeatures)
+                 else len(reference_images))
+        if count == 0:
+            raise ValueError("reference_images is empty: pass at least one normal image (or None for text-only "
+                             "zero-shot scoring)")
+        size = self.memory_plan(int(count), memory_size, coreset_ratio, log=True)
+        if not isinstance(reference_images, VisionFeatures):
+            reference_images = encode_references(self, reference_images, spill=size is not None, progress=progress)
+        return build_memory(reference_images, size, seed, progress)
+
+    def memory_plan(self, references: int, memory_size: Optional[int] = None,
+                    coreset_ratio: Optional[float] = None, log: bool = False) -> Optional[int]:
+        """Rows a memory of `references` images keeps per layer (None: the exact bank), checked before any
+        image is encoded: `memory.policy.memory_rows`, and an exact bank of at most MAX_SHOTS images."""
+        rows = int(references) * self.num_patches
+        size = memory_rows(rows, memory_size, coreset_ratio)
+        if size is None and references > MAX_SHOTS:
+            raise ValueError(f"{references} reference images in an exact memory bank; it holds at most {MAX_SHOTS}: "
+                             "keep a coreset (memory_size, or coreset_ratio below 1)")
+        if log and size is not None and memory_size is None and coreset_ratio is None:
+            logger.warning(default_rule_text(rows, size))
+        return size
+
+    @property
+    def num_patches(self) -> int:
+        vision = self.config.clip_config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
 
     def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
                      phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
-                     learned_prompts: bool = False, seed: int = 0, activate: bool = True) -> CategoryState:
+                     learned_prompts: bool = False, seed: int = 0, activate: bool = True,
+                     memory_size: Optional[int] = None, coreset_ratio: Optional[float] = None) -> CategoryState:
         """Register a category: its memory bank (from normal reference images, or None for text-only),
         its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
-        the same name. `learned_prompts=False` scores with hand-written prompts until trained."""
+        the same name. `learned_prompts=False` scores with hand-written prompts until trained.
+        memory_size / coreset_ratio: a greedy coreset of that many patch rows (that fraction) per memory layer,
+        selected with `seed` (see `build_memory`; default: exact up to 16384 rows, a coreset above)."""
         validate_category_name(name)  # it becomes a PEFT adapter name, a folder name and part of repo ids
         use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
+        memory = None if reference_images is None else self.build_memory(reference_images, memory_size,
+                                                                          coreset_ratio, seed)
         state = CategoryState(
             name=name,
             class_name=class_name or class_name_for(name),
             phrases=manual_phrases(name, use_category_phrases, phrases),
             learned_prompts=learned_prompts,
-            memory_bank=None if reference_images is None else self.build_memory_bank(reference_images),
+            memory_bank=None if memory is None else memory.layers,
             metadata={"seed": int(seed)},
+            coreset=None if memory is None else memory.coreset,
+            shots=None if memory is None else memory.references,
         )
+        if memory is not None and memory.coreset is not None:
+            state.coreset_sources = list(memory.sources)
         self.prompt_tokens.add_adapter(name, self.initial_prompt_vectors(seed).to(self.device))
         return self._register(state, activate)
 
@@ -144,6 +192,12 @@ class CategoryRegistryMixin:
         if references.global_embeds.shape[0] != shots:
             raise ValueError(f"{references.global_embeds.shape[0]} reference images given, but the memory bank "
                              f"holds {shots}")
+        if state.coreset is not None:
+            if state.coreset_sources is None:
+                raise ValueError(f"category {state.name!r} has a coreset memory loaded from an adapter: the thresholds "
+                                 "of a coreset are estimated where it is built (add_category, fit), which knows "
+                                 "the reference each kept row comes from")
+            return coreset_leave_one_out(self, state.name, bank, state.coreset_sources, references)
         image_scores, pixel_maxima = [], []
         with torch.inference_mode():
             for index in range(shots):
@@ -163,11 +217,8 @@ class CategoryRegistryMixin:
         """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
         in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
         output); stored in its metadata and category.json. See `thresholds`."""
-        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
-            reference_images = model_pixel_values(self.config, list(reference_images))
-        if isinstance(reference_images, torch.Tensor):
-            with torch.no_grad():
-                reference_images = self.encode_images(reference_images.to(self.device))
+        if not isinstance(reference_images, VisionFeatures):  # images, paths or pixels: encoded batch by batch
+            reference_images = encode_references(self, reference_images)
         estimate = threshold_estimate(*self.leave_one_out_scores(reference_images, category),
                                       DEFAULT_MARGIN if margin is None else margin)
         record_thresholds(self.get_category(category).metadata, estimate)
@@ -202,8 +253,11 @@ class CategoryRegistryMixin:
         """The category.json content of category `name` (default: the active one)."""
         state, config = self.get_category(name), self.config
         key = name or self._active  # its key here; state.name is what the record says (validated on write)
+        memory = {"layers": config.memory_layers, "tap": config.memory_tap}
+        if state.coreset is not None:
+            memory["coreset"] = state.coreset
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": EXACT_FORMAT_VERSION if state.coreset is None else CORESET_FORMAT_VERSION,
             "category": state.name,
             "class_name": state.class_name,
             "phrases": state.phrases,
@@ -215,7 +269,7 @@ class CategoryRegistryMixin:
                 "prompts": {head: vars(self.head_prompts(key, head)) for head in HEADS},
             },
             "base_model": self.base_identity(),
-            "memory": {"layers": config.memory_layers, "tap": config.memory_tap},
+            "memory": memory,
             "shots": state.shots,
             **{key: state.metadata.get(key) for key in METADATA_KEYS},
         }
@@ -248,7 +302,8 @@ class CategoryRegistryMixin:
             name=name, class_name=record["class_name"], phrases=record["phrases"],
             learned_prompts=bool(record["learned_prompts"]),
             memory_bank=contents.memory_layers(self.config.memory_layers), prototypes=contents.prototypes,
-            metadata={key: record.get(key) for key in METADATA_KEYS}).to(self.device)
+            metadata={key: record.get(key) for key in METADATA_KEYS},
+            coreset=(record.get("memory") or {}).get("coreset"), shots=record["shots"]).to(self.device)
         if not state.prototypes:  # none stored: computed from the adapter's vectors now, refused if degenerate
             vectors = contents.weights[ADAPTER_WEIGHT_KEYS[0]].to(self.device)
             state.prototypes = self.checked_prototypes(

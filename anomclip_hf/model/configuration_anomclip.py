@@ -13,6 +13,7 @@ from .category import HEADS, prompt_token_names
 
 ANOMALY_TOKEN_POSITIONS = ("suffix", "before_class")
 MEMORY_TAPS = ("after_attention", "block_output")
+MEMORY_SEARCHES = ("auto", "exact", "shortlist", "faiss")
 # The reference code reads its memory taps in blocks 3 and 8 of a 12-block ViT; other depths scale.
 _REFERENCE_MEMORY_FRACTIONS = (3 / 12, 8 / 12)
 
@@ -64,6 +65,10 @@ class AnomCLIPConfig(PretrainedConfig):
         memory_tap (`str`, *optional*, defaults to `"after_attention"`):
             Where a memory block is read: `"after_attention"` (the residual stream after the attention
             sub-layer, what the reference code effectively used) or `"block_output"`.
+        memory_search (`str`, *optional*, defaults to `"auto"`):
+            How the visual memory is searched (all exact): `"exact"` (float32 products), `"shortlist"` (bf16
+            candidates re-checked in float32), `"faiss"` (faiss' exact inner-product index, the `[faiss]` extra)
+            or `"auto"` (the shortlist for large banks where bf16 is native, else exact).
         text_temperature (`float`, *optional*):
             tau, the scale of the cosine logits in the text scores and losses. `None` uses the raw
             `logit_scale` parameter, as the reference code does (about 4.6, not exp(logit_scale) = 100). Not
@@ -125,6 +130,7 @@ class AnomCLIPConfig(PretrainedConfig):
         vv_layers: Optional[Sequence[int]] = None,
         memory_layers: Optional[Sequence[int]] = None,
         memory_tap: str = "after_attention",
+        memory_search: str = "auto",
         text_temperature: Optional[float] = None,
         gaussian_sigma: float = 4.0,
         sigma_reference_size: int = 400,
@@ -172,6 +178,9 @@ class AnomCLIPConfig(PretrainedConfig):
             if not layers or any(i < 0 or i >= depth for i in layers):
                 raise ValueError(f"{name}={layers}; expected indices in [0, {depth - 1}]")
         self.memory_tap = memory_tap
+        if memory_search not in MEMORY_SEARCHES:
+            raise ValueError(f"memory_search={memory_search!r}; expected one of {MEMORY_SEARCHES}")
+        self.memory_search = memory_search
         # NaN or infinite settings would not fail: the scores would (a NaN temperature scores every image 0).
         self.text_temperature = None if text_temperature is None else _finite_number("text_temperature",
                                                                                       text_temperature, positive=True)

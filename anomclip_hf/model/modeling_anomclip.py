@@ -36,7 +36,12 @@ from .prompts import (
     build_head_prompts,
     build_zero_shot_prompts,
 )
-from .sanity import check_finite_features, check_finite_scores, check_prototypes, check_temperature
+from .sanity import (
+    check_finite_features,
+    check_finite_scores,
+    check_prototypes,
+    check_temperature,
+)
 from .scoring import (
     harmonic_fusion,
     memory_patch_scores,
@@ -386,7 +391,8 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
             # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
-            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank))
+            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank),
+                                               search=self.config.memory_search)
         if not torch.compiler.is_exporting():  # NaN would fuse to 0: "normal" for every image, silently
             check_finite_scores(state.name, text_image=text_image, text_patch=text_patch, visual_patch=visual_patch)
         if mode == "full":

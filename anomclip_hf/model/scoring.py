@@ -9,13 +9,18 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..memory.faiss_index import faiss_nearest_similarity
 from ..memory.search import SHORTLIST_MIN_ROWS, bf16_copy, nearest_similarity
 from .precision import native_bf16
 
+SEARCH_METHODS = ("auto", "exact", "shortlist", "faiss")
+
 
 def _use_shortlist(search: str, bank: torch.Tensor) -> bool:
-    if search not in ("auto", "exact", "shortlist"):
-        raise ValueError(f"search={search!r}; expected 'auto', 'exact' or 'shortlist'")
+    if search not in SEARCH_METHODS:
+        raise ValueError(f"search={search!r}; expected one of {SEARCH_METHODS}")
+    if search == "faiss":
+        return False
     if search != "auto":
         return search == "shortlist"
     return bank.shape[0] >= SHORTLIST_MIN_ROWS and native_bf16(bank.device)
@@ -30,8 +35,8 @@ def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Se
     float32), whatever the batch size and the number of references.
     search: "exact" (float32 matrix products), "shortlist" (a bfloat16 product shortlists candidates within
     its proven error bound, then float32 re-checks them: the same nearest neighbour, see
-    `memory.search.shortlisted_nearest`) or "auto" (shortlist for banks of SHORTLIST_MIN_ROWS rows or more on hardware
-    with native bfloat16, else exact).
+    `memory.search.shortlisted_nearest`), "faiss" (faiss' exact inner-product index, the `[faiss]` extra) or "auto"
+    (shortlist for banks of SHORTLIST_MIN_ROWS rows or more on hardware with native bfloat16, else exact).
     Always float32, also inside an autocast region: a low-precision cosine would coarsen the scores.
     """
     if len(memory_features) != len(memory_bank):
@@ -43,8 +48,11 @@ def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Se
             bank = layer.reshape(-1, layer.shape[-1]).to(flat)
             shortlist = _use_shortlist(search, bank)
             low_bank = bf16_copy(layer).reshape(bank.shape).to(flat.device) if shortlist else None
-            nearest = nearest_similarity(flat, bank, shortlist=shortlist, low_bank=low_bank,
-                                         max_block_elements=max_block_elements)
+            if search == "faiss" and not torch.compiler.is_exporting():
+                nearest = faiss_nearest_similarity(flat, layer)  # its index is kept per bank buffer
+            else:
+                nearest = nearest_similarity(flat, bank, shortlist=shortlist, low_bank=low_bank,
+                                             max_block_elements=max_block_elements)
             per_layer.append(((1.0 - nearest) / 2.0).reshape(features.shape[:-1]))
     return torch.stack(per_layer).mean(dim=0).clamp(0.0, 1.0)
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Union
 
-import torch
 from transformers import PretrainedConfig
 
 from ..data import load_split, sample_shots
 from ..data.schema import NORMAL
 from ..io.image_io import load_image
 from ..model.category import PROMPT_TOKEN_KEYS
+from ..model.memory_bank import REFERENCE_BATCH, encode_references
 from ..model.modeling_anomclip import AnomCLIPModel, is_anomclip_base
-from ..model.processing_anomclip import model_pixel_values
 from ..model.thresholds import ThresholdEstimate, record_thresholds
 from ..model.vv_attention import VisionFeatures
 from .config import validate_model_settings
@@ -34,8 +33,15 @@ def select_references(dataset: str, data_root: str, category: str, shots: Union[
 
 
 def read_references(paths) -> list:
-    """Decode the images now, so a truncated file fails before training (the loaders only read headers)."""
-    return [load_image(path) for path in paths]
+    """Decode the images now, so a truncated file fails before training (the loaders only read headers).
+
+    Up to REFERENCE_BATCH images come back decoded (one batch through the vision tower); a larger set is
+    decoded image by image to check it and comes back as its paths, streamed from the files batch by batch."""
+    if len(paths) <= REFERENCE_BATCH:
+        return [load_image(path) for path in paths]
+    for path in paths:
+        load_image(path)
+    return [os.fspath(path) for path in paths]
 
 
 def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, category: str, shots: int,
@@ -43,9 +49,8 @@ def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, c
     """An untrained category: k drawn shots as its memory bank, hand-written prompts, leave-one-out
     thresholds; the drawn files are recorded in its metadata (and so in category.json)."""
     references = select_references(dataset, data_root, category, shots, seed)
-    pixel_values = model_pixel_values(model.config, read_references(references))
-    with torch.no_grad():
-        vision = model.encode_images(pixel_values.to(model.device))  # one pass: memory bank and thresholds
+    spill = model.memory_plan(len(references), None, None) is not None
+    vision = encode_references(model, read_references(references), spill=spill)  # memory bank and thresholds
     state = model.add_category(category, reference_images=vision, seed=seed)
     state.metadata["reference_files"] = [os.path.relpath(path, data_root) for path in references]
     try_estimate_thresholds(model, vision, category)

@@ -28,6 +28,7 @@ from accelerate.utils import is_tensorboard_available
 from ..hub.push import HubTarget
 from ..io.atomic_io import write_json
 from ..io.labels import pipeline_check_fields
+from ..model.memory_bank import encode_references
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import PrecisionChoice, resolve_precision
 from ..model.processing_anomclip import AnomCLIPProcessor
@@ -63,6 +64,8 @@ def train_category(
     callbacks: Sequence[EpochCallback] = (),
     adapter_dir: Optional[str] = None,
     push_to_hub: Optional[HubTarget] = None,
+    memory_size: Optional[int] = None,
+    coreset_ratio: Optional[float] = None,
 ) -> dict:
     """Train the prompts of one category on k normal shots and write its adapter; returns the job summary.
 
@@ -74,6 +77,9 @@ def train_category(
     push_to_hub: push the adapter to the Hub repo this target names for the job (after it is saved).
     adapter_dir: where the adapter goes (default `output_dir/adapter`).
     phrases: anomaly phrases added to the category's hand-written ones ("{}" stands for the class name).
+    memory_size, coreset_ratio: the visual memory as a greedy coreset of that many patch rows (that fraction)
+        per memory layer; default: exact up to 16384 rows, a coreset of 16384 above (`memory.policy`). References
+        are encoded in batches; a large set streams from its files.
     """
     config = config or TrainingConfig()
     references = select_references(dataset, data_root, category, config.shots if shots is None else shots, seed)
@@ -86,6 +92,8 @@ def train_category(
         model = base
     else:
         model = load_base_model(base, config.model)
+    # A bad memory size fails here, before any forward; True: the memory features wait on disk (a coreset).
+    spill = model.memory_plan(shots, memory_size, coreset_ratio) is not None
     checkpoint_dir = os.path.join(output_dir, CHECKPOINT_DIR)
     resume_from = resolve_resume(resume_from_checkpoint, checkpoint_dir)
     adapter_dir = adapter_dir or os.path.join(output_dir, ADAPTER_DIR)
@@ -99,13 +107,14 @@ def train_category(
     precision = resolve_precision(config.precision, device)
     accelerator = _job_accelerator(config, output_dir, device, precision)
     model.to(accelerator.device)
-    pixel_values = AnomCLIPProcessor.from_model(model)(images=images)["pixel_values"]
+    if not isinstance(images[0], str):  # a few references, decoded: one batch, as before streaming existed
+        images = AnomCLIPProcessor.from_model(model)(images=images)["pixel_values"]
     # One float32 forward of the k shots serves the memory bank and the training features alike (the
     # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
-    with torch.no_grad():
-        vision = model.encode_images(pixel_values)
+    vision = encode_references(model, images, spill=spill, progress=config.progress_bar is not False and shots > 64)
     state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
-                               learned_prompts=True, seed=config.prompt_seed)
+                               learned_prompts=True, seed=config.prompt_seed, memory_size=memory_size,
+                               coreset_ratio=coreset_ratio)
     features = ShotFeatures.from_vision(vision)
     try:
         _init_trackers(accelerator, config, job)
@@ -133,7 +142,8 @@ def train_category(
                "train_wall_time_s": round(result.wall_time_s, 3),
                "job_wall_time_s": round(time.perf_counter() - began, 3),
                "decision_threshold": None if thresholds is None else thresholds.image,
-               "resumed_from": result.resumed_from, **pipeline_check_fields(model)}
+               "resumed_from": result.resumed_from, "memory": state.coreset or "exact",
+               **pipeline_check_fields(model)}
     settings = run_settings(config, dataset, category, shots, seed)
     summary.update(run_settings=settings, run_hash=settings_hash(settings))
     model.save_category(adapter_dir, category)
