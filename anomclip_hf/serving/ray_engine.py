@@ -71,9 +71,11 @@ def score_dataset(dataset, spec: PredictorSpec, *, actors: int = 2, num_gpus: fl
     NaN image_score and the reason in `error` for an input that could not be scored."""
     if actors < 1:
         raise ValueError(f"actors={actors}; expected >= 1")
+    ray_data = import_extra("ray.data", "ray")
     kwargs = {"spec": spec, "overlay_dir": overlay_dir, "root": root, "save_maps": save_maps}
     return dataset.map_batches(ScoringActor, fn_constructor_kwargs=kwargs,
-                               batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                               batch_size=batch_size, batch_format="numpy",
+                               compute=ray_data.ActorPoolStrategy(size=actors),
                                num_cpus=1, num_gpus=num_gpus or None)
 
 
