@@ -7,9 +7,9 @@ accelerate runs as a real `accelerate launch` of `python -m anomclip_hf predict`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import math
 import os
 import socket
 import subprocess
@@ -204,10 +204,11 @@ def test_accelerate_two_processes_merge_one_scores_csv_in_input_order_and_resume
 
 
 # ---------------------------------------------------------------------------------------------- Ray
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster of 2 CPUs for this module; always shut down. Workers see the package and tests/."""
-    ray = pytest.importorskip("ray")  # the ray extra (in dev)
+@contextlib.contextmanager
+def local_ray_cluster():
+    """A local Ray cluster of 2 CPUs, always shut down; its workers see the package and tests/."""
+    import ray
+
     path = os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=200 * 1024 * 1024,
@@ -216,6 +217,13 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray")  # the ray extra (in dev)
+    with local_ray_cluster() as ray:
+        yield ray
 
 
 class DyingPredictor:
@@ -265,16 +273,3 @@ def test_ray_actor_pool_scores_like_one_process_each_input_once_and_survives_a_k
     overlays = sorted(p.relative_to(tmp_path / "out" / "overlays").as_posix()
                       for p in (tmp_path / "out" / "overlays").rglob("*.png"))
     assert overlays == sorted(Path(p).relative_to(workspace.images).as_posix() for p in good)
-
-
-def test_ray_scores_a_dataset_of_image_bytes(ray_cluster, workspace, reference):
-    from anomclip_hf.serving.ray_engine import score_dataset
-
-    good = [str(p) for p in workspace.good]
-    dataset = ray_cluster.data.from_items([{"key": f"k{i}", "bytes": Path(p).read_bytes()} for i, p in enumerate(good)])
-    spec = PredictorSpec(base=str(workspace.base), category=str(workspace.widget))
-    rows = sorted(score_dataset(dataset, spec, actors=2, batch_size=3).take_all(), key=lambda row: row["key"])
-    assert [row["key"] for row in rows] == [f"k{i}" for i in range(len(good))] and "bytes" not in rows[0]
-    for row, path in zip(rows, good):
-        assert abs(row["image_score"] - reference["scores"][path]) < 1e-6 and row["error"] == ""
-        assert row["threshold"] == pytest.approx(reference["threshold"]) and not math.isnan(row["normalized_score"])
