@@ -17,8 +17,6 @@ def add_parser(commands) -> None:
         "anomclip predict --base B --category user/anomclip-mvtec-bottle --images photos/ "
         "--output out --threshold 0.3",
         "anomclip predict --onnx bottle.onnx --images photos/ --output runs/predict-onnx",
-        "accelerate launch --num_processes 2 --cpu -m anomclip_hf predict --base B --category C --images photos/ "
-        "--output out",
         "anomclip predict --engine ray --ray-actors 4 --base B --category C --images photos/ --output out")
     predict.add_argument("--base", default=None, help="the CLIP or AnomCLIP base the category was trained on")
     predict.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
@@ -38,7 +36,10 @@ def add_parser(commands) -> None:
     predict.add_argument("--save-maps", action="store_true",
                          help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "
                               "(masks/*.png, 255 = above the pixel threshold)")
-    scale = predict.add_argument_group("scale-out (see README, Scale)")
+    scale = predict.add_argument_group(
+        "scale-out (README, Scale)", "several processes: `accelerate launch --num_processes N -m anomclip_hf predict "
+        "...` (without GPUs: `--multi_gpu --num_processes N`, CPU processes) shares the images out and writes one "
+        "scores.csv; a rerun skips finished shards. A cluster: --engine ray.")
     scale.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="local: this process (or its share under `accelerate launch --num_processes N -m "
                             "anomclip_hf predict ...`); ray: a Ray Data actor pool (extra [ray]) (default: %(default)s)")

@@ -14,11 +14,11 @@ def add_parser(commands) -> None:
         commands, "serve", "an HTTP endpoint for a line: POST an image, get score and decision (dynamic batching)",
         "anomclip serve --base anomclip_demo/base --category runs/fit/adapter --port 8000",
         "anomclip serve --base B --category runs/bottle/adapter --category runs/screw/adapter --max-batch-size 16",
-        "curl -s -X POST -H 'Content-Type: image/png' --data-binary @part.png http://127.0.0.1:8000/predict/widget",
         description="Serve categories of one base over HTTP (LitServe; needs the serve extra: pip install -e\n"
                     "\".[serve]\"). POST /predict (raw image bytes with an image/* content type, or multipart\n"
                     "field 'image'), /predict/NAME or ?category=NAME when several are served; ?map=1 adds a PNG\n"
-                    "anomaly map. GET /health. Listens on 127.0.0.1 only unless --host says otherwise.")
+                    "anomaly map. GET /health. Listens on 127.0.0.1 only unless --host says otherwise. E.g.\n"
+                    "curl -s -H 'Content-Type: image/png' --data-binary @part.png http://127.0.0.1:8000/predict/widget")
     serve.add_argument("--base", required=True, help="the CLIP or AnomCLIP base the categories were trained on")
     serve.add_argument("--category", required=True, action="append",
                        help="category adapter folder or Hub repo id; repeat for several")
