@@ -1,7 +1,7 @@
 """The app's server-side state: one base model and its categories, a work folder, one model job at a time.
 
 Fitting goes through `training.train_category` (what `anomclip fit` runs) and scoring through
-`prediction.predict_files` (what `anomclip predict` runs); this module only stages the uploaded files and
+`inference.predictor.Predictor` (what `anomclip predict` runs); this module only stages the uploaded files and
 keeps what the page needs.
 """
 
@@ -154,8 +154,9 @@ class Workspace:
 
     # ------------------------------------------------------------------ scoring
     def score(self, sources: Sequence[str]) -> ScoredSet:
-        """Score the uploaded test images with the active category (through `predict_files`)."""
-        from ..inference.prediction import overlay_name, predict_files
+        """Score the uploaded test images with the active category (through `Predictor.write`)."""
+        from ..inference.prediction import overlay_name
+        from ..inference.predictor import Predictor
 
         category = self.require_category()
         if not sources:
@@ -169,8 +170,8 @@ class Workspace:
                                pixel_threshold=state.metadata.get("pixel_threshold"),
                                failures=list(staged.rejected), pipeline_check=self.pipeline_check)
             if staged.images:
-                result = predict_files(self.model, staged.images, folder, root=inputs, category=category,
-                                       keep_maps=True, progress=False, note=scored.note)
+                predictor = Predictor.from_model(self.model, category, note=scored.note)
+                result = predictor.write(staged.images, folder, root=inputs, keep_maps=True, progress=False)
                 scored.failures += [(os.path.basename(path), without_folder(why, path)) for path, why in result.failures]
                 scored.images = [ScoredImage(name=os.path.basename(path), path=path, score=score,
                                              overlay=os.path.join(folder, "overlays", overlay_name(path, inputs)),

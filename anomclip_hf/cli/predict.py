@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ..flags.numeric import MAX_OUTPUT_SIZE, finite_float, int_range, positive_int
+from ..flags.numeric import (
+    MAX_OUTPUT_SIZE,
+    finite_float,
+    int_range,
+    nonnegative_float,
+    positive_int,
+)
 from ..flags.precision import add_precision_argument
 from ._common import add_command, resolve_device
 
@@ -16,7 +22,8 @@ def add_parser(commands) -> None:
         "--images photos/ --output runs/predict",
         "anomclip predict --base B --category user/anomclip-mvtec-bottle --images photos/ "
         "--output out --threshold 0.3",
-        "anomclip predict --onnx bottle.onnx --images photos/ --output runs/predict-onnx")
+        "anomclip predict --onnx bottle.onnx --images photos/ --output runs/predict-onnx",
+        "anomclip predict --engine ray --ray-actors 4 --base B --category C --images photos/ --output out")
     predict.add_argument("--base", default=None, help="the CLIP or AnomCLIP base the category was trained on")
     predict.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
     predict.add_argument("--onnx", default=None, help="an exported model (anomclip export) instead of --base and "
@@ -35,66 +42,110 @@ def add_parser(commands) -> None:
     predict.add_argument("--save-maps", action="store_true",
                          help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "
                               "(masks/*.png, 255 = above the pixel threshold)")
+    scale = predict.add_argument_group(
+        "scale-out (README, Scale)", "several processes: `accelerate launch --num_processes N -m anomclip_hf predict "
+        "...` (without GPUs: `--multi_gpu --num_processes N`, CPU processes) shares the images out and writes one "
+        "scores.csv; a rerun skips finished shards. A cluster: --engine ray.")
+    scale.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this process (or its share under `accelerate launch --num_processes N -m "
+                            "anomclip_hf predict ...`); ray: a Ray Data actor pool (extra [ray]) (default: %(default)s)")
+    scale.add_argument("--ray-address", default=None, help="a running Ray cluster (auto, ray://HOST:10001); default: "
+                       "a local one, started and stopped by this command")
+    scale.add_argument("--ray-actors", type=positive_int, default=2, help="actors, one model each (default: %(default)s)")
+    scale.add_argument("--ray-gpus", type=nonnegative_float, default=0.0,
+                       help="GPUs per actor, e.g. 1 or 0.5 (default: %(default)s)")
+    scale.add_argument("--ray-format", choices=["parquet", "csv"], default="parquet",
+                       help="the streamed row files under OUTPUT/ray/ (default: %(default)s)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..inference.prediction import find_inputs, input_root
+    from ..serving.shards import launched_processes
+
+    spec = _spec(args)
+    # Before the model loads: a wrong path fails at once. The output folder is never scanned as input.
+    images, others, unlistable = find_inputs(args.images, exclude=args.output)
+    where = dict(root=input_root(args.images), not_images=others, unlistable=unlistable)
+    if args.engine == "ray":
+        if launched_processes() > 1:
+            raise ValueError("--engine ray shares the work over its own actors; run it once, not under accelerate launch")
+        from ..serving.ray_engine import predict_with_ray
+
+        return _predict_summary(predict_with_ray(spec, images, args.output, address=args.ray_address,
+                                                 actors=args.ray_actors, num_gpus=args.ray_gpus,
+                                                 batch_size=args.batch_size, output_format=args.ray_format,
+                                                 save_maps=args.save_maps, **where))
+    given = [flag for flag, used in (("--ray-address", args.ray_address is not None), ("--ray-actors", args.ray_actors != 2),
+                                     ("--ray-gpus", args.ray_gpus != 0), ("--ray-format", args.ray_format != "parquet"))
+             if used]
+    if given:
+        raise ValueError(f"{', '.join(given)} go with --engine ray")
+    if launched_processes() > 1:
+        from ..serving.shards import predict_sharded
+
+        result = predict_sharded(lambda: _load(args, spec, sharded=True), images, args.output,
+                                 settings=spec.settings(), save_maps=args.save_maps, progress=not args.quiet, **where)
+        if result is None:  # not the main process: the main one prints the summary
+            return 0
+        if result.skipped_shards:
+            print(f"{len(result.skipped_shards)} finished shard(s) of an earlier run reused", file=sys.stderr)
+        return _predict_summary(result)
+    result = _load(args, spec).write(images, args.output, save_maps=args.save_maps, progress=not args.quiet, **where)
+    return _predict_summary(result)
+
+
+def _spec(args):
+    """The PredictorSpec of the flags: base + category (PyTorch) or --onnx, checked before anything loads."""
+    from ..inference.predictor import PredictorSpec
+
     if args.onnx:
-        return _predict_onnx(args)
+        given = [flag for flag, value in (("--base", args.base), ("--category", args.category),
+                                          ("--revision", args.revision), ("--output-size", args.output_size))
+                 if value is not None] + (["--precision"] if args.precision != "fp32" else [])
+        if given:
+            raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
+                             f"{', '.join(given)}")
+        return PredictorSpec(onnx=args.onnx, threshold=args.threshold, batch_size=args.batch_size)
     if not (args.base and args.category):
         raise ValueError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
     from ..hub.base_source import check_base
-    from ..inference.prediction import find_inputs, input_root
 
-    # Before the model loads: a wrong path or device fails at once. The output folder is never scanned as input.
-    images, others, unlistable = find_inputs(args.images, exclude=args.output)
     check_base(args.base)
-    device = resolve_device(args.device)
-    from ..inference.prediction import predict_files
-    from ..model.modeling_anomclip import AnomCLIPModel
+    return PredictorSpec(base=args.base, category=args.category, revision=args.revision, precision=args.precision,
+                         threshold=args.threshold, output_size=args.output_size, batch_size=args.batch_size)
 
-    model = AnomCLIPModel.from_base(args.base).to(device)
-    state = model.load_category(args.category, revision=args.revision)
+
+def _load(args, spec, sharded: bool = False):
+    """The Predictor of this process, with the warnings a user needs (no threshold, auto precision's choice)."""
+    from ..inference.predictor import PredictorSpec
+
+    if spec.onnx is not None:
+        predictor = spec.build()
+        if predictor.threshold is None:
+            print(f"warning: {args.onnx} stores no decision threshold; pass --threshold to get decisions",
+                  file=sys.stderr)
+        return predictor
+    if sharded and args.device == "auto":
+        from ..serving.shards import launch_state
+
+        device = str(launch_state().device)  # each process of the launch on its own device
+    else:
+        device = resolve_device(args.device)
+    predictor = PredictorSpec(**{**spec.__dict__, "device": device}).build()
+    state = predictor.model.get_category(predictor.category)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
               "pass --threshold to get decisions", file=sys.stderr)
     if args.save_maps and state.metadata.get("pixel_threshold") is None:
         print(f"warning: category {state.name!r} stores no pixel threshold: --save-maps writes the maps, no masks",
               file=sys.stderr)
-    from ..model.precision import resolve_precision
-
-    precision = resolve_precision(args.precision, model.device)
     if args.precision != "fp32":
-        print(precision.describe(), file=sys.stderr)  # what auto chose, and why
-    result = predict_files(model, images, args.output, root=input_root(args.images), not_images=others,
-                           unlistable=unlistable, threshold=args.threshold, batch_size=args.batch_size,
-                           output_size=args.output_size, progress=not args.quiet,
-                           autocast_dtype=precision.autocast_dtype, save_maps=args.save_maps)
-    return _predict_summary(result)
+        from ..model.precision import resolve_precision
 
-
-def _predict_onnx(args) -> int:
-    """predict --onnx: the same files from an exported model on ONNX Runtime."""
-    given = [flag for flag, value in (("--base", args.base), ("--category", args.category),
-                                      ("--revision", args.revision), ("--output-size", args.output_size))
-             if value is not None] + (["--precision"] if args.precision != "fp32" else [])
-    if given:
-        raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
-                         f"{', '.join(given)}")
-    from ..export.runtime import OnnxAnomalyDetector
-    from ..inference.prediction import find_inputs, input_root, write_predictions
-
-    images, others, unlistable = find_inputs(args.images, exclude=args.output)
-    detector = OnnxAnomalyDetector(args.onnx, threshold=args.threshold)
-    if detector.threshold is None:
-        print(f"warning: {args.onnx} stores no decision threshold; pass --threshold to get decisions", file=sys.stderr)
-    batches = detector.score_batches(images, batch_size=args.batch_size, progress=not args.quiet, skip_unreadable=True)
-    result = write_predictions(batches, images, args.output, root=input_root(args.images), not_images=others,
-                               unlistable=unlistable, threshold=detector.threshold,
-                               pixel_threshold=detector.pixel_threshold, note=detector.note,
-                               save_maps=args.save_maps)
-    return _predict_summary(result)
+        print(resolve_precision(args.precision, predictor.model.device).describe(), file=sys.stderr)
+    return predictor
 
 
 def _predict_summary(result) -> int:

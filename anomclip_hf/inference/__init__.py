@@ -8,6 +8,7 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {"score_images": "batch_scoring", "predict_folder": "prediction", "predict_files": "prediction",
+            "Predictor": "predictor", "Prediction": "predictor",
             "ImageAnomalyDetectionPipeline": "pipeline_image_anomaly_detection"}
 
 __all__ = sorted(_EXPORTS)

@@ -13,7 +13,17 @@ from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision, tower_autocast
 from ..model.processing_anomclip import model_pixel_values
 
-__all__ = ["ScoredBatch", "score_images"]
+__all__ = ["ScoredBatch", "score_images", "score_pixel_values"]
+
+
+def score_pixel_values(model: AnomCLIPModel, pixel_values: torch.Tensor, category: Optional[str] = None,
+                       output_size: Optional[int] = None, autocast_dtype=None) -> tuple:
+    """(image scores (B,), anomaly maps (B, H, W)) as float32 numpy arrays of preprocessed pixel values: the
+    one model call of every scorer (this loop, `Predictor`, the pipeline). `autocast_dtype`: a torch dtype or a
+    `PrecisionChoice` for the vision tower; scores and maps stay float32."""
+    with torch.inference_mode(), tower_autocast(autocast_dtype, model.device):
+        out = model(pixel_values.to(model.device), category=category, output_size=output_size)
+    return out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
 
 
 def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
@@ -32,10 +42,7 @@ def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size
     low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
 
     def score(decoded: list):
-        pixel_values = model_pixel_values(model.config, decoded)
-        with torch.inference_mode(), tower_autocast(low, model.device):
-            out = model(pixel_values, category=category, output_size=output_size)
-        return out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
+        return score_pixel_values(model, model_pixel_values(model.config, decoded), category, output_size, low)
 
     return scored_batches(images, score, batch_size=batch_size, progress=progress, description=description,
                           skip_unreadable=skip_unreadable)

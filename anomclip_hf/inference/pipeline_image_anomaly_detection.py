@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -26,9 +27,9 @@ from ..io.image_io import load_image
 from ..model.decisions import check_threshold
 from ..model.devices import resolve_device
 from ..model.modeling_anomclip import AnomCLIPModel
-from ..model.precision import resolve_precision, tower_autocast
+from ..model.precision import resolve_precision
 from ..model.processing_anomclip import AnomCLIPProcessor
-from ..model.thresholds import decision, normalized_score
+from .predictor import Predictor
 
 TASK = "image-anomaly-detection"
 
@@ -81,22 +82,18 @@ class ImageAnomalyDetectionPipeline(Pipeline):
 
     def _forward(self, model_inputs, category: Optional[str] = None, output_size: Optional[int] = None,
                  precision=None):
-        name = self.model.get_category(category).name
-        with tower_autocast(precision, self.model.device):  # scores and maps stay float32 (scoring.py)
-            out = self.model(model_inputs["pixel_values"].to(self.model.device), category=name,
-                             output_size=output_size)
+        predictor = Predictor.from_model(self.model, category, autocast_dtype=precision, output_size=output_size)
+        scores, maps = predictor.score_pixel_values(model_inputs["pixel_values"])  # float32 (scoring.py)
         # Plain tensors with the batch first, so the pipeline can split a batch into items.
-        return {"image_scores": out.image_scores, "anomaly_maps": out.anomaly_maps,
-                "category": [name] * out.image_scores.shape[0]}
+        return {"image_scores": torch.from_numpy(scores), "anomaly_maps": torch.from_numpy(maps),
+                "category": [predictor.category] * scores.shape[0]}
 
     def postprocess(self, model_outputs, threshold: Optional[float] = None):
         name = model_outputs["category"][0] if isinstance(model_outputs["category"], list) else model_outputs["category"]
-        if threshold is None:
-            threshold = self.model.get_category(name).metadata.get("decision_threshold")
-        score = float(model_outputs["image_scores"].reshape(-1)[0])
+        outcome = Predictor.from_model(self.model, name).outcome(
+            float(model_outputs["image_scores"].reshape(-1)[0]), threshold)
         anomaly_map = model_outputs["anomaly_maps"].float().cpu()
-        return {"score": score, "normalized_score": normalized_score(score, threshold),
-                "decision": decision(score, threshold) or None, "threshold": threshold,
+        return {**outcome, "decision": outcome["decision"] or None,
                 "anomaly_map": anomaly_map.reshape(anomaly_map.shape[-2:]).numpy()}
 
 

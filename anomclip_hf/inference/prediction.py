@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -73,7 +73,8 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, category: Opt
                   threshold: Optional[float] = None, pixel_threshold: Optional[float] = None, batch_size: int = 16,
                   output_size: Optional[int] = None, autocast_dtype=None, progress: bool = True,
                   note: Optional[str] = None, **write_options) -> PredictionResult:
-    """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir`.
+    """Score `paths` with the category and write scores.csv, overlays/ and errors.csv into `output_dir` (what
+    `inference.predictor.Predictor.write` does for any engine; this is its PyTorch shortcut).
 
     threshold / pixel_threshold: default to the category's stored ones (category.json).
     autocast_dtype: torch.bfloat16 / torch.float16 for the vision tower on a GPU (see `score_images`).
@@ -87,18 +88,27 @@ def predict_files(model, paths: Sequence[str], output_dir: str, *, category: Opt
     threshold = state.metadata.get("decision_threshold") if threshold is None else check_threshold(threshold)
     pixel_threshold = (state.metadata.get("pixel_threshold") if pixel_threshold is None
                        else check_threshold(pixel_threshold, "pixel_threshold"))
+
+    def batches(named):
+        return score_images(model, named, batch_size=batch_size, output_size=output_size, category=state.name,
+                            progress=progress, skip_unreadable=True, autocast_dtype=autocast_dtype)
+
+    return write_scored(batches, paths, output_dir, threshold=threshold, pixel_threshold=pixel_threshold,
+                        note=pipeline_check_note(model) if note is None else note, **write_options)
+
+
+def write_scored(batches: Callable[[list], Iterable[ScoredBatch]], paths: Sequence[str], output_dir: str,
+                 **options) -> PredictionResult:
+    """`write_predictions` of `batches(named paths)`, scored lazily inside its lock; paths whose names are not
+    UTF-8 are reported, not scored."""
     paths = list(paths)
-    named = [path for path in paths if _printable(path)]
+    named = [path for path in paths if printable(path)]
 
-    def batches():  # scored lazily, inside write_predictions' lock
-        for batch in score_images(model, named, batch_size=batch_size, output_size=output_size,
-                                  category=state.name, progress=progress, skip_unreadable=True,
-                                  autocast_dtype=autocast_dtype):
-            yield batch
+    def scored():
+        yield from batches(named)
 
-    return write_predictions(batches(), named, output_dir, threshold=threshold, pixel_threshold=pixel_threshold,
-                             note=pipeline_check_note(model) if note is None else note,
-                             unnamed=[path for path in paths if not _printable(path)], **write_options)
+    return write_predictions(scored(), named, output_dir, unnamed=[path for path in paths if not printable(path)],
+                             **options)
 
 
 def write_predictions(batches: Iterable[ScoredBatch], paths: Sequence[str], output_dir: str, *,
@@ -129,7 +139,7 @@ def write_predictions(batches: Iterable[ScoredBatch], paths: Sequence[str], outp
     with contextlib.ExitStack() as held:
         with _writing(output_dir, "output folder"):  # a read-only folder fails here, naming it
             held.enter_context(folder_lock(output_dir, "predict run"))
-        _remove_earlier_outputs(output_dir)
+        remove_earlier_outputs(output_dir)
         for batch in batches:
             result.failures += [(paths[index], error) for index, error in batch.failures]
             for offset, index in enumerate(batch.indices):
@@ -141,17 +151,10 @@ def write_predictions(batches: Iterable[ScoredBatch], paths: Sequence[str], outp
                 rows.append([path, f"{score:.6f}", "" if normalized is None else f"{normalized:.6f}",
                              decision(score, threshold),
                              *(extra_columns.get(path, {}).get(c, note if c == "note" else "") for c in columns)])
-                mask = load_mask(ground_truth[path]) if ground_truth.get(path) else None
-                panel = anomaly_panel(batch.images[offset], batch.anomaly_maps[offset], score=score,
-                                      threshold=threshold, pixel_threshold=pixel_threshold, ground_truth=mask,
-                                      note=note)
-                name = overlay_name(path, root)
-                target = os.path.join(output_dir, OVERLAY_DIR, name)
-                with _writing(target, "overlay"):
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    panel.save(target, pnginfo=_png_text(note=note, score=f"{score:.6f}"))
-                    if save_maps:
-                        _save_map_and_mask(output_dir, name, batch.anomaly_maps[offset], pixel_threshold)
+                write_image_outputs(output_dir, overlay_name(path, root), batch.images[offset],
+                                    batch.anomaly_maps[offset], score, threshold=threshold,
+                                    pixel_threshold=pixel_threshold, ground_truth=ground_truth.get(path),
+                                    note=note, save_maps=save_maps)
         result.failures += list(unlistable)
         result.failures += [(path, NOT_AN_IMAGE) for path in not_images]
         with _writing(os.path.join(output_dir, SCORES_FILE), "scores file"):
@@ -163,7 +166,24 @@ def write_predictions(batches: Iterable[ScoredBatch], paths: Sequence[str], outp
     return result
 
 
-def _printable(path: str) -> bool:
+def write_image_outputs(output_dir: str, name: str, image, anomaly_map, score: float, *,
+                        threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
+                        ground_truth: Optional[str] = None, note: str = "", save_maps: bool = False) -> str:
+    """One image's overlay PNG (overlays/NAME) and, with save_maps, its raw map and mask; returns the overlay's
+    path. `ground_truth`: a mask file drawn as a yellow contour."""
+    mask = load_mask(ground_truth) if ground_truth else None
+    panel = anomaly_panel(image, anomaly_map, score=score, threshold=threshold, pixel_threshold=pixel_threshold,
+                          ground_truth=mask, note=note)
+    target = os.path.join(output_dir, OVERLAY_DIR, name)
+    with _writing(target, "overlay"):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        panel.save(target, pnginfo=_png_text(note=note, score=f"{score:.6f}"))
+        if save_maps:
+            _save_map_and_mask(output_dir, name, anomaly_map, pixel_threshold)
+    return target
+
+
+def printable(path: str) -> bool:
     """False for a file name with bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
     try:
         os.fspath(path).encode("utf-8")
@@ -172,7 +192,7 @@ def _printable(path: str) -> bool:
     return True
 
 
-def _remove_earlier_outputs(output_dir: str) -> None:
+def remove_earlier_outputs(output_dir: str) -> None:
     """Delete the scores.csv, errors.csv, overlays/, maps/ and masks/ an earlier run left, so every output is
     this run's."""
     with _writing(output_dir, "output folder"):

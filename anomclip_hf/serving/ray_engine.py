@@ -1,0 +1,149 @@
+"""Scoring a Ray Dataset of image paths or bytes over a pool of actors (extra `[ray]`).
+
+`score_dataset(ds, spec)` adds the score columns with `map_batches` over an actor pool: each actor builds one
+Predictor from the spec (`PredictorSpec`: plain values, so it travels to any node) and keeps it for every
+batch; `num_gpus` per actor is yours to set. An input that cannot be decoded becomes a row with its error (the
+job goes on); an actor that dies is restarted by Ray and its batch retried (Ray Data's actor pools restart and
+retry without limit by default), so each input comes out once. `predict_with_ray` is `anomclip predict
+--engine ray`: it streams the rows to Parquet (or CSV) files under OUTPUT/ray/, then writes scores.csv and
+errors.csv in input order and, from the actors, the same overlays as a single process (OUTPUT must then be
+storage every node of the cluster can write).
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import shutil
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..inference.prediction import (
+    PredictionResult,
+    overlay_name,
+    remove_earlier_outputs,
+)
+from ..inference.predictor import PredictorSpec
+from ..io.run_lock import folder_lock
+from .extras import import_extra
+from .merge import SCORE_COLUMNS, write_merged
+
+RAY_DIR = "ray"
+ROW_COLUMNS = ("image_score", "normalized_score", "decision", "error", "threshold", "note")
+
+
+class ScoringActor:
+    """One Predictor per actor, built once; scores a batch (a dict of numpy columns) and adds ROW_COLUMNS."""
+
+    def __init__(self, spec: PredictorSpec, overlay_dir: Optional[str] = None, root: Optional[str] = None,
+                 save_maps: bool = False):
+        self.predictor = spec.build()
+        self.overlay_dir, self.root, self.save_maps = overlay_dir, root, save_maps
+
+    def __call__(self, batch: dict) -> dict:
+        if "bytes" in batch:
+            items = [bytes(item) for item in batch["bytes"]]
+        elif "path" in batch:
+            items = [str(item) for item in batch["path"]]
+        else:
+            raise ValueError(f"a batch needs a 'path' or a 'bytes' column; got {sorted(batch)}")
+        names = None
+        if self.overlay_dir is not None and "path" in batch:
+            names = [overlay_name(str(path), self.root) for path in batch["path"]]
+        predictions = self.predictor.predict(items, names=names, save_maps=self.save_maps,
+                                             overlay_dir=self.overlay_dir if names is not None else None)
+        out = dict(batch)
+        out.pop("bytes", None)  # the scores travel on, not the images
+        out["image_score"] = np.array([_number(p.score) for p in predictions], dtype=np.float64)
+        out["normalized_score"] = np.array([_number(p.normalized_score) for p in predictions], dtype=np.float64)
+        out["decision"] = np.array([p.decision for p in predictions], dtype=object)
+        out["error"] = np.array([p.error or "" for p in predictions], dtype=object)
+        out["threshold"] = np.full(len(predictions), _number(self.predictor.threshold))
+        out["note"] = np.array([self.predictor.note] * len(predictions), dtype=object)
+        return out
+
+
+def _number(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
+
+
+def score_dataset(dataset, spec: PredictorSpec, *, actors: int = 2, num_gpus: float = 0, batch_size: int = 16,
+                  overlay_dir: Optional[str] = None, root: Optional[str] = None, save_maps: bool = False):
+    """`dataset` (a 'path' and/or 'bytes' column, any other columns pass through) with ROW_COLUMNS added: a
+    NaN image_score and the reason in `error` for an input that could not be scored."""
+    if actors < 1:
+        raise ValueError(f"actors={actors}; expected >= 1")
+    ray_data = import_extra("ray.data", "ray")
+    kwargs = {"spec": spec, "overlay_dir": overlay_dir, "root": root, "save_maps": save_maps}
+    return dataset.map_batches(ScoringActor, fn_constructor_kwargs=kwargs,
+                               batch_size=batch_size, batch_format="numpy",
+                               compute=ray_data.ActorPoolStrategy(size=actors),
+                               num_cpus=1, num_gpus=num_gpus or None)
+
+
+def predict_with_ray(spec: PredictorSpec, paths: Sequence[str], output_dir: str, *, address: Optional[str] = None,
+                     actors: int = 2, num_gpus: float = 0, batch_size: int = 16, output_format: str = "parquet",
+                     root: Optional[str] = None, not_images: Sequence[str] = (),
+                     unlistable: Sequence[tuple[str, str]] = (), overlays: bool = True,
+                     save_maps: bool = False) -> PredictionResult:
+    """`anomclip predict --engine ray`: see the module docstring. address: a running cluster ("auto",
+    "ray://host:10001"); default: a local one started (and stopped) here."""
+    if output_format not in ("parquet", "csv"):
+        raise ValueError(f"output_format={output_format!r}; expected 'parquet' or 'csv'")
+    ray = import_extra("ray", "ray")
+    import ray.data  # noqa: F401,F811 - the Data library of the extra
+
+    paths = list(paths)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with folder_lock(output_dir, "predict run"):
+            remove_earlier_outputs(output_dir)
+            table_dir = os.path.join(output_dir, RAY_DIR)
+            shutil.rmtree(table_dir, ignore_errors=True)
+            items = ray.data.from_items([{"index": i, "path": path} for i, path in enumerate(paths)])
+            scored = score_dataset(items, spec, actors=actors, num_gpus=num_gpus, batch_size=batch_size,
+                                   overlay_dir=output_dir if overlays else None, root=root, save_maps=save_maps)
+            getattr(scored, f"write_{output_format}")(table_dir)  # streamed: blocks are written as they finish
+            return _merge_rows(output_dir, table_dir, output_format, not_images, unlistable)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def read_rows(table_dir: str, output_format: str = "parquet"):
+    """The rows Ray wrote under `table_dir`, as one pandas DataFrame sorted by input index."""
+    import pandas as pd
+
+    files = sorted(glob.glob(os.path.join(table_dir, f"*.{output_format}")))
+    if output_format == "parquet":
+        frames = [pd.read_parquet(path) for path in files]
+    else:
+        numbers = {name: [""] for name in ("image_score", "normalized_score", "threshold")}
+        frames = [pd.read_csv(path, keep_default_na=False, na_values=numbers,
+                              dtype={"path": str, "decision": str, "error": str, "note": str}) for path in files]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["index", "path", *ROW_COLUMNS])
+    return frame.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def _merge_rows(output_dir: str, table_dir: str, output_format: str, not_images,
+                unlistable) -> PredictionResult:
+    frame = read_rows(table_dir, output_format)
+    note = str(frame["note"].iloc[0]) if len(frame) else ""
+    header = SCORE_COLUMNS + (["note"] if note else [])
+    rows, failures = [], []
+    for record in frame.itertuples(index=False):
+        if record.error:
+            failures.append((record.path, record.error))
+            continue
+        normalized = "" if math.isnan(float(record.normalized_score)) else f"{float(record.normalized_score):.6f}"
+        rows.append([record.path, f"{float(record.image_score):.6f}", normalized, record.decision]
+                    + ([note] if note else []))
+    thresholds = frame["threshold"].dropna() if len(frame) else []
+    threshold = float(thresholds.iloc[0]) if len(thresholds) else None
+    return write_merged(output_dir, header, rows, failures, threshold=threshold, not_images=not_images,
+                        unlistable=unlistable)
