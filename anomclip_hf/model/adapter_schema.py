@@ -153,6 +153,14 @@ BASE_MODEL_SCHEMA = _object({
     "fingerprint": (False, _nullable(_string(64))),
     "random_weights": (False, _boolean),  # a pipeline-check base: its outputs are labelled PIPELINE CHECK
 })
+# A DINOv2 memory backbone (issue 25): compared with the base's by model type, sizes and fingerprint.
+MEMORY_BACKBONE_SCHEMA = _object({
+    "name_or_path": (False, _nullable(_string(MAX_PATH_LENGTH))),
+    "revision": (False, _nullable(_string())),
+    "model_type": (True, _string(64)),
+    "architecture": (True, _object({}, closed=False)),
+    "fingerprint": (True, _string(64)),
+})
 RECORD_SCHEMA = _object({
     "format_version": (True, _integer(1, FORMAT_VERSION)),
     "category": (True, _rule(_category_name_problem)),
@@ -162,7 +170,8 @@ RECORD_SCHEMA = _object({
     "prompt_layout": (True, PROMPT_LAYOUT_SCHEMA),
     "base_model": (True, BASE_MODEL_SCHEMA),
     "memory": (False, _nullable(_object({"layers": (True, _list_of(_integer(0, 4096), 4096)),
-                                         "tap": (True, _string(64))}))),
+                                         "tap": (True, _string(64)),
+                                         "backbone": (False, _nullable(MEMORY_BACKBONE_SCHEMA))}))),
     "shots": (True, _integer(0, MAX_SHOTS)),  # = the memory bank's k (checked with the tensors)
     "seed": (False, _nullable(_integer(-(1 << 63), (1 << 64) - 1))),
     "reference_files": (False, _nullable(_list_of(_string(MAX_PATH_LENGTH), MAX_SHOTS))),

@@ -5,7 +5,7 @@ methods use the model's config, towers, prompt table and category states.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ from .category_io import (
     resolve_category_folder,
     write_adapter,
 )
-from .processing_anomclip import model_pixel_values
+from .processing_anomclip import model_inputs
 from .prompt_learner import ADAPTER_WEIGHT_KEYS
 from .prompts import class_name_for, manual_phrases
 from .thresholds import (
@@ -73,23 +73,31 @@ class CategoryRegistryMixin:
         """The only trainable tensors of a category: its prompt vectors."""
         return [self.prompt_tokens.vectors(self.get_category(category).name)]
 
-    def build_memory_bank(self, reference_images) -> list[torch.Tensor]:
-        """Per memory layer (k, P, W) unit patch features of the reference images: PIL images, paths,
-        pixel_values, or their `encode_images` output (so a caller that needs the features too encodes once)."""
-        if isinstance(reference_images, VisionFeatures):
-            return [f.detach().float() for f in reference_images.memory_features]
+    def _reference_inputs(self, reference_images) -> dict:
+        """encode_images arguments of reference images: PIL images or paths (preprocessed here), pixel_values,
+        or a dict of pixel_values and memory_pixel_values (what the processor returns)."""
         if isinstance(reference_images, torch.Tensor):
-            pixel_values = reference_images
+            inputs = {"pixel_values": reference_images}
+        elif isinstance(reference_images, Mapping):
+            inputs = {k: v for k, v in reference_images.items() if k in ("pixel_values", "memory_pixel_values")}
         else:
             references = list(reference_images)
             if not references:
                 raise ValueError("reference_images is empty: pass at least one normal image (or None for "
                                  "text-only zero-shot scoring)")
-            pixel_values = model_pixel_values(self.config, references)
-        if pixel_values.shape[0] == 0:
+            inputs = model_inputs(self.config, references)
+        if inputs["pixel_values"].shape[0] == 0:
             raise ValueError("reference_images is empty: pass at least one normal image")
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def build_memory_bank(self, reference_images) -> list[torch.Tensor]:
+        """Per memory layer (k, P, W) unit patch features of the reference images: PIL images, paths,
+        pixel_values (with memory_pixel_values, as a dict, for a DINOv2 memory), or their `encode_images`
+        output (so a caller that needs the features too encodes once)."""
+        if isinstance(reference_images, VisionFeatures):
+            return [f.detach().float() for f in reference_images.memory_features]
         with torch.no_grad():
-            return [f.float() for f in self.encode_images(pixel_values).memory_features]
+            return [f.float() for f in self.encode_images(**self._reference_inputs(reference_images)).memory_features]
 
     def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
                      phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
@@ -162,11 +170,9 @@ class CategoryRegistryMixin:
         """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
         in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
         output); stored in its metadata and category.json. See `thresholds`."""
-        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
-            reference_images = model_pixel_values(self.config, list(reference_images))
-        if isinstance(reference_images, torch.Tensor):
+        if not isinstance(reference_images, VisionFeatures):
             with torch.no_grad():
-                reference_images = self.encode_images(reference_images.to(self.device))
+                reference_images = self.encode_images(**self._reference_inputs(reference_images))
         estimate = threshold_estimate(*self.leave_one_out_scores(reference_images, category),
                                       DEFAULT_MARGIN if margin is None else margin)
         record_thresholds(self.get_category(category).metadata, estimate)
@@ -187,12 +193,13 @@ class CategoryRegistryMixin:
         """What an adapter must match to load onto this base."""
         config, clip = self.config, self.config.clip_config
         adapter_config = self.prompt_tokens.adapter_config()
+        memory = self.memory_layout()
         return AdapterExpectations(
             prompt_layout={key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
-            base_identity=self.base_identity(), memory_layers=tuple(config.memory_layers),
-            memory_tap=config.memory_tap, vision_width=clip.vision_config.hidden_size,
+            base_identity=self.base_identity(), memory_layers=memory.layers,
+            memory_tap=memory.tap, vision_width=memory.width,
             projection_dim=clip.projection_dim, text_width=clip.text_config.hidden_size,
-            num_patches=(clip.vision_config.image_size // clip.vision_config.patch_size) ** 2,
+            num_patches=memory.num_patches, memory_backbone=self.memory_backbone_identity(),
             adapter_config={"peft_type": adapter_config.peft_type.value,
                             "token_indices": list(adapter_config.token_indices)},
             weight_keys=ADAPTER_WEIGHT_KEYS)
@@ -214,10 +221,18 @@ class CategoryRegistryMixin:
                 "prompts": {head: vars(self.head_prompts(key, head)) for head in HEADS},
             },
             "base_model": self.base_identity(),
-            "memory": {"layers": config.memory_layers, "tap": config.memory_tap},
+            "memory": self._memory_record(),
             "shots": state.shots,
             **{key: state.metadata.get(key) for key in METADATA_KEYS},
         }
+
+    def _memory_record(self) -> dict:
+        """category.json "memory": the bank's layers and tap, and with a DINOv2 memory its identity."""
+        layout = self.memory_layout()
+        record = {"layers": list(layout.layers), "tap": layout.tap}
+        if self.has_dino_memory:
+            record["backbone"] = self.memory_backbone_identity()
+        return record
 
     def save_category(self, save_directory: str, name: Optional[str] = None) -> str:
         """Write category `name` (default: the active one) as an adapter folder, atomically; see `category_io`."""
@@ -226,7 +241,7 @@ class CategoryRegistryMixin:
         bank = self.get_category(key).memory_bank
         return write_adapter(
             save_directory, record, self.prompt_tokens.adapter_config(), self.prompt_tokens.adapter_state_dict(key),
-            None if bank is None else dict(zip(self.config.memory_layers, bank)), self.text_prototypes(key))
+            None if bank is None else dict(zip(self.memory_layout().layers, bank)), self.text_prototypes(key))
 
     def load_category(self, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
                       revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
@@ -246,7 +261,7 @@ class CategoryRegistryMixin:
         state = CategoryState(
             name=name, class_name=record["class_name"], phrases=record["phrases"],
             learned_prompts=bool(record["learned_prompts"]),
-            memory_bank=contents.memory_layers(self.config.memory_layers), prototypes=contents.prototypes,
+            memory_bank=contents.memory_layers(self.memory_layout().layers), prototypes=contents.prototypes,
             metadata={key: record.get(key) for key in METADATA_KEYS}).to(self.device)
         # The one step that changes the model and can fail; it restores the table if it does.
         self.prompt_tokens.load_adapter_state_dict(name, {k: v.to(self.device) for k, v in contents.weights.items()})
