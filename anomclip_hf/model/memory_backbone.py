@@ -28,7 +28,7 @@ from ..io.pixel_arrays import BICUBIC
 from ..memory.dino_settings import IMAGENET_MEAN, IMAGENET_STD
 from .dtypes import resolve_compute_dtype
 from .processing_anomclip import checkpoint_preprocessing
-from .scoring import dino_memory_scores, memory_patch_scores, upsampled_peak
+from .scoring import dino_memory_scores
 
 # The DINO memory is one "layer": the final LayerNorm'd tokens, recorded in category.json under this tap.
 DINO_MEMORY_TAP = "dinov2_final_norm"
@@ -126,14 +126,9 @@ class MemoryBackboneMixin:
         self._check_memory_pixel_values(memory_pixel_values, memory_pixel_values.shape[0])
         return dino_patch_features(self.memory_backbone, memory_pixel_values.to(self.device))
 
-    def memory_terms(self, memory_features: Sequence[torch.Tensor], memory_bank: Sequence[torch.Tensor]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(memory score per patch (B, P), memory image score (B,)) of this base's memory.
-
-        CLIP memory (spec section 5): mean over the taps of (1 - cos) / 2, and the peak of that map bilinearly
-        upsampled to `scoring_size`. DINOv2 memory (AnomalyDINO): 1 - cos, and the mean of the top 1 %."""
-        if self.has_dino_memory:
-            patch = dino_memory_scores(memory_features[0], memory_bank[0])
-            return patch, top_fraction_mean(patch)
-        patch = memory_patch_scores([f.float() for f in memory_features], list(memory_bank))
-        return patch, upsampled_peak(patch, self.config.scoring_size)
+    def dino_memory_terms(self, memory_features: Sequence[torch.Tensor], memory_bank: Sequence[torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_dino per patch (B, P), memory image score (B,)) of the DINOv2 memory (AnomalyDINO): the cosine
+        distance 1 - cos to the nearest reference patch, and the mean of each image's top 1 % of them."""
+        patch = dino_memory_scores(memory_features[0], memory_bank[0])
+        return patch, top_fraction_mean(patch)

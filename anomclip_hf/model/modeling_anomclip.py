@@ -37,9 +37,11 @@ from .prompts import (
 from .scoring import (
     fuse_patch_scores,
     harmonic_fusion,
+    memory_patch_scores,
     scaled_sigma,
     smooth_upsample,
     text_anomaly_probability,
+    upsampled_peak,
 )
 from .text_encoding import encode_text_embeddings, truncate_to_longest
 from .tokenization import add_prompt_tokens
@@ -369,7 +371,11 @@ class AnomCLIPModel(CategoryRegistryMixin, MemoryBackboneMixin, AnomCLIPPreTrain
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
             # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
-            visual_patch, visual_image = self.memory_terms(features.memory_features, list(memory_bank))
+            if self.has_dino_memory:  # AnomalyDINO's 1 - cos and top-1 % mean (memory_backbone.py)
+                visual_patch, visual_image = self.dino_memory_terms(features.memory_features, list(memory_bank))
+            else:
+                visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank))
+                visual_image = upsampled_peak(visual_patch, self.config.scoring_size)
         if mode == "full":
             patch_scores = fuse_patch_scores(text_patch, visual_patch)
             image_scores = harmonic_fusion(visual_image, text_image)
