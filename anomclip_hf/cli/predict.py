@@ -6,7 +6,7 @@ import sys
 
 from ..flags.numeric import MAX_OUTPUT_SIZE, finite_float, int_range, positive_int
 from ..flags.precision import add_precision_argument
-from ._common import add_command, resolve_device
+from ._common import add_command, add_memory_backbone_argument, base_kwargs, resolve_device
 
 
 def add_parser(commands) -> None:
@@ -21,6 +21,7 @@ def add_parser(commands) -> None:
     predict.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
     predict.add_argument("--onnx", default=None, help="an exported model (anomclip export) instead of --base and "
                          "--category: ONNX Runtime, no torch")
+    add_memory_backbone_argument(predict)
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     predict.add_argument("--images", required=True, nargs="+",
                          help="image files and/or folders of images (sub-folders included)")
@@ -53,7 +54,7 @@ def run(args) -> int:
     from ..inference.prediction import predict_files
     from ..model.modeling_anomclip import AnomCLIPModel
 
-    model = AnomCLIPModel.from_base(args.base).to(resolve_device(args.device))
+    model = AnomCLIPModel.from_base(args.base, **base_kwargs(args)).to(resolve_device(args.device))
     state = model.load_category(args.category, revision=args.revision)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:
         print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "

@@ -71,14 +71,17 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         return self._loaded_categories[category]
 
     def preprocess(self, image):
-        return {"pixel_values": self.feature_extractor(images=[load_image(image)])["pixel_values"]}
+        inputs = self.feature_extractor(images=[load_image(image)])  # + memory_pixel_values for a DINO memory
+        return {key: inputs[key] for key in ("pixel_values", "memory_pixel_values") if key in inputs}
 
     def _forward(self, model_inputs, category: Optional[str] = None, output_size: Optional[int] = None,
                  precision=None):
         name = self.model.get_category(category).name
         with tower_autocast(precision, self.model.device):  # scores and maps stay float32 (scoring.py)
+            memory = model_inputs.get("memory_pixel_values")
             out = self.model(model_inputs["pixel_values"].to(self.model.device), category=name,
-                             output_size=output_size)
+                             output_size=output_size,
+                             memory_pixel_values=None if memory is None else memory.to(self.model.device))
         # Plain tensors with the batch first, so the pipeline can split a batch into items.
         return {"image_scores": out.image_scores, "anomaly_maps": out.anomaly_maps,
                 "category": [name] * out.image_scores.shape[0]}

@@ -17,7 +17,7 @@ from ..data.schema import NORMAL
 from ..io.image_io import load_image
 from ..model.category import PROMPT_TOKEN_KEYS
 from ..model.modeling_anomclip import AnomCLIPModel, is_anomclip_base
-from ..model.processing_anomclip import model_pixel_values
+from ..model.processing_anomclip import model_inputs
 from ..model.thresholds import ThresholdEstimate, record_thresholds
 from ..model.vv_attention import VisionFeatures
 from .config import validate_model_settings
@@ -43,9 +43,9 @@ def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, c
     """An untrained category: k drawn shots as its memory bank, hand-written prompts, leave-one-out
     thresholds; the drawn files are recorded in its metadata (and so in category.json)."""
     references = select_references(dataset, data_root, category, shots, seed)
-    pixel_values = model_pixel_values(model.config, read_references(references))
-    with torch.no_grad():
-        vision = model.encode_images(pixel_values.to(model.device))  # one pass: memory bank and thresholds
+    inputs = model_inputs(model.config, read_references(references))  # + memory_pixel_values for a DINO memory
+    with torch.no_grad():  # one pass: memory bank and thresholds
+        vision = model.encode_images(**{key: value.to(model.device) for key, value in inputs.items()})
     state = model.add_category(category, reference_images=vision, seed=seed)
     state.metadata["reference_files"] = [os.path.relpath(path, data_root) for path in references]
     try_estimate_thresholds(model, vision, category)

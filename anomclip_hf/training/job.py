@@ -99,11 +99,11 @@ def train_category(
     precision = resolve_precision(config.precision, device)
     accelerator = _job_accelerator(config, output_dir, device, precision)
     model.to(accelerator.device)
-    pixel_values = AnomCLIPProcessor.from_model(model)(images=images)["pixel_values"]
+    inputs = AnomCLIPProcessor.from_model(model)(images=images)  # pixel_values (+ memory_pixel_values)
     # One float32 forward of the k shots serves the memory bank and the training features alike (the
     # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
     with torch.no_grad():
-        vision = model.encode_images(pixel_values)
+        vision = model.encode_images(**inputs)
     state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
                                learned_prompts=True, seed=config.prompt_seed)
     features = ShotFeatures.from_vision(vision)
