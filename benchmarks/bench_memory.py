@@ -28,10 +28,19 @@ import tempfile
 import time
 
 import torch
+from _common import (
+    MIB,
+    PeakRSS,
+    apply_threads,
+    base_parser,
+    interleaved_times,
+    median,
+    paper_model,
+    report,
+)
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
 
-from _common import MIB, PeakRSS, apply_threads, base_parser, interleaved_times, median, paper_model, report
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.data.synthetic_images import DEFECT_TYPES, render_normal, render_sample
 from anomclip_hf.memory.policy import memory_rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..flags.numeric import nonnegative_int, positive_int
-from ._common import add_command
+from ._common import add_command, add_memory_backbone_argument, with_memory_backbone
 
 
 def add_parser(commands) -> None:
@@ -37,6 +37,10 @@ def add_parser(commands) -> None:
     evaluate.add_argument("--pixel-mode", choices=["exact", "binned"], default="exact")
     evaluate.add_argument("--no-train", action="store_true", help="memory + hand-written prompts, no training")
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
+    add_memory_backbone_argument(evaluate)
+    evaluate.add_argument("--mode", choices=["full", "memory", "text"], default=None,
+                          help="score with memory + prompts (full, the default), the visual memory alone (memory: "
+                               "the CLIP memory, or the DINOv2 one with --memory-backbone) or the prompts alone")
     add_training_arguments(evaluate)
     evaluate.set_defaults(func=run)
 
@@ -50,9 +54,10 @@ def run(args) -> int:
     from ..training import config_from_args
 
     results = run_evaluation(args.base, args.dataset, data_root, args.output, categories=args.categories,
-                             shots=args.shots, seeds=args.seeds, config=config_from_args(args),
+                             shots=args.shots, seeds=args.seeds,
+                             config=with_memory_backbone(config_from_args(args), args.memory_backbone),
                              resolution=args.resolution, pixel_mode=args.pixel_mode, train=not args.no_train,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, mode=args.mode)
     with open(os.path.join(args.output, "results.md"), encoding="utf-8") as handle:
         print(handle.read())
     print(f"{len(results['cells'])} cells; results.csv, results.json and results.md in {args.output}")

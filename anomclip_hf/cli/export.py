@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_command
+from ._common import add_command, add_memory_backbone_argument, base_kwargs
 
 
 def add_parser(commands) -> None:
@@ -19,6 +19,7 @@ def add_parser(commands) -> None:
     export.add_argument("--category", required=True, help="category adapter folder or Hub repo id (with references)")
     export.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     export.add_argument("--output", required=True, help="the .onnx file to write (its JSON goes to OUTPUT.json)")
+    add_memory_backbone_argument(export)
     export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     export.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
     precision = export.add_mutually_exclusive_group()
@@ -32,7 +33,7 @@ def run(args) -> int:
     from ..export import export_onnx
     from ..model.modeling_anomclip import AnomCLIPModel
 
-    model = AnomCLIPModel.from_base(args.base)
+    model = AnomCLIPModel.from_base(args.base, **base_kwargs(args))
     state = model.load_category(args.category, revision=args.revision)
     exported = export_onnx(model, args.output, category=state.name, opset=args.opset, output_size=args.output_size,
                            fp16=args.fp16, quantize=args.quantize)

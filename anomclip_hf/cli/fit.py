@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..flags.numeric import fraction, nonnegative_int, positive_int
-from ._common import add_command
+from ._common import add_command, add_memory_backbone_argument, with_memory_backbone
 
 FIT_LOG_FILE = "training_log.jsonl"
 
@@ -40,6 +40,7 @@ def add_parser(commands) -> None:
     fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
     fit.add_argument("--quiet", dest="progress_bar", action="store_false", default=None,
                      help="no progress bars (as --no-progress)")
+    add_memory_backbone_argument(fit)
     add_training_arguments(fit)  # --preset, --epochs, --lr, ...
     fit.set_defaults(func=run)
 
@@ -52,7 +53,7 @@ def run(args) -> int:
     from ..model.prompts import read_phrases_file
     from ..training import config_from_args, train_category
 
-    config = config_from_args(args)
+    config = with_memory_backbone(config_from_args(args), args.memory_backbone)
     phrases = read_phrases_file(args.phrases) if args.phrases else None
     shots = args.shots if args.shots is not None else len(load_split("folder", args.references, args.category, "train"))
     os.makedirs(args.output, exist_ok=True)

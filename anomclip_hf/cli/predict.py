@@ -12,7 +12,11 @@ from ..flags.numeric import (
     positive_int,
 )
 from ..flags.precision import add_precision_argument
-from ._common import add_command, resolve_device
+from ._common import (
+    add_command,
+    add_memory_backbone_argument,
+    resolve_device,
+)
 
 
 def add_parser(commands) -> None:
@@ -28,6 +32,7 @@ def add_parser(commands) -> None:
     predict.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
     predict.add_argument("--onnx", default=None, help="an exported model (anomclip export) instead of --base and "
                          "--category: ONNX Runtime, no torch")
+    add_memory_backbone_argument(predict)
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     predict.add_argument("--images", required=True, nargs="+",
                          help="image files and/or folders of images (sub-folders included)")
@@ -114,7 +119,8 @@ def _spec(args):
 
     check_base(args.base)
     return PredictorSpec(base=args.base, category=args.category, revision=args.revision, precision=args.precision,
-                         threshold=args.threshold, output_size=args.output_size, batch_size=args.batch_size)
+                         threshold=args.threshold, output_size=args.output_size, batch_size=args.batch_size,
+                         memory_backbone=args.memory_backbone)
 
 
 def _load(args, spec, sharded: bool = False):

@@ -48,8 +48,12 @@ class EvaluationSettings:
     train: bool = True  # False: memory + hand-written prompts, no prompt training
     training: dict = field(default_factory=dict)
     precision: str = "fp32"  # of the towers while scoring the test images (as requested: fp32/bf16/fp16/auto)
+    mode: Optional[str] = None  # the scoring mode: None/"full" (memory + prompts), "memory" (the memory alone)
+    memory_backbone: Optional[str] = None  # a DINOv2 memory (issue 25), else the CLIP memory
 
     def __post_init__(self):
+        if self.mode not in (None, "full", "memory", "text"):
+            raise ValueError(f"mode={self.mode!r}; expected 'full', 'memory' or 'text'")
         if self.pixel_mode not in ("exact", "binned"):
             raise ValueError(f"pixel_mode={self.pixel_mode!r}; expected 'exact' or 'binned'")
         if self.resolution < 1:
@@ -66,7 +70,8 @@ def _load_finished(path: str, settings: EvaluationSettings) -> Optional[dict]:
     with open(path, encoding="utf-8") as handle:
         cell = json.load(handle)
     # Cells written before the precision setting existed were scored in float32.
-    stored = {"precision": "fp32", **cell["settings"]} if isinstance(cell.get("settings"), dict) else None
+    defaults = {"precision": "fp32", "mode": None, "memory_backbone": None}  # cells from before these settings
+    stored = {**defaults, **cell["settings"]} if isinstance(cell.get("settings"), dict) else None
     return cell if stored == _as_json(asdict(settings)) else None
 
 
@@ -106,7 +111,7 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     began = time.perf_counter()
     for batch in score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
                               progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}",
-                              precision=settings.precision):
+                              precision=settings.precision, mode=settings.mode):
         if has_masks:
             masks = np.stack([read_mask(test[i], size=(size, size)) for i in batch.indices])
             pixels.update(batch.anomaly_maps, masks)
@@ -135,12 +140,16 @@ def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, d
                    categories: Union[str, Sequence[str]] = "all", shots: Sequence[int] = (1, 2, 4),
                    seeds: Sequence[int] = (0, 1, 2, 3, 4), config: Optional[TrainingConfig] = None,
                    resolution: int = 400, pixel_mode: str = "exact", train: bool = True, batch_size: int = 16,
-                   progress: bool = True) -> dict:
-    """Run (or resume) the protocol and write results.csv / results.json / results.md; return the summary."""
+                   progress: bool = True, mode: Optional[str] = None) -> dict:
+    """Run (or resume) the protocol and write results.csv / results.json / results.md; return the summary.
+
+    mode: "memory" scores with the visual memory alone (the CLIP memory, or the DINOv2 one when the config's
+    model settings name a `memory_backbone`); default: memory + prompts (fused)."""
     config = config or TrainingConfig()
     settings = EvaluationSettings(dataset=str(dataset).lower(), resolution=int(resolution), pixel_mode=pixel_mode,
                                   train=train, training=config.run_fingerprint() if train else {},
-                                  precision=config.precision)
+                                  precision=config.precision, mode=mode,
+                                  memory_backbone=config.model.get("memory_backbone"))
     jobs = build_jobs(dataset, data_root, categories, shots, seeds)
     model = base if isinstance(base, AnomCLIPModel) else None
     cells = []

@@ -56,8 +56,23 @@ def summarize(cells: Sequence[dict]) -> dict:
     return {"categories": categories, "shots": shot_counts, "seeds": seeds, "tables": tables}
 
 
+def variant_label(settings) -> str:
+    """Which scoring a table is (its row name in a comparison): PromptAD, a memory alone, or the fused DINOv2."""
+    backbone = getattr(settings, "memory_backbone", None)
+    mode = getattr(settings, "mode", None) or "full"
+    prompts = "learned prompts" if settings.train else "hand-written prompts"
+    if mode == "text":
+        return f"prompts alone ({prompts})"
+    if mode == "memory":
+        return (f"DINOv2 memory alone ({backbone}; AnomalyDINO scoring)" if backbone
+                else "CLIP memory alone (PromptAD's visual memory)")
+    return (f"fused: DINOv2 memory ({backbone}) + {prompts}" if backbone
+            else f"PromptAD: CLIP memory + {prompts}")
+
+
 def _markdown(summary: dict, settings, label: str = "") -> str:
     lines = [f"# Results: {settings.dataset}", "", *([f"**{label}**", ""] if label else []),
+             f"Scoring: {variant_label(settings)}.", "",
              f"Pixel metrics at {settings.resolution}x{settings.resolution} ({settings.pixel_mode} mode); "
              f"mean +- std over seeds {summary['seeds']}, in %; final-epoch prompts"
              f"{'' if settings.train else ' (no prompt training: memory + hand-written prompts)'}.", ""]
@@ -93,7 +108,8 @@ def write_results(output_dir: str, cells: Sequence[dict], settings, base: str) -
                              **{key: _optional(cell["metrics"].get(key)) for key in THRESHOLD_COLUMNS},
                              "test_images": cell["metrics"]["test_images"], "resolution": settings.resolution,
                              **({"note": label} if label else {})})
-    payload = {"base": base, **({"pipeline_check": True, "note": label} if label else {}),
+    payload = {"base": base, "variant": variant_label(settings),
+               **({"pipeline_check": True, "note": label} if label else {}),
                "settings": asdict(settings), **summary,
                "cells": [{k: v for k, v in c.items() if k != "settings"} for c in cells]}
     with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -11,38 +11,42 @@ from ..io.batches import ScoredBatch, scored_batches
 from ..io.image_io import PathOrImage
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision, tower_autocast
-from ..model.processing_anomclip import model_pixel_values
+from ..model.processing_anomclip import model_inputs
 
 __all__ = ["ScoredBatch", "score_images", "score_pixel_values"]
 
 
-def score_pixel_values(model: AnomCLIPModel, pixel_values: torch.Tensor, category: Optional[str] = None,
-                       output_size: Optional[int] = None, autocast_dtype=None) -> tuple:
+def score_pixel_values(model: AnomCLIPModel, pixel_values: Union[torch.Tensor, Mapping[str, torch.Tensor]],
+                       category: Optional[str] = None, output_size: Optional[int] = None, autocast_dtype=None,
+                       mode: Optional[str] = None) -> tuple:
     """(image scores (B,), anomaly maps (B, H, W)) as float32 numpy arrays of preprocessed pixel values: the
-    one model call of every scorer (this loop, `Predictor`, the pipeline). `autocast_dtype`: a torch dtype or a
-    `PrecisionChoice` for the vision tower; scores and maps stay float32."""
+    one model call of every scorer (this loop, `Predictor`, the pipeline). pixel_values: a tensor, or the
+    processor's dict (`model_inputs`: with "memory_pixel_values" for a DINOv2 memory). `autocast_dtype`: a
+    torch dtype or a `PrecisionChoice` for the vision tower; scores and maps stay float32."""
+    inputs = dict(pixel_values) if isinstance(pixel_values, Mapping) else {"pixel_values": pixel_values}
     with torch.inference_mode(), tower_autocast(autocast_dtype, model.device):
-        out = model(pixel_values.to(model.device), category=category, output_size=output_size)
+        out = model(**{key: value.to(model.device) for key, value in inputs.items()}, category=category,
+                    output_size=output_size, mode=mode)
     return out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
 
 
 def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size: int = 16, output_size: Optional[int] = None,
                  category: Optional[str] = None, progress: bool = True, description: str = "scoring",
                  skip_unreadable: bool = False, autocast_dtype: Optional[torch.dtype] = None,
-                 precision: str = "fp32") -> Iterator[ScoredBatch]:
+                 precision: str = "fp32", mode: Optional[str] = None) -> Iterator[ScoredBatch]:
     """Yield scores batch by batch (see `batches.scored_batches`).
 
     skip_unreadable: report files that cannot be decoded in `ScoredBatch.failures` and score the rest
     (default: raise the ImageReadError naming the file).
     precision: "fp32", "bf16", "fp16" or "auto" (see `precision`): the vision tower runs under autocast; the
     memory distances, text scores and maps stay float32. `autocast_dtype` (a torch dtype) is the older
-    spelling and wins when given.
+    spelling and wins when given. mode: the model's scoring mode ("full", "memory", "text"; default: its own).
     """
     check_output_size(output_size)
     low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
 
     def score(decoded: list):
-        return score_pixel_values(model, model_pixel_values(model.config, decoded), category, output_size, low)
+        return score_pixel_values(model, model_inputs(model.config, decoded), category, output_size, low, mode)
 
     return scored_batches(images, score, batch_size=batch_size, progress=progress, description=description,
                           skip_unreadable=skip_unreadable)

@@ -78,12 +78,15 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         return self._loaded_categories[category]
 
     def preprocess(self, image):
-        return {"pixel_values": self.feature_extractor(images=[load_image(image)])["pixel_values"]}
+        inputs = self.feature_extractor(images=[load_image(image)])  # + memory_pixel_values for a DINO memory
+        return {key: inputs[key] for key in ("pixel_values", "memory_pixel_values") if key in inputs}
 
     def _forward(self, model_inputs, category: Optional[str] = None, output_size: Optional[int] = None,
                  precision=None):
         predictor = Predictor.from_model(self.model, category, autocast_dtype=precision, output_size=output_size)
-        scores, maps = predictor.score_pixel_values(model_inputs["pixel_values"])  # float32 (scoring.py)
+        # float32 scores and maps (scoring.py); memory_pixel_values too where the model has a DINOv2 memory
+        scores, maps = predictor.score_pixel_values({key: value for key, value in model_inputs.items()
+                                                     if key in ("pixel_values", "memory_pixel_values")})
         # Plain tensors with the batch first, so the pipeline can split a batch into items.
         return {"image_scores": torch.from_numpy(scores), "anomaly_maps": torch.from_numpy(maps),
                 "category": [predictor.category] * scores.shape[0]}

@@ -149,12 +149,14 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, base, category: str, *, revision: Optional[str] = None, device: str = "cpu",
-                        **options) -> "Predictor":
+                        memory_backbone: Optional[str] = None, **options) -> "Predictor":
         """Load the base (folder, Hub id, CLIP id) and the category adapter (folder or Hub repo id) once;
-        `options` as `from_model`."""
+        memory_backbone: a DINOv2 memory (Hub id or folder) for a base saved without it; `options` as
+        `from_model`."""
         from ..model.modeling_anomclip import AnomCLIPModel
 
-        model = AnomCLIPModel.from_base(base).to(device)
+        extra = {} if memory_backbone is None else {"memory_backbone": memory_backbone}
+        model = AnomCLIPModel.from_base(base, **extra).to(device)
         state = model.load_category(category, revision=revision)
         return cls.from_model(model, state.name, **options)
 
@@ -268,6 +270,7 @@ class PredictorSpec:
     threshold: Optional[float] = None
     output_size: Optional[int] = None
     batch_size: int = 16
+    memory_backbone: Optional[str] = None  # a DINOv2 memory for a base saved without one
 
     def __post_init__(self):
         if self.onnx is None and not (self.base and self.category):
@@ -278,9 +281,11 @@ class PredictorSpec:
             return Predictor.from_onnx(self.onnx, threshold=self.threshold, batch_size=self.batch_size)
         return Predictor.from_pretrained(self.base, self.category, revision=self.revision, device=self.device,
                                          precision=self.precision, threshold=self.threshold,
-                                         output_size=self.output_size, batch_size=self.batch_size)
+                                         output_size=self.output_size, batch_size=self.batch_size,
+                                         memory_backbone=self.memory_backbone)
 
     def settings(self) -> dict:
         """What decides the scores (for a run's plan: a rerun with other settings starts afresh)."""
         return {"base": self.base, "category": self.category, "onnx": self.onnx, "revision": self.revision,
-                "precision": self.precision, "threshold": self.threshold, "output_size": self.output_size}
+                "precision": self.precision, "threshold": self.threshold, "output_size": self.output_size,
+                "memory_backbone": self.memory_backbone}

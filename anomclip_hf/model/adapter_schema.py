@@ -160,6 +160,8 @@ BASE_MODEL_SCHEMA = _object({
     "fingerprint": (False, _nullable(_string(64))),
     "random_weights": (False, _boolean),  # a pipeline-check base: its outputs are labelled PIPELINE CHECK
 })
+
+
 def _radius(value, path):
     # distances between unit vectors lie in [0, 2]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or \
@@ -176,6 +178,14 @@ CORESET_SCHEMA = _object({
     "coverage_radius": (True, _list_of(_radius, 4096, 1)),  # per memory layer, in the order of "layers"
     "reference_patch_score_bound": (False, _radius),
 })
+# A DINOv2 memory backbone (issue 25): compared with the base's by model type, sizes and fingerprint.
+MEMORY_BACKBONE_SCHEMA = _object({
+    "name_or_path": (False, _nullable(_string(MAX_PATH_LENGTH))),
+    "revision": (False, _nullable(_string())),
+    "model_type": (True, _string(64)),
+    "architecture": (True, _object({}, closed=False)),
+    "fingerprint": (True, _string(64)),
+})
 RECORD_SCHEMA = _object({
     "format_version": (True, _integer(1, FORMAT_VERSION)),
     "category": (True, _rule(_category_name_problem)),
@@ -186,7 +196,8 @@ RECORD_SCHEMA = _object({
     "base_model": (True, BASE_MODEL_SCHEMA),
     "memory": (False, _nullable(_object({"layers": (True, _list_of(_integer(0, 4096), 4096)),
                                          "tap": (True, _string(64)),
-                                         "coreset": (False, _nullable(CORESET_SCHEMA))}))),
+                                         "coreset": (False, _nullable(CORESET_SCHEMA)),
+                                         "backbone": (False, _nullable(MEMORY_BACKBONE_SCHEMA))}))),
     # = the memory bank's k (checked with the tensors); a coreset memory may come from up to MAX_REFERENCES
     "shots": (True, _integer(0, MAX_REFERENCES)),
     "seed": (False, _nullable(_integer(-(1 << 63), (1 << 64) - 1))),

@@ -38,6 +38,7 @@ from ..hub.model_card import render_category_card
 from ..hub.validation import looks_like_local_path, validate_repo_id
 from ..io.atomic_io import atomic_directory, recover_directory
 from ..io.safe_read import read_regular_file
+from ..memory.dino_settings import describe_memory_backbone
 from .adapter_schema import (  # noqa: F401 (RECORD_SCHEMA: re-exported, the schema the docs cite)
     CATEGORY_FILE,
     CORESET_FORMAT_VERSION,
@@ -85,6 +86,7 @@ class AdapterExpectations:
     num_patches: int  # (image_size / patch_size)^2
     adapter_config: Mapping  # the PEFT config the prompt vectors must have (peft_type, token_indices)
     weight_keys: tuple  # the keys of the PEFT state dict of the prompt vectors
+    memory_backbone: Optional[Mapping] = None  # the DINOv2 memory's identity (category.json memory.backbone)
 
     def tensor_shapes(self, filename: str, shots: int = 0, coreset_size: Optional[int] = None) -> dict:
         """The exact {key: shape} of a tensor file (the memory bank: of `shots` references, or a coreset of
@@ -278,6 +280,7 @@ def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> N
         found = config.get("peft_type") if isinstance(config, dict) else show_value(config)
         raise ValueError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
                          f"{len(wanted['token_indices'])} prompt tokens (found peft_type {found!r})")
+    _check_memory_backbone(contents, expected)  # before the bank: a clear "made with another memory"
     _check_memory(contents, expected)
     if contents.memory_bank is not None:  # scaled rows would make every cosine huge (score 0) or ~0 (0.5)
         check_unit_rows(contents.memory_bank, f"{source}: {MEMORY_FILE} tensor")
@@ -285,6 +288,27 @@ def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> N
         _check_tensors(contents.prototypes, expected.tensor_shapes(PROTOTYPES_FILE), PROTOTYPES_FILE, source)
         check_prototypes(contents.prototypes, f"{source}: {PROTOTYPES_FILE} tensor")
     _check_tensors(contents.weights, expected.tensor_shapes(ADAPTER_WEIGHTS), ADAPTER_WEIGHTS, source)
+
+
+def _check_memory_backbone(contents: AdapterContents, expected: AdapterExpectations) -> None:
+    """An adapter made with a DINOv2 memory loads only onto a base with the same one, and one made with the
+    CLIP memory only onto a base without; the error names both (recorded with or without a memory bank)."""
+    recorded = (contents.record.get("memory") or {}).get("backbone")
+    current = expected.memory_backbone
+    keys = ("model_type", "architecture", "fingerprint")
+    if recorded is None and current is None:
+        return
+    if recorded is not None and current is not None and all(recorded.get(k) == current.get(k) for k in keys):
+        return
+    if current is None:
+        hint = (f"load the base with --memory-backbone {recorded.get('name_or_path')} (memory_backbone="
+                f"{recorded.get('name_or_path')!r})")
+    elif recorded is None:
+        hint = "load it onto a base without a memory backbone"
+    else:
+        hint = "load the base with the memory backbone the adapter was made with"
+    raise ValueError(f"{contents.source}: adapter was made with memory backbone {describe_memory_backbone(recorded)}, "
+                     f"but this model's memory backbone is {describe_memory_backbone(current)}; {hint}")
 
 
 def _check_memory(contents: AdapterContents, expected: AdapterExpectations) -> None:

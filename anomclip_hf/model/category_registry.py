@@ -128,8 +128,7 @@ class CategoryRegistryMixin:
 
     @property
     def num_patches(self) -> int:
-        vision = self.config.clip_config.vision_config
-        return (vision.image_size // vision.patch_size) ** 2
+        return self.memory_layout().num_patches  # CLIP's patch grid, or the DINOv2 memory's
 
     def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
                      phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
@@ -239,12 +238,13 @@ class CategoryRegistryMixin:
         """What an adapter must match to load onto this base."""
         config, clip = self.config, self.config.clip_config
         adapter_config = self.prompt_tokens.adapter_config()
+        memory = self.memory_layout()
         return AdapterExpectations(
             prompt_layout={key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
-            base_identity=self.base_identity(), memory_layers=tuple(config.memory_layers),
-            memory_tap=config.memory_tap, vision_width=clip.vision_config.hidden_size,
+            base_identity=self.base_identity(), memory_layers=memory.layers,
+            memory_tap=memory.tap, vision_width=memory.width,
             projection_dim=clip.projection_dim, text_width=clip.text_config.hidden_size,
-            num_patches=(clip.vision_config.image_size // clip.vision_config.patch_size) ** 2,
+            num_patches=memory.num_patches, memory_backbone=self.memory_backbone_identity(),
             adapter_config={"peft_type": adapter_config.peft_type.value,
                             "token_indices": list(adapter_config.token_indices)},
             weight_keys=ADAPTER_WEIGHT_KEYS)
@@ -253,7 +253,7 @@ class CategoryRegistryMixin:
         """The category.json content of category `name` (default: the active one)."""
         state, config = self.get_category(name), self.config
         key = name or self._active  # its key here; state.name is what the record says (validated on write)
-        memory = {"layers": config.memory_layers, "tap": config.memory_tap}
+        memory = self._memory_record()
         if state.coreset is not None:
             memory["coreset"] = state.coreset
         return {
@@ -274,6 +274,14 @@ class CategoryRegistryMixin:
             **{key: state.metadata.get(key) for key in METADATA_KEYS},
         }
 
+    def _memory_record(self) -> dict:
+        """category.json "memory": the bank's layers and tap, and with a DINOv2 memory its identity."""
+        layout = self.memory_layout()
+        record = {"layers": list(layout.layers), "tap": layout.tap}
+        if self.has_dino_memory:
+            record["backbone"] = self.memory_backbone_identity()
+        return record
+
     def save_category(self, save_directory: str, name: Optional[str] = None) -> str:
         """Write category `name` (default: the active one) as an adapter folder, atomically; see `category_io`."""
         key = name or self._active
@@ -281,7 +289,7 @@ class CategoryRegistryMixin:
         bank = self.get_category(key).memory_bank
         return write_adapter(
             save_directory, record, self.prompt_tokens.adapter_config(), self.prompt_tokens.adapter_state_dict(key),
-            None if bank is None else dict(zip(self.config.memory_layers, bank)), self.text_prototypes(key))
+            None if bank is None else dict(zip(self.memory_layout().layers, bank)), self.text_prototypes(key))
 
     def load_category(self, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
                       revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
@@ -301,7 +309,7 @@ class CategoryRegistryMixin:
         state = CategoryState(
             name=name, class_name=record["class_name"], phrases=record["phrases"],
             learned_prompts=bool(record["learned_prompts"]),
-            memory_bank=contents.memory_layers(self.config.memory_layers), prototypes=contents.prototypes,
+            memory_bank=contents.memory_layers(self.memory_layout().layers), prototypes=contents.prototypes,
             metadata={key: record.get(key) for key in METADATA_KEYS},
             coreset=(record.get("memory") or {}).get("coreset"), shots=record["shots"]).to(self.device)
         if not state.prototypes:  # none stored: computed from the adapter's vectors now, refused if degenerate

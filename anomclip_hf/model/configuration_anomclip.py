@@ -9,6 +9,12 @@ from transformers import AutoConfig, CLIPConfig, PretrainedConfig
 
 # OpenAI CLIP's normalisation and bicubic resize: the defaults when a checkpoint has no preprocessor_config.json
 from ..io.pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ..memory.dino_settings import (
+    DEFAULT_MEMORY_IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_dino_config,
+)
 from .category import HEADS, prompt_token_names
 
 ANOMALY_TOKEN_POSITIONS = ("suffix", "before_class")
@@ -144,6 +150,13 @@ class AnomCLIPConfig(PretrainedConfig):
         base_model_name_or_path: Optional[str] = None,
         base_model_revision: Optional[str] = None,
         random_weights: bool = False,
+        memory_backbone: Optional[str] = None,
+        memory_backbone_revision: Optional[str] = None,
+        memory_backbone_config: Optional[dict] = None,
+        memory_image_size: int = DEFAULT_MEMORY_IMAGE_SIZE,
+        memory_image_mean: Optional[Sequence[float]] = None,
+        memory_image_std: Optional[Sequence[float]] = None,
+        memory_image_resample: int = BICUBIC,
         **kwargs,
     ):
         if clip_config is None:
@@ -208,7 +221,31 @@ class AnomCLIPConfig(PretrainedConfig):
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
         self.random_weights = bool(random_weights)
+        self._set_memory_backbone(memory_backbone, memory_backbone_revision, memory_backbone_config,
+                                  memory_image_size, memory_image_mean, memory_image_std, memory_image_resample)
         super().__init__(**kwargs)
+
+    def _set_memory_backbone(self, name, revision, backbone_config, image_size, mean, std, resample) -> None:
+        """The DINOv2 memory settings (all None/defaults without one), checked as the CLIP ones are."""
+        self.memory_backbone = None if name is None else str(name)
+        self.memory_backbone_revision = revision
+        if backbone_config is not None:
+            backbone_config = backbone_config if isinstance(backbone_config, dict) else backbone_config.to_dict()
+            check_dino_config(backbone_config, self.memory_backbone or "memory_backbone_config")
+        self.memory_backbone_config = backbone_config
+        self.memory_image_size = int(image_size)
+        if self.memory_image_size < 1:
+            raise ValueError(f"memory_image_size={image_size}; expected a positive size in pixels")
+        patch = (backbone_config or {}).get("patch_size")
+        if patch and self.memory_image_size % int(patch):
+            raise ValueError(f"memory_image_size={image_size} is not a multiple of the memory backbone's patch size "
+                             f"{patch}")
+        self.memory_image_mean = [float(x) for x in (IMAGENET_MEAN if mean is None else mean)]
+        self.memory_image_std = [float(x) for x in (IMAGENET_STD if std is None else std)]
+        for key, values in (("memory_image_mean", self.memory_image_mean), ("memory_image_std", self.memory_image_std)):
+            if len(values) != 3 or (key.endswith("std") and min(values) <= 0):
+                raise ValueError(f"{key}={values}; expected 3 values (R, G, B){', positive' if key.endswith('std') else ''}")
+        self.memory_image_resample = int(resample)
 
     @property
     def image_size(self) -> int:

@@ -16,13 +16,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
 from ..memory.coreset import select_coreset, take_rows
 from ..memory.rows import SpilledRows
-from .processing_anomclip import model_pixel_values
+from .processing_anomclip import model_inputs
 from .vv_attention import VisionFeatures
 
 REFERENCE_BATCH = 32
@@ -40,6 +40,11 @@ class MemoryBank:
 
 
 def _batches(references, batch_size: int):
+    if isinstance(references, Mapping):  # every tensor of the processor's output, sliced alike
+        count = int(references["pixel_values"].shape[0])
+        for start in range(0, count, batch_size):
+            yield {key: value[start: start + batch_size] for key, value in references.items()}
+        return
     if isinstance(references, torch.Tensor):
         for start in range(0, references.shape[0], batch_size):
             yield references[start: start + batch_size]
@@ -50,13 +55,18 @@ def _batches(references, batch_size: int):
 
 def encode_references(model, references, batch_size: int = REFERENCE_BATCH, spill: bool = False,
                       progress: bool = False) -> VisionFeatures:
-    """`model.encode_images` of the references (PIL images, paths, or pixel values), `batch_size` at a time.
+    """`model.encode_images` of the references (PIL images, paths, pixel values, or the processor's dict with
+    memory_pixel_values for a DINOv2 memory), `batch_size` at a time.
 
     spill: the memory features go to one `SpilledRows` per layer (k x P rows, image by image) instead of
     (k, P, W) tensors; global and patch embeddings stay in memory (training and the thresholds use them)."""
-    if not isinstance(references, torch.Tensor):
+    if isinstance(references, Mapping):  # the processor's pixel_values (+ memory_pixel_values for a DINO memory)
+        references = {key: value for key, value in references.items()
+                      if key in ("pixel_values", "memory_pixel_values")}
+    elif not isinstance(references, torch.Tensor):
         references = list(references)
-    count = int(references.shape[0]) if isinstance(references, torch.Tensor) else len(references)
+    count = (int(references["pixel_values"].shape[0]) if isinstance(references, Mapping)
+             else int(references.shape[0]) if isinstance(references, torch.Tensor) else len(references))
     if count == 0:
         raise ValueError("reference_images is empty: pass at least one normal image (or None for text-only "
                          "zero-shot scoring)")
@@ -64,8 +74,10 @@ def encode_references(model, references, batch_size: int = REFERENCE_BATCH, spil
     bar = _bar(count, progress)
     with torch.no_grad():
         for chunk in _batches(references, batch_size):
-            pixel_values = chunk if isinstance(chunk, torch.Tensor) else model_pixel_values(model.config, chunk)
-            features = model.encode_images(pixel_values.to(model.device))
+            inputs = (chunk if isinstance(chunk, Mapping) else {"pixel_values": chunk}
+                      if isinstance(chunk, torch.Tensor) else model_inputs(model.config, chunk))
+            features = model.encode_images(**{key: value.to(model.device) for key, value in inputs.items()})
+            pixel_values = inputs["pixel_values"]
             if layer_parts is None:
                 layer_parts = [SpilledRows(f.shape[-1]) if spill else [] for f in features.memory_features]
             for parts, layer in zip(layer_parts, features.memory_features):

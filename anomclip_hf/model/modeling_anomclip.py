@@ -29,6 +29,7 @@ from .configuration_anomclip import AnomCLIPConfig
 from .devices import resolve_device
 from .dtypes import resolve_compute_dtype
 from .losses import TextFeatures
+from .memory_backbone import MemoryBackboneMixin
 from .processing_anomclip import checkpoint_preprocessing
 from .prompt_learner import PromptTokenTable
 from .prompts import (
@@ -43,6 +44,7 @@ from .sanity import (
     check_temperature,
 )
 from .scoring import (
+    fuse_patch_scores,
     harmonic_fusion,
     memory_patch_scores,
     scaled_sigma,
@@ -102,7 +104,7 @@ class AnomCLIPPreTrainedModel(PreTrainedModel):
                                  else module.token_embedding.base_layer.weight)
 
 
-class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
+class AnomCLIPModel(CategoryRegistryMixin, MemoryBackboneMixin, AnomCLIPPreTrainedModel):
     """PromptAD on a frozen CLIP: dual-stream vision, learnable prompts per category, visual memory."""
 
     def __init__(self, config: AnomCLIPConfig, clip: Optional[CLIPModel] = None):
@@ -117,6 +119,7 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         # One CategoryState per loaded category: module state, so .to()/.half()/state_dict() include it.
         self.category_states = nn.ModuleDict()
         self._active: Optional[str] = None
+        self._init_memory_backbone()  # None, or the DINOv2 tower a saved base describes
         self.post_init()
         if clip is not None:  # after post_init: weight initialisation must not touch the loaded weights
             self.clip = clip
@@ -154,6 +157,8 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         # All given: nothing to look up (a base built in code, as the demo's, has a name but no files anywhere).
         given = set(PREPROCESSING_KEYS) <= set(config_kwargs)
         preprocessing = checkpoint_preprocessing(name, revision=revision) if name and not given else {}
+        memory_backbone = config_kwargs.pop("memory_backbone", None)  # loaded below, after the CLIP wrapper
+        memory_revision = config_kwargs.pop("memory_backbone_revision", None)
         # A copy: initialising the wrapper resets its sub-configs' attention settings, the CLIP's own must stay.
         config = AnomCLIPConfig(clip_config=copy.deepcopy(clip_model.config), base_model_name_or_path=name,
                                 base_model_revision=revision, text_eos_token_id=tokenizer.eos_token_id,
@@ -161,7 +166,10 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         config.prompt_token_ids = add_prompt_tokens(tokenizer, config.prompt_token_names)
         model = cls(config, clip=clip_model)
         model.tokenizer = tokenizer
-        return model.to(device).eval()
+        model.to(device)
+        if memory_backbone is not None:
+            model.attach_memory_backbone(memory_backbone, memory_revision, torch_dtype=torch_dtype)
+        return model.eval()
 
     @classmethod
     def from_base(cls, base: Union[str, os.PathLike, CLIPModel], **config_overrides) -> "AnomCLIPModel":
@@ -178,9 +186,13 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
         `torch_dtype` (or `dtype`), else float32 on the CPU and the saved dtype on `device`."""
         torch_dtype = kwargs.pop("dtype", None) if torch_dtype is None else torch_dtype
         device = resolve_device(device) if device is not None else None  # a wrong name fails before the weights load
+        memory_backbone = kwargs.pop("memory_backbone", None)  # another than the saved one: attached below
+        memory_revision = kwargs.pop("memory_backbone_revision", None)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, dtype="auto", **kwargs)
         device = device if device is not None else model.device
         model.clip.to(resolve_compute_dtype(model.clip.dtype, device, torch_dtype))
+        if model.memory_backbone is not None:
+            model.memory_backbone.to(resolve_compute_dtype(model.memory_backbone.dtype, device, torch_dtype))
         model.prompt_tokens.float()  # instantiated in the saved dtype; prompt vectors are float32
         model.to(device)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
@@ -196,6 +208,9 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
             if model.config.text_eos_token_id is None:  # a base saved before the field: the tokenizer's EOS
                 model.config.text_eos_token_id = model.tokenizer.eos_token_id
             model._check_tokenizer(model.tokenizer)
+        if memory_backbone is not None and (os.fspath(memory_backbone), memory_revision) != (
+                model.config.memory_backbone, model.config.memory_backbone_revision):
+            model.attach_memory_backbone(memory_backbone, memory_revision, torch_dtype=torch_dtype)
         return model.eval()
 
     def save_pretrained(self, save_directory, **kwargs):
@@ -252,18 +267,23 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
             if problem:
                 raise ValueError(problem)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> VisionFeatures:
+    def encode_images(self, pixel_values: torch.Tensor, memory_pixel_values: Optional[torch.Tensor] = None
+                      ) -> VisionFeatures:
         """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised, float32).
 
         The pixels are cast to the tower's dtype at its input and the features back to float32 at its output,
-        so no matmul mixes dtypes whatever the checkpoint's dtype."""
+        so no matmul mixes dtypes whatever the checkpoint's dtype. With a DINOv2 memory backbone the memory
+        features are its patch tokens of `memory_pixel_values` (required then) instead of CLIP's taps."""
         self._check_pixel_values(pixel_values)
+        if self.has_dino_memory:  # checked before either tower runs
+            self._check_memory_pixel_values(memory_pixel_values, pixel_values.shape[0])
         dtype = self.clip.visual_projection.weight.dtype
         features = dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
                                               pixel_values.to(self.device, dtype), self.config.vv_layers,
                                               self.config.memory_layers, self.config.memory_tap)
-        features = VisionFeatures(features.global_embeds.float(), features.patch_embeds.float(),
-                                  [f.float() for f in features.memory_features])
+        memory = ([self.encode_memory(memory_pixel_values)] if self.has_dino_memory
+                  else [f.float() for f in features.memory_features])
+        features = VisionFeatures(features.global_embeds.float(), features.patch_embeds.float(), memory)
         if not torch.compiler.is_exporting():
             check_finite_features([features.global_embeds, features.patch_embeds, *features.memory_features],
                                   pixel_values)
@@ -351,16 +371,19 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------- scoring
     def forward(self, pixel_values: torch.Tensor, category: Optional[str] = None, output_size=None,
-                mode: Optional[str] = None, return_dict: bool = True, **kwargs):
+                mode: Optional[str] = None, return_dict: bool = True,
+                memory_pixel_values: Optional[torch.Tensor] = None, **kwargs):
         """Score images for a category.
 
         mode: "full" (memory + text), "memory" (references only) or "text" (prompts only); default full
-        when the category has references, else text.
+        when the category has references, else text. memory_pixel_values: the images preprocessed for the
+        DINOv2 memory backbone, when the model has one (`AnomCLIPProcessor.from_model` makes both).
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         self._scoring_mode(self.get_category(category), mode)  # fail before the vision tower runs
-        output = self.score_features(self.encode_images(pixel_values), category, output_size, mode)
+        output = self.score_features(self.encode_images(pixel_values, memory_pixel_values), category, output_size,
+                                     mode)
         return output if return_dict else output.to_tuple()
 
     def _scoring_mode(self, state: CategoryState, mode: Optional[str], memory_bank=None) -> str:
@@ -391,17 +414,19 @@ class AnomCLIPModel(CategoryRegistryMixin, AnomCLIPPreTrainedModel):
             text_patch = text_anomaly_probability(features.patch_embeds.float(), prototypes["pixel"], self.temperature)
         if mode in ("full", "memory"):
             # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
-            visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank),
-                                               search=self.config.memory_search)
+            if self.has_dino_memory:  # AnomalyDINO's 1 - cos and top-1 % mean (memory_backbone.py)
+                visual_patch, visual_image = self.dino_memory_terms(features.memory_features, list(memory_bank))
+            else:
+                visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank),
+                                                   search=self.config.memory_search)
+                visual_image = upsampled_peak(visual_patch, self.config.scoring_size)
         if not torch.compiler.is_exporting():  # NaN would fuse to 0: "normal" for every image, silently
             check_finite_scores(state.name, text_image=text_image, text_patch=text_patch, visual_patch=visual_patch)
         if mode == "full":
-            patch_scores = harmonic_fusion(text_patch, visual_patch)
-            visual_peak = upsampled_peak(visual_patch, self.config.scoring_size)
-            image_scores = harmonic_fusion(visual_peak, text_image)
+            patch_scores = fuse_patch_scores(text_patch, visual_patch)
+            image_scores = harmonic_fusion(visual_image, text_image)
         elif mode == "memory":
-            patch_scores = visual_patch
-            image_scores = upsampled_peak(visual_patch, self.config.scoring_size)
+            patch_scores, image_scores = visual_patch, visual_image
         else:
             patch_scores, image_scores = text_patch, text_image
         sigma = scaled_sigma(self.config.gaussian_sigma, self.config.sigma_reference_size, output_size)

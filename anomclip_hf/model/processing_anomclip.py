@@ -17,6 +17,7 @@ from ..io.pixel_arrays import (  # noqa: F401
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ImageInput,
+    as_pil,
     pixel_array,
 )
 from .configuration_anomclip import AnomCLIPConfig
@@ -43,6 +44,24 @@ def model_pixel_values(config: AnomCLIPConfig, images: Sequence[ImageInput]) -> 
     """The model's own preprocessing (add_category with images, thresholds, training, scoring of files): its
     image size and its checkpoint's mean, std and resampling, the values `AnomCLIPProcessor.from_model` uses."""
     return preprocess_images(images, config.image_size, config.image_mean, config.image_std, config.image_resample)
+
+
+def memory_pixel_values(config: AnomCLIPConfig, images: Sequence[ImageInput]) -> torch.Tensor:
+    """The DINOv2 memory backbone's preprocessing of the same images: the whole image resized to
+    `memory_image_size` (as the CLIP side, so both maps cover the same pixels), its mean/std/resampling."""
+    return preprocess_images(images, config.memory_image_size, config.memory_image_mean, config.memory_image_std,
+                             config.memory_image_resample)
+
+
+def model_inputs(config: AnomCLIPConfig, images: Sequence[ImageInput]) -> dict:
+    """{"pixel_values"} (and "memory_pixel_values" when the model has a DINOv2 memory): the model's arguments
+    for these images, what `AnomCLIPProcessor.from_model(model)(images=...)` returns."""
+    if config.memory_backbone_config is not None:
+        images = [as_pil(item) for item in images]  # decoded once for both towers
+    inputs = {"pixel_values": model_pixel_values(config, images)}
+    if config.memory_backbone_config is not None:
+        inputs["memory_pixel_values"] = memory_pixel_values(config, images)
+    return inputs
 
 
 def checkpoint_preprocessing(name_or_path: str, **hub_kwargs) -> dict:
@@ -83,17 +102,24 @@ class AnomCLIPProcessor:
 
     def __init__(self, tokenizer: Optional[CLIPTokenizer] = None, image_size: int = 224,
                  image_mean: Sequence[float] = OPENAI_CLIP_MEAN, image_std: Sequence[float] = OPENAI_CLIP_STD,
-                 image_resample: int = BICUBIC):
+                 image_resample: int = BICUBIC, memory: Optional[dict] = None):
+        """memory: {image_size, image_mean, image_std, image_resample} of a DINOv2 memory backbone, whose
+        inputs `memory_pixel_values` then come with every `pixel_values`; None without one."""
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.image_mean = tuple(float(x) for x in image_mean)
         self.image_std = tuple(float(x) for x in image_std)
         self.image_resample = int(image_resample)
+        self.memory = None if memory is None else {
+            "image_size": int(memory["image_size"]), "image_mean": [float(x) for x in memory["image_mean"]],
+            "image_std": [float(x) for x in memory["image_std"]], "image_resample": int(memory["image_resample"])}
 
     @classmethod
     def from_config(cls, config: AnomCLIPConfig, tokenizer: Optional[CLIPTokenizer] = None) -> "AnomCLIPProcessor":
         """The preprocessing an AnomCLIP config records (image size, its checkpoint's mean/std/resampling)."""
-        return cls(tokenizer, config.image_size, config.image_mean, config.image_std, config.image_resample)
+        memory = None if config.memory_backbone_config is None else {
+            key: getattr(config, f"memory_{key}") for key in ("image_size", "image_mean", "image_std", "image_resample")}
+        return cls(tokenizer, config.image_size, config.image_mean, config.image_std, config.image_resample, memory)
 
     @classmethod
     def from_clip(cls, name_or_path: str, **kwargs) -> "AnomCLIPProcessor":
@@ -134,7 +160,8 @@ class AnomCLIPProcessor:
             self.tokenizer.save_pretrained(save_directory)
         with open(os.path.join(save_directory, PROCESSOR_CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump({"image_size": self.image_size, "image_mean": list(self.image_mean),
-                       "image_std": list(self.image_std), "image_resample": self.image_resample}, handle, indent=2)
+                       "image_std": list(self.image_std), "image_resample": self.image_resample,
+                       **({"memory": self.memory} if self.memory else {})}, handle, indent=2)
 
     def __call__(self, images=None, masks=None, text=None, return_tensors: str = "pt", **tokenizer_kwargs) -> dict:
         if return_tensors != "pt":
@@ -143,6 +170,10 @@ class AnomCLIPProcessor:
         if images is not None:
             out["pixel_values"] = preprocess_images(_as_list(images), self.image_size, self.image_mean,
                                                     self.image_std, self.image_resample)
+            if self.memory:
+                out["memory_pixel_values"] = preprocess_images(_as_list(images), self.memory["image_size"],
+                                                               self.memory["image_mean"], self.memory["image_std"],
+                                                               self.memory["image_resample"])
         if masks is not None:
             out["masks"] = preprocess_masks(_as_list(masks), self.image_size)
         if text is not None:

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..memory.dino import dino_patch_distances
 from ..memory.faiss_index import faiss_nearest_similarity
 from ..memory.search import SHORTLIST_MIN_ROWS, bf16_copy, nearest_similarity
 from .precision import native_bf16
@@ -57,6 +58,17 @@ def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Se
     return torch.stack(per_layer).mean(dim=0).clamp(0.0, 1.0)
 
 
+def dino_memory_scores(features: torch.Tensor, bank: torch.Tensor, max_block_elements: int = 1 << 22,
+                       search: str = "auto") -> torch.Tensor:
+    """s_dino per patch (B, P): AnomalyDINO's cosine distance 1 - cos to the nearest DINOv2 reference patch
+    (`memory.dino.dino_patch_distances`), with the search choice of `memory_patch_scores`."""
+    rows = bank.reshape(-1, bank.shape[-1])
+    shortlist = _use_shortlist(search, rows)
+    low_bank = bf16_copy(bank).reshape(rows.shape).to(features.device) if shortlist else None
+    return dino_patch_distances(features, rows, shortlist=shortlist, low_bank=low_bank,
+                                max_block_elements=max_block_elements)
+
+
 def text_anomaly_probability(features: torch.Tensor, prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(tau * [v.n, v.a])[1] for unit features (..., D) and prototypes (2, D) = [normal, anomaly]."""
     with torch.autocast(features.device.type, enabled=False):
@@ -70,6 +82,19 @@ def harmonic_fusion(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     either is NaN (never a silent 0: an exported graph has no finiteness check to stop it)."""
     total = a + b
     return torch.where(total == 0, torch.zeros_like(total), a * b / total.clamp_min(torch.finfo(total.dtype).tiny))
+
+
+def fuse_patch_scores(text_patch: torch.Tensor, memory_patch: torch.Tensor) -> torch.Tensor:
+    """h(text, memory) per patch. On one grid (the CLIP memory) exactly harmonic_fusion; on two grids (a DINOv2
+    memory at its own resolution) on the finer one, the coarser map bilinearly resampled to it first."""
+    if text_patch.shape[-1] == memory_patch.shape[-1]:
+        return harmonic_fusion(text_patch, memory_patch)
+    side = math.isqrt(max(text_patch.shape[-1], memory_patch.shape[-1]))
+
+    def on_fine_grid(scores: torch.Tensor) -> torch.Tensor:
+        return scores if scores.shape[-1] == side * side else upsample_patch_map(scores, side).flatten(1)
+
+    return harmonic_fusion(on_fine_grid(text_patch), on_fine_grid(memory_patch))
 
 
 def _square_grid(patch_scores: torch.Tensor) -> torch.Tensor:

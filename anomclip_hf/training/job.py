@@ -108,7 +108,7 @@ def train_category(
     accelerator = _job_accelerator(config, output_dir, device, precision)
     model.to(accelerator.device)
     if not isinstance(images[0], str):  # a few references, decoded: one batch, as before streaming existed
-        images = AnomCLIPProcessor.from_model(model)(images=images)["pixel_values"]
+        images = AnomCLIPProcessor.from_model(model)(images=images)  # pixel_values (+ memory_pixel_values)
     # One float32 forward of the k shots serves the memory bank and the training features alike (the
     # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
     vision = encode_references(model, images, spill=spill, progress=config.progress_bar is not False and shots > 64)
