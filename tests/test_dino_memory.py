@@ -280,3 +280,25 @@ def test_saved_base_keeps_its_memory_backbone(dino_category, tmp_path):
     # --memory-backbone on a base without one attaches it
     plain = AnomCLIPModel.from_base(tmp_path / "base", memory_backbone=str(GOLDEN / "tiny_dinov2_reg"))
     assert plain.config.memory_backbone_config["model_type"] == "dinov2_with_registers"
+
+
+def test_onnx_export_holds_both_towers_and_matches_pytorch(dino_category, tmp_path):
+    from anomclip_hf.export import OnnxAnomalyDetector, export_onnx
+
+    exported = export_onnx(dino_category, str(tmp_path / "widget.onnx"), output_size=64)
+    assert exported.check["max_abs_score_diff"] < 1e-4
+    detector = OnnxAnomalyDetector(exported.path)
+    paths = golden_paths(TEST_NAMES)
+    inputs = detector.preprocess(paths)
+    assert set(inputs) == {"pixel_values", "memory_pixel_values"}
+    assert inputs["memory_pixel_values"].shape[-1] == dino_category.config.memory_image_size
+    expected_inputs = model_inputs(dino_category.config, paths)
+    for name, values in inputs.items():  # the torch-free preprocessing is the model's own
+        np.testing.assert_allclose(values, expected_inputs[name].numpy(), atol=1e-6)
+    with torch.no_grad():
+        expected = dino_category(**expected_inputs, output_size=64)
+    result = detector.predict(paths)
+    np.testing.assert_allclose(result.image_scores, expected.image_scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(result.anomaly_maps, expected.anomaly_maps.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="memory_pixel_values is missing"):
+        detector.run(inputs["pixel_values"])

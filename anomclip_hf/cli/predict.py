@@ -138,7 +138,7 @@ def _load(args, spec, sharded: bool = False):
 
         device = str(launch_state().device)  # each process of the launch on its own device
     else:
-        device = resolve_device(args.device)
+        device = str(resolve_device(args.device))
     predictor = PredictorSpec(**{**spec.__dict__, "device": device}).build()
     state = predictor.model.get_category(predictor.category)
     if args.threshold is None and state.metadata.get("decision_threshold") is None:

@@ -57,7 +57,7 @@ def run(args) -> int:
     check_base(args.base)
     from ..serving.server import ServerOptions, serve
 
-    options = ServerOptions(host=args.host, port=args.port, device=resolve_device(args.device),
+    options = ServerOptions(host=args.host, port=args.port, device=str(resolve_device(args.device)),
                             max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, max_mb=args.max_mb,
                             max_queue=args.max_queue, workers=args.workers)
     print(f"serving {len(args.category)} categor{'y' if len(args.category) == 1 else 'ies'} on "

@@ -23,6 +23,8 @@ from ..io.pixel_arrays import RESAMPLE_NAMES
 from .extras import import_extra
 from .sidecar import (
     INPUT_NAME,
+    INPUT_NAMES,
+    MEMORY_INPUT_NAME,
     OUTPUT_NAMES,
     SIDECAR_FORMAT,
     SIDECAR_VERSION,
@@ -40,15 +42,28 @@ class OnnxExportError(ValueError):
 
 
 class CategoryScorer(nn.Module):
-    """The model's forward for one category, as the graph's function: pixel_values -> (image_scores, maps)."""
+    """The model's forward for one category, as the graph's function: pixel_values (and, with a DINOv2 memory,
+    memory_pixel_values: both towers in one graph) -> (image_scores, maps)."""
 
     def __init__(self, model, category: str, output_size: int):
         super().__init__()
         self.model, self.category, self.output_size = model, category, output_size
 
-    def forward(self, pixel_values: torch.Tensor):
-        out = self.model(pixel_values, category=self.category, output_size=self.output_size)
+    def forward(self, pixel_values: torch.Tensor, memory_pixel_values: Optional[torch.Tensor] = None):
+        extra = {} if memory_pixel_values is None else {"memory_pixel_values": memory_pixel_values}
+        out = self.model(pixel_values, category=self.category, output_size=self.output_size, **extra)
         return out.image_scores, out.anomaly_maps
+
+
+def _example_inputs(model) -> tuple:
+    """Seeded random inputs of the graph: (pixel_values,) or (pixel_values, memory_pixel_values)."""
+    generator = torch.Generator().manual_seed(CHECK_SEED)
+    size = model.config.image_size
+    inputs = [torch.randn(EXAMPLE_BATCH, 3, size, size, generator=generator)]
+    if getattr(model, "has_dino_memory", False):
+        side = model.config.memory_image_size
+        inputs.append(torch.randn(EXAMPLE_BATCH, 3, side, side, generator=generator))
+    return tuple(tensor.to(model.device) for tensor in inputs)
 
 
 @dataclass
@@ -91,14 +106,27 @@ def _session(path: str):
     return import_extra("onnxruntime").InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
-def _compare(session, scorer: CategoryScorer, pixel_values: torch.Tensor) -> dict:
-    """Max |ONNX Runtime - PyTorch| of scores and maps on `pixel_values` (float32 reference)."""
+def _compare(session, scorer: CategoryScorer, inputs: tuple) -> dict:
+    """Max |ONNX Runtime - PyTorch| of scores and maps on the example inputs (float32 reference)."""
     with torch.no_grad():
-        scores, maps = (t.float().cpu().numpy() for t in scorer(pixel_values))
-    got_scores, got_maps = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values.float().cpu().numpy()})
-    return {"images": int(pixel_values.shape[0]), "seed": CHECK_SEED,
+        scores, maps = (t.float().cpu().numpy() for t in scorer(*inputs))
+    feeds = {name: tensor.float().cpu().numpy() for name, tensor in zip(INPUT_NAMES, inputs)}
+    got_scores, got_maps = session.run(list(OUTPUT_NAMES), feeds)
+    return {"images": int(inputs[0].shape[0]), "seed": CHECK_SEED,
             "max_abs_score_diff": float(np.abs(got_scores - scores).max()),
             "max_abs_map_diff": float(np.abs(got_maps - maps).max())}
+
+
+def _memory_preprocessing(model) -> dict:
+    """The second input of a graph with a DINOv2 memory: its shape and preprocessing (none otherwise)."""
+    if not getattr(model, "has_dino_memory", False):
+        return {}
+    config, side = model.config, model.config.memory_image_size
+    return {"memory_inputs": {MEMORY_INPUT_NAME: ["batch", 3, side, side]},
+            "memory_preprocessing": {"image_size": side, "mean": list(config.memory_image_mean),
+                                     "std": list(config.memory_image_std),
+                                     "resample": RESAMPLE_NAMES[config.memory_image_resample], "color": "RGB",
+                                     "scale": 1 / 255, "layout": "NCHW"}}
 
 
 def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precision: str, check: dict) -> dict:
@@ -112,6 +140,7 @@ def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precisi
                           "std": list(model.config.image_std),
                           "resample": RESAMPLE_NAMES[model.config.image_resample], "color": "RGB", "scale": 1 / 255,
                           "layout": "NCHW"},
+        **_memory_preprocessing(model),
         "output_size": output_size,
         "decision_threshold": record["decision_threshold"],
         "pixel_threshold": record["pixel_threshold"],
@@ -140,19 +169,18 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
     reference = CategoryScorer(model, state.name, output_size).eval()
     traced_model = copy.deepcopy(model).half() if fp16 else model
     scorer = CategoryScorer(traced_model, state.name, output_size).eval()
-    size = model.config.image_size
-    pixel_values = torch.randn(EXAMPLE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(CHECK_SEED))
-    pixel_values = pixel_values.to(model.device)
+    inputs = _example_inputs(model)
     with torch.no_grad():
         # Fill the caches (text prototypes, upsampling matrices) with real tensors before tracing reads them.
-        reference(pixel_values)
+        reference(*inputs)
         if scorer.model is not model:
-            scorer(pixel_values)
-        program = torch.export.export(scorer, (pixel_values,), dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                      strict=False)
+            scorer(*inputs)
+        batch = torch.export.Dim("batch")
+        program = torch.export.export(scorer, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs), strict=False)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     float_path = path + ".float.onnx" if quantize else path
-    torch.onnx.export(program, (pixel_values,), float_path, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+    torch.onnx.export(program, inputs, float_path, input_names=list(INPUT_NAMES[:len(inputs)]),
+                      output_names=list(OUTPUT_NAMES),
                       opset_version=int(opset), dynamo=True, external_data=False, verbose=False)
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -162,7 +190,7 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
         finally:
             os.remove(float_path)
     import_extra("onnx").checker.check_model(path, full_check=True)
-    check = _compare(_session(path), reference, pixel_values)
+    check = _compare(_session(path), reference, inputs)
     precision = "float16" if fp16 else (quantize or "float32")
     write_json(sidecar_path(path), _sidecar(model, state, path, int(opset), output_size, precision, check))
     return OnnxExport(path=path, sidecar=sidecar_path(path), seconds=time.perf_counter() - began, check=check)

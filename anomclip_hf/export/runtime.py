@@ -22,7 +22,7 @@ from ..io.pixel_arrays import (
 )
 from ..model.decisions import check_threshold, decision
 from .extras import import_extra
-from .sidecar import INPUT_NAME, OUTPUT_NAMES, read_sidecar
+from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, read_sidecar
 
 if TYPE_CHECKING:
     from ..io.batches import ScoredBatch
@@ -51,14 +51,10 @@ class OnnxAnomalyDetector:
             raise FileNotFoundError(f"ONNX model not found: {path}")
         self.path = path
         self.settings = read_sidecar(path)
-        preprocessing = self.settings["preprocessing"]
-        filters = {name: value for value, name in RESAMPLE_NAMES.items()}
-        if preprocessing["resample"] not in filters:
-            raise ValueError(f"{path}: resample {preprocessing['resample']!r} is not a PIL filter "
-                             f"(expected one of {sorted(filters)})")
-        self.resample = filters[preprocessing["resample"]]
-        self.image_size = int(preprocessing["image_size"])
-        self.mean, self.std = tuple(preprocessing["mean"]), tuple(preprocessing["std"])
+        self.image_size, self.mean, self.std, self.resample = _preprocessing(path, self.settings["preprocessing"])
+        # With a DINOv2 memory the graph has a second input: the same images, its preprocessing.
+        memory = self.settings.get("memory_preprocessing")
+        self.memory_preprocessing = None if memory is None else _preprocessing(path, memory)
         self.threshold = self.settings.get("decision_threshold") if threshold is None else check_threshold(threshold)
         self.pixel_threshold = self.settings.get("pixel_threshold")
         self.category = self.settings.get("category", {}).get("category")
@@ -67,24 +63,27 @@ class OnnxAnomalyDetector:
         self.session = onnxruntime.InferenceSession(path, sess_options=session_options,
                                                     providers=list(providers or ["CPUExecutionProvider"]))
 
-    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """(B, 3, S, S) float32 pixel values, as `AnomCLIPProcessor` makes them."""
-        return pixel_array(images, self.image_size, self.mean, self.std, self.resample)
+    def preprocess(self, images: Sequence[ImageInput]):
+        """(B, 3, S, S) float32 pixel values, as `AnomCLIPProcessor` makes them; with a DINOv2 memory a dict of
+        pixel_values and memory_pixel_values (the same images, the memory tower's preprocessing)."""
+        pixel_values = pixel_array(images, self.image_size, self.mean, self.std, self.resample)
+        if self.memory_preprocessing is None:
+            return pixel_values
+        return {INPUT_NAME: pixel_values, MEMORY_INPUT_NAME: pixel_array(images, *self.memory_preprocessing)}
 
-    def run(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(image scores (B,), anomaly maps (B, H, W)) of preprocessed pixel values."""
-        pixel_values = np.asarray(pixel_values, dtype=np.float32)
-        expected = (3, self.image_size, self.image_size)
-        if pixel_values.ndim != 4 or pixel_values.shape[1:] != expected:
-            raise ValueError(f"pixel_values has shape {pixel_values.shape}; expected (batch, {expected[0]}, "
-                             f"{expected[1]}, {expected[2]})")
-        if not np.isfinite(pixel_values).all():
-            raise ValueError(f"pixel_values contains {int((~np.isfinite(pixel_values)).sum())} NaN or infinite values")
-        largest = float(np.abs(pixel_values).max()) if pixel_values.size else 0.0
-        problem = pixel_range_problem(largest, self.mean, self.std)
-        if problem:  # the graph has no such check: far out of range, it returns finite nonsense
-            raise ValueError(problem)
-        scores, maps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixel_values})
+    def run(self, pixel_values) -> tuple[np.ndarray, np.ndarray]:
+        """(image scores (B,), anomaly maps (B, H, W)) of preprocessed pixel values (for a graph with a DINOv2
+        memory: the dict `preprocess` returns)."""
+        given = dict(pixel_values) if isinstance(pixel_values, dict) else {INPUT_NAME: pixel_values}
+        feeds = {INPUT_NAME: _checked_input(given.get(INPUT_NAME), INPUT_NAME, self.image_size, self.mean, self.std)}
+        if self.memory_preprocessing is not None:
+            size, mean, std, _ = self.memory_preprocessing
+            feeds[MEMORY_INPUT_NAME] = _checked_input(given.get(MEMORY_INPUT_NAME), MEMORY_INPUT_NAME, size, mean, std)
+            if feeds[MEMORY_INPUT_NAME].shape[0] != feeds[INPUT_NAME].shape[0]:
+                raise ValueError(f"{MEMORY_INPUT_NAME} holds {feeds[MEMORY_INPUT_NAME].shape[0]} images but "
+                                 f"{INPUT_NAME} {feeds[INPUT_NAME].shape[0]}")
+        pixel_values = feeds[INPUT_NAME]
+        scores, maps = self.session.run(list(OUTPUT_NAMES), feeds)
         bad = ~(np.isfinite(scores) & np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1))
         if bad.any():  # the graph cannot check (data-dependent), so its outputs are checked here
             raise ValueError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "
@@ -117,3 +116,29 @@ class OnnxAnomalyDetector:
 
         return scored_batches(images, lambda decoded: self.run(self.preprocess(decoded)), batch_size=batch_size,
                               progress=progress, skip_unreadable=skip_unreadable)
+
+
+def _preprocessing(path: str, settings: dict) -> tuple:
+    """(image_size, mean, std, PIL resample filter) of a sidecar's preprocessing block."""
+    filters = {name: value for value, name in RESAMPLE_NAMES.items()}
+    if settings["resample"] not in filters:
+        raise ValueError(f"{path}: resample {settings['resample']!r} is not a PIL filter "
+                         f"(expected one of {sorted(filters)})")
+    return int(settings["image_size"]), tuple(settings["mean"]), tuple(settings["std"]), filters[settings["resample"]]
+
+
+def _checked_input(values, name: str, size: int, mean, std) -> np.ndarray:
+    """One input of the graph as float32, refused (naming it) when missing, misshapen, non-finite or far out of
+    the preprocessed range: the graph cannot check, and would return finite nonsense."""
+    if values is None:
+        raise ValueError(f"{name} is missing: this exported model takes {INPUT_NAME} and {MEMORY_INPUT_NAME} "
+                         "(preprocess() makes both)")
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 4 or values.shape[1:] != (3, size, size):
+        raise ValueError(f"{name} has shape {values.shape}; expected (batch, 3, {size}, {size})")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} contains {int((~np.isfinite(values)).sum())} NaN or infinite values")
+    problem = pixel_range_problem(float(np.abs(values).max()) if values.size else 0.0, mean, std)
+    if problem:
+        raise ValueError(problem)
+    return values

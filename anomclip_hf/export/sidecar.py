@@ -13,6 +13,8 @@ import os
 SIDECAR_FORMAT = "anomclip-onnx"
 SIDECAR_VERSION = 1
 INPUT_NAME = "pixel_values"
+MEMORY_INPUT_NAME = "memory_pixel_values"  # the second input of a graph with a DINOv2 memory
+INPUT_NAMES = (INPUT_NAME, MEMORY_INPUT_NAME)
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
 
 

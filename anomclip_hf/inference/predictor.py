@@ -174,7 +174,8 @@ class Predictor:
 
         return cls(batches, category=detector.category, threshold=detector.threshold,
                    pixel_threshold=detector.pixel_threshold, note=detector.note, batch_size=batch_size,
-                   engine="onnx", model=detector, score_pixels=lambda pixels: detector.run(np.asarray(pixels)))
+                   engine="onnx", model=detector,
+                   score_pixels=lambda pixels: detector.run(pixels if isinstance(pixels, dict) else np.asarray(pixels)))
 
     # ------------------------------------------------------------------ scoring
     def outcome(self, score: float, threshold: Optional[float] = None) -> dict:
