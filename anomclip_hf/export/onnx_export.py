@@ -71,6 +71,10 @@ def _check_options(model, category: Optional[str], opset: int, output_size: Opti
     import_extra("onnxruntime")  # the check after the export
 
     state = model.get_category(category)
+    if getattr(model, "has_dino_memory", False):  # the graph's single pixel_values input is the CLIP tower's
+        raise OnnxExportError(f"the model's visual memory is the DINOv2 model {model.config.memory_backbone!r}: "
+                              "ONNX export of a DINOv2 memory is not supported yet (export a base without "
+                              "--memory-backbone, or score with the PyTorch model)")
     if state.memory_bank is None:
         raise OnnxExportError(f"category {state.name!r} has no memory bank (it was added without reference images); "
                               "an exported graph scores against one: add the category with reference_images=...")
