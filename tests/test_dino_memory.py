@@ -301,3 +301,15 @@ def test_cli_fit_predict_evaluate_with_a_memory_backbone(tiny_model, tmp_path, c
                  "--output", str(tmp_path / "eval"),
                  "--no-progress"]) == 0
     assert "Scoring: DINOv2 memory alone" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_pipeline_scores_with_the_dino_memory(dino_category, tmp_path):
+    from transformers import pipeline
+
+    dino_category.save_pretrained(tmp_path / "base")
+    dino_category.save_category(tmp_path / "widget")
+    detector = pipeline("image-anomaly-detection", model=str(tmp_path / "base"), category=str(tmp_path / "widget"))
+    results = detector(golden_paths(TEST_NAMES), batch_size=2)
+    with torch.no_grad():
+        expected = dino_category(**model_inputs(dino_category.config, golden_paths(TEST_NAMES)))
+    assert [r["score"] for r in results] == pytest.approx(expected.image_scores.tolist(), abs=1e-6)
