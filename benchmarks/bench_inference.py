@@ -71,10 +71,21 @@ def main() -> None:
     parser.add_argument("--low", default="bf16", choices=["bf16", "fp16", "none"],
                         help="the low precision compared with float32 (none: float32 only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dino", nargs="*", default=[], choices=["small", "base"],
+                        help="also time the fused DINOv2 memory (random dinov2-small/-base shapes) against CLIP-only")
+    parser.add_argument("--dino-only", action="store_true", help="only the --dino comparison")
     args = parser.parse_args()
     apply_threads(args)
 
     model = paper_model().to(args.device)
+    if args.dino:
+        from _dino_latency import dino_latency
+
+        medians, dino_lines = dino_latency(model, args.dino, min(args.batches), args.references[0], args.repeats,
+                                           args.device)
+        if args.dino_only:
+            report(args, {"dino_memory_s": medians}, dino_lines)
+            return
     references = reference_features(model, max(args.references), args.device)
     for k in args.references:
         model.add_category(f"k{k}", reference_images=first(references, k))
@@ -168,6 +179,9 @@ def main() -> None:
     lines.append("memory search of one image (225 patches, 2 layers): "
                  + "; ".join(f"k = {k}: exact {v['exact'] * 1e3:.1f} ms, bf16 shortlist {v['shortlist'] * 1e3:.1f} ms "
                              f"(max difference {v['max_difference']:.1e})" for k, v in search.items()))
+    if args.dino:
+        results["dino_memory_s"] = medians
+        lines += dino_lines
     report(args, results, lines)
 
 

@@ -302,3 +302,45 @@ def test_onnx_export_holds_both_towers_and_matches_pytorch(dino_category, tmp_pa
     np.testing.assert_allclose(result.anomaly_maps, expected.anomaly_maps.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="memory_pixel_values is missing"):
         detector.run(inputs["pixel_values"])
+
+
+# ------------------------------------------------------------------------------------------- command line
+def test_cli_fit_predict_evaluate_with_a_memory_backbone(tiny_model, tmp_path, capsys):
+    from anomclip_hf.cli import main
+    from anomclip_hf.data.synthetic_trees import generate_mvtec_tree
+
+    tiny_model.save_pretrained(tmp_path / "base")
+    root = tmp_path / "data"
+    generate_mvtec_tree(str(root), categories=["widget"], n_train=3, n_test_good=2, n_test_defect=1,
+                        image_size=64, seed=1)
+    backbone = str(GOLDEN / "tiny_dinov2")
+    assert main(["fit", "--base", str(tmp_path / "base"), "--memory-backbone", backbone, "--references",
+                 str(root / "widget" / "train" / "good"), "--category", "widget", "--output", str(tmp_path / "fit"),
+                 "--epochs", "1", "--quiet"]) == 0  # memory_image_size 448 (the default)
+    record = json.loads((tmp_path / "fit" / "adapter" / "category.json").read_text())
+    assert record["memory"]["backbone"]["model_type"] == "dinov2"
+    assert main(["predict", "--base", str(tmp_path / "base"), "--memory-backbone", backbone, "--category",
+                 str(tmp_path / "fit" / "adapter"), "--images", str(root / "widget" / "test"), "--output",
+                 str(tmp_path / "predict"), "--quiet"]) == 0
+    assert (tmp_path / "predict" / "scores.csv").read_text().count("\n") == 1 + 2 + 3
+    capsys.readouterr()
+    assert main(["predict", "--base", str(tmp_path / "base"), "--category", str(tmp_path / "fit" / "adapter"),
+                 "--images", str(root / "widget" / "test"), "--output", str(tmp_path / "p2"), "--quiet"]) != 0
+    assert f"--memory-backbone {backbone}" in capsys.readouterr().err  # the same adapter on the base alone
+    assert main(["evaluate", "--base", str(tmp_path / "base"), "--memory-backbone", backbone, "--mode", "memory",
+                 "--no-train", "--dataset", "mvtec", "--data-root", str(root), "--shots", "1", "--seeds", "0",
+                 "--output", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    assert "Scoring: DINOv2 memory alone" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_pipeline_scores_with_the_dino_memory(dino_category, tmp_path):
+    from transformers import pipeline
+
+    dino_category.save_pretrained(tmp_path / "base")
+    dino_category.save_category(tmp_path / "widget")
+    detector = pipeline("image-anomaly-detection", model=str(tmp_path / "base"), category=str(tmp_path / "widget"))
+    results = detector(golden_paths(TEST_NAMES), batch_size=2)
+    with torch.no_grad():
+        expected = dino_category(**model_inputs(dino_category.config, golden_paths(TEST_NAMES)))
+    assert [r["score"] for r in results] == pytest.approx(expected.image_scores.tolist(), abs=1e-6)

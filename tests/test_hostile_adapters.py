@@ -951,3 +951,67 @@ def test_accelerate_launch_reports_a_corrupt_image_and_scores_the_rest(scale_wor
         errors = {row["path"]: row["error"] for row in csv.DictReader(handle)}
     assert set(errors) == {str(scale_workspace.broken), str(scale_workspace.images / "notes.txt")}
     assert "cannot read image file" in errors[str(scale_workspace.broken)]
+
+
+# --- issue 25: DINO memory ---
+_DINO_GOLDEN = Path(__file__).parent / "golden" / "dino"
+
+
+def _dino(tiny_clip, variant: str = "tiny_dinov2") -> AnomCLIPModel:
+    return AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False),
+                                   memory_backbone=str(_DINO_GOLDEN / variant), memory_image_size=112)
+
+
+@pytest.fixture(scope="module")
+def dino_adapter(tiny_clip, tmp_path_factory) -> Path:
+    model = _dino(tiny_clip)
+    model.add_category("widget", reference_images=[str(_DINO_GOLDEN / "images" / f"train_{i}.png") for i in range(2)])
+    return Path(model.save_category(tmp_path_factory.mktemp("dino") / "widget"))
+
+
+def test_dino_adapter_refuses_a_base_without_a_memory_backbone(tiny_clip, dino_adapter):
+    model = _fresh(tiny_clip)
+    with pytest.raises(ValueError, match=r"made with memory backbone '.*tiny_dinov2' \(dinov2.*this model's memory "
+                                         r"backbone is none.*--memory-backbone .*tiny_dinov2"):
+        model.load_category(dino_adapter)
+    assert model.categories == []
+
+
+def test_dino_adapter_refuses_another_memory_backbone(tiny_clip, dino_adapter):
+    model = _dino(tiny_clip, "tiny_dinov2_reg")
+    with pytest.raises(ValueError, match=r"made with memory backbone '.*tiny_dinov2' \(dinov2,.*this model's memory "
+                                         r"backbone is '.*tiny_dinov2_reg' \(dinov2_with_registers"):
+        model.load_category(dino_adapter)
+    assert model.categories == []
+
+
+def test_clip_memory_adapter_refuses_a_dino_base(tiny_clip, good_adapter):
+    model = _dino(tiny_clip)
+    with pytest.raises(ValueError, match=r"made with memory backbone none \(the CLIP memory\), but this model's memory "
+                                         r"backbone is '.*tiny_dinov2'"):
+        model.load_category(good_adapter)
+    assert model.categories == []
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 24), (2, 49, 16)], ids=["width", "patch-grid"])
+def test_dino_bank_of_another_width_or_grid_is_refused(tiny_clip, dino_adapter, tmp_path, shape):
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "widget"
+    shutil.copytree(dino_adapter, broken)
+    save_file({"layer_1": torch.zeros(shape)}, str(broken / "memory_bank.safetensors"))
+    model = _dino(tiny_clip)
+    with pytest.raises(ValueError, match=r"memory_bank.safetensors tensor 'layer_1' has shape .*expected \(2, 64, 16\)"):
+        model.load_category(broken)
+    assert model.categories == []
+
+
+def test_a_memory_backbone_that_is_not_dinov2_is_refused_by_name(tiny_clip, tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=28, patch_size=14)).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"memory backbone .*vit: config.json has model_type 'vit'; the memory "
+                                         r"backbone must be a DINOv2 model"):
+        AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False),
+                                memory_backbone=str(tmp_path / "vit"))

@@ -64,7 +64,10 @@ def dino_memory_scores(features: torch.Tensor, bank: torch.Tensor, max_block_ele
     (`memory.dino.dino_patch_distances`), with the search choice of `memory_patch_scores`."""
     rows = bank.reshape(-1, bank.shape[-1])
     shortlist = _use_shortlist(search, rows)
-    low_bank = bf16_copy(bank).reshape(rows.shape).to(features.device) if shortlist else None
+    low_bank = None
+    if shortlist:  # a bank made inside inference_mode (leave-one-out subsets) has no version to cache by
+        low_bank = rows.to(torch.bfloat16) if bank.is_inference() else bf16_copy(bank).reshape(rows.shape)
+        low_bank = low_bank.to(features.device)
     return dino_patch_distances(features, rows, shortlist=shortlist, low_bank=low_bank,
                                 max_block_elements=max_block_elements)
 
