@@ -115,26 +115,13 @@ def train_category(
     state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
                                learned_prompts=True, seed=config.prompt_seed, memory_size=memory_size,
                                coreset_ratio=coreset_ratio)
-    features = ShotFeatures.from_vision(vision)
-    try:
-        _init_trackers(accelerator, config, job)
-        result = fit_prompts(model, category, features, config, accelerator, checkpoint_dir=checkpoint_dir,
-                             resume_from=resume_from, callbacks=callbacks,
-                             fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
-                             description=f"{dataset}/{category} {shots}-shot seed {seed}", precision=precision)
-    finally:
-        # Not accelerator.end_training(): it also destroys the process group the other jobs still need.
-        for tracker in accelerator.trackers:
-            tracker.finish()
+    result = _fit_tracked(model, category, ShotFeatures.from_vision(vision), config, accelerator, job,
+                          checkpoint_dir=checkpoint_dir, resume_from=resume_from, callbacks=callbacks,
+                          fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
+                          description=f"{dataset}/{category} {shots}-shot seed {seed}", precision=precision)
 
-    training = {
-        "config": config.to_dict(), "preset": config.preset, "schedule": config.schedule,
-        "epochs": result.epochs, "stage_epochs": _stage_epochs(config),
-        "final_losses": result.final_losses(), "wall_time_s": round(result.wall_time_s, 3),
-        "dataset": dataset, "shot_seed": int(seed), "prompt_seed": config.prompt_seed,
-        "precision": precision.precision, "precision_reason": precision.reason, "resumed_from": result.resumed_from,
-    }
-    state.metadata.update(seed=config.prompt_seed, reference_files=reference_files, training=training)
+    state.metadata.update(seed=config.prompt_seed, reference_files=reference_files,
+                          training=_training_record(config, result, dataset, seed, precision))
     thresholds = try_estimate_thresholds(model, vision, category)
     summary = {**job, "status": "trained", "class_name": state.class_name, "job_dir": output_dir,
                "adapter_dir": adapter_dir, "reference_files": reference_files, "prompt_seed": config.prompt_seed,
@@ -152,6 +139,28 @@ def train_category(
     if push_to_hub is not None:
         summary.update(push_job_adapter(output_dir, adapter_dir, hub_repo_id, push_to_hub))
     return summary
+
+
+def _fit_tracked(model, category, features, config, accelerator, job, **fit_options):
+    """`fit_prompts` with the job's trackers started, and finished whatever happens."""
+    try:
+        _init_trackers(accelerator, config, job)
+        return fit_prompts(model, category, features, config, accelerator, **fit_options)
+    finally:
+        # Not accelerator.end_training(): it also destroys the process group the other jobs still need.
+        for tracker in accelerator.trackers:
+            tracker.finish()
+
+
+def _training_record(config: TrainingConfig, result, dataset: str, seed: int, precision) -> dict:
+    """category.json "training": how the prompts were trained."""
+    return {
+        "config": config.to_dict(), "preset": config.preset, "schedule": config.schedule,
+        "epochs": result.epochs, "stage_epochs": _stage_epochs(config),
+        "final_losses": result.final_losses(), "wall_time_s": round(result.wall_time_s, 3),
+        "dataset": dataset, "shot_seed": int(seed), "prompt_seed": config.prompt_seed,
+        "precision": precision.precision, "precision_reason": precision.reason, "resumed_from": result.resumed_from,
+    }
 
 
 def run_settings(config: TrainingConfig, dataset: str, category: str, shots: int, seed: int) -> dict:
