@@ -44,7 +44,7 @@ from _common import (
 )
 from PIL import Image
 
-from anomclip_hf.model.modeling_anomclip import HEADS
+from anomclip_hf.model.category import HEADS
 from anomclip_hf.model.precision import resolve_precision
 from anomclip_hf.model.processing_anomclip import AnomCLIPProcessor
 from anomclip_hf.model.text_encoding import (

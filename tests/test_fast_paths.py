@@ -17,7 +17,7 @@ from anomclip_hf.memory.search import bf16_product_error_bound
 from anomclip_hf.metrics import PixelMetricAccumulator, _curves
 from anomclip_hf.metrics._regions import region_sizes
 from anomclip_hf.model import scoring
-from anomclip_hf.model.modeling_anomclip import HEADS
+from anomclip_hf.model.category import HEADS
 from anomclip_hf.model.processing_anomclip import preprocess_images
 from anomclip_hf.model.scoring import (
     gaussian_blur,
@@ -258,7 +258,7 @@ def test_prefix_tree_merges_shared_prefixes():
 
 
 def _head_features_and_gradients(model, share_prefixes, monkeypatch):
-    import anomclip_hf.model.modeling_anomclip as modeling
+    import anomclip_hf.model.prompt_text as modeling  # where the model encodes its prompts
 
     def encode(*args):
         return encode_text_embeddings(*args, share_prefixes=share_prefixes)

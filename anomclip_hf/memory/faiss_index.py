@@ -8,10 +8,10 @@ copy is.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
+
+from .bank_cache import per_bank
 
 _INDEXES: dict = {}  # id(bank) -> (weak reference to the bank, its version, the faiss index)
 
@@ -27,18 +27,15 @@ def faiss_module():
 
 
 def exact_index(bank: torch.Tensor):
-    """faiss.IndexFlatIP holding the bank's rows (R, W), cached per bank tensor."""
-    key = id(bank)
-    cached = _INDEXES.get(key)
-    if cached is not None and cached[0]() is bank and cached[1] == bank._version:
-        return cached[2]
-    if cached is None:
-        weakref.finalize(bank, _INDEXES.pop, key, None)
+    """faiss.IndexFlatIP holding the bank's rows (R, W), built once per bank tensor (`bank_cache.per_bank`)."""
+    return per_bank(_INDEXES, bank, _build_index)
+
+
+def _build_index(bank: torch.Tensor):
     faiss = faiss_module()
     rows = np.ascontiguousarray(bank.detach().reshape(-1, bank.shape[-1]).float().cpu().numpy())
     index = faiss.IndexFlatIP(rows.shape[1])
     index.add(rows)
-    _INDEXES[key] = (weakref.ref(bank), bank._version, index)
     return index
 
 

@@ -14,10 +14,11 @@ Inputs are unit vectors (queries (N, W), bank (M, W)); callers turn similarities
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Iterator, Optional
 
 import torch
+
+from .bank_cache import per_bank
 
 # The approximate search pays off once the bank is large: below this many rows per layer (about 16 reference
 # images of 225 patches) the exact product is cheap and `search="auto"` keeps it.
@@ -56,24 +57,12 @@ def exact_nearest(flat: torch.Tensor, bank: torch.Tensor, max_block_elements: in
 
 
 # id(bank) -> (weak reference to the bank, its version, its bf16 copy); an entry leaves with its bank.
-_BF16_BANKS: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+_BF16_BANKS: dict = {}  # id(bank) -> (weak reference to the bank, its version, its bf16 copy)
 
 
 def bf16_copy(bank: torch.Tensor) -> torch.Tensor:
-    """The bank in bfloat16, remembered while the bank lives unchanged (a memory bank is module state that
-    serves many forwards; converting it each time would cost a good part of the search it speeds up). Kept
-    beside the tensor, not on it, so nothing extra is pickled with the model."""
-    if bank.is_inference():  # made under inference_mode (a leave-one-out bank): no version to key a cache on
-        return bank.detach().to(torch.bfloat16)
-    key = id(bank)
-    cached = _BF16_BANKS.get(key)
-    if cached is not None and cached[0]() is bank and cached[1] == bank._version:
-        return cached[2]
-    if cached is None:
-        weakref.finalize(bank, _BF16_BANKS.pop, key, None)
-    low = bank.detach().to(torch.bfloat16)
-    _BF16_BANKS[key] = (weakref.ref(bank), bank._version, low)
-    return low
+    """The bank in bfloat16 (for `shortlisted_nearest`), built once per bank (`per_bank`)."""
+    return per_bank(_BF16_BANKS, bank, lambda rows: rows.detach().to(torch.bfloat16))
 
 
 @contextlib.contextmanager
