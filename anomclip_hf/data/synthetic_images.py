@@ -129,3 +129,73 @@ def _draw_defect(defect, rng, clean, background, radius, centre):
         return (u / a) ** 2 + (v / b) ** 2 <= 1, _BLOB_COLOURS[rng.choice(farthest)]
     half_h, half_w = rng.uniform(0.05, 0.1, 2) * size
     return (np.abs(yy - cy) <= half_h) & (np.abs(xx - cx) <= half_w), None
+
+
+# ------------------------------------------------------------------------------------------- high resolution
+SMALL_DEFECT_TYPES = ("spot", "scratch")
+HIGHRES_SIZE = 1024
+SMALL_DEFECT_SIZE = (4, 12)  # pixels, inclusive: a defect's diameter (spot) or length (scratch)
+
+
+def render_highres_sample(category: str, image_id: str, size: int = HIGHRES_SIZE, defect_count: int = 1,
+                          defect_size: Tuple[int, int] = SMALL_DEFECT_SIZE, seed: int = 0) -> SyntheticSample:
+    """A large image (the same textured part as `render_normal`) with `defect_count` small defects of
+    `defect_size` = (smallest, largest) pixels each: dark or coloured spots and thin scratches, which
+    resizing the whole image to a tower's 224-240 px shrinks below one pixel. `defect_count` 0: a normal image
+    (mask all zero)."""
+    low, high = (int(defect_size[0]), int(defect_size[1]))
+    if not 1 <= low <= high:
+        raise ValueError(f"defect_size={defect_size!r}; expected (smallest, largest) pixels with 1 <= smallest <= largest")
+    if defect_count < 0:
+        raise ValueError(f"defect_count={defect_count}; expected >= 0")
+    clean, _, radius, centre = _render_layers(category, image_id, size, seed)
+    image, labels = clean.copy(), np.zeros(clean.shape[:2], dtype=np.uint8)
+    rng = rng_for(seed, category, image_id, "small defects")
+    for number in range(1, defect_count + 1):
+        for _ in range(20):
+            region, colour = _small_defect(rng, clean, radius, centre, low, high)
+            candidate = image.copy()
+            candidate[region] = colour
+            if (_change(candidate, clean) >= MIN_CHANGE)[region].sum() >= min(_MIN_DEFECT_PIXELS, region.sum()):
+                break
+        image = candidate
+        labels[region] = number
+    change = _change(image, clean)
+    image[(change > 0) & (change < MIN_CHANGE)] = clean[(change > 0) & (change < MIN_CHANGE)]
+    labels[change < MIN_CHANGE] = 0
+    return SyntheticSample(image=image, clean=clean, mask=labels)
+
+
+def _small_defect(rng, clean, radius, centre, low, high):
+    """(boolean region, colour) of one small defect on the part: a spot of diameter d or a scratch of length d."""
+    size = clean.shape[0]
+    angle, spot = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.8 * radius)
+    cy, cx = centre[0] + spot * np.sin(angle), centre[1] + spot * np.cos(angle)
+    extent = rng.integers(low, high + 1)
+    window = int(extent) + 3  # only a small window around the defect is computed
+    top, left = int(max(0, cy - window)), int(max(0, cx - window))
+    yy, xx = np.mgrid[top: min(size, int(cy + window) + 1), left: min(size, int(cx + window) + 1)].astype(float)
+    if SMALL_DEFECT_TYPES[rng.integers(2)] == "spot":
+        local = np.hypot(yy - cy, xx - cx) <= extent / 2
+    else:
+        direction = rng.uniform(0, np.pi)
+        dy, dx = np.sin(direction), np.cos(direction)
+        along = np.clip((yy - cy) * dy + (xx - cx) * dx, -extent / 2, extent / 2)
+        local = np.hypot(yy - (cy + along * dy), xx - (cx + along * dx)) <= rng.uniform(0.6, 1.2)
+    region = np.zeros(clean.shape[:2], dtype=bool)
+    region[top: top + local.shape[0], left: left + local.shape[1]] = local
+    here = clean[int(np.clip(cy, 0, size - 1)), int(np.clip(cx, 0, size - 1))].astype(float)
+    colours = np.vstack([_BLOB_COLOURS, [[15, 15, 15]]])
+    return region, colours[int(np.argmax(np.abs(colours - here).max(axis=1)))]
+
+
+def render_texture(image_id: str, size: int = HIGHRES_SIZE, seed: int = 0, period: float = 9.0) -> np.ndarray:
+    """A uniform, defect-free woven texture (H, W, 3) uint8: the same weave everywhere (its phase and noise
+    differ per image), for checking that tiling adds nothing of its own (seams) to a flawless surface."""
+    own = rng_for(seed, "texture", image_id)
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    phase = own.uniform(0, 2 * np.pi, 2)
+    weave = np.sin(2 * np.pi * xx / period + phase[0]) * np.sin(2 * np.pi * yy / period + phase[1])
+    base = np.array([150.0, 140.0, 120.0])
+    image = base + 25 * weave[..., None] + own.normal(0, 3, (size, size, 3))
+    return _to_uint8(image)

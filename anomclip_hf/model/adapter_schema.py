@@ -18,8 +18,10 @@ from .prompts import phrase_problem
 
 # 1: the exact memory bank (k, patches, width) per layer (0.1 and every adapter without a coreset, so older
 #    anomclip-hf keeps reading them); 2: adds "memory.coreset", a coreset bank (M, width) per layer (issue 23).
-FORMAT_VERSION = 2
+#    3: adds "tiling" (the tiles fit used; an older anomclip-hf would score such an adapter untiled, wrongly).
+FORMAT_VERSION = 3
 CORESET_FORMAT_VERSION = 2
+TILING_FORMAT_VERSION = 3
 CATEGORY_FILE = "category.json"
 
 MAX_TEXT_LENGTH = 256  # class name, base model name, ...
@@ -186,6 +188,31 @@ MEMORY_BACKBONE_SCHEMA = _object({
     "architecture": (True, _object({}, closed=False)),
     "fingerprint": (True, _string(64)),
 })
+def _tile(value, path):
+    if value == "auto":
+        return
+    _integer(1, 1 << 20)(value, path)
+
+
+def _overlap(value, path):
+    if isinstance(value, float) and math.isfinite(value) and 0 <= value < 1:
+        return
+    try:
+        _integer(0, 1 << 20)(value, path)
+    except _Invalid:
+        raise _Invalid(path, "pixels (an integer >= 0) or a fraction from 0 to below 1", value) from None
+
+
+# Tiled scoring at native resolution (`io.tiling`): what fit used, so predict tiles alike.
+TILING_SCHEMA = _object({
+    "tile": (True, _tile),  # as asked: pixels or "auto"
+    "overlap": (True, _overlap),  # as asked: pixels or a fraction
+    "tile_pixels": (True, _integer(1, 1 << 20)),  # the tile fit used on its references
+    "stride": (True, _integer(1, 1 << 20)),
+    "reference_size": (True, _list_of(_integer(1, 1 << 20), 2, 2)),  # [height, width]
+    "tiles_per_reference": (True, _integer(1, 1 << 30)),
+    "references": (True, _integer(1, MAX_REFERENCES)),
+})
 RECORD_SCHEMA = _object({
     "format_version": (True, _integer(1, FORMAT_VERSION)),
     "category": (True, _rule(_category_name_problem)),
@@ -207,6 +234,7 @@ RECORD_SCHEMA = _object({
     "decision_threshold": (False, _nullable(_threshold)),
     "pixel_threshold": (False, _nullable(_threshold)),
     "threshold_estimate": (False, _nullable(_free_json())),
+    "tiling": (False, _nullable(TILING_SCHEMA)),
 })
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers.utils import logging
 
 from ..memory.policy import default_rule_text, memory_rows
-from .adapter_schema import CORESET_FORMAT_VERSION
+from .adapter_schema import CORESET_FORMAT_VERSION, TILING_FORMAT_VERSION
 from .category import (
     HEADS,
     MAX_SHOTS,
@@ -256,8 +256,10 @@ class CategoryRegistryMixin:
         memory = self._memory_record()
         if state.coreset is not None:
             memory["coreset"] = state.coreset
-        return {
-            "format_version": EXACT_FORMAT_VERSION if state.coreset is None else CORESET_FORMAT_VERSION,
+        version = EXACT_FORMAT_VERSION if state.coreset is None else CORESET_FORMAT_VERSION
+        tiling = state.metadata.get("tiling")
+        record = {
+            "format_version": version if tiling is None else TILING_FORMAT_VERSION,
             "category": state.name,
             "class_name": state.class_name,
             "phrases": state.phrases,
@@ -271,8 +273,11 @@ class CategoryRegistryMixin:
             "base_model": self.base_identity(),
             "memory": memory,
             "shots": state.shots,
-            **{key: state.metadata.get(key) for key in METADATA_KEYS},
+            **{key: state.metadata.get(key) for key in METADATA_KEYS if key != "tiling"},
         }
+        if tiling is not None:  # only then: an untiled adapter stays readable by older anomclip-hf
+            record["tiling"] = tiling
+        return record
 
     def _memory_record(self) -> dict:
         """category.json "memory": the bank's layers and tap, and with a DINOv2 memory its identity."""
