@@ -10,7 +10,8 @@ Defects are drawn onto the object:
     blob     a saturated coloured ellipse
     missing  a patch where the object is replaced by the background behind it
 `render_sample` returns the defect image, the same image without defects, and a mask that is
-nonzero exactly where the two differ. Every changed pixel changes by at least MIN_CHANGE in some
+nonzero exactly where the two differ. `render_highres_sample` does the same for large images of a surface
+filling the frame with small defects (a few pixels: what resizing to a tower's input removes). Every changed pixel changes by at least MIN_CHANGE in some
 channel (smaller changes are reverted), so defects are always visible and masks are exact.
 """
 
@@ -137,23 +138,41 @@ HIGHRES_SIZE = 1024
 SMALL_DEFECT_SIZE = (4, 12)  # pixels, inclusive: a defect's diameter (spot) or length (scratch)
 
 
+def render_surface(category: str, image_id: str, size: int = HIGHRES_SIZE, seed: int = 0) -> np.ndarray:
+    """A defect-free (H, W, 3) uint8 surface filling the frame, as a sheet or a web under a line camera: the
+    category fixes its colour and weave (period, depth, streaks); each image gets its own phase, gain, shading
+    and pixel noise. Uniform: the same texture everywhere, so any structure in a map of it is the method's."""
+    style = rng_for(seed, category, "surface style")
+    base = style.uniform(110, 190, 3)
+    period = style.uniform(14, 22, 2)
+    depth = style.uniform(14, 24)
+    streaks = np.convolve(style.normal(0, 5, size + 40), np.ones(9) / 9, mode="same")
+    own = rng_for(seed, category, image_id, "surface jitter")
+    phase, shift = own.uniform(0, 2 * np.pi, 2), int(own.integers(0, 40))
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    weave = np.sin(2 * np.pi * xx / period[0] + phase[0]) * np.sin(2 * np.pi * yy / period[1] + phase[1])
+    shading = own.uniform(0.95, 1.05) + own.uniform(-0.03, 0.03) * (yy / size - 0.5)
+    image = (base * shading[..., None] + depth * weave[..., None] + streaks[shift: shift + size][None, :, None]
+             + own.normal(0, 2.0, (size, size, 3)))
+    return _to_uint8(image)
+
+
 def render_highres_sample(category: str, image_id: str, size: int = HIGHRES_SIZE, defect_count: int = 1,
                           defect_size: Tuple[int, int] = SMALL_DEFECT_SIZE, seed: int = 0) -> SyntheticSample:
-    """A large image (the same textured part as `render_normal`) with `defect_count` small defects of
-    `defect_size` = (smallest, largest) pixels each: dark or coloured spots and thin scratches, which
-    resizing the whole image to a tower's 224-240 px shrinks below one pixel. `defect_count` 0: a normal image
-    (mask all zero)."""
+    """A large surface (`render_surface`) with `defect_count` small defects of `defect_size` = (smallest,
+    largest) pixels each: dark or coloured spots and thin scratches, which resizing the whole image to a tower's
+    224-240 px shrinks below one pixel. `defect_count` 0: a normal image (mask all zero)."""
     low, high = (int(defect_size[0]), int(defect_size[1]))
     if not 1 <= low <= high:
         raise ValueError(f"defect_size={defect_size!r}; expected (smallest, largest) pixels with 1 <= smallest <= largest")
     if defect_count < 0:
         raise ValueError(f"defect_count={defect_count}; expected >= 0")
-    clean, _, radius, centre = _render_layers(category, image_id, size, seed)
+    clean = render_surface(category, image_id, size, seed)
     image, labels = clean.copy(), np.zeros(clean.shape[:2], dtype=np.uint8)
     rng = rng_for(seed, category, image_id, "small defects")
     for number in range(1, defect_count + 1):
         for _ in range(20):
-            region, colour = _small_defect(rng, clean, radius, centre, low, high)
+            region, colour = _small_defect(rng, clean, low, high)
             candidate = image.copy()
             candidate[region] = colour
             if (_change(candidate, clean) >= MIN_CHANGE)[region].sum() >= min(_MIN_DEFECT_PIXELS, region.sum()):
@@ -166,11 +185,11 @@ def render_highres_sample(category: str, image_id: str, size: int = HIGHRES_SIZE
     return SyntheticSample(image=image, clean=clean, mask=labels)
 
 
-def _small_defect(rng, clean, radius, centre, low, high):
-    """(boolean region, colour) of one small defect on the part: a spot of diameter d or a scratch of length d."""
+def _small_defect(rng, clean, low, high):
+    """(boolean region, colour) of one small defect: a spot of diameter d or a scratch of length d, d in
+    [low, high] pixels, away from the border."""
     size = clean.shape[0]
-    angle, spot = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.8 * radius)
-    cy, cx = centre[0] + spot * np.sin(angle), centre[1] + spot * np.cos(angle)
+    cy, cx = rng.uniform(0.05 * size, 0.95 * size, 2)
     extent = rng.integers(low, high + 1)
     window = int(extent) + 3  # only a small window around the defect is computed
     top, left = int(max(0, cy - window)), int(max(0, cx - window))
@@ -187,15 +206,3 @@ def _small_defect(rng, clean, radius, centre, low, high):
     here = clean[int(np.clip(cy, 0, size - 1)), int(np.clip(cx, 0, size - 1))].astype(float)
     colours = np.vstack([_BLOB_COLOURS, [[15, 15, 15]]])
     return region, colours[int(np.argmax(np.abs(colours - here).max(axis=1)))]
-
-
-def render_texture(image_id: str, size: int = HIGHRES_SIZE, seed: int = 0, period: float = 9.0) -> np.ndarray:
-    """A uniform, defect-free woven texture (H, W, 3) uint8: the same weave everywhere (its phase and noise
-    differ per image), for checking that tiling adds nothing of its own (seams) to a flawless surface."""
-    own = rng_for(seed, "texture", image_id)
-    yy, xx = np.mgrid[0:size, 0:size].astype(float)
-    phase = own.uniform(0, 2 * np.pi, 2)
-    weave = np.sin(2 * np.pi * xx / period + phase[0]) * np.sin(2 * np.pi * yy / period + phase[1])
-    base = np.array([150.0, 140.0, 120.0])
-    image = base + 25 * weave[..., None] + own.normal(0, 3, (size, size, 3))
-    return _to_uint8(image)

@@ -1,6 +1,8 @@
 """The JSON written beside an exported .onnx: what a caller needs besides the graph (torch-free).
 
     model.onnx        pixel_values (B, 3, S, S) float32 -> image_scores (B,), anomaly_maps (B, H, W)
+    tiled category:   pixel_values (T, 3, S, S) of T tiles -> patch_scores (T, P), memory_patch_scores (T, P),
+                      text_image_scores (T,); the sidecar's "tiling" says how to cut and stitch
     model.onnx.json   preprocessing (size, mean, std, resample), output size, decision and pixel thresholds,
                       the category record (as its category.json) and the base model's identity
 """
@@ -16,6 +18,8 @@ INPUT_NAME = "pixel_values"
 MEMORY_INPUT_NAME = "memory_pixel_values"  # the second input of a graph with a DINOv2 memory
 INPUT_NAMES = (INPUT_NAME, MEMORY_INPUT_NAME)
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
+# A tiled category's graph scores a batch of tiles; the runtime stitches them (`io.tiling`).
+TILE_OUTPUT_NAMES = ("patch_scores", "memory_patch_scores", "text_image_scores")
 
 
 def sidecar_path(onnx_path: str) -> str:

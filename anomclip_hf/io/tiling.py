@@ -369,6 +369,35 @@ def stitch_image(grid: TileGrid, patch_scores: np.ndarray, memory_patch_scores: 
     return StitchedImage(score, anomaly_map, peak, text)
 
 
+def whole_image(height: int, width: int, patch_scores: np.ndarray, memory_patch_scores: Optional[np.ndarray],
+                text_image_scores: Optional[np.ndarray], sigma: float, scoring_size: int) -> StitchedImage:
+    """An image the grid leaves whole (one tile: the image resized to the tower), as the untiled model scores it:
+    the map at the image's size, the memory peak at `scoring_size` (`model.scoring.upsampled_peak`)."""
+    side = int(round(math.sqrt(np.asarray(patch_scores).size)))
+    cells = np.asarray(patch_scores, dtype=np.float32).reshape(side, side)
+    anomaly_map = (_resize_operator(side, int(height), float(sigma)) @ cells
+                   @ _resize_operator(side, int(width), float(sigma)).T)
+    peak = None
+    if memory_patch_scores is not None:
+        memory = np.asarray(memory_patch_scores, dtype=np.float32).reshape(side, side)
+        operator = _resize_operator(side, int(scoring_size), 0.0)
+        peak = float((operator @ memory @ operator.T).max())
+    text = None if text_image_scores is None else float(np.max(text_image_scores))
+    if peak is not None and text is not None:
+        score = float(harmonic_fusion(peak, text))
+    else:
+        score = peak if peak is not None else text
+    return StitchedImage(score, anomaly_map, peak, text)
+
+
+@functools.lru_cache(maxsize=16)
+def _resize_operator(in_size: int, out_size: int, sigma: float) -> np.ndarray:
+    matrix = _bilinear_matrix(in_size, out_size)
+    if sigma > 0:
+        matrix = _blur_matrix(out_size, sigma) @ matrix
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
 def check_same_size(sizes: Sequence[tuple[int, int]], names: Sequence[str]) -> tuple[int, int]:
     """The one (height, width) of a tiled reference set; TilingError naming two files of different sizes."""
     first = tuple(sizes[0])

@@ -29,10 +29,12 @@ from ..io.tiling import (
     stitch_image,
     tile_crops,
     tile_sigma,
+    whole_image,
 )
 from ..memory.rows import SpilledRows
 from .memory_bank import REFERENCE_BATCH
 from .processing_anomclip import model_pixel_values
+from .scoring import scaled_sigma
 from .thresholds import DEFAULT_MARGIN, ThresholdEstimate, record_thresholds, threshold_estimate
 from .vv_attention import VisionFeatures
 
@@ -157,12 +159,12 @@ def score_tiled_image(model, image: ImageInput, spec: TilingSpec, category: Opti
 def _whole_image(model, array, category, mode, memory_bank) -> StitchedImage:
     pixel_values = model_pixel_values(model.config, [array]).to(model.device)
     height, width = array.shape[:2]
+    config = model.config
     with torch.inference_mode():
-        features = model.encode_images(pixel_values)
-        out = model.score_features(features, category, output_size=(height, width), mode=mode,
-                                   memory_bank=memory_bank)
-    text = None if out.text_image_scores is None else float(out.text_image_scores[0])
-    return StitchedImage(float(out.image_scores[0]), out.anomaly_maps[0].float().cpu().numpy(), None, text)
+        terms = model.patch_terms(model.encode_images(pixel_values), category, mode, memory_bank)
+    return whole_image(height, width, _numpy(terms.patch_scores), _numpy(terms.visual_patch),
+                       _numpy(terms.text_image), scaled_sigma(config.gaussian_sigma, config.sigma_reference_size,
+                                                               (height, width)), config.scoring_size)
 
 
 def score_tiled(model, images: Sequence[ImageInput], spec: TilingSpec, category: Optional[str] = None,
