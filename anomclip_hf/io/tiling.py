@@ -322,6 +322,11 @@ def tile_sigma(gaussian_sigma: float, sigma_reference_size: int, grid: TileGrid)
     return max(float(gaussian_sigma), 0.0) * grid.tile / sigma_reference_size
 
 
+def whole_image_sigma(gaussian_sigma: float, sigma_reference_size: int, height: int, width: int) -> float:
+    """The blur of an untiled map of height x width pixels (`model.scoring.scaled_sigma`)."""
+    return float(gaussian_sigma) * max(int(height), int(width)) / sigma_reference_size
+
+
 def stitched_map(patch_grid: np.ndarray, grid: TileGrid, sigma: float = 0.0) -> np.ndarray:
     """(H, W) float32 map of a stitched patch grid: bilinear upsampling to pixels, Gaussian blur of `sigma`
     pixels (both as `model.scoring.smooth_upsample`), cropped to the image."""

@@ -30,11 +30,11 @@ from ..io.tiling import (
     tile_crops,
     tile_sigma,
     whole_image,
+    whole_image_sigma,
 )
 from ..memory.rows import SpilledRows
 from .memory_bank import REFERENCE_BATCH
 from .processing_anomclip import model_pixel_values
-from .scoring import scaled_sigma
 from .thresholds import DEFAULT_MARGIN, ThresholdEstimate, record_thresholds, threshold_estimate
 from .vv_attention import VisionFeatures
 
@@ -163,8 +163,9 @@ def _whole_image(model, array, category, mode, memory_bank) -> StitchedImage:
     with torch.inference_mode():
         terms = model.patch_terms(model.encode_images(pixel_values), category, mode, memory_bank)
     return whole_image(height, width, _numpy(terms.patch_scores), _numpy(terms.visual_patch),
-                       _numpy(terms.text_image), scaled_sigma(config.gaussian_sigma, config.sigma_reference_size,
-                                                               (height, width)), config.scoring_size)
+                       _numpy(terms.text_image), whole_image_sigma(config.gaussian_sigma,
+                                                                   config.sigma_reference_size, height, width),
+                       config.scoring_size)
 
 
 def score_tiled(model, images: Sequence[ImageInput], spec: TilingSpec, category: Optional[str] = None,
