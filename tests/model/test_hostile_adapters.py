@@ -954,7 +954,7 @@ def test_accelerate_launch_reports_a_corrupt_image_and_scores_the_rest(scale_wor
 
 
 # --- issue 25: DINO memory ---
-_DINO_GOLDEN = Path(__file__).parent / "golden" / "dino"
+_DINO_GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "dino"
 
 
 def _dino(tiny_clip, variant: str = "tiny_dinov2") -> AnomCLIPModel:

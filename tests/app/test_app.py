@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import perturb_norms, tiny_clip_config
+from tiny_models import perturb_norms, tiny_clip_config
 from PIL import Image
 from transformers import CLIPModel
 

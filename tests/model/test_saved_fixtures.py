@@ -15,7 +15,7 @@ from PIL import Image
 import anomclip_hf
 from anomclip_hf import AnomCLIPModel, AnomCLIPProcessor
 
-SAVED = sorted((Path(__file__).resolve().parent / "fixtures").glob("saved_by_*"))
+SAVED = sorted((Path(__file__).resolve().parents[1] / "fixtures").glob("saved_by_*"))
 
 
 @pytest.mark.parametrize("folder", SAVED, ids=[path.name for path in SAVED])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from conftest import perturb_norms
+from tiny_models import perturb_norms
 from transformers import CLIPConfig, CLIPModel
 
 from anomclip_hf.model.processing_anomclip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD

@@ -15,7 +15,7 @@ from anomclip_hf import AnomCLIPModel
 from anomclip_hf.data import generate_mvtec_tree
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "train.py"
 
 

@@ -14,10 +14,10 @@ import os
 
 import numpy as np
 import pytest
-import test_golden_parity as golden_parity
 import torch
 import torch.nn.functional as F
 from golden_setup import HEAD_SETTINGS, golden_model
+from module_loading import load_test_module
 from PIL import Image
 from transformers import AutoImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -58,6 +58,8 @@ TEXTS = ["a photo of a bottle.", "damaged metal nut with scratch.", "printed cir
 TINY_CFG = {"embed_dim": 32,
             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 16, "patch_size": 8},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
+
+golden_parity = load_test_module("model/test_golden_parity.py")  # its checks run on the converted model too
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_train_script_has_the_flag():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "training" / "train.py"
+    path = Path(__file__).resolve().parents[2] / "training" / "train.py"
     spec = importlib.util.spec_from_file_location("train_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,7 +1,7 @@
 """Class names, manual phrases and the semantic-concatenation prompt layout."""
 
 import pytest
-from conftest import tiny_clip_config
+from tiny_models import tiny_clip_config
 
 from anomclip_hf import AnomCLIPConfig
 from anomclip_hf.model.prompts import (

@@ -253,7 +253,7 @@ def test_coreset_adapter_saves_loads_and_scores_the_same(coreset_model, tiny_cli
 def test_adapters_saved_by_0_1_load_unchanged_and_resave_as_format_1(tmp_path):
     from anomclip_hf import AnomCLIPModel
 
-    fixtures = Path(__file__).parent / "fixtures" / "saved_by_0.1.0"
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "saved_by_0.1.0"
     model = AnomCLIPModel.from_pretrained(str(fixtures / "base"))
     expected = json.loads((fixtures / "scores.json").read_text())
     for name in ("widget", "trained"):

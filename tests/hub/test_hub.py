@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import perturb_norms, tiny_clip_config
+from tiny_models import perturb_norms, tiny_clip_config
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
@@ -174,8 +174,8 @@ def test_offline_loads_from_the_cache_and_fails_clearly_without_it(fake_hub, tra
 
 def test_offline_environment_variable_in_a_new_process(fake_hub, trained, tmp_path):
     trained.push_category_to_hub(REPO)
-    code = ("import sys; sys.path.insert(0, 'tests');"
-            "from conftest import perturb_norms, tiny_clip_config; import torch;"
+    code = ("import sys; sys.path.insert(0, 'tests/helpers');"
+            "from tiny_models import perturb_norms, tiny_clip_config; import torch;"
             "from transformers import CLIPModel; from anomclip_hf import AnomCLIPModel;"
             "from anomclip_hf.model.tokenization import build_offline_clip_tokenizer;"
             "torch.manual_seed(0); clip = perturb_norms(CLIPModel(tiny_clip_config())).eval();"
@@ -183,7 +183,7 @@ def test_offline_environment_variable_in_a_new_process(fake_hub, trained, tmp_pa
             f"print(model.load_category({REPO!r}).name)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": constants.HF_HUB_CACHE,
            "HF_ENDPOINT": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}
-    repo_root = Path(__file__).resolve().parents[1]
+    repo_root = Path(__file__).resolve().parents[2]
     run = lambda: subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True,
                                  text=True, timeout=300)
     missing = run()
@@ -386,7 +386,7 @@ def test_cli_push(fake_hub, adapter_dir, tmp_path, capsys, tiny_clip):
 def _train_script():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parents[1] / "training"
+    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parents[2] / "training"
                                                   / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-GOLDEN_DATA_DIR = Path(__file__).resolve().parent / "golden"
+GOLDEN_DATA_DIR = Path(__file__).resolve().parents[1] / "golden"
 # torchvision's ToTensor + Normalize with the OpenAI CLIP statistics, as the reference preprocessing ends
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -21,7 +21,7 @@ from anomclip_hf.data import generate_mvtec_tree
 from anomclip_hf.model.dtypes import resolve_compute_dtype
 from anomclip_hf.model.processing_anomclip import model_pixel_values
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FLAVOURS = {"openai": {}, "float16": {"dtype": torch.float16}, "sharded": {"max_shard_size": "20KB"}}
 PLAIN_PROMPTS = ["a photo of a bottle.", "damaged bottle", "x", "a much longer prompt about a hazelnut with a crack"]
 

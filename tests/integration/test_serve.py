@@ -30,7 +30,7 @@ from anomclip_hf.inference.predictor import Predictor
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("litserve")  # the serve extra (in dev)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 180  # two cold torch imports on 2 busy cores; the loop polls every 0.2 s
 
 

@@ -34,7 +34,7 @@ from anomclip_hf.model.scoring import (
 )
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
-GOLDEN = Path(__file__).parent / "golden" / "dino"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "dino"
 VARIANTS = ("tiny_dinov2", "tiny_dinov2_reg")
 TEST_NAMES = ("good", "scratch", "blob")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

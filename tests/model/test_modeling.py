@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import perturb_norms, tiny_clip_config
+from tiny_models import perturb_norms, tiny_clip_config
 from PIL import Image, ImageDraw
 from transformers import AutoConfig, AutoModel, CLIPModel
 

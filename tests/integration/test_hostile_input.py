@@ -31,7 +31,7 @@ from anomclip_hf.inference.prediction import (
 from anomclip_hf.io.image_io import ImageReadError, load_image
 from anomclip_hf.io.run_lock import LOCK_FILE, FolderInUseError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -279,7 +279,7 @@ KILL_LOOP = r'''
 import json, os, random, signal, sys, time
 import numpy as np, torch
 sys.path.insert(0, "tests")
-from conftest import perturb_norms, tiny_clip_config
+from tiny_models import perturb_norms, tiny_clip_config
 from transformers import CLIPModel
 from anomclip_hf import AnomCLIPModel, atomic_io
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer

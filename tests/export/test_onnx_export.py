@@ -28,7 +28,7 @@ from anomclip_hf.model.processing_anomclip import (
 )
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
 
 

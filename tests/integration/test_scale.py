@@ -25,8 +25,8 @@ from anomclip_hf.inference.batch_scoring import score_images
 from anomclip_hf.inference.predictor import Predictor, PredictorSpec
 from anomclip_hf.model.modeling_anomclip import AnomCLIPModel
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1] / "helpers"
 
 
 @pytest.fixture(scope="module")
