@@ -123,21 +123,31 @@ class Predictor:
     @classmethod
     def from_model(cls, model, category: Optional[str] = None, *, threshold: Optional[float] = None,
                    pixel_threshold: Optional[float] = None, precision: str = "fp32", autocast_dtype=None,
-                   output_size: Optional[int] = None, note: Optional[str] = None, batch_size: int = 16) -> "Predictor":
+                   output_size: Optional[int] = None, note: Optional[str] = None, batch_size: int = 16,
+                   tile=None, tile_overlap=None) -> "Predictor":
         """A loaded AnomCLIPModel's category (default: the active one); thresholds default to the stored ones.
-        precision: "fp32", "bf16", "fp16" or "auto" for the vision tower (`autocast_dtype`, a torch dtype, wins)."""
+        precision: "fp32", "bf16", "fp16" or "auto" for the vision tower (`autocast_dtype`, a torch dtype, wins).
+        tile, tile_overlap: may only repeat the tiling the category's fit used (it applies anyway)."""
         from ..io.labels import pipeline_check_note
+        from ..io.tiling import resolve_tiling
         from ..model.precision import resolve_precision
-        from .batch_scoring import score_images, score_pixel_values
+        from .batch_scoring import score_images, score_pixel_values, score_tiled_images
 
         state = model.get_category(category)
         low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
+        tiling = resolve_tiling(state.metadata.get("tiling"), tile, tile_overlap)
 
         def batches(images, batch_size, progress, skip_unreadable):
+            if tiling is not None:
+                return score_tiled_images(model, images, tiling, batch_size=batch_size, category=state.name,
+                                          progress=progress, skip_unreadable=skip_unreadable, autocast_dtype=low)
             return score_images(model, images, batch_size=batch_size, output_size=output_size, category=state.name,
                                 progress=progress, skip_unreadable=skip_unreadable, autocast_dtype=low)
 
         def score_pixels(pixel_values):
+            if tiling is not None:
+                raise ValueError(f"category {state.name!r} is tiled ({tiling.describe()}): it scores images, cut into "
+                                 "tiles at their own resolution, not pixel values preprocessed to the tower's size")
             return score_pixel_values(model, pixel_values, state.name, output_size, low)
 
         return cls(batches, category=state.name,
@@ -162,11 +172,14 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str, *, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
-                  batch_size: int = 16) -> "Predictor":
-        """An exported category (`anomclip export`) on ONNX Runtime: no torch needed."""
+                  batch_size: int = 16, tile=None, tile_overlap=None) -> "Predictor":
+        """An exported category (`anomclip export`) on ONNX Runtime: no torch needed. tile, tile_overlap: may
+        only repeat the tiling the export records."""
         from ..export.runtime import OnnxAnomalyDetector
+        from ..io.tiling import resolve_tiling
 
         detector = OnnxAnomalyDetector(path, threshold=threshold, providers=providers)
+        resolve_tiling(detector.tiling, tile, tile_overlap)  # a different setting is refused, naming both
 
         def batches(images, batch_size, progress, skip_unreadable):
             return detector.score_batches(images, batch_size=batch_size, progress=progress,
@@ -272,6 +285,8 @@ class PredictorSpec:
     output_size: Optional[int] = None
     batch_size: int = 16
     memory_backbone: Optional[str] = None  # a DINOv2 memory for a base saved without one
+    tile: Optional[object] = None  # --tile / --tile-overlap: may only repeat what the adapter's fit used
+    tile_overlap: Optional[object] = None
 
     def __post_init__(self):
         if self.onnx is None and not (self.base and self.category):
@@ -279,14 +294,16 @@ class PredictorSpec:
 
     def build(self) -> Predictor:
         if self.onnx is not None:
-            return Predictor.from_onnx(self.onnx, threshold=self.threshold, batch_size=self.batch_size)
+            return Predictor.from_onnx(self.onnx, threshold=self.threshold, batch_size=self.batch_size,
+                                       tile=self.tile, tile_overlap=self.tile_overlap)
         return Predictor.from_pretrained(self.base, self.category, revision=self.revision, device=self.device,
                                          precision=self.precision, threshold=self.threshold,
                                          output_size=self.output_size, batch_size=self.batch_size,
-                                         memory_backbone=self.memory_backbone)
+                                         memory_backbone=self.memory_backbone, tile=self.tile,
+                                         tile_overlap=self.tile_overlap)
 
     def settings(self) -> dict:
         """What decides the scores (for a run's plan: a rerun with other settings starts afresh)."""
         return {"base": self.base, "category": self.category, "onnx": self.onnx, "revision": self.revision,
                 "precision": self.precision, "threshold": self.threshold, "output_size": self.output_size,
-                "memory_backbone": self.memory_backbone}
+                "memory_backbone": self.memory_backbone, "tile": self.tile, "tile_overlap": self.tile_overlap}

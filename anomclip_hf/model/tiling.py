@@ -73,6 +73,12 @@ def model_tile_grid(model, spec: TilingSpec, height: int, width: int) -> Optiona
     return plan_tiles(height, width, spec, int(vision.image_size), int(vision.patch_size))
 
 
+def reference_tile_grid(model, image: ImageInput, spec: TilingSpec) -> Optional[TileGrid]:
+    """The grid of a reference set, from its first image (all must share its size)."""
+    array = image_array(image)
+    return model_tile_grid(model, spec, *array.shape[:2])
+
+
 def tile_pixel_values(model, image: np.ndarray, grid: TileGrid) -> torch.Tensor:
     """(N, 3, S, S) pixel values of an image's tiles (each crop preprocessed as a whole image would be)."""
     return model_pixel_values(model.config, list(tile_crops(image, grid)))
