@@ -10,7 +10,7 @@ from ..flags.numeric import (
     positive_int,
 )
 from ..flags.precision import add_precision_argument
-from ._common import add_command, resolve_device
+from ._common import add_command, add_tiling_arguments, resolve_device
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds
 
@@ -46,6 +46,7 @@ def add_parser(commands) -> None:
     serve.add_argument("--workers", type=positive_int, default=1, help="model worker processes (default: 1)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: a GPU if there is one)")
     add_precision_argument(serve)
+    add_tiling_arguments(serve)
     serve.set_defaults(func=run)
 
 
@@ -63,5 +64,5 @@ def run(args) -> int:
     print(f"serving {len(args.category)} categor{'y' if len(args.category) == 1 else 'ies'} on "
           f"http://{args.host}:{args.port} (POST /predict, GET /health); Ctrl+C stops", flush=True)
     serve(args.base, args.category, options, revision=args.revision, precision=args.precision,
-          threshold=args.threshold, output_size=args.output_size)
+          threshold=args.threshold, output_size=args.output_size, tile=args.tile, tile_overlap=args.tile_overlap)
     return 0

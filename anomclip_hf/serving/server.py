@@ -47,6 +47,8 @@ class ServeSpec:
     threshold: Optional[float] = None
     output_size: Optional[int] = None
     catalog: str = ""  # where the worker writes the loaded names and thresholds for the gate
+    tile: Optional[object] = None  # --tile / --tile-overlap: may only repeat what each adapter's fit used
+    tile_overlap: Optional[object] = None
 
     def load(self, device: str) -> dict:
         """{category name: Predictor}, every category in one model loaded once."""
@@ -58,7 +60,8 @@ class ServeSpec:
         for source in self.categories:
             state = model.load_category(source, revision=self.revision, activate=False)
             predictors[state.name] = Predictor.from_model(model, state.name, threshold=self.threshold,
-                                                          precision=self.precision, output_size=self.output_size)
+                                                          precision=self.precision, output_size=self.output_size,
+                                                          tile=self.tile, tile_overlap=self.tile_overlap)
         return predictors
 
 
