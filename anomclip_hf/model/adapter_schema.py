@@ -16,9 +16,11 @@ from .category import (
 )
 from .prompts import phrase_problem
 
-# 1: the exact memory bank (k, patches, width) per layer (0.1 and every adapter without a coreset, so older
-#    anomclip-hf keeps reading them); 2: adds "memory.coreset", a coreset bank (M, width) per layer (issue 23).
+# The adapter format versions, all here (a reader takes 1 to FORMAT_VERSION). 1: the exact memory bank
+# (k, patches, width) per layer, written for every adapter without a coreset so older readers keep reading them;
+# 2: adds "memory.coreset", a coreset bank (M, width) per layer.
 FORMAT_VERSION = 2
+EXACT_FORMAT_VERSION = 1
 CORESET_FORMAT_VERSION = 2
 CATEGORY_FILE = "category.json"
 

@@ -16,7 +16,8 @@ regular files inside the folder are read, each with a size limit derived from th
 category.json must match `RECORD_SCHEMA`, and every tensor its exact shape, float32 and finite values.
 
 This module reads and writes (record, tensors) and checks them against what a base model expects
-(`AdapterExpectations`); it never imports the model. The model turns the contents into a `CategoryState`.
+(`AdapterExpectations`); the functions at its end save a model's category and load one into its category bank
+(the model is passed in, never imported). Every refusal is an `AdapterError` (a ValueError).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
+from ..errors import AdapterError
 from ..hub.download import download_category
 from ..hub.model_card import render_category_card
 from ..hub.validation import looks_like_local_path, validate_repo_id
@@ -42,6 +44,7 @@ from ..memory.dino_settings import describe_memory_backbone
 from .adapter_schema import (  # noqa: F401 (RECORD_SCHEMA: re-exported, the schema the docs cite)
     CATEGORY_FILE,
     CORESET_FORMAT_VERSION,
+    EXACT_FORMAT_VERSION,
     FORMAT_VERSION,
     MAX_DEPTH,
     RECORD_SCHEMA,
@@ -52,10 +55,17 @@ from .adapter_schema import (  # noqa: F401 (RECORD_SCHEMA: re-exported, the sch
 from .category import (
     HEADS,
     MAX_SHOTS,
+    METADATA_KEYS,
     PROMPT_LAYOUT_KEYS,
+    CategoryState,
+    base_model_architecture,
+    base_model_fingerprint,
     describe_base,
     validate_category_name,
 )
+from .memory_backbone import memory_backbone_identity, memory_layout
+from .prompt_learner import ADAPTER_WEIGHT_KEYS
+from .prompt_text import checked_prototypes, head_prompts_of
 from .sanity import check_prototypes, check_unit_rows
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -383,3 +393,95 @@ def _check_tensors(tensors: dict, shapes: dict, filename: str, source: str, why:
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(f"{source}: {filename} tensor {key!r} holds {bad} NaN or infinite values; expected "
                              "finite values")
+
+
+# ------------------------------------------------------------------------------------------- a model's categories
+def base_identity(model) -> dict:
+    """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
+    config = model.config
+    identity = {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
+                "architecture": base_model_architecture(config.clip_config),
+                "fingerprint": base_model_fingerprint(model.clip, config.prompt_token_ids)}
+    if config.random_weights:  # its adapters' model cards then say PIPELINE CHECK
+        identity["random_weights"] = True
+    return identity
+
+
+def adapter_expectations(model) -> AdapterExpectations:
+    """What an adapter must match to load onto `model`'s base."""
+    config, clip = model.config, model.config.clip_config
+    adapter_config = model.category_bank.prompt_tokens.adapter_config()
+    memory = memory_layout(model)
+    return AdapterExpectations(
+        prompt_layout={key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+        base_identity=base_identity(model), memory_layers=memory.layers,
+        memory_tap=memory.tap, vision_width=memory.width,
+        projection_dim=clip.projection_dim, text_width=clip.text_config.hidden_size,
+        num_patches=memory.num_patches, memory_backbone=memory_backbone_identity(model),
+        adapter_config={"peft_type": adapter_config.peft_type.value,
+                        "token_indices": list(adapter_config.token_indices)},
+        weight_keys=ADAPTER_WEIGHT_KEYS)
+
+
+def category_record(model, name: Optional[str] = None) -> dict:
+    """The category.json content of `model`'s category `name` (default: the active one)."""
+    state, config = model.get_category(name), model.config
+    layout = memory_layout(model)
+    memory = {"layers": list(layout.layers), "tap": layout.tap}
+    if model.memory_backbone is not None:
+        memory["backbone"] = memory_backbone_identity(model)
+    if state.coreset is not None:
+        memory["coreset"] = state.coreset
+    return {
+        "format_version": EXACT_FORMAT_VERSION if state.coreset is None else CORESET_FORMAT_VERSION,
+        "category": state.name,
+        "class_name": state.class_name,
+        "phrases": state.phrases,
+        "learned_prompts": state.learned_prompts,
+        "prompt_layout": {
+            **{key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+            "prompt_token_names": config.prompt_token_names,
+            "prompt_token_ids": config.prompt_token_ids,
+            "prompts": {head: vars(head_prompts_of(config, state, head)) for head in HEADS},
+        },
+        "base_model": base_identity(model),
+        "memory": memory,
+        "shots": state.shots,
+        **{key: state.metadata.get(key) for key in METADATA_KEYS},
+    }
+
+
+def save_category(model, save_directory: str, name: Optional[str] = None) -> str:
+    """Write `model`'s category `name` (default: the active one) as an adapter folder, atomically."""
+    state = model.get_category(name)
+    bank = state.memory_bank
+    return write_adapter(
+        save_directory, category_record(model, state.name), model.category_bank.prompt_tokens.adapter_config(),
+        model.category_bank.prompt_tokens.adapter_state_dict(state.name),
+        None if bank is None else dict(zip(memory_layout(model).layers, bank)), model.text_prototypes(state.name))
+
+
+def load_category(model, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
+                  revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
+    """Read, check, then hold an adapter in `model`'s category bank; a load that fails changes nothing."""
+    if name is not None:
+        validate_category_name(name)
+    expected = adapter_expectations(model)
+    contents = read_adapter(resolve_category_folder(path_or_repo_id, revision=revision, **hub_kwargs), expected)
+    check_adapter(contents, expected)
+    record = contents.record
+    state = CategoryState(
+        name=name or record["category"], class_name=record["class_name"], phrases=record["phrases"],
+        learned_prompts=bool(record["learned_prompts"]),
+        memory_bank=contents.memory_layers(expected.memory_layers), prototypes=contents.prototypes,
+        metadata={key: record.get(key) for key in METADATA_KEYS},
+        coreset=(record.get("memory") or {}).get("coreset"), shots=record["shots"]).to(model.device)
+    if not state.prototypes:  # none stored: computed from the adapter's vectors now, refused if degenerate
+        vectors = contents.weights[ADAPTER_WEIGHT_KEYS[0]].to(model.device)
+        where = (f"{contents.source}: {ADAPTER_WEIGHTS} (no stored prototypes): the text prototypes computed from "
+                 f"its prompt vectors (largest |value| {float(vectors.abs().max()):.3g}), head")
+        try:
+            state.prototypes = checked_prototypes(model, state, vectors, where)
+        except ValueError as error:
+            raise AdapterError(str(error)) from None
+    return model.category_bank.load(state, contents.weights, activate)
