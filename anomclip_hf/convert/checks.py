@@ -112,7 +112,7 @@ def with_open_clip_defaults(model_cfg: dict) -> dict:
     """A copy of an open_clip model config with open_clip's defaults filled in where the config is silent."""
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in model_cfg:
-            raise ValueError(f"not an open_clip model config: no {key!r} (keys: {sorted(model_cfg)})")
+            raise CheckpointError(f"not an open_clip model config: no {key!r} (keys: {sorted(model_cfg)})")
     full = copy.deepcopy(model_cfg)
     full["vision_cfg"] = {**VISION_DEFAULTS, **full["vision_cfg"]}
     full["text_cfg"] = {**TEXT_DEFAULTS, **full["text_cfg"]}

@@ -109,7 +109,7 @@ class AdapterExpectations:
             return {f"layer_{i}": (coreset_size, self.vision_width) for i in self.memory_layers}
         if filename == MEMORY_FILE:
             return {f"layer_{i}": (shots, self.num_patches, self.vision_width) for i in self.memory_layers}
-        raise ValueError(f"{filename} holds no tensors")
+        raise AdapterError(f"{filename} holds no tensors")
 
     def size_limit(self, filename: str) -> int:
         """Bytes a file of the layout may have on this base (the memory bank: MAX_SHOTS references)."""
@@ -189,16 +189,16 @@ def resolve_category_folder(path_or_repo_id: str, revision: Optional[str] = None
             recover_directory(path_or_repo_id)
     if os.path.isdir(path_or_repo_id):
         if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repos, but {path_or_repo_id} is a local folder")
+            raise AdapterError(f"revision={revision!r} applies to Hub repos, but {path_or_repo_id} is a local folder")
         return AdapterSource(path_or_repo_id, path_or_repo_id)
     if os.path.exists(path_or_repo_id):
-        raise ValueError(f"{path_or_repo_id} is a file; expected a category adapter folder or a Hub repo id")
+        raise AdapterError(f"{path_or_repo_id} is a file; expected a category adapter folder or a Hub repo id")
     if looks_like_local_path(path_or_repo_id):
-        raise ValueError(f"category adapter folder {path_or_repo_id} does not exist")
+        raise AdapterError(f"category adapter folder {path_or_repo_id} does not exist")
     try:
         validate_repo_id(path_or_repo_id)
     except ValueError as error:
-        raise ValueError(f"{path_or_repo_id!r} is neither an existing category adapter folder nor a valid Hub "
+        raise AdapterError(f"{path_or_repo_id!r} is neither an existing category adapter folder nor a valid Hub "
                          f"repo id ({error})") from None
     snapshot = download_category(path_or_repo_id, revision=revision, filenames=LAYOUT_FILES, **hub_kwargs)
     return AdapterSource(snapshot.folder, f"Hub repo {path_or_repo_id!r} (commit {snapshot.commit})",
@@ -213,10 +213,10 @@ def check_adapter_files(folder: str, source: str, repo_files=None) -> None:
         return
     pickled = sorted(name for name in present | set(repo_files or ()) if name.endswith(PICKLE_SUFFIXES))
     if ADAPTER_WEIGHTS in missing and pickled:
-        raise ValueError(f"{source} holds {pickled} but no {ADAPTER_WEIGHTS}: anomclip-hf reads only safetensors "
+        raise AdapterError(f"{source} holds {pickled} but no {ADAPTER_WEIGHTS}: anomclip-hf reads only safetensors "
                          "and JSON files and never unpickles adapter weights; re-save the adapter with "
                          "save_category (or convert the weights to safetensors)")
-    raise ValueError(f"{source} is not a category adapter folder: missing {missing}")
+    raise AdapterError(f"{source} is not a category adapter folder: missing {missing}")
 
 
 def _read_bytes(folder: str, filename: str, source: str, root: str, limit: int) -> bytes:
@@ -228,9 +228,9 @@ def _read_json(folder: str, filename: str, source: str, root: Optional[str] = No
     try:
         return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{source}: {filename} is not valid JSON ({error})") from None
+        raise AdapterError(f"{source}: {filename} is not valid JSON ({error})") from None
     except RecursionError:
-        raise ValueError(f"{source}: {filename} is nested too deeply to be an adapter file (expected at most "
+        raise AdapterError(f"{source}: {filename} is nested too deeply to be an adapter file (expected at most "
                          f"{MAX_DEPTH} levels)") from None
 
 
@@ -239,7 +239,7 @@ def _read_tensors(adapter: AdapterSource, filename: str, limit: int) -> dict:
     try:
         return load_tensors(data)
     except SafetensorError as error:
-        raise ValueError(f"{adapter.name}: {filename} is not a readable safetensors file ({error}); it may be "
+        raise AdapterError(f"{adapter.name}: {filename} is not a readable safetensors file ({error}); it may be "
                          "truncated or corrupt: save or download the adapter again") from None
 
 
@@ -277,26 +277,26 @@ def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> N
     layout = record["prompt_layout"]
     for key in PROMPT_LAYOUT_KEYS:
         if layout.get(key) != expected.prompt_layout[key]:
-            raise ValueError(f"{source}: adapter prompt layout {key}={layout.get(key)!r} differs from the model's "
+            raise AdapterError(f"{source}: adapter prompt layout {key}={layout.get(key)!r} differs from the model's "
                              f"{expected.prompt_layout[key]!r}")
     recorded, current = record["base_model"], expected.base_identity
     same_sizes = recorded.get("architecture") in (None, current["architecture"])  # None: not recorded
     if not same_sizes or recorded.get("fingerprint") != current["fingerprint"]:
-        raise ValueError(f"{source}: adapter was made for base model {describe_base(recorded)}, but this model is "
+        raise AdapterError(f"{source}: adapter was made for base model {describe_base(recorded)}, but this model is "
                          f"{describe_base(current)}; load it onto the base it was made for")
     config, wanted = contents.adapter_config, expected.adapter_config
     if not isinstance(config, dict) or config.get("peft_type") != wanted["peft_type"] or \
             config.get("token_indices") != list(wanted["token_indices"]):
         found = config.get("peft_type") if isinstance(config, dict) else show_value(config)
-        raise ValueError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
+        raise AdapterError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
                          f"{len(wanted['token_indices'])} prompt tokens (found peft_type {found!r})")
     _check_memory_backbone(contents, expected)  # before the bank: a clear "made with another memory"
     _check_memory(contents, expected)
     if contents.memory_bank is not None:  # scaled rows would make every cosine huge (score 0) or ~0 (0.5)
-        check_unit_rows(contents.memory_bank, f"{source}: {MEMORY_FILE} tensor")
+        check_unit_rows(contents.memory_bank, f"{source}: {MEMORY_FILE} tensor", AdapterError)
     if contents.prototypes:  # absent: computed from the prompt vectors when loaded (and checked the same way)
         _check_tensors(contents.prototypes, expected.tensor_shapes(PROTOTYPES_FILE), PROTOTYPES_FILE, source)
-        check_prototypes(contents.prototypes, f"{source}: {PROTOTYPES_FILE} tensor")
+        check_prototypes(contents.prototypes, f"{source}: {PROTOTYPES_FILE} tensor", AdapterError)
     _check_tensors(contents.weights, expected.tensor_shapes(ADAPTER_WEIGHTS), ADAPTER_WEIGHTS, source)
 
 
@@ -317,7 +317,7 @@ def _check_memory_backbone(contents: AdapterContents, expected: AdapterExpectati
         hint = "load it onto a base without a memory backbone"
     else:
         hint = "load the base with the memory backbone the adapter was made with"
-    raise ValueError(f"{contents.source}: adapter was made with memory backbone {describe_memory_backbone(recorded)}, "
+    raise AdapterError(f"{contents.source}: adapter was made with memory backbone {describe_memory_backbone(recorded)}, "
                      f"but this model's memory backbone is {describe_memory_backbone(current)}; {hint}")
 
 
@@ -328,25 +328,25 @@ def _check_memory(contents: AdapterContents, expected: AdapterExpectations) -> N
     shots = record["shots"]
     if contents.memory_bank is None:
         if shots:
-            raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} but {MEMORY_FILE} is missing; "
+            raise AdapterError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} but {MEMORY_FILE} is missing; "
                              "expected the memory bank of those references (download or save the adapter again)")
         if record.get("threshold_estimate") is not None:
-            raise ValueError(f"{source}: {CATEGORY_FILE} field 'threshold_estimate' is estimated from reference "
+            raise AdapterError(f"{source}: {CATEGORY_FILE} field 'threshold_estimate' is estimated from reference "
                              f"images but there is no {MEMORY_FILE}; expected null without references")
         return
     if not shots:
-        raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is 0 but there is a {MEMORY_FILE}; expected "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field 'shots' is 0 but there is a {MEMORY_FILE}; expected "
                          "the number of reference images in it")
     memory = record.get("memory") or {}
     layers = list(expected.memory_layers)
     if memory.get("layers") != layers or memory.get("tap") != expected.memory_tap:
-        raise ValueError(f"{source}: {CATEGORY_FILE} field 'memory' is {show_value(record.get('memory'))}; this model "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field 'memory' is {show_value(record.get('memory'))}; this model "
                          f"uses memory layers {layers} ({expected.memory_tap})")
     if memory.get("coreset") is not None:
         _check_coreset(contents, expected)
         return
     if shots > MAX_SHOTS:
-        raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} with an exact memory bank; expected at "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} with an exact memory bank; expected at "
                          f"most {MAX_SHOTS} (larger reference sets are kept as a coreset, 'memory.coreset')")
     _check_tensors(contents.memory_bank, expected.tensor_shapes(MEMORY_FILE, shots), MEMORY_FILE, source,
                    f"(k = shots {shots} of {CATEGORY_FILE}, {expected.num_patches} patches, width "
@@ -360,17 +360,17 @@ def _check_coreset(contents: AdapterContents, expected: AdapterExpectations) -> 
     coreset, shots = record["memory"]["coreset"], record["shots"]
     field = f"{CATEGORY_FILE} field 'memory.coreset"
     if record["format_version"] < CORESET_FORMAT_VERSION:
-        raise ValueError(f"{source}: {CATEGORY_FILE} has format_version {record['format_version']} but a "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} has format_version {record['format_version']} but a "
                          f"'memory.coreset'; expected format_version {CORESET_FORMAT_VERSION} or later with a coreset")
     if len(coreset["coverage_radius"]) != len(expected.memory_layers):
-        raise ValueError(f"{source}: {field}.coverage_radius' has {len(coreset['coverage_radius'])} values; expected "
+        raise AdapterError(f"{source}: {field}.coverage_radius' has {len(coreset['coverage_radius'])} values; expected "
                          f"one per memory layer {list(expected.memory_layers)}")
     if coreset["rows"] != shots * expected.num_patches:
-        raise ValueError(f"{source}: {field}.rows' is {coreset['rows']}; expected shots x patches = {shots} x "
+        raise AdapterError(f"{source}: {field}.rows' is {coreset['rows']}; expected shots x patches = {shots} x "
                          f"{expected.num_patches} = {shots * expected.num_patches}")
     most = min(coreset["rows"], MAX_SHOTS * expected.num_patches)
     if coreset["size"] > most:
-        raise ValueError(f"{source}: {field}.size' is {coreset['size']}; expected at most {most} rows (the bank's "
+        raise AdapterError(f"{source}: {field}.size' is {coreset['size']}; expected at most {most} rows (the bank's "
                          f"rows, and at most {MAX_SHOTS} x {expected.num_patches} patches)")
     _check_tensors(contents.memory_bank, expected.tensor_shapes(MEMORY_FILE, coreset_size=coreset["size"]),
                    MEMORY_FILE, source, f"(M = memory.coreset.size {coreset['size']} of {CATEGORY_FILE}, width "
@@ -380,18 +380,18 @@ def _check_coreset(contents: AdapterContents, expected: AdapterExpectations) -> 
 def _check_tensors(tensors: dict, shapes: dict, filename: str, source: str, why: str = "") -> None:
     """Exactly these keys, each of its shape, float32 (as save_category writes) and finite."""
     if sorted(tensors) != sorted(shapes):
-        raise ValueError(f"{source}: {filename} holds tensors {sorted(tensors)}; expected exactly {sorted(shapes)}")
+        raise AdapterError(f"{source}: {filename} holds tensors {sorted(tensors)}; expected exactly {sorted(shapes)}")
     for key in sorted(tensors):  # a fixed order: the same file gives the same message
         tensor = tensors[key]
         if tuple(tensor.shape) != shapes[key]:
-            raise ValueError(f"{source}: {filename} tensor {key!r} has shape {tuple(tensor.shape)}; expected "
+            raise AdapterError(f"{source}: {filename} tensor {key!r} has shape {tuple(tensor.shape)}; expected "
                              f"{shapes[key]} {why}".rstrip())
         if tensor.dtype != torch.float32:
-            raise ValueError(f"{source}: {filename} tensor {key!r} is {tensor.dtype}; expected torch.float32")
+            raise AdapterError(f"{source}: {filename} tensor {key!r} is {tensor.dtype}; expected torch.float32")
         # amax/amin propagate NaN and are the extremes: both finite iff every value is (no mask allocated).
         if tensor.numel() and not (torch.isfinite(tensor.amax()) and torch.isfinite(tensor.amin())):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(f"{source}: {filename} tensor {key!r} holds {bad} NaN or infinite values; expected "
+            raise AdapterError(f"{source}: {filename} tensor {key!r} holds {bad} NaN or infinite values; expected "
                              "finite values")
 
 
@@ -480,8 +480,5 @@ def load_category(model, path_or_repo_id: str, name: Optional[str] = None, activ
         vectors = contents.weights[ADAPTER_WEIGHT_KEYS[0]].to(model.device)
         where = (f"{contents.source}: {ADAPTER_WEIGHTS} (no stored prototypes): the text prototypes computed from "
                  f"its prompt vectors (largest |value| {float(vectors.abs().max()):.3g}), head")
-        try:
-            state.prototypes = checked_prototypes(model, state, vectors, where)
-        except ValueError as error:
-            raise AdapterError(str(error)) from None
+        state.prototypes = checked_prototypes(model, state, vectors, where, AdapterError)
     return model.category_bank.load(state, contents.weights, activate)

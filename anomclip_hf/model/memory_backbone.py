@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigurationError
+from ..errors import ArgumentError, ConfigurationError
 from ..io.pixel_arrays import BICUBIC
 from ..memory.dino import (
     dino_identity,
@@ -106,16 +106,16 @@ def check_memory_pixel_values(config, memory_pixel_values: Optional[torch.Tensor
     size = config.memory_image_size
     expected = f"(batch {batch}, 3, {size}, {size})"
     if memory_pixel_values is None:
-        raise ValueError(f"this model's visual memory is the DINOv2 model {config.memory_backbone!r}: pass "
+        raise ArgumentError(f"this model's visual memory is the DINOv2 model {config.memory_backbone!r}: pass "
                          f"memory_pixel_values {expected} too (AnomCLIPProcessor.from_model(model) makes both, "
                          "or processing_anomclip.model_inputs)")
     if not isinstance(memory_pixel_values, torch.Tensor) or memory_pixel_values.ndim != 4 or \
             tuple(memory_pixel_values.shape) != (batch, 3, size, size):
         shape = tuple(getattr(memory_pixel_values, "shape", ()))
-        raise ValueError(f"memory_pixel_values has shape {shape}; expected {expected} for the memory backbone "
+        raise ArgumentError(f"memory_pixel_values has shape {shape}; expected {expected} for the memory backbone "
                          f"{config.memory_backbone!r} at memory_image_size {size}")
     if not torch.compiler.is_exporting() and not torch.isfinite(memory_pixel_values).all():
-        raise ValueError(f"memory_pixel_values contains {int((~torch.isfinite(memory_pixel_values)).sum())} "
+        raise ArgumentError(f"memory_pixel_values contains {int((~torch.isfinite(memory_pixel_values)).sum())} "
                          "NaN or infinite values")
 
 

@@ -68,7 +68,7 @@ def encode_references(model, references, batch_size: int = REFERENCE_BATCH, spil
     count = (int(references["pixel_values"].shape[0]) if isinstance(references, Mapping)
              else int(references.shape[0]) if isinstance(references, torch.Tensor) else len(references))
     if count == 0:
-        raise ValueError("reference_images is empty: pass at least one normal image (or None for text-only "
+        raise ArgumentError("reference_images is empty: pass at least one normal image (or None for text-only "
                          "zero-shot scoring)")
     global_parts, patch_parts, layer_parts = [], [], None
     bar = progress_bar(count, progress)

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from ..errors import ConfigurationError
+from ..errors import CategoryError, ConfigurationError
 from .category import HEADS, CategoryState
 from .losses import TextFeatures
 from .prompts import HeadPrompts, build_head_prompts, build_zero_shot_prompts
@@ -69,13 +69,14 @@ def encode_head(model, state: CategoryState, head: str, vectors: torch.Tensor) -
                         learned=features[n_normal + n_manual:])
 
 
-def checked_prototypes(model, state: CategoryState, vectors: torch.Tensor, where: str) -> dict:
-    """{head: (2, D)} of `state`'s prompts with prompt `vectors`, refused (a ValueError naming `where`) when
+def checked_prototypes(model, state: CategoryState, vectors: torch.Tensor, where: str,
+                       error: type = CategoryError) -> dict:
+    """{head: (2, D)} of `state`'s prompts with prompt `vectors`, refused (`error`, naming `where`) when
     degenerate: NaN (vectors too large for the text tower), zero or equal rows (see `sanity`)."""
     # Plain tensors even when first asked inside torch.inference_mode: the cache outlives that block.
     # Float32 even when first asked under autocast: cached state must not depend on the first caller.
     with torch.inference_mode(False), torch.no_grad(), torch.autocast(model.device.type, enabled=False):
         prototypes = {head: encode_head(model, state, head, vectors).prototypes() for head in HEADS}
     if not torch.compiler.is_exporting():
-        check_prototypes(prototypes, where)
+        check_prototypes(prototypes, where, error)
     return prototypes
