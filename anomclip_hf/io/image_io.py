@@ -12,7 +12,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageReadError  # noqa: F401 (raised here: its home for callers)
+from ..errors import ImageReadError
 
 PathOrImage = Union[str, os.PathLike, Image.Image]
 # Largest image decoded (width x height): 100 megapixels, e.g. 10000x10000, ~300 MB as RGB. Checked from
