@@ -660,7 +660,7 @@ def test_pipeline_output_size_out_of_range_is_refused(size, loaded):
 # ------------------------------------------------------------------------------------------- Hub cache links
 def test_hub_snapshot_links_into_the_repo_blobs_load_and_links_leaving_it_do_not(fake_hub, good_adapter, tiny_clip,
                                                                                  tmp_path):
-    from anomclip_hf.hub import upload_category_folder
+    from anomclip_hf.model.publishing import upload_category_folder
 
     repo = "tester/anomclip-widget"
     upload_category_folder(str(good_adapter), repo)

@@ -189,7 +189,7 @@ class Workspace:
                                    root_dir=folder)
 
     def push(self, repo_id: str, token: str = "", private: bool = False) -> str:
-        from ..hub import upload_category_folder
+        from ..model.publishing import upload_category_folder
 
         repo_id = (repo_id or "").strip()
         if not repo_id:

@@ -1,7 +1,7 @@
 """A category: what one adapter adds to a base model, and the names every other module shares.
 
-The bottom of `model/`: it imports nothing of the package but the category-name rule (`hub.validation`, which
-guards every name that reaches the disk or the Hub), so the configuration, prompts, adapter I/O and the model
+The bottom of `model/`: it imports nothing of the package but `errors` and the category-name rule
+(`hub.validation`, which guards every name that reaches the disk or the Hub), so the configuration, prompts, adapter I/O and the model
 can all take their names from here without import cycles.
 
 - `CategoryState`: a category's tensors as module state (buffers), so `.to()`, `.half()`, `state_dict()`
