@@ -56,7 +56,9 @@ class CategoryBank(nn.Module):
 
     def vectors(self, name: Optional[str] = None) -> nn.Parameter:
         """The (prompt tokens, width) learnable prompt vectors of a category (its PEFT adapter)."""
-        return self.prompt_tokens.vectors(self.get(name).name)
+        key = name or self.active
+        self.get(key)  # a clear error for an unknown name
+        return self.prompt_tokens.vectors(key)
 
     def add(self, state: CategoryState, initial_vectors: torch.Tensor, activate: bool = True) -> CategoryState:
         """Hold a new category (replacing one of the same name) with fresh prompt vectors `initial_vectors`."""

@@ -453,12 +453,11 @@ def category_record(model, name: Optional[str] = None) -> dict:
 
 def save_category(model, save_directory: str, name: Optional[str] = None) -> str:
     """Write `model`'s category `name` (default: the active one) as an adapter folder, atomically."""
-    state = model.get_category(name)
-    bank = state.memory_bank
+    key = name or model.active_category  # its key in the bank; the record says state.name (checked on write)
+    bank, table = model.get_category(key).memory_bank, model.category_bank.prompt_tokens
     return write_adapter(
-        save_directory, category_record(model, state.name), model.category_bank.prompt_tokens.adapter_config(),
-        model.category_bank.prompt_tokens.adapter_state_dict(state.name),
-        None if bank is None else dict(zip(memory_layout(model).layers, bank)), model.text_prototypes(state.name))
+        save_directory, category_record(model, key), table.adapter_config(), table.adapter_state_dict(key),
+        None if bank is None else dict(zip(memory_layout(model).layers, bank)), model.text_prototypes(key))
 
 
 def load_category(model, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,

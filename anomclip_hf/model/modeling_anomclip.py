@@ -486,7 +486,7 @@ class AnomCLIPModel(PreTrainedModel):
         """{head: (2, D) [normal, anomaly]}; constants after training, so computed once and cached."""
         state = self.get_category(category)
         if not state.prototypes:
-            state.prototypes = self.checked_prototypes(state, self.category_bank.vectors(state.name),
+            state.prototypes = self.checked_prototypes(state, self.category_bank.vectors(category),
                                                        f"category {state.name!r}: the text prototypes computed from "
                                                        "its prompt vectors, head")
         return state.prototypes
