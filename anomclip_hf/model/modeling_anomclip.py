@@ -329,7 +329,7 @@ class AnomCLIPModel(PreTrainedModel):
         if mode in ("full", "memory"):
             # the buffers themselves (on the model's device): the search keeps its bf16 copy on them
             if self.has_dino_memory:  # AnomalyDINO's 1 - cos and top-1 % mean (memory_backbone.py)
-                visual_patch, visual_image = memory_backbone.dino_memory_terms(features.memory_features, list(memory_bank))
+                visual_patch, visual_image = self.dino_memory_terms(features.memory_features, list(memory_bank))
             else:
                 visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank),
                                                    search=self.config.memory_search)
@@ -448,6 +448,11 @@ class AnomCLIPModel(PreTrainedModel):
     def encode_memory(self, memory_pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, P, W) unit DINOv2 patch features of `memory_pixel_values` (float32)."""
         return memory_backbone.encode_memory(self, memory_pixel_values)
+
+    def dino_memory_terms(self, memory_features: Sequence[torch.Tensor], memory_bank: Sequence[torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_dino per patch (B, P), memory image score (B,)) of the DINOv2 memory: see `memory_backbone`."""
+        return memory_backbone.dino_memory_terms(memory_features, memory_bank)
 
     # ----------------------------------------------------------------------------------------- thresholds
     def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None
