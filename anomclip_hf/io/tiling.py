@@ -38,6 +38,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import ArgumentError
+
 logger = logging.getLogger(__name__)
 
 TILE_AUTO = "auto"
@@ -52,7 +54,7 @@ TileSize = Union[int, str]
 Overlap = Union[int, float]
 
 
-class TilingError(ValueError):
+class TilingError(ArgumentError):
     """A tiling setting or an image that cannot be tiled; the message names the flag."""
 
 
