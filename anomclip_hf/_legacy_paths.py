@@ -46,7 +46,7 @@ LEGACY_MODULES = {
     "convert_open_clip": "convert.open_clip",
     "convert_open_clip_sources": "convert.sources",
     "convert_open_clip_checks": "convert.checks",
-    "prediction": "inference.prediction",
+    "prediction": "inference.predictor",
     "visualization": "inference.visualization",
     "pipeline_image_anomaly_detection": "inference.pipeline_image_anomaly_detection",
     "demo": "evaluation.demo",

@@ -173,11 +173,11 @@ def test_a_forbidden_import_fails_the_rules():
     # A control: the same reader, fed the tree plus one upward import, reports it (and the cycle it closes).
     files = _source_files()
     sources = {module: path.read_text() for module, path in files.items()}
-    sources["anomclip_hf.model.scoring"] += "\n\ndef _leak():\n    from ..inference.prediction import predict_files\n"
+    sources["anomclip_hf.model.scoring"] += "\n\ndef _leak():\n    from ..inference.predictor import predict_files\n"
     graph = _graph(files, sources)
     assert _forbidden_arrows(graph) == ["anomclip_hf.model.scoring -> anomclip_hf.inference (model/ may import "
                                         "['flags', 'hub', 'io', 'memory'])",
-                                        "anomclip_hf.model.scoring -> anomclip_hf.inference.prediction (model/ may "
+                                        "anomclip_hf.model.scoring -> anomclip_hf.inference.predictor (model/ may "
                                         "import ['flags', 'hub', 'io', 'memory'])"]
     assert "anomclip_hf.model.scoring" in _cycles(graph)
 
@@ -303,7 +303,7 @@ def test_a_base_without_tokenizer_says_so(tiny_model, tmp_path, caplog):
 @pytest.mark.parametrize("old, new", [("modeling_anomclip", "model.modeling_anomclip"),
                                       ("configuration_anomclip", "model.configuration_anomclip"),
                                       ("pipeline_image_anomaly_detection", "inference.pipeline_image_anomaly_detection"),
-                                      ("prediction", "inference.prediction"), ("category_io", "model.category_io"),
+                                      ("prediction", "inference.predictor"), ("category_io", "model.category_io"),
                                       ("convert_open_clip", "convert.open_clip"), ("demo", "evaluation.demo")])
 def test_the_module_paths_of_0_1_still_import(old, new):
     import importlib
@@ -317,6 +317,6 @@ def test_legacy_names_resolve_to_the_same_objects():
     from anomclip_hf.prediction import predict_folder
 
     assert Legacy is AnomCLIPModel
-    assert predict_folder.__module__ == "anomclip_hf.inference.prediction"
+    assert predict_folder.__module__ == "anomclip_hf.inference.predictor"
     with pytest.raises(ModuleNotFoundError):
         __import__("anomclip_hf.no_such_module")

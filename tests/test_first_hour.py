@@ -195,7 +195,7 @@ def test_normalised_score_is_one_half_at_the_threshold(space, tmp_path):
     assert normalized_score(0.9, 0.3) == 1.0 and normalized_score(0.1, None) is None
     # scores.csv: set --threshold to one image's exact score: that row reads 0.5, every row score/(2t)
     from anomclip_hf import AnomCLIPModel
-    from anomclip_hf.inference.prediction import predict_folder
+    from anomclip_hf.inference.predictor import predict_folder
 
     base, adapter = str(space / "base"), str(space / "fit" / "adapter")
     images = str(space / "data" / "widget" / "test")

@@ -116,7 +116,7 @@ def test_predictor_on_onnx_runtime_agrees_with_pytorch(workspace, reference, tmp
 
     export_onnx(reference["model"], str(tmp_path / "widget.onnx"), category="widget")
     predictor = PredictorSpec(onnx=str(tmp_path / "widget.onnx")).build()
-    assert predictor.engine == "onnx" and predictor.threshold == pytest.approx(reference["threshold"])
+    assert predictor.engine.name == "onnxruntime" and predictor.threshold == pytest.approx(reference["threshold"])
     paths = [str(p) for p in workspace.good]
     results = predictor.predict(paths + [str(workspace.broken)])
     assert results[-1].error and str(workspace.broken) in results[-1].error
