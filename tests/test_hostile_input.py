@@ -23,7 +23,7 @@ from PIL import Image
 
 from anomclip_hf.data.files import probe_size
 from anomclip_hf.inference.predictor import predict_folder
-from anomclip_hf.inference.writers import ERRORS_FILE, OVERLAY_DIR, SCORES_FILE
+from anomclip_hf.inference.writers import ERRORS_FILE, MANIFEST_FILE, OVERLAY_DIR, SCORES_FILE
 from anomclip_hf.io.image_io import ImageReadError, load_image
 from anomclip_hf.io.run_lock import LOCK_FILE, FolderInUseError
 
@@ -271,8 +271,12 @@ def test_b_disk_full_names_the_file_and_leaves_no_torn_csv(scored_model, tmp_pat
     monkeypatch.setattr(atomic_io.csv, "writer", FullDisk)
     with pytest.raises(OSError, match=rf"cannot write scores file {output / SCORES_FILE}.*: No space left on device"):
         _predict(scored_model, tmp_path / "images", output)
-    # the earlier run's scores.csv was removed at the start; no partial CSV, no lock stays behind
-    assert sorted(p.name for p in output.iterdir()) == [OVERLAY_DIR]
+    # no partial CSV, no lock stays behind; the scores.csv that no recorded run wrote is left as it was, and the
+    # unfinished run's manifest lists what it planned (the next run removes those)
+    assert sorted(p.name for p in output.iterdir()) == [MANIFEST_FILE, OVERLAY_DIR, SCORES_FILE]
+    assert (output / SCORES_FILE).read_text() == "path,image_score,decision\nold,1,\n"
+    manifest = json.loads((output / MANIFEST_FILE).read_text())
+    assert manifest["complete"] is False and f"{OVERLAY_DIR}/a.png" in manifest["files"]
 
 
 # ------------------------------------------------------------------------ C. kill -9 during adapter saves
