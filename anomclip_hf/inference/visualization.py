@@ -122,10 +122,15 @@ def overlay_layout(image_size: tuple[int, int], header_lines: int, max_side: int
     """The layout of an image of `image_size`, its panels scaled down until the picture fits `max_side`."""
     width, height = image_size
     layout = OverlayLayout((width, height), header_lines)
-    while max(layout.size) > max_side and min(layout.panel) > 16:
+    while max(layout.size) > max_side:
+        # The short side stops at 16 px; the long side keeps shrinking, so an extreme aspect ratio (a 4000 x 40
+        # strip) is squeezed rather than drawn wider than max_side.
         scale = max_side / max(layout.size) * 0.99
-        layout = OverlayLayout((max(16, int(layout.panel[0] * scale)), max(16, int(layout.panel[1] * scale))),
-                               header_lines)
+        smaller = OverlayLayout((max(16, int(layout.panel[0] * scale)), max(16, int(layout.panel[1] * scale))),
+                                header_lines)
+        if smaller.panel == layout.panel:  # 16 x 16 panels: nothing left to shrink
+            break
+        layout = smaller
     return layout
 
 
