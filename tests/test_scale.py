@@ -165,7 +165,8 @@ def launch_predict(workspace, output: Path, *extra: str, images=None, timeout: f
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), "-m", "anomclip_hf", "predict",
                "--base", str(workspace.base), "--category", str(workspace.widget),
-               "--images", *(images or [str(workspace.images)]), "--output", str(output), "--quiet", *extra]
+               "--images", *(images or [str(workspace.images)]), "--output", str(output), "--quiet",
+               "--overlays", "all", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
