@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..inference.predictor import PredictorSpec
 from ..inference.writers import (
     ERRORS_FILE,
     MAPS_DIR,
@@ -30,9 +31,8 @@ from ..inference.writers import (
     record_outputs,
     remove_earlier_outputs,
 )
-from ..model.decisions import decision
-from ..inference.predictor import PredictorSpec
 from ..io.run_lock import folder_lock
+from ..model.decisions import decision
 from .extras import import_extra
 from .merge import SCORE_COLUMNS, write_merged
 

@@ -21,6 +21,7 @@ import os
 import shutil
 from typing import Callable, Optional, Sequence
 
+from ..inference.predictor import Predictor
 from ..inference.writers import (
     ERRORS_FILE,
     MAPS_DIR,
@@ -32,7 +33,6 @@ from ..inference.writers import (
     record_outputs,
     remove_earlier_outputs,
 )
-from ..inference.predictor import Predictor
 from ..io.atomic_io import write_json
 from ..io.run_lock import folder_lock
 from .merge import plan_hash, write_merged

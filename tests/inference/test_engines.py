@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_image
+from inference_setup import random_image
 
 from anomclip_hf.export.runtime import OnnxAnomalyDetector
 from anomclip_hf.inference.engines import (

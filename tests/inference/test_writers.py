@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
-from conftest import random_image
+from inference_setup import random_image
 
 from anomclip_hf.inference.writers import (
     ERRORS_FILE,
