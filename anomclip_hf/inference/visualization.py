@@ -141,15 +141,14 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _colour_bar(draw: ImageDraw.ImageDraw, layout: OverlayLayout, left: int, top: int, scale_max: float,
+def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: OverlayLayout, left: int, top: int, scale_max: float,
                 pixel_threshold: Optional[float], font) -> None:
     """A vertical jet bar from 0 (bottom) to `scale_max` (top) with tick labels and the threshold marked."""
     bar_width = max(4, round(layout.panel[0] / 25))
     x0, x1 = left + layout.font_size // 3, left + layout.font_size // 3 + bar_width
     height = layout.panel[1]
-    for row in range(height):
-        colour = tuple(int(c) for c in jet(np.array([1.0 - row / max(height - 1, 1)]))[0])
-        draw.line([(x0, top + row), (x1, top + row)], fill=colour)
+    colours = jet(1.0 - np.arange(height) / max(height - 1, 1))  # one row per value, top = scale_max
+    canvas.paste(Image.fromarray(np.repeat(colours[:, None, :], x1 - x0 + 1, axis=1)), (x0, top))
     ticks = [(0.0, "0"), (scale_max, f"{scale_max:.3g}")]
     for value, text in ticks:
         y = top + round((1.0 - value / scale_max) * (height - 1))
@@ -203,6 +202,6 @@ def anomaly_panel(image: Image.Image, anomaly_map: np.ndarray, *, score: Optiona
             title = short
         draw.text((column * size[0] + layout.font_size // 3, layout.header_height), title, fill=TEXT_COLOUR,
                   font=font)
-    _colour_bar(draw, layout, 3 * size[0], top, scale_max, pixel_threshold, font)
+    _colour_bar(canvas, draw, layout, 3 * size[0], top, scale_max, pixel_threshold, font)
     return canvas
 
