@@ -18,10 +18,9 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from ..io.image_io import resize_mask
-from ..model.thresholds import decision
+from ..model.decisions import decision
 
 GROUND_TRUTH_COLOUR = (255, 255, 0)
 PREDICTION_COLOUR = (255, 0, 0)
@@ -55,6 +54,8 @@ def mask_contour(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     mask = np.asarray(mask).astype(bool)
     if not mask.any():
         return np.zeros_like(mask)
+    from scipy import ndimage  # on first outline: the command line starts without scipy
+
     inner = ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
     return mask & ~inner
 
