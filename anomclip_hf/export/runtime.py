@@ -122,7 +122,8 @@ class OnnxAnomalyDetector:
 
     def score_batches(self, images: Sequence[ImageInput], batch_size: int = 16, progress: bool = True,
                       skip_unreadable: bool = False) -> Iterator[ScoredBatch]:
-        """Batch by batch, as `inference.score_images` (for `prediction.write_predictions`)."""
+        """Batch by batch, as `inference.score_images` (`io.batches.scored_batches`; the Predictor's loop also
+        isolates an input that fails in the graph)."""
         from ..io.batches import (
             scored_batches,  # and tqdm: only this path shows progress
         )

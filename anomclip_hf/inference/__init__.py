@@ -1,7 +1,7 @@
 """Scoring with a loaded model: the Predictor (one engine: PyTorch or an exported graph, `engines/`), the
 inputs it reads (`inputs`), what it writes (`writers`: scores.csv, overlays, maps, errors.csv, the run
-manifest), overlays (`visualization`), the PyTorch batch loop of evaluation, and the transformers pipeline. Uses `model`, `io`, `hub`, `memory`, `data` and
-`export` (the ONNX runtime); never imported by them.
+manifest), overlays (`visualization`), the PyTorch batch loop of evaluation, and the transformers pipeline.
+Uses `model`, `io`, `hub`, `memory`, `data` and `export` (the ONNX runtime); never imported by them.
 """
 
 from __future__ import annotations

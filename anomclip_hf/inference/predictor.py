@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
@@ -99,6 +100,7 @@ class Predictor:
         self.batch_size = batch_size
         self.decode_workers = default_decode_workers() if decode_workers is None else max(0, int(decode_workers))
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool_lock = threading.Lock()  # predict() may be called from several threads (a server's)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -195,8 +197,9 @@ class Predictor:
         if self.decode_workers == 0 or len(items) <= 1:
             yield from map(one, range(len(items)))
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="anomclip-decode")
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="anomclip-decode")
         pending: collections.deque = collections.deque()
         upcoming = iter(range(len(items)))
         for index in upcoming:  # a bounded queue: at most `lookahead` decoded images wait for the engine

@@ -142,8 +142,8 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: OverlayLayout, left: int, top: int, scale_max: float,
-                pixel_threshold: Optional[float], font) -> None:
+def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: OverlayLayout, left: int, top: int,
+                scale_max: float, pixel_threshold: Optional[float], font) -> None:
     """A vertical jet bar from 0 (bottom) to `scale_max` (top) with tick labels and the threshold marked."""
     bar_width = max(4, round(layout.panel[0] / 25))
     x0, x1 = left + layout.font_size // 3, left + layout.font_size // 3 + bar_width

@@ -244,7 +244,8 @@ class PredictionWriter:
         self.threshold, self.pixel_threshold = threshold, pixel_threshold
         self.overlays, self.save_maps, self.keep_maps = check_overlays(overlays), save_maps, keep_maps
         self.ground_truth, self.extra_columns = ground_truth or {}, extra_columns or {}
-        self.columns = sorted({key for row in self.extra_columns.values() for key in row} | ({"note"} if note else set()))
+        self.columns = sorted({key for row in self.extra_columns.values() for key in row}
+                              | ({"note"} if note else set()))
         self.paths = list(paths)
         self.result = PredictionResult(output_dir=output_dir, threshold=threshold)
         self._rows: list[list] = []

@@ -41,7 +41,8 @@ class TorchEngine(Engine):
             preprocessing=Preprocessing(config.image_size, tuple(config.image_mean), tuple(config.image_std),
                                         int(config.image_resample)),
             memory_preprocessing=memory, note=pipeline_check_note(model),
-            details={"device": str(model.device), "precision": getattr(self.precision, "precision", str(self.precision))})
+            details={"device": str(model.device),
+                     "precision": getattr(self.precision, "precision", str(self.precision))})
 
     @property
     def description(self) -> EngineDescription:
