@@ -178,7 +178,7 @@ class Predictor:
                 else:
                     indices.append(index)
                     decoded.append(image)
-                if len(decoded) == size:
+                if len(decoded) == size or len(failures) >= size:  # a run of bad files moves the bar too
                     yield self._scored(indices, decoded, failures)
                     bar.update(len(indices) + len(failures))
                     indices, decoded, failures = [], [], []

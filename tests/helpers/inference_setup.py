@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +25,8 @@ def random_image(seed: int, size=(30, 30)) -> Image.Image:
 
 def write_bad_inputs(folder: Path) -> dict[str, str]:
     """The hostile files of a folder, file name -> what is wrong: a corrupt TIFF, PPM bytes named .png, a
-    truncated PNG and a zero-byte file."""
+    truncated PNG, a zero-byte file and a 65 KB PNG whose text chunk inflates to 64 MiB (Pillow refuses it
+    with a ValueError, not an OSError)."""
     folder.mkdir(parents=True, exist_ok=True)
     tiff = io.BytesIO()
     random_image(90, (32, 32)).save(tiff, format="TIFF")
@@ -37,7 +40,13 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
     random_image(92, (64, 64)).save(png, format="PNG")
     (folder / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
     (folder / "empty.png").write_bytes(b"")
-    return {"corrupt.tif": "TIFF", "ppm_bytes.png": "PPM", "truncated.png": "truncated", "empty.png": "zero bytes"}
+    small = io.BytesIO()
+    random_image(93, (8, 8)).save(small, format="PNG")
+    text = b"comment\x00\x00" + zlib.compress(bytes(64 * 2 ** 20), 9)
+    chunk = struct.pack(">I", len(text)) + b"zTXt" + text + struct.pack(">I", zlib.crc32(b"zTXt" + text))
+    (folder / "text_bomb.png").write_bytes(small.getvalue()[:33] + chunk + small.getvalue()[33:])  # after IHDR
+    return {"corrupt.tif": "TIFF", "ppm_bytes.png": "PPM", "truncated.png": "truncated", "empty.png": "zero bytes",
+            "text_bomb.png": "text chunk past Pillow's limit"}
 
 
 def exported_category(root: Path, tiny_clip) -> SimpleNamespace:

@@ -64,7 +64,7 @@ def test_bad_files_are_error_rows_and_leave_the_good_scores_unchanged(category, 
     # a PPM named .png still decodes until the decoder's allow-list refuses it (see the xfail below)
     assert set(scored) - set(clean) <= {os.path.join("sub", "ppm_bytes.png")}
     errors = errors_by_name(tmp_path / "mixed_out")
-    assert set(bad) - {"ppm_bytes.png"} == {"corrupt.tif", "truncated.png", "empty.png"}
+    assert set(bad) - {"ppm_bytes.png"} == {"corrupt.tif", "truncated.png", "empty.png", "text_bomb.png"}
     for name in set(bad) - {"ppm_bytes.png"}:
         assert name in errors and name in errors[name], (name, errors)  # each row names its file
 
