@@ -175,16 +175,19 @@ class Predictor:
             for index, image, error in self._decoded(images, lookahead=2 * size):
                 if error is not None:
                     failures.append((index, error))
+                    bar.update(1)  # now: a run of bad files moves the bar too
                 else:
                     indices.append(index)
                     decoded.append(image)
-                if len(decoded) == size or len(failures) >= size:  # a run of bad files moves the bar too
+                # Batches hold `size` decoded images whatever failed around them, so a bad input changes no
+                # other input's batch (and no score).
+                if len(decoded) == size:
                     yield self._scored(indices, decoded, failures)
-                    bar.update(len(indices) + len(failures))
+                    bar.update(len(indices))
                     indices, decoded, failures = [], [], []
             if decoded or failures:
                 yield self._scored(indices, decoded, failures)
-                bar.update(len(indices) + len(failures))
+                bar.update(len(indices))
 
     def _decoded(self, items: Sequence[ImageLike], lookahead: int) -> Iterator[tuple]:
         """(index, RGB image or None, error or None) per input in input order; decoded ahead by the pool."""
