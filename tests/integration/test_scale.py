@@ -210,7 +210,8 @@ def local_ray_cluster():
     """A local Ray cluster of 2 CPUs, always shut down; its workers see the package and tests/."""
     import ray
 
-    path = os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    here = str(Path(__file__).resolve().parent)  # this module: its DyingSpec travels to the workers by name
+    path = os.pathsep.join([str(REPO), str(TESTS), here, os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=200 * 1024 * 1024,
              runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
