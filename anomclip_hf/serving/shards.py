@@ -18,7 +18,7 @@ import contextlib
 import csv
 import json
 import os
-import shutil
+import re
 from typing import Callable, Optional, Sequence
 
 from ..inference.predictor import Predictor
@@ -38,6 +38,7 @@ from ..io.run_lock import folder_lock
 from .merge import plan_hash, write_merged
 
 SHARDS_DIR, PLAN_FILE, DONE_FILE = "shards", "plan.json", "done.json"
+SHARD_NAME = re.compile(r"\d{5}-of-\d{5}")  # the folder of one process's shard
 
 
 def launched_processes() -> int:
@@ -107,7 +108,7 @@ def _start_or_resume(output_dir: str, shards: str, plan: dict) -> None:
         same = False
     if not same:
         remove_earlier_outputs(output_dir)
-        shutil.rmtree(shards, ignore_errors=True)
+        _clear_shards(shards)
         write_json(plan_file, plan)
     else:  # the merged CSVs are rewritten from the shards at the end
         for name in (SCORES_FILE, ERRORS_FILE):
@@ -153,6 +154,26 @@ def _read_done(path: str) -> Optional[dict]:
             return json.load(handle)
     except (OSError, ValueError):
         return None
+
+
+def _clear_shards(shards: str) -> None:
+    """Remove what earlier launches wrote under shards/ (the plan, each RANK-of-N folder's CSVs, done marker and
+    recorded files), and the folders this empties; anything else there stays."""
+    if not os.path.isdir(shards):
+        return
+    for name in os.listdir(shards):
+        folder = os.path.join(shards, name)
+        if not (SHARD_NAME.fullmatch(name) and os.path.isdir(folder) and not os.path.islink(folder)):
+            continue
+        RunManifest(folder).remove_recorded()
+        for written in (SCORES_FILE, ERRORS_FILE, DONE_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, written))
+        _remove_empty_folders(folder)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(shards, PLAN_FILE))
+    with contextlib.suppress(OSError):
+        os.rmdir(shards)
 
 
 def _remove_empty_folders(top: str) -> None:

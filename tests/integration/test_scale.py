@@ -198,10 +198,17 @@ def test_accelerate_two_processes_merge_one_scores_csv_in_input_order_and_resume
     assert "2 finished shard(s) of an earlier run reused" in again.stderr
     assert (output / "scores.csv").read_bytes() == before
     assert {s: (output / "shards" / s / "scores.csv").stat().st_mtime_ns for s in shards} == stamps
-    other = launch_predict(workspace, output, "--threshold", "0.01", images=good)  # other settings: afresh
+    for mine in (output / "shards" / "notes.txt", output / "shards" / shards[0] / "mine.txt",
+                 output / "overlays" / "mine.png"):
+        mine.write_text("the user's")  # files no run wrote, in the folders a run uses
+    other = launch_predict(workspace, output, "--threshold", "0.01", "--overlays", "none",
+                           images=good[:3])  # other settings: afresh
     assert other.returncode == 0, other.stderr[-3000:]
     assert "reused" not in other.stderr
     assert {row["decision"] for row in read_scores_csv(output / "scores.csv").values()} == {"anomalous"}
+    # the earlier run's overlays went (its manifest listed them); the user's files stayed
+    assert sorted(p.name for p in (output / "overlays").rglob("*")) == ["mine.png"]
+    assert (output / "shards" / "notes.txt").exists() and (output / "shards" / shards[0] / "mine.txt").exists()
 
 
 # ---------------------------------------------------------------------------------------------- Ray
