@@ -283,7 +283,7 @@ def test_b_disk_full_names_the_file_and_leaves_no_torn_csv(scored_model, tmp_pat
 KILL_LOOP = r'''
 import json, os, random, signal, sys, time
 import numpy as np, torch
-sys.path.insert(0, "tests")
+sys.path.insert(0, "tests/helpers")
 from tiny_models import perturb_norms, tiny_clip_config
 from transformers import CLIPModel
 from anomclip_hf import AnomCLIPModel, atomic_io
