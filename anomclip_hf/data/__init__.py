@@ -17,7 +17,8 @@ from .._lazy import lazy_exports
 
 # Names load their module on first use: finding image files (files.py) must not import `datasets`.
 _EXPORTS = {
-    "DatasetLayoutError": "errors",
+    "DatasetError": "anomclip_hf.errors",
+    "DatasetLayoutError": "anomclip_hf.errors",
     "IMAGE_EXTENSIONS": "files",
     "list_folder_categories": "folder",
     "load_folder": "folder",

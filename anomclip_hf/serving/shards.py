@@ -21,6 +21,7 @@ import os
 import re
 from typing import Callable, Optional, Sequence
 
+from ..errors import AnomCLIPError
 from ..inference.predictor import Predictor
 from ..inference.writers import (
     ERRORS_FILE,
@@ -54,7 +55,7 @@ def launch_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-class ShardFailedError(RuntimeError):
+class ShardFailedError(AnomCLIPError, RuntimeError):
     """Another process of the launch could not score its shard; this one stops too (after the shared gather)."""
 
 
