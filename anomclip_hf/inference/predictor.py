@@ -17,21 +17,19 @@ predictor.write(paths, "runs/out")   # scores.csv, overlays/, errors.csv, as `an
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..io.batches import ScoredBatch
+from ..io.decoding import decode_bytes
 from ..io.image_io import (
     ImageReadError,
     PathOrImage,
-    check_pixel_count,
     display_path,
-    load_image,
 )
 from ..io.pixel_arrays import as_pil
 from ..model.decisions import decision, normalized_score
@@ -64,20 +62,9 @@ class Prediction:
 
 
 def image_from_bytes(data: bytes, name: str = BYTES_NAME) -> Image.Image:
-    """An RGB PIL image from encoded bytes (PNG, JPEG, ...), with the decoding limits of `image_io`
-    (pixel count checked from the header first); ImageReadError naming `name` otherwise."""
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ImageReadError(f"{name}: no image data (expected the bytes of a PNG, JPEG, BMP or TIFF file)")
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as image:
-            check_pixel_count(image.size, name)
-            image.load()
-            return load_image(image)
-    except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image {name}: {len(data):,} bytes that are no image format PIL knows "
-                             "(expected PNG, JPEG, BMP, TIFF, ...)") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"cannot read image {name}: {error}") from error
+    """An RGB PIL image from encoded bytes, under the decoding contract (`io.decoding`: allowed formats, limits
+    from the header); ImageReadError naming `name` otherwise."""
+    return decode_bytes(data, name)
 
 
 def as_image(item: ImageLike) -> PathOrImage:
