@@ -164,7 +164,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)  # float32: 4 bytes a pixel while it is rescaled
+        array = np.array(image, dtype=np.float32)  # a writable copy; float32: 4 bytes a pixel while it is rescaled
         if mode == "F":
             peak = 1.0 if np.nanmax(array) <= 1.0 else 255.0
         elif mode == "I" and np.max(array) <= 255:

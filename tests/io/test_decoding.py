@@ -1,0 +1,355 @@
+"""The decoding contract (anomclip_hf.io.decoding): hostile bytes give an ImageReadError naming the input or a
+valid RGB image, never another exception, never an external program, never a decode past the limits."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import stat
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile, PngImagePlugin
+
+from anomclip_hf.inference.predictor import image_from_bytes
+from anomclip_hf.io.decoding import (
+    MAX_ASPECT_RATIO,
+    MAX_DECODED_BYTES,
+    MAX_IMAGE_PIXELS,
+    ImageReadError,
+    decode_bytes,
+)
+from anomclip_hf.io.image_io import load_image, load_mask
+
+REPO = Path(__file__).resolve().parents[2]
+MUTANTS_PER_SEED = 90
+# Programs Pillow (EPS: gs), ImageMagick-style helpers or video tools would run on an input.
+EXTERNAL_PROGRAMS = ("gs", "gsc", "gswin32c", "gswin64c", "convert", "magick", "identify", "ffmpeg", "djpeg",
+                     "cjpeg", "xdg-open", "display", "eog", "xv")
+
+
+def _encoded(image: Image.Image, format_: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format_, **options)
+    return buffer.getvalue()
+
+
+def _picture(mode: str = "RGB", size=(23, 17), seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+def allowed_seeds() -> dict[str, bytes]:
+    """One small valid file per allowed format and per interesting variant of it."""
+    rgb = _picture()
+    grey16 = Image.fromarray((np.arange(23 * 17, dtype=np.uint16).reshape(17, 23) * 150))
+    floats = Image.fromarray(np.linspace(0, 1, 23 * 17, dtype=np.float32).reshape(17, 23), mode="F")
+    return {
+        "png-rgb": _encoded(rgb, "PNG"),
+        "png-rgba": _encoded(_picture("RGBA"), "PNG"),
+        "png-palette": _encoded(_picture("P"), "PNG"),
+        "png-grey16": _encoded(grey16, "PNG"),
+        "png-optimized": _encoded(rgb, "PNG", optimize=True),
+        "jpeg": _encoded(rgb, "JPEG", quality=80),
+        "jpeg-progressive": _encoded(rgb, "JPEG", progressive=True, quality=70),
+        "jpeg-exif": _encoded(rgb, "JPEG", exif=_rotated_exif()),
+        "bmp": _encoded(rgb, "BMP"),
+        "bmp-palette": _encoded(_picture("P"), "BMP"),
+        "tiff-raw": _encoded(rgb, "TIFF"),
+        "tiff-lzw": _encoded(rgb, "TIFF", compression="tiff_lzw"),
+        "tiff-deflate-float": _encoded(floats, "TIFF", compression="tiff_adobe_deflate"),
+        "tiff-cmyk": _encoded(_picture("CMYK"), "TIFF"),
+        "webp": _encoded(rgb, "WEBP", quality=80),
+        "webp-lossless": _encoded(_picture("RGBA"), "WEBP", lossless=True),
+    }
+
+
+def refused_seeds() -> dict[str, bytes]:
+    """Formats Pillow knows but the contract refuses (EPS would run Ghostscript; the others are outside the list)."""
+    rgb = _picture()
+    return {
+        "eps": eps_bytes(),
+        "pdf": _encoded(rgb, "PDF"),
+        "ppm": _encoded(rgb, "PPM"),
+        "gif": _encoded(rgb, "GIF"),
+        "ico": _encoded(rgb, "ICO"),
+        "pcx": _encoded(rgb, "PCX"),
+        "tga": _encoded(rgb, "TGA"),
+        "sgi": _encoded(rgb, "SGI"),
+        "im": _encoded(rgb, "IM"),
+    }
+
+
+def eps_bytes() -> bytes:
+    """A PostScript file Pillow identifies as EPS: decoding it runs Ghostscript (`gs`)."""
+    return (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n%%EndComments\n"
+            b"newpath 0 0 moveto 32 32 lineto stroke showpage\n%%EOF\n")
+
+
+def _rotated_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: the decoded image is 17x23
+    return exif.tobytes()
+
+
+def mutants(data: bytes, seed: int, count: int):
+    """`count` deterministic mutants of `data`: byte flips (mostly in the header), truncations, 16/32-bit header
+    fields set to extreme values, duplicated and deleted runs."""
+    rng = random.Random(seed)
+    extremes = (0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000, 100_000)
+    for _ in range(count):
+        kind = rng.randrange(5)
+        buffer = bytearray(data)
+        if kind == 0:  # byte flips, header-biased
+            for _ in range(rng.randint(1, 6)):
+                position = rng.randrange(min(len(buffer), 96)) if rng.random() < 0.7 else rng.randrange(len(buffer))
+                buffer[position] ^= 1 << rng.randrange(8)
+        elif kind == 1:  # truncation
+            buffer = buffer[: rng.randrange(1, len(buffer))]
+        elif kind == 2:  # a header field (little or big endian, 16 or 32 bits) set to an extreme value
+            width, order = rng.choice(((2, "<H"), (2, ">H"), (4, "<I"), (4, ">I")))
+            position = rng.randrange(0, max(1, min(len(buffer), 128) - width))
+            value = rng.choice(extremes) & (0xFFFF if width == 2 else 0xFFFFFFFF)
+            buffer[position: position + width] = struct.pack(order, value)
+        elif kind == 3:  # a run duplicated
+            start = rng.randrange(len(buffer))
+            end = min(len(buffer), start + rng.randint(1, 64))
+            buffer[start:start] = buffer[start:end]
+        else:  # a run deleted
+            start = rng.randrange(len(buffer))
+            del buffer[start: start + rng.randint(1, 32)]
+        yield bytes(buffer)
+
+
+def _decode_outcome(data: bytes, name: str):
+    try:
+        image = decode_bytes(data, name)
+    except ImageReadError as error:
+        assert name in str(error), (name, str(error))
+        return "refused"
+    assert image.mode == "RGB" and image.width > 0 and image.height > 0
+    assert image.width * image.height <= MAX_IMAGE_PIXELS
+    assert max(image.size) <= MAX_ASPECT_RATIO * min(image.size)
+    np.asarray(image)  # the pixels are really there
+    return "decoded"
+
+
+def test_pillow_keeps_truncated_images_refused():
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.parametrize("kind", sorted(allowed_seeds()))
+def test_every_allowed_seed_decodes_to_rgb(kind):
+    data = allowed_seeds()[kind]
+    image = decode_bytes(data, f"seed-{kind}")
+    assert image.mode == "RGB"
+    assert image.size == ((17, 23) if kind == "jpeg-exif" else (23, 17))
+
+
+@pytest.mark.parametrize("kind", sorted(refused_seeds()))
+def test_formats_outside_the_list_are_refused_naming_the_input(kind):
+    data = refused_seeds()[kind]
+    if kind != "pdf":  # Pillow writes PDF but cannot read it; it identifies every other one of these
+        Image.open(io.BytesIO(data))  # so the refusal is the contract's, not Pillow's
+    with pytest.raises(ImageReadError, match=rf"upload-{kind}\.png: not a PNG, JPEG, BMP, TIFF or WebP file"):
+        decode_bytes(data, f"upload-{kind}.png")
+
+
+def test_fuzzed_files_of_every_format_give_an_rgb_image_or_an_image_read_error():
+    seeds = {**allowed_seeds(), **refused_seeds()}
+    outcomes = {"refused": 0, "decoded": 0}
+    tried = 0
+    for number, (kind, data) in enumerate(sorted(seeds.items())):
+        for index, mutant in enumerate(mutants(data, seed=1000 + number, count=MUTANTS_PER_SEED)):
+            outcomes[_decode_outcome(mutant, f"mutant-{kind}-{index}")] += 1
+            tried += 1
+    assert tried >= 1000
+    # Both outcomes occur: the fuzz reaches the decoders (not only the format check) and breaks them.
+    assert outcomes["refused"] > 100 and outcomes["decoded"] > 100, outcomes
+
+
+def test_fuzzed_files_on_disk_go_through_load_image_and_load_mask_alike(tmp_path):
+    seeds = allowed_seeds()
+    for number, (kind, data) in enumerate(sorted(seeds.items())):
+        for index, mutant in enumerate(mutants(data, seed=5000 + number, count=8)):
+            path = tmp_path / f"{kind}-{index}.png"
+            path.write_bytes(mutant)
+            for loader in (load_image, load_mask):
+                try:
+                    loader(str(path))
+                except ImageReadError as error:
+                    assert str(path) in str(error)
+
+
+def _zTXt_bomb() -> bytes:
+    """A small valid PNG with a zTXt chunk that inflates to 4 MB (over Pillow's MAX_TEXT_CHUNK)."""
+    png = _encoded(_picture(), "PNG")
+    text = zlib.compress(b"A" * (4 * PngImagePlugin.MAX_TEXT_CHUNK), 9)
+    body = b"comment\0\0" + text
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    end = png.rindex(b"IEND") - 4  # text after the pixels: read while the image loads
+    return png[:end] + chunk + png[end:]
+
+
+def test_a_png_text_chunk_bomb_is_an_image_read_error():
+    bomb = _zTXt_bomb()
+    assert len(bomb) < 20_000
+    with pytest.raises(ImageReadError, match=r"bomb\.png: ValueError: .*(Decompressed|too large)"):
+        decode_bytes(bomb, "bomb.png")
+    # Before the pixels too (text chunks in front of IDAT are read while the file is identified).
+    png = _encoded(_picture(), "PNG")
+    idat = png.index(b"IDAT") - 4
+    chunk = bomb[bomb.index(b"zTXt") - 4: bomb.rindex(b"IEND") - 4]
+    with pytest.raises(ImageReadError, match=r"front\.png"):
+        decode_bytes(png[:idat] + chunk + png[idat:], "front.png")
+
+
+def _png_header_only(width: int, height: int, bit_depth: int = 8, colour: int = 2, rows: bytes = b"") -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _strip_png(width: int) -> bytes:
+    """A real 1-pixel-high greyscale PNG `width` pixels wide (its pixels compress to ~1 KB per megapixel)."""
+    squeeze = zlib.compressobj(9)
+    rows = squeeze.compress(b"\0" * (width + 1)) + squeeze.flush()
+    return _png_header_only(width, 1, colour=0, rows=rows)
+
+
+def test_a_100_megapixel_strip_is_refused_from_its_header_naming_the_input():
+    strip = _strip_png(MAX_IMAGE_PIXELS)
+    assert len(strip) < 200_000
+    tracemalloc.start()
+    began = time.perf_counter()
+    with pytest.raises(ImageReadError, match=r"strip\.png is 100000000x1 pixels: its long side is 100,000,000 times"):
+        decode_bytes(strip, "strip.png")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - began < 2 and peak < 20_000_000  # refused before any pixel was decoded
+
+
+def test_aspect_ratio_bound_keeps_line_scan_strips_and_refuses_slivers():
+    line_scan = decode_bytes(_encoded(_picture(size=(1024, 64)), "PNG"), "line-scan.png")  # 16:1
+    assert line_scan.size == (1024, 64)
+    limit = decode_bytes(_encoded(_picture(size=(MAX_ASPECT_RATIO * 3, 3)), "PNG"), "limit.png")
+    assert limit.size == (MAX_ASPECT_RATIO * 3, 3)
+    with pytest.raises(ImageReadError, match=r"thin\.png is 301x3 pixels"):
+        decode_bytes(_encoded(_picture(size=(MAX_ASPECT_RATIO * 3 + 1, 3)), "PNG"), "thin.png")
+    with pytest.raises(ImageReadError, match=r"sliver\.png is 600000x1 pixels"):
+        decode_bytes(_strip_png(600_000), "sliver.png")
+
+
+def _float_tiff(width: int, height: int) -> bytes:
+    """A 32-bit float greyscale TIFF whose header says width x height (the pixel data of 8x8 only)."""
+    small = _encoded(Image.fromarray(np.zeros((8, 8), np.float32), mode="F"), "TIFF")
+    with Image.open(io.BytesIO(small)) as image:
+        assert image.mode == "F"
+    buffer = bytearray(small)
+    order = "<" if buffer[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", buffer[4:8])
+    (count,) = struct.unpack(order + "H", buffer[ifd: ifd + 2])
+    for entry in range(count):
+        at = ifd + 2 + 12 * entry
+        tag, kind = struct.unpack(order + "HH", buffer[at: at + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength
+            value = width if tag == 256 else height
+            packed = struct.pack(order + ("HH" if kind == 3 else "I"), *((value, 0) if kind == 3 else (value,)))
+            buffer[at + 8: at + 12] = packed
+    return bytes(buffer)
+
+
+def test_a_float_tiff_counts_four_bytes_a_pixel_against_the_budget():
+    huge = _float_tiff(10_000, 10_000)  # 100 megapixels: within the pixel limit, 400 MB decoded
+    assert len(huge) < 2_000
+    tracemalloc.start()
+    with pytest.raises(ImageReadError, match=r"float\.tif is 10000x10000 pixels in mode F \(4 bytes a pixel\): "
+                                             r"400,000,000 bytes decoded, more than the 300,000,000"):
+        decode_bytes(huge, "float.tif")
+    assert tracemalloc.get_traced_memory()[1] < 20_000_000
+    tracemalloc.stop()
+    assert MAX_DECODED_BYTES == 300_000_000
+    # A float TIFF within the budget decodes, rescaled to 8 bits.
+    image = decode_bytes(allowed_seeds()["tiff-deflate-float"], "small-float.tif")
+    grey = np.asarray(image)[..., 0]
+    expected = np.clip(np.linspace(0, 1, 23 * 17, dtype=np.float32).reshape(17, 23) * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(grey, expected)
+
+
+def test_every_decoder_exception_class_becomes_an_image_read_error(monkeypatch):
+    data = allowed_seeds()["png-rgb"]
+    for raised in (ValueError("bad"), struct.error("unpack"), IndexError("index"), TypeError("type"),
+                   OSError("os"), EOFError("eof"), MemoryError(), ZeroDivisionError("zero"),
+                   Image.DecompressionBombError("bomb"), SyntaxError("syntax"), KeyError("key")):
+        def fail(self, raised=raised):
+            raise raised
+        monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+        with pytest.raises(ImageReadError, match=rf"named\.png: {type(raised).__name__}") as caught:
+            decode_bytes(data, "named.png")
+        assert caught.value.__cause__ is raised
+
+
+# ------------------------------------------------------------------------------- no external program runs
+@pytest.fixture
+def stand_in_programs(tmp_path, monkeypatch):
+    """Executables named like external decoders, first on PATH, each writing a marker file when run."""
+    folder, markers = tmp_path / "bin", tmp_path / "markers"
+    folder.mkdir()
+    markers.mkdir()
+    for program in EXTERNAL_PROGRAMS:
+        script = folder / program
+        script.write_text(f"#!/bin/sh\necho \"$@\" > {markers}/{program}\nexit 1\n")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return markers
+
+
+def test_the_stand_in_ghostscript_would_catch_pillow_running_it(stand_in_programs):
+    """The check of the tests below can fail: unrestricted Pillow does run `gs` on an EPS."""
+    with pytest.raises(Exception):  # our gs exits 1 without writing an image
+        with Image.open(io.BytesIO(eps_bytes())) as image:
+            image.load()
+    assert (stand_in_programs / "gs").exists()
+
+
+def test_serve_and_app_decoding_never_run_an_external_program(stand_in_programs, tmp_path):
+    for name, data in refused_seeds().items():
+        with pytest.raises(ImageReadError):
+            image_from_bytes(data, f"{name}.png")  # serve's request bodies
+        path = tmp_path / f"{name}.png"  # the app stages uploads as files and decodes them with load_image
+        path.write_bytes(data)
+        with pytest.raises(ImageReadError, match=f"{name}.png"):
+            load_image(str(path))
+    assert sorted(os.listdir(stand_in_programs)) == []
+
+
+def test_predict_scores_a_folder_with_an_eps_named_png_without_running_ghostscript(stand_in_programs, tmp_path,
+                                                                                   tiny_clip):
+    from scale_setup import write_scale_workspace
+
+    workspace = write_scale_workspace(tmp_path / "ws", tiny_clip)
+    (workspace.images / "evil.png").write_bytes(eps_bytes())
+    (workspace.images / "evil.eps").write_bytes(eps_bytes())
+    output = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "anomclip_hf", "predict", "--base", str(workspace.base),
+                           "--category", str(workspace.widget), "--images", str(workspace.images), "--output",
+                           str(output), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(stand_in_programs)) == []
+    errors = (output / "errors.csv").read_text()
+    assert "evil.png" in errors and "not a PNG, JPEG, BMP, TIFF or WebP file" in errors
+    scored = (output / "scores.csv").read_text()
+    assert all(path.name in scored for path in workspace.good)
