@@ -101,8 +101,8 @@ def open_image(source: Union[str, os.PathLike, EncodedBytes], name: str, what: s
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read {what} file {name}: not a {ALLOWED_NAMES} file (other formats are "
-                             "refused)") from None
+        raise ImageReadError(f"cannot read {what} file {name}: no image format this package reads; expected a "
+                             f"{ALLOWED_NAMES} file (other formats are refused)") from None
     except Exception as error:  # any decoder failure is this input's, never the caller's crash
         raise ImageReadError(f"cannot read {what} file {name}: {type(error).__name__}: {error}") from error
 
@@ -117,8 +117,8 @@ def probe_image(path: Union[str, os.PathLike], name: str, what: str = "image") -
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read {what} file {name}: not a {ALLOWED_NAMES} file (other formats are "
-                             "refused)") from None
+        raise ImageReadError(f"cannot read {what} file {name}: no image format this package reads; expected a "
+                             f"{ALLOWED_NAMES} file (other formats are refused)") from None
     except Exception as error:
         raise ImageReadError(f"cannot read {what} file {name}: {type(error).__name__}: {error}") from error
 

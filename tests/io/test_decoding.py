@@ -159,7 +159,7 @@ def test_formats_outside_the_list_are_refused_naming_the_input(kind):
     data = refused_seeds()[kind]
     if kind != "pdf":  # Pillow writes PDF but cannot read it; it identifies every other one of these
         Image.open(io.BytesIO(data))  # so the refusal is the contract's, not Pillow's
-    with pytest.raises(ImageReadError, match=rf"upload-{kind}\.png: not a PNG, JPEG, BMP, TIFF or WebP file"):
+    with pytest.raises(ImageReadError, match=rf"upload-{kind}\.png: no image format this package reads; expected a PNG, JPEG, BMP, TIFF or WebP file"):
         decode_bytes(data, f"upload-{kind}.png")
 
 
@@ -350,6 +350,6 @@ def test_predict_scores_a_folder_with_an_eps_named_png_without_running_ghostscri
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(stand_in_programs)) == []
     errors = (output / "errors.csv").read_text()
-    assert "evil.png" in errors and "not a PNG, JPEG, BMP, TIFF or WebP file" in errors
+    assert "evil.png" in errors and "expected a PNG, JPEG, BMP, TIFF or WebP file" in errors
     scored = (output / "scores.csv").read_text()
     assert all(path.name in scored for path in workspace.good)
