@@ -87,9 +87,9 @@ def open_image(source: Union[str, os.PathLike, EncodedBytes], name: str, what: s
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageReadError(f"{what} {name}: no image data (expected the bytes of a {ALLOWED_NAMES} file)")
-        stream = io.BytesIO(bytes(source))
+        stream, label = io.BytesIO(bytes(source)), f"{what} {name}"
     else:
-        stream = os.fspath(source)
+        stream, label = os.fspath(source), f"{what} file {name}"
         if not os.path.isfile(stream):
             raise ImageReadError(f"{what} file not found: {name}")
     try:
@@ -101,10 +101,10 @@ def open_image(source: Union[str, os.PathLike, EncodedBytes], name: str, what: s
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read {what} file {name}: no image format this package reads; expected a "
+        raise ImageReadError(f"cannot read {label}: no image format this package reads; expected a "
                              f"{ALLOWED_NAMES} file (other formats are refused)") from None
     except Exception as error:  # any decoder failure is this input's, never the caller's crash
-        raise ImageReadError(f"cannot read {what} file {name}: {type(error).__name__}: {error}") from error
+        raise ImageReadError(f"cannot read {label}: {type(error).__name__}: {error}") from error
 
 
 def probe_image(path: Union[str, os.PathLike], name: str, what: str = "image") -> tuple[int, int]:
