@@ -22,7 +22,7 @@ from ..io.pixel_arrays import (
 )
 from ..model.decisions import check_threshold, decision
 from .extras import import_extra
-from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, read_sidecar
+from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, check_graph, read_sidecar
 
 if TYPE_CHECKING:
     from ..io.batches import ScoredBatch
@@ -51,6 +51,8 @@ class OnnxAnomalyDetector:
             raise FileNotFoundError(f"ONNX model not found: {path}")
         self.path = path
         self.settings = read_sidecar(path)
+        with open(path, "rb") as handle:  # read once: the bytes checked are the bytes the session runs
+            graph = handle.read()
         self.image_size, self.mean, self.std, self.resample = _preprocessing(path, self.settings["preprocessing"])
         # With a DINOv2 memory the graph has a second input: the same images, its preprocessing.
         memory = self.settings.get("memory_preprocessing")
@@ -60,8 +62,9 @@ class OnnxAnomalyDetector:
         self.category = self.settings.get("category", {}).get("category")
         # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.
         self.note = PIPELINE_CHECK_NOTE if (self.settings.get("base_model") or {}).get("random_weights") else ""
-        self.session = onnxruntime.InferenceSession(path, sess_options=session_options,
+        self.session = onnxruntime.InferenceSession(graph, sess_options=session_options,
                                                     providers=list(providers or ["CPUExecutionProvider"]))
+        check_graph(path, graph, self.settings, dict(self.session.get_modelmeta().custom_metadata_map))
 
     def preprocess(self, images: Sequence[ImageInput]):
         """(B, 3, S, S) float32 pixel values, as `AnomCLIPProcessor` makes them; with a DINOv2 memory a dict of
