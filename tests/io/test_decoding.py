@@ -6,18 +6,15 @@ from __future__ import annotations
 import io
 import os
 import random
-import stat
 import struct
-import subprocess
-import sys
 import time
 import tracemalloc
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile, PngImagePlugin
+from stand_ins import eps_bytes, install_stand_ins
 
 from anomclip_hf.inference.predictor import image_from_bytes
 from anomclip_hf.io.decoding import (
@@ -29,11 +26,8 @@ from anomclip_hf.io.decoding import (
 )
 from anomclip_hf.io.image_io import load_image, load_mask
 
-REPO = Path(__file__).resolve().parents[2]
 MUTANTS_PER_SEED = 90
-# Programs Pillow (EPS: gs), ImageMagick-style helpers or video tools would run on an input.
-EXTERNAL_PROGRAMS = ("gs", "gsc", "gswin32c", "gswin64c", "convert", "magick", "identify", "ffmpeg", "djpeg",
-                     "cjpeg", "xdg-open", "display", "eog", "xv")
+
 
 
 def _encoded(image: Image.Image, format_: str, **options) -> bytes:
@@ -86,12 +80,6 @@ def refused_seeds() -> dict[str, bytes]:
         "sgi": _encoded(rgb, "SGI"),
         "im": _encoded(rgb, "IM"),
     }
-
-
-def eps_bytes() -> bytes:
-    """A PostScript file Pillow identifies as EPS: decoding it runs Ghostscript (`gs`)."""
-    return (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n%%EndComments\n"
-            b"newpath 0 0 moveto 32 32 lineto stroke showpage\n%%EOF\n")
 
 
 def _rotated_exif() -> bytes:
@@ -303,16 +291,7 @@ def test_every_decoder_exception_class_becomes_an_image_read_error(monkeypatch):
 # ------------------------------------------------------------------------------- no external program runs
 @pytest.fixture
 def stand_in_programs(tmp_path, monkeypatch):
-    """Executables named like external decoders, first on PATH, each writing a marker file when run."""
-    folder, markers = tmp_path / "bin", tmp_path / "markers"
-    folder.mkdir()
-    markers.mkdir()
-    for program in EXTERNAL_PROGRAMS:
-        script = folder / program
-        script.write_text(f"#!/bin/sh\necho \"$@\" > {markers}/{program}\nexit 1\n")
-        script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    return markers
+    return install_stand_ins(tmp_path / "stand-ins", monkeypatch)
 
 
 def test_the_stand_in_ghostscript_would_catch_pillow_running_it(stand_in_programs):
@@ -332,24 +311,3 @@ def test_serve_and_app_decoding_never_run_an_external_program(stand_in_programs,
         with pytest.raises(ImageReadError, match=f"{name}.png"):
             load_image(str(path))
     assert sorted(os.listdir(stand_in_programs)) == []
-
-
-def test_predict_scores_a_folder_with_an_eps_named_png_without_running_ghostscript(stand_in_programs, tmp_path,
-                                                                                   tiny_clip):
-    from scale_setup import write_scale_workspace
-
-    workspace = write_scale_workspace(tmp_path / "ws", tiny_clip)
-    (workspace.images / "evil.png").write_bytes(eps_bytes())
-    (workspace.images / "evil.eps").write_bytes(eps_bytes())
-    output = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "anomclip_hf", "predict", "--base", str(workspace.base),
-                           "--category", str(workspace.widget), "--images", str(workspace.images), "--output",
-                           str(output), "--quiet"], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(stand_in_programs)) == []
-    errors = (output / "errors.csv").read_text()
-    assert "evil.png" in errors and "expected a PNG, JPEG, BMP, TIFF or WebP file" in errors
-    scored = (output / "scores.csv").read_text()
-    assert all(path.name in scored for path in workspace.good)
