@@ -116,9 +116,14 @@ def write_json(path: str, payload) -> None:
     """Write a JSON file atomically (a temporary file beside it, then a rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.partial-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+        os.replace(temporary, path)
+    except BaseException:  # a full disk or an unserialisable value: no partial file stays behind
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def write_csv(path: str, rows: Iterable[Sequence]) -> None:
