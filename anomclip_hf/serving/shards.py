@@ -36,6 +36,7 @@ from ..io.run_lock import folder_lock
 from .merge import plan_hash, write_merged
 
 SHARDS_DIR, PLAN_FILE, DONE_FILE = "shards", "plan.json", "done.json"
+MAX_PROCESSES = 99_999  # shard folders are named RANK-of-N with 5 digits
 
 
 def launched_processes() -> int:
@@ -104,7 +105,7 @@ def _start_or_resume(output_dir: str, shards: str, plan: dict) -> None:
         same = False
     if not same:
         remove_earlier_outputs(output_dir)
-        shutil.rmtree(shards, ignore_errors=True)
+        _remove_shards(shards)
         write_json(plan_file, plan)
     else:  # the merged CSVs are rewritten from the shards at the end
         for name in (SCORES_FILE, ERRORS_FILE):
@@ -114,7 +115,7 @@ def _start_or_resume(output_dir: str, shards: str, plan: dict) -> None:
 
 def _score_shard(build_predictor, paths, mine: Sequence[int], shards: str, plan: dict, rank: int, *,
                  root, output_dir: str, save_maps: bool, progress: bool) -> dict:
-    shard = f"{rank:05d}-of-{plan['processes']:05d}"
+    shard = _shard_name(rank, plan["processes"])
     folder = os.path.join(shards, shard)
     done = os.path.join(folder, DONE_FILE)
     status = {"shard": shard, "error": "", "threshold": None, "skipped": False}
@@ -135,6 +136,22 @@ def _score_shard(build_predictor, paths, mine: Sequence[int], shards: str, plan:
         return {**status, "threshold": predictor.threshold}
     except Exception as error:  # noqa: BLE001 - reported to every process after the gather
         return {**status, "error": f"{type(error).__name__}: {error}"}
+
+
+def _remove_shards(shards: str) -> None:
+    """Delete the shard folders the earlier plan in `shards` made (RANK-of-N for its N processes) and its plan;
+    anything else under `shards` is not this package's and stays."""
+    earlier = _read_done(os.path.join(shards, PLAN_FILE))
+    processes = earlier.get("processes") if isinstance(earlier, dict) else None
+    if isinstance(processes, int) and not isinstance(processes, bool) and 0 < processes <= MAX_PROCESSES:
+        for rank in range(processes):
+            shutil.rmtree(os.path.join(shards, _shard_name(rank, processes)), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(shards, PLAN_FILE))
+
+
+def _shard_name(rank: int, processes: int) -> str:
+    return f"{rank:05d}-of-{processes:05d}"
 
 
 def _read_done(path: str) -> Optional[dict]:
