@@ -101,12 +101,14 @@ def mutants(data: bytes, seed: int, count: int):
         yield bytes(buffer)
 
 
-def _zTXt_bomb() -> bytes:
-    """A small valid PNG with a zTXt chunk that inflates to 4 MB (over Pillow's MAX_TEXT_CHUNK)."""
+def _zTXt_bomb(kind: bytes = b"zTXt") -> bytes:
+    """A small valid PNG with a compressed text chunk (zTXt, or iTXt) that inflates to 4 MB (over Pillow's
+    MAX_TEXT_CHUNK)."""
     png = _encoded(_picture(), "PNG")
     text = zlib.compress(b"A" * (4 * PngImagePlugin.MAX_TEXT_CHUNK), 9)
-    body = b"comment\0\0" + text
-    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    # zTXt: keyword, 0, method 0, data; iTXt: keyword, 0, compressed 1, method 0, language, 0, translated, 0, data
+    body = (b"comment\0\0" if kind == b"zTXt" else b"comment\0\1\0en\0\0") + text
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     end = png.rindex(b"IEND") - 4  # text after the pixels: read while the image loads
     return png[:end] + chunk + png[end:]
 

@@ -98,15 +98,16 @@ def test_fuzzed_files_on_disk_go_through_load_image_and_load_mask_alike(tmp_path
                     assert str(path) in str(error)
 
 
-def test_a_png_text_chunk_bomb_is_an_image_read_error():
-    bomb = _zTXt_bomb()
+@pytest.mark.parametrize("kind", [b"zTXt", b"iTXt"])
+def test_a_png_text_chunk_bomb_is_an_image_read_error(kind):
+    bomb = _zTXt_bomb(kind)
     assert len(bomb) < 20_000
     with pytest.raises(ImageReadError, match=r"bomb\.png: ValueError: .*(Decompressed|too large)"):
         decode_bytes(bomb, "bomb.png")
     # Before the pixels too (text chunks in front of IDAT are read while the file is identified).
     png = _encoded(_picture(), "PNG")
     idat = png.index(b"IDAT") - 4
-    chunk = bomb[bomb.index(b"zTXt") - 4: bomb.rindex(b"IEND") - 4]
+    chunk = bomb[bomb.index(kind) - 4: bomb.rindex(b"IEND") - 4]
     with pytest.raises(ImageReadError, match=r"front\.png"):
         decode_bytes(png[:idat] + chunk + png[idat:], "front.png")
 
