@@ -23,7 +23,7 @@ def _bmp_raising_value_error() -> bytes:
     import io
 
     data = bytearray(allowed_seeds()["bmp"])
-    data[0x1C] = 0x07  # bits per pixel 7: "unknown raw mode" / "Unsupported BMP" from Pillow's BMP plugin
+    data[30] = 1  # the compression field: RLE8 on a 24-bit image, "unknown raw mode" from Pillow's BMP plugin
     try:
         Image.open(io.BytesIO(bytes(data))).load()
     except ValueError:
