@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ..errors import DatasetLayoutError
 from ..io.image_io import display_path, probe_image
-from .errors import DatasetLayoutError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

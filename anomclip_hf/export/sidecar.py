@@ -20,6 +20,7 @@ import os
 import re
 from typing import Optional
 
+from ..errors import AnomCLIPError
 from ..io.pixel_arrays import RESAMPLE_NAMES
 from ..model.decisions import unreachable_threshold
 
@@ -38,7 +39,7 @@ MAX_SIDE = 4096  # image and map sides: larger is no CLIP or DINOv2 preprocessin
 MEAN_RANGE, STD_RANGE = (0.0, 1.0), (0.01, 1.0)
 
 
-class SidecarError(ValueError):
+class SidecarError(AnomCLIPError, ValueError):
     """A sidecar that is missing, unreadable, out of its schema or not the one of its graph."""
 
 

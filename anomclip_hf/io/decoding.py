@@ -27,6 +27,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageReadError
+
 # Decoded in-process by Pillow itself (zlib, libjpeg, libtiff, libwebp): no format here runs a program.
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 ALLOWED_NAMES = "PNG, JPEG, BMP, TIFF or WebP"
@@ -40,10 +42,6 @@ MAX_ASPECT_RATIO = 100
 RGB_BYTES_PER_PIXEL = 3
 
 EncodedBytes = Union[bytes, bytearray, memoryview]
-
-
-class ImageReadError(ValueError):
-    """An image or mask file could not be read or has an unusable content."""
 
 
 def bytes_per_pixel(mode: str) -> int:

@@ -19,13 +19,14 @@ import secrets
 import socket
 from typing import Iterator, Optional
 
+from ..errors import BusyError
 from .atomic_io import process_alive
 
 LOCK_FILE = ".anomclip.lock"
 logger = logging.getLogger(__name__)
 
 
-class FolderInUseError(OSError):
+class FolderInUseError(BusyError, OSError):
     """Another live process holds the lock of this output folder (an OSError: the CLI prints it in one line)."""
 
 

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import AnomCLIPError
 from ..inference.prediction import (
     PredictionResult,
     overlay_name,
@@ -39,7 +40,7 @@ CONNECT_TIMEOUT_S = 5.0
 NOT_UTF8 = "file name is not valid UTF-8 (its bytes are shown as \\xNN); rename it to score it"
 
 
-class ClusterUnreachableError(ConnectionError):
+class ClusterUnreachableError(AnomCLIPError, ConnectionError):
     """The Ray cluster at the given address does not answer."""
 
 
