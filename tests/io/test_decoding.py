@@ -24,7 +24,7 @@ from hostile_images import (
 )
 from stand_ins import eps_bytes, install_stand_ins
 
-from anomclip_hf.inference.predictor import image_from_bytes
+from anomclip_hf.inference.inputs import image_from_bytes
 from anomclip_hf.io.decoding import (
     MAX_ASPECT_RATIO,
     MAX_DECODED_BYTES,

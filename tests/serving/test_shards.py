@@ -1,6 +1,6 @@
 """accelerate shard plans notice changed state: a replaced input (same name) or an adapter re-fitted at the same
 path starts the run afresh (new scores, the new threshold); an unchanged rerun reuses the finished shards. A new
-plan deletes only the shard folders a run made. (One process, in-process: the plan logic is the same for N.)"""
+plan deletes only what earlier runs wrote under shards/. (One process, in-process: the plan logic is the same for N.)"""
 
 from __future__ import annotations
 
@@ -91,18 +91,19 @@ def test_an_adapter_refitted_at_the_same_path_starts_afresh_with_its_threshold(s
         assert after.scores[path] == pytest.approx(expected[path], abs=1e-6)
 
 
-def test_a_new_plan_removes_only_the_shard_folders_a_run_made(setup):
+def test_a_new_plan_removes_only_what_runs_wrote_under_shards(setup):
     _, root, paths = setup
     _run(root, paths)
     shards = root / "out" / "shards"
     (shards / "notes.txt").write_text("mine")
     (shards / "mine").mkdir()
     (shards / "mine" / "keep.csv").write_text("a,b\n")
-    (shards / "00003-of-00007").mkdir()  # looks like a shard, but no plan of this folder made it
+    (shards / "00003-of-00007").mkdir()  # looks like a shard, but holds a file no run wrote
+    (shards / "00003-of-00007" / "notes.md").write_text("mine too")
     _image(5, (34, 30)).save(paths[0])
     assert _run(root, paths).skipped_shards == []
     assert (shards / "notes.txt").read_text() == "mine" and (shards / "mine" / "keep.csv").exists()
-    assert (shards / "00003-of-00007").is_dir()
+    assert (shards / "00003-of-00007" / "notes.md").read_text() == "mine too"
     assert json.loads((shards / "plan.json").read_text())["processes"] == 1
 
 
