@@ -6,10 +6,10 @@ import sys
 
 from ..flags.numeric import (
     MAX_OUTPUT_SIZE,
-    finite_float,
     int_range,
     nonnegative_float,
     positive_int,
+    threshold_value,
 )
 from ..flags.precision import add_precision_argument
 from ._common import (
@@ -37,7 +37,7 @@ def add_parser(commands) -> None:
     predict.add_argument("--images", required=True, nargs="+",
                          help="image files and/or folders of images (sub-folders included)")
     predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
-    predict.add_argument("--threshold", type=finite_float, default=None,
+    predict.add_argument("--threshold", type=threshold_value, default=None,
                          help="image-score decision threshold (default: the one stored with the category)")
     predict.add_argument("--batch-size", type=positive_int, default=16)
     predict.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,

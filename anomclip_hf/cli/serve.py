@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..flags.numeric import (
     MAX_OUTPUT_SIZE,
-    finite_float,
     int_range,
     nonnegative_float,
     positive_int,
+    threshold_value,
 )
 from ..flags.precision import add_precision_argument
 from ._common import add_command, resolve_device
@@ -32,7 +32,7 @@ def add_parser(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", choices=HOSTS,
                        help="address to listen on (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=int_range(1024, 65535), default=8000, help="(default: %(default)s)")
-    serve.add_argument("--threshold", type=finite_float, default=None,
+    serve.add_argument("--threshold", type=threshold_value, default=None,
                        help="decision threshold for every category (default: each one's stored threshold)")
     serve.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                        help="anomaly-map size of ?map=1 (default: model input)")

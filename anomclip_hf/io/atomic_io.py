@@ -30,10 +30,40 @@ def atomic_directory(target: str) -> Iterator[str]:
     staging = tempfile.mkdtemp(prefix=os.path.basename(_leftover_prefix(target, "partial", os.getpid())), dir=parent)
     try:
         yield staging
+        apply_umask(staging)
         replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def apply_umask(folder: str) -> None:
+    """Give `folder` and what was written in it the modes the user's umask gives new files and folders
+    (0o666 / 0o777 & ~umask): mkdtemp makes folders owner-only (0700), and some writers (safetensors) make
+    files owner-only (0600), which a second user of a shared machine cannot read."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else by setting and restoring."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def replace_directory(staging: str, final: str) -> None:
@@ -119,6 +149,19 @@ def write_json(path: str, payload) -> None:
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
     os.replace(temporary, path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a UTF-8 text file atomically (a temporary file beside it, then a rename)."""
+    temporary = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def write_csv(path: str, rows: Iterable[Sequence]) -> None:
