@@ -74,14 +74,15 @@ def _mask_for(folder: LabelledFolder, image: str) -> str:
                              f"{os.path.join(folder.mask_dir, relative)}.png or {relative + MASK_SUFFIX}.png)")
 
 
-def abnormal_rows(folder: LabelledFolder, exclude: Optional[str] = None) -> List[Dict]:
+def abnormal_rows(folder: LabelledFolder) -> List[Dict]:
     """The rows of the anomalous images (a sub-folder's name is the defect type), with their masks when the
-    folder has a mask folder; images inside `exclude` (e.g. a normal folder that lies in the abnormal one, as
-    MVTec's test/good in test/) are left out."""
+    folder has a mask folder. Images inside the normal folders are left out: a normal folder may lie in the
+    abnormal one (MVTec's test/good in test/) and counts as normal only."""
     abnormal, _ = walk_images(require_dir(folder.abnormal_dir, "abnormal image"))
-    if exclude is not None:
-        inside = os.path.join(os.path.abspath(exclude), "")
-        abnormal = [path for path in abnormal if not os.path.abspath(path).startswith(inside)]
+    for normal in (folder, folder.normal_test_dir):
+        if normal is not None:
+            inside = os.path.join(os.path.abspath(normal), "")
+            abnormal = [path for path in abnormal if not os.path.abspath(path).startswith(inside)]
     if not abnormal:
         raise DatasetLayoutError(f"no anomalous images under {folder.abnormal_dir}")
     if folder.mask_dir is not None:

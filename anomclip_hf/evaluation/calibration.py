@@ -162,7 +162,7 @@ def calibration_files(normal_dir: str, abnormal_dir: Optional[str] = None, mask_
     items = [(path, 0, "good", None) for path in sorted(normals)]
     if abnormal_dir is not None:
         # a normal folder inside the abnormal one (MVTec's test/good in test/) counts as normal only
-        rows = abnormal_rows(LabelledFolder(normal_dir, abnormal_dir, mask_dir=mask_dir), exclude=normal_dir)
+        rows = abnormal_rows(LabelledFolder(normal_dir, abnormal_dir, mask_dir=mask_dir))
         check_row_files(rows)
         items += [(row["path"], 1, row["defect_type"], row["mask_path"]) for row in sorted(rows, key=lambda r: r["path"])]
     return items

@@ -7,6 +7,7 @@ import csv
 import ctypes
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -142,13 +143,33 @@ def _exchange(first: str, second: str) -> bool:
     raise OSError(code, os.strerror(code), second)
 
 
+def strict_json(value):
+    """`value` with every NaN or infinite float replaced by None: what JSON can hold (a bare NaN token is not
+    JSON; JavaScript's JSON.parse and other strict parsers reject the whole file)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
+        return strict_json(value.item())
+    return value
+
+
 def write_json(path: str, payload) -> None:
-    """Write a JSON file atomically (a temporary file beside it, then a rename)."""
+    """Write a strict JSON file (`strict_json`: null for NaN and infinities) atomically (a temporary file beside
+    it, then a rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.partial-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(strict_json(payload), handle, indent=2, allow_nan=False)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def write_text(path: str, text: str) -> None:
