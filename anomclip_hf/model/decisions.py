@@ -8,7 +8,9 @@ Sensitivity: the one user-facing knob over a stored threshold T, a number s in [
 s = 0.5 is T itself; a higher sensitivity is a lower threshold (more images flagged), so the map is strictly
 decreasing in s and its inverse gives s back. It is the normalised score read the other way: an image is
 flagged at sensitivity s exactly when its normalised score (score / 2T, clipped to [0, 1]) is at least 1 - s.
-s = 0 flags only scores of 2T or more, s = 1 flags every image.
+s = 0 flags only scores of 2T or more, s = 1 flags every image. The threshold is kept inside the range of every
+threshold, (0, 2]: at most 2 (a stored T above 1 and a low s), at least MIN_SENSITIVITY_THRESHOLD (s = 1 flags
+every image scoring above it); between those bounds the map is exact.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional
 from ..flags.numeric import THRESHOLD_EXPECTED, THRESHOLD_RANGE
 
 DEFAULT_SENSITIVITY = 0.5
+MIN_SENSITIVITY_THRESHOLD = 1e-6  # sensitivity 1: every image scoring above a millionth (scores are in [0, 1])
 
 
 def check_threshold(value, name: str = "threshold") -> Optional[float]:
@@ -49,7 +52,7 @@ def threshold_for_sensitivity(sensitivity: float, stored_threshold: float) -> fl
     docstring: 0.5 -> T, monotone decreasing, inverse `sensitivity_for_threshold`)."""
     sensitivity = check_sensitivity(sensitivity)
     stored = _stored(stored_threshold)
-    return 2.0 * stored * (1.0 - sensitivity)
+    return min(max(2.0 * stored * (1.0 - sensitivity), MIN_SENSITIVITY_THRESHOLD), THRESHOLD_RANGE[1])
 
 
 def sensitivity_for_threshold(threshold: float, stored_threshold: float) -> float:

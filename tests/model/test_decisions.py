@@ -9,6 +9,7 @@ import pytest
 
 from anomclip_hf.model.adapter_schema import THRESHOLD_RANGE
 from anomclip_hf.model.decisions import (
+    MIN_SENSITIVITY_THRESHOLD,
     check_threshold,
     decision,
     normalized_score,
@@ -27,16 +28,21 @@ def test_half_sensitivity_is_the_stored_threshold(stored):
 
 
 @pytest.mark.parametrize("stored", STORED)
-def test_the_mapping_is_strictly_decreasing_and_round_trips(stored):
+def test_the_mapping_is_monotone_and_round_trips_inside_the_threshold_range(stored):
     sensitivities = np.linspace(0, 1, 101)
     thresholds = [threshold_for_sensitivity(float(s), stored) for s in sensitivities]
-    assert all(a > b for a, b in zip(thresholds, thresholds[1:]))  # more sensitive: a lower threshold
-    for s, t in zip(sensitivities, thresholds):
+    assert all(a >= b for a, b in zip(thresholds, thresholds[1:]))  # more sensitive: never a higher threshold
+    assert all(check_threshold(t) == t for t in thresholds)  # every one a valid threshold, (0, 2]
+    exact = [(s, t) for s, t in zip(sensitivities, thresholds) if MIN_SENSITIVITY_THRESHOLD < t < 2]
+    assert len(exact) >= 45  # stored 2: the lower half of the knob is clipped at 2
+    assert all(a > b for (_, a), (_, b) in zip(exact, exact[1:]))  # strictly, where nothing is clipped
+    for s, t in exact:
+        assert t == pytest.approx(2 * stored * (1 - s), rel=1e-12)
         assert sensitivity_for_threshold(t, stored) == pytest.approx(s, abs=1e-12)
-    for t in np.linspace(0, 2 * stored, 37):
+    for t in np.linspace(MIN_SENSITIVITY_THRESHOLD, min(2.0, 2 * stored), 37):
         assert threshold_for_sensitivity(sensitivity_for_threshold(float(t), stored), stored) == \
-            pytest.approx(t, rel=1e-12, abs=1e-15)
-    assert thresholds[0] == pytest.approx(2 * stored) and thresholds[-1] == 0.0
+            pytest.approx(t, rel=1e-9)
+    assert thresholds[-1] == MIN_SENSITIVITY_THRESHOLD and thresholds[0] == min(2.0, 2 * stored)
 
 
 @pytest.mark.parametrize("stored", STORED)
@@ -45,7 +51,10 @@ def test_sensitivity_decides_as_the_normalised_score_read_the_other_way(stored):
     rng = np.random.default_rng(0)
     for score in rng.uniform(0, 1, 200):
         for s in (0.0, 0.1, 0.37, 0.5, 0.8, 1.0):
-            flagged = decision(score, threshold_for_sensitivity(s, stored)) == "anomalous"
+            threshold = threshold_for_sensitivity(s, stored)
+            if not MIN_SENSITIVITY_THRESHOLD < threshold < 2:
+                continue  # clipped into the threshold range
+            flagged = decision(score, threshold) == "anomalous"
             normalised = normalized_score(score, stored)
             if not math.isclose(normalised, 1 - s, abs_tol=1e-12):  # ties: float rounding decides either way
                 assert flagged == (normalised >= 1 - s)
