@@ -44,13 +44,12 @@ def apply_umask(folder: str) -> None:
     files owner-only (0600), which a second user of a shared machine cannot read."""
     mask = current_umask()
     os.chmod(folder, 0o777 & ~mask)
-    for root, folders, files in os.walk(folder):
-        for name in folders:
-            os.chmod(os.path.join(root, name), 0o777 & ~mask, follow_symlinks=False)
-        for name in files:
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o666 & ~mask)
+    for root, folders, files in os.walk(folder):  # links are left alone (never followed out of the folder)
+        for names, mode in ((folders, 0o777), (files, 0o666)):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, mode & ~mask)
 
 
 def current_umask() -> int:

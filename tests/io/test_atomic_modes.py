@@ -11,12 +11,13 @@ import sys
 import pytest
 
 SCRIPT = """
-import os, sys, torch
-from safetensors.torch import save_file
+import os, sys
+import numpy as np
+from safetensors.numpy import save_file
 from anomclip_hf.io.atomic_io import atomic_directory, write_json
 target = sys.argv[1]
 with atomic_directory(os.path.join(target, "adapter")) as staging:
-    save_file({"x": torch.zeros(2)}, os.path.join(staging, "weights.safetensors"))
+    save_file({"x": np.zeros(2, np.float32)}, os.path.join(staging, "weights.safetensors"))
     os.makedirs(os.path.join(staging, "sub"))
     with open(os.path.join(staging, "sub", "a.json"), "w") as handle:
         handle.write("{}")
