@@ -347,7 +347,9 @@ def format_calibration(result: Calibration) -> str:
         if counts is None:
             cells += ["", "", "", ""]
         else:
-            cells += [_cell(counts["precision"], 10), _cell(counts["recall"], 8), _cell(counts["false_alarm_rate"], 12),
+            # without anomalous images a precision says nothing (every flagged image is a false alarm)
+            precision = counts["precision"] if counts["tp"] + counts["fn"] else None
+            cells += [_cell(precision, 10), _cell(counts["recall"], 8), _cell(counts["false_alarm_rate"], 12),
                       f"{counts['tp'] + counts['fp']:>8}"]
         lines.append(f"{name:8} " + " ".join(cell if cell else " " * width for cell, width in
                                             zip(cells, (10, 10, 8, 12, 8))))

@@ -103,6 +103,8 @@ def test_percentile_rule_and_history(calibration_set, tmp_path):
     assert record["decision_threshold"] == pytest.approx(expected, rel=1e-6)
     estimate = record["threshold_estimate"]
     assert estimate["rule"] == {"name": "percentile", "percentile": 90.0, "factor": 1.05}
+    card = (adapter / "README.md").read_text()
+    assert f"{record['decision_threshold']:.4f} (score >= threshold is anomalous; calibrated" in card
     (previous,) = estimate["history"]
     assert previous["image"] == pytest.approx(calibration_set["stored"])
     assert previous["rule"]["name"] == "leave-one-out"
