@@ -34,7 +34,7 @@ from ..io.image_io import (
     load_image,
 )
 from ..io.pixel_arrays import as_pil
-from ..model.decisions import decision, normalized_score
+from ..model.decisions import check_threshold, decision, normalized_score
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 # (images, batch_size, progress, skip_unreadable) -> ScoredBatch per batch: `score_images` or the ONNX detector's
@@ -141,7 +141,7 @@ class Predictor:
             return score_pixel_values(model, pixel_values, state.name, output_size, low)
 
         return cls(batches, category=state.name,
-                   threshold=state.metadata.get("decision_threshold") if threshold is None else float(threshold),
+                   threshold=state.metadata.get("decision_threshold") if threshold is None else check_threshold(threshold),
                    pixel_threshold=(state.metadata.get("pixel_threshold") if pixel_threshold is None
                                     else float(pixel_threshold)),
                    note=pipeline_check_note(model) if note is None else note, batch_size=batch_size,
