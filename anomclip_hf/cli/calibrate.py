@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-from ..flags.numeric import positive_int
+from ..flags.numeric import positive_float, positive_int
 from ._common import add_command, add_memory_backbone_argument, base_kwargs, resolve_device
-
-
-def _positive_real(text: str) -> float:
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
 
 
 def add_parser(commands) -> None:
@@ -49,9 +36,9 @@ def add_parser(commands) -> None:
                            help="what the threshold must achieve on the images (default: f1 with --abnormal-dir)")
     calibrate.add_argument("--rule", choices=["percentile", "leave-one-out"], default=None,
                            help="a rule without a target (default without --abnormal-dir: percentile)")
-    calibrate.add_argument("--percentile", type=_positive_real, default=None,
+    calibrate.add_argument("--percentile", type=positive_float, default=None,
                            help="percentile rule: Q of the normal scores, in (0, 100] (default: 95)")
-    calibrate.add_argument("--factor", type=_positive_real, default=None,
+    calibrate.add_argument("--factor", type=positive_float, default=None,
                            help="percentile / leave-one-out rule: the multiplier, >= 1 (default: 1.1)")
     calibrate.add_argument("--dry-run", action="store_true", help="print before/after, write nothing")
     calibrate.add_argument("--batch-size", type=positive_int, default=16)

@@ -82,6 +82,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number greater than 0, e.g. calibrate's --percentile and --factor."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def threshold_value(text: str) -> float:
     """A decision threshold (--threshold): the range rule of stored thresholds, (0, 2]."""
     try:
