@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import ArgumentError
 from ..flags.numeric import positive_float, positive_int
 from ._common import add_command, add_memory_backbone_argument, base_kwargs, resolve_device
 
@@ -53,12 +54,12 @@ def choose_rule(args):
     from ..evaluation.calibration import DEFAULT_FACTOR, DEFAULT_PERCENTILE, CalibrationRule, parse_target
 
     if args.target is not None and args.rule is not None:
-        raise ValueError("--target and --rule are alternatives: give one")
+        raise ArgumentError("--target and --rule are alternatives: give one")
     if args.target is None:
         name = args.rule or ("f1" if args.abnormal_dir is not None else "percentile" if args.normal_dir is not None
                              else None)
         if name is None:
-            raise ValueError("calibrate needs images (--normal-dir, and --abnormal-dir for a target) or "
+            raise ArgumentError("calibrate needs images (--normal-dir, and --abnormal-dir for a target) or "
                              "--rule leave-one-out")
         if name == "f1":
             rule = CalibrationRule("f1")
@@ -70,15 +71,15 @@ def choose_rule(args):
     if rule.name not in ("percentile", "leave-one-out"):
         given = [flag for flag, value in (("--percentile", args.percentile), ("--factor", args.factor)) if value]
         if given:
-            raise ValueError(f"{', '.join(given)} go with --rule percentile or leave-one-out, not --target")
+            raise ArgumentError(f"{', '.join(given)} go with --rule percentile or leave-one-out, not --target")
     if rule.name == "leave-one-out" and args.percentile is not None:
-        raise ValueError("--percentile goes with --rule percentile")
+        raise ArgumentError("--percentile goes with --rule percentile")
     if rule.needs_images and args.normal_dir is None:
-        raise ValueError(f"--target/--rule {rule.name} needs --normal-dir (normal images)")
+        raise ArgumentError(f"--target/--rule {rule.name} needs --normal-dir (normal images)")
     if rule.needs_abnormal and args.abnormal_dir is None:
-        raise ValueError(f"--target {rule.name} needs --abnormal-dir (anomalous images)")
+        raise ArgumentError(f"--target {rule.name} needs --abnormal-dir (anomalous images)")
     if not rule.needs_images and (args.normal_dir or args.abnormal_dir or args.mask_dir):
-        raise ValueError("--rule leave-one-out uses the references' stored scores: drop the image folders")
+        raise ArgumentError("--rule leave-one-out uses the references' stored scores: drop the image folders")
     return rule
 
 
@@ -87,7 +88,7 @@ def run(args) -> int:
 
     rule = choose_rule(args)
     if not os.path.isdir(args.category):
-        raise ValueError(f"--category {args.category}: folder does not exist (calibrate writes into a local "
+        raise ArgumentError(f"--category {args.category}: folder does not exist (calibrate writes into a local "
                          "adapter folder; download a Hub adapter first)")
     from ..hub.base_source import check_base
 

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from ..errors import ArgumentError
 from ..flags.numeric import fraction, nonnegative_int, positive_int
 from ._common import add_command, add_memory_backbone_argument, with_memory_backbone
 
@@ -40,7 +41,7 @@ def add_parser(commands) -> None:
     fit.add_argument("--no-train", action="store_true",
                      help="build the memory and the thresholds with the hand-written prompts, train nothing (as "
                           "--epochs 0)")
-    fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
+    fit.add_argument("--resume-from-checkpoint", dest="resume_from_checkpoint")
     fit.add_argument("--quiet", dest="progress_bar", action="store_false", default=None,
                      help="no progress bars (as --no-progress)")
     add_memory_backbone_argument(fit)
@@ -59,7 +60,7 @@ def run(args) -> int:
     train = not (args.no_train or args.epochs == 0)
     if not train:
         if args.resume_from_checkpoint:
-            raise ValueError("--resume-from-checkpoint resumes a training run; drop it with --no-train / --epochs 0")
+            raise ArgumentError("--resume-from-checkpoint resumes a training run; drop it with --no-train / --epochs 0")
         args.epochs = None  # nothing trains: the run length does not apply
     config = with_memory_backbone(config_from_args(args), args.memory_backbone)
     phrases = read_phrases_file(args.phrases) if args.phrases else None

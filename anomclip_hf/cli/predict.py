@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import ArgumentError
 from ..flags.numeric import (
     MAX_OUTPUT_SIZE,
     int_range,
@@ -52,7 +53,7 @@ def add_parser(commands) -> None:
     predict.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                          help=f"anomaly-map size, at most {MAX_OUTPUT_SIZE} (default: model input)")
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
-    add_precision_argument(predict, aliases=("--autocast",))  # --autocast none/bf16/fp16: its older name
+    add_precision_argument(predict)
     predict.add_argument("--save-maps", action="store_true",
                          help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "
                               "(masks/*.png, 255 = above the pixel threshold)")
@@ -156,7 +157,7 @@ def _threshold(args):
             "decision_threshold")
         source = args.category
     if stored is None:
-        raise ValueError(f"--sensitivity is relative to the stored decision threshold, but {source} stores none; "
+        raise ArgumentError(f"--sensitivity is relative to the stored decision threshold, but {source} stores none; "
                          "pass --threshold, or store one with `anomclip calibrate`")
     threshold = resolve_threshold(stored, sensitivity=args.sensitivity)
     print(f"sensitivity {args.sensitivity:g}: decision threshold {threshold:.4f} (stored {stored:.4f})",

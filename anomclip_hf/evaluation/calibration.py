@@ -37,6 +37,7 @@ import numpy as np
 
 from ..data import read_mask
 from ..data.files import walk_images
+from ..errors import ArgumentError, DatasetError
 from ..flags.numeric import THRESHOLD_EXPECTED, THRESHOLD_RANGE
 from ..inference.batch_scoring import score_images
 from ..metrics import PixelMetricAccumulator, decision_counts, f1_max
@@ -65,14 +66,14 @@ class CalibrationRule:
 
     def __post_init__(self):
         if self.name not in RULES:
-            raise ValueError(f"calibration rule {self.name!r}; expected one of {', '.join(RULES)}")
+            raise ArgumentError(f"calibration rule {self.name!r}; expected one of {', '.join(RULES)}")
         if self.name in ("recall", "false-alarm") and not _in_unit(self.target, self.name == "recall"):
-            raise ValueError(f"{self.name}={self.target!r}; expected a rate "
+            raise ArgumentError(f"{self.name}={self.target!r}; expected a rate "
                              f"{'greater than 0 and at most 1' if self.name == 'recall' else 'from 0 to 1'}")
         if self.name == "percentile" and not (_finite(self.percentile) and 0 < self.percentile <= 100):
-            raise ValueError(f"percentile={self.percentile!r}; expected a number greater than 0 and at most 100")
+            raise ArgumentError(f"percentile={self.percentile!r}; expected a number greater than 0 and at most 100")
         if self.name in ("percentile", "leave-one-out") and not (_finite(self.factor) and self.factor >= 1):
-            raise ValueError(f"factor={self.factor!r}; expected a number >= 1 (1: no margin)")
+            raise ArgumentError(f"factor={self.factor!r}; expected a number >= 1 (1: no margin)")
 
     @property
     def needs_abnormal(self) -> bool:
@@ -109,8 +110,8 @@ def parse_target(text: str) -> CalibrationRule:
         try:
             return CalibrationRule(name, target=float(value))
         except ValueError as error:
-            raise ValueError(f"--target {text}: {error}") from None
-    raise ValueError(f"--target {text!r}; expected f1, recall=R or false-alarm=A (R, A rates from 0 to 1, "
+            raise ArgumentError(f"--target {text}: {error}") from None
+    raise ArgumentError(f"--target {text!r}; expected f1, recall=R or false-alarm=A (R, A rates from 0 to 1, "
                      "e.g. recall=0.95 or false-alarm=0.01)")
 
 
@@ -153,12 +154,12 @@ def calibration_files(normal_dir: str, abnormal_dir: Optional[str] = None, mask_
 
     for flag, folder in (("--normal-dir", normal_dir), ("--abnormal-dir", abnormal_dir), ("--mask-dir", mask_dir)):
         if folder is not None and not os.path.isdir(folder):
-            raise ValueError(f"{flag} {folder}: folder does not exist")
+            raise DatasetError(f"{flag} {folder}: folder does not exist")
     if mask_dir is not None and abnormal_dir is None:
-        raise ValueError("--mask-dir goes with --abnormal-dir (the masks of the anomalous images)")
+        raise ArgumentError("--mask-dir goes with --abnormal-dir (the masks of the anomalous images)")
     normals, _ = walk_images(normal_dir)
     if not normals:
-        raise ValueError(f"--normal-dir {normal_dir}: no images found")
+        raise DatasetError(f"--normal-dir {normal_dir}: no images found")
     items = [(path, 0, "good", None) for path in sorted(normals)]
     if abnormal_dir is not None:
         # a normal folder inside the abnormal one (MVTec's test/good in test/) counts as normal only
@@ -197,20 +198,20 @@ def image_threshold(rule: CalibrationRule, data: Optional[CalibrationData],
     """The decision threshold `rule` picks (module docstring), checked against the stored range."""
     if rule.name == "leave-one-out":
         if not leave_one_out_scores:
-            raise ValueError("the adapter stores no leave-one-out scores of its references (it was made from fewer "
+            raise ArgumentError("the adapter stores no leave-one-out scores of its references (it was made from fewer "
                              "than 2 references): use another rule (--target, or --rule percentile with "
                              "--normal-dir)")
         return _in_range(rule.factor * max(leave_one_out_scores), rule)
     normals = data.normal_scores
     if not normals.size and rule.name != "recall":
-        raise ValueError("no normal images to calibrate on (--normal-dir)")
+        raise ArgumentError("no normal images to calibrate on (--normal-dir)")
     if rule.name == "percentile":
         return _in_range(rule.factor * float(np.percentile(normals, rule.percentile)), rule)
     if rule.name == "false-alarm":
         return _in_range(_false_alarm_threshold(normals, data.scores, rule.target), rule)
     abnormal = data.abnormal_scores
     if not abnormal.size:
-        raise ValueError(f"--target {rule.name} needs anomalous images (--abnormal-dir)")
+        raise ArgumentError(f"--target {rule.name} needs anomalous images (--abnormal-dir)")
     if rule.name == "f1":
         _, best = f1_max(data.scores, data.labels)
         return _in_range(_gap_below(best, data.scores), rule)
@@ -252,7 +253,7 @@ def _in_range(value: float, rule: CalibrationRule) -> float:
     low, high = THRESHOLD_RANGE
     if not (math.isfinite(value) and low < value <= high):
         hint = " (lower --factor)" if rule.name in ("percentile", "leave-one-out") else ""
-        raise ValueError(f"the rule {rule.describe()!r} gives the threshold {value!r}; a stored threshold must be "
+        raise ArgumentError(f"the rule {rule.describe()!r} gives the threshold {value!r}; a stored threshold must be "
                          f"{THRESHOLD_EXPECTED}{hint}")
     return float(value)
 

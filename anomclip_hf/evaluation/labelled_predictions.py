@@ -20,6 +20,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from ..data.files import walk_images
+from ..errors import DatasetError
 from ..metrics import average_precision, decision_counts, f1_max, image_auroc
 from .per_defect import per_defect_metrics
 
@@ -35,14 +36,14 @@ def read_labels(source: str) -> dict:
         return _folder_labels(source)
     if os.path.isfile(source):
         return _csv_labels(source)
-    raise ValueError(f"--labels {source}: no such folder or CSV file")
+    raise DatasetError(f"--labels {source}: no such folder or CSV file")
 
 
 def _folder_labels(folder: str) -> dict:
     labels = {}
     subfolders = sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
     if not any(name.lower() in NORMAL_FOLDERS for name in subfolders):
-        raise ValueError(f"--labels {folder}: expected a normal/ (or good/) sub-folder beside the defect-type "
+        raise DatasetError(f"--labels {folder}: expected a normal/ (or good/) sub-folder beside the defect-type "
                          f"folders; found {subfolders or 'no sub-folders'}")
     for name in subfolders:
         images, _ = walk_images(os.path.join(folder, name))
@@ -59,7 +60,7 @@ def _csv_labels(path: str) -> dict:
             if not row or not "".join(row).strip():
                 continue
             if len(row) < 2:
-                raise ValueError(f"--labels {path}, line {number}: expected 'path,label', got {row!r}")
+                raise DatasetError(f"--labels {path}, line {number}: expected 'path,label', got {row!r}")
             image, label = row[0].strip(), row[1].strip().lower()
             if number == 1 and label not in NORMAL_WORDS + ANOMALOUS_WORDS:
                 continue  # a header row
@@ -68,11 +69,11 @@ def _csv_labels(path: str) -> dict:
             elif label in ANOMALOUS_WORDS:
                 defect = "anomalous"
             else:
-                raise ValueError(f"--labels {path}, line {number}: label {row[1]!r}; expected 0/1, normal/good or "
+                raise DatasetError(f"--labels {path}, line {number}: label {row[1]!r}; expected 0/1, normal/good or "
                                  "anomalous/anomaly/abnormal/defect")
             labels[os.path.realpath(os.path.join(base, image))] = defect
     if not labels:
-        raise ValueError(f"--labels {path}: no 'path,label' rows")
+        raise DatasetError(f"--labels {path}: no 'path,label' rows")
     return labels
 
 

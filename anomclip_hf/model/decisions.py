@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from ..errors import ArgumentError
 from ..flags.numeric import THRESHOLD_EXPECTED, THRESHOLD_RANGE
 
 DEFAULT_SENSITIVITY = 0.5
@@ -33,7 +34,7 @@ def check_threshold(value, name: str = "threshold") -> Optional[float]:
     low, high = THRESHOLD_RANGE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
             not low < value <= high:
-        raise ValueError(f"{name}={value!r}; expected {THRESHOLD_EXPECTED}")
+        raise ArgumentError(f"{name}={value!r}; expected {THRESHOLD_EXPECTED}")
     return float(value)
 
 
@@ -43,7 +44,7 @@ def check_sensitivity(value, name: str = "sensitivity") -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
             not 0 <= value <= 1:
-        raise ValueError(f"{name}={value!r}; expected a number from 0 to 1 (0.5: the stored threshold)")
+        raise ArgumentError(f"{name}={value!r}; expected a number from 0 to 1 (0.5: the stored threshold)")
     return float(value)
 
 
@@ -61,7 +62,7 @@ def sensitivity_for_threshold(threshold: float, stored_threshold: float) -> floa
     stored = _stored(stored_threshold)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or \
             not 0 <= threshold <= 2 * stored:
-        raise ValueError(f"threshold={threshold!r}; a sensitivity reaches thresholds from 0 to 2 x the stored "
+        raise ArgumentError(f"threshold={threshold!r}; a sensitivity reaches thresholds from 0 to 2 x the stored "
                          f"{stored:g} only")
     return 1.0 - float(threshold) / (2.0 * stored)
 
@@ -71,20 +72,20 @@ def resolve_threshold(stored_threshold: Optional[float], threshold: Optional[flo
     """The threshold a run decides with: an explicit `threshold`, else `sensitivity` over the stored one, else
     the stored one (None: none known). Both given, or a sensitivity without a stored threshold: a ValueError."""
     if threshold is not None and sensitivity is not None:
-        raise ValueError("give a threshold or a sensitivity, not both")
+        raise ArgumentError("give a threshold or a sensitivity, not both")
     if threshold is not None:
         return check_threshold(threshold)
     if sensitivity is None:
         return stored_threshold
     if stored_threshold is None:
-        raise ValueError("a sensitivity is relative to the stored decision threshold, but none is stored; "
+        raise ArgumentError("a sensitivity is relative to the stored decision threshold, but none is stored; "
                          "pass a threshold instead (or calibrate one: anomclip calibrate)")
     return threshold_for_sensitivity(sensitivity, stored_threshold)
 
 
 def _stored(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"stored threshold {value!r}; expected a positive number")
+        raise ArgumentError(f"stored threshold {value!r}; expected a positive number")
     return float(value)
 
 
