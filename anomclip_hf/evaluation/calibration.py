@@ -315,7 +315,11 @@ def calibrate_category(model, category: str, rule: CalibrationRule, data: Option
                        data_summary: dict) -> Calibration:
     """Pick new thresholds for `category` of `model` by `rule` and store them in its metadata (save the
     category to write them into its adapter); returns what changed and what each threshold does on `data`."""
-    metadata = model.get_category(category).metadata
+    state = model.get_category(category)
+    if state.memory_bank is None:  # category.json keeps threshold_estimate null without references
+        raise ArgumentError(f"category {state.name!r} has no reference images (no memory): calibrate needs an adapter "
+                            "made from references; pass --threshold to predict instead")
+    metadata = state.metadata
     before = {"image": metadata.get("decision_threshold"), "pixel": metadata.get("pixel_threshold")}
     loo_scores, loo_maxima = leave_one_out_record(metadata)
     image = image_threshold(rule, data, loo_scores)
