@@ -244,16 +244,18 @@ def build_server(spec: ServeSpec, options: ServerOptions):
     gate = (ServeGate, {"catalog": spec.catalog, "limits": limits, "api_key": options.api_key,
                         "workers": workers_folder(spec.catalog)})
     api = AnomalyDetectionAPI(spec, options.max_batch_size, options.batch_timeout)
-    return litserve.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=options.workers,
-                              timeout=options.timeout, middlewares=[gate], disable_openapi_url=True,
-                              restart_workers=True)
+    server = litserve.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=options.workers,
+                                timeout=options.timeout, middlewares=[gate], disable_openapi_url=True,
+                                restart_workers=True)
+    server.uvicorn_graceful_timeout = DRAIN_SECONDS  # uvicorn's timeout_graceful_shutdown: how long a stop drains
+    return server
 
 
 def uvicorn_settings(options: ServerOptions) -> dict:
     """uvicorn's own connection limits: h11 with a header deadline, idle keep-alive, header size, connections."""
     return {"http": header_deadline_protocol(options.header_timeout), "timeout_keep_alive": KEEP_ALIVE_SECONDS,
             "h11_max_incomplete_event_size": MAX_HEADER_BYTES, "limit_concurrency": options.max_connections,
-            "access_log": False, "timeout_graceful_shutdown": DRAIN_SECONDS}
+            "access_log": False}
 
 
 def serve(base: str, categories, options: Optional[ServerOptions] = None, **spec_options) -> None:
