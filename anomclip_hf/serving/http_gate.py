@@ -394,21 +394,29 @@ def process_running(pid: int) -> bool:
 
 def decoded_size(image: bytes) -> int:
     """Bytes the image takes once decoded (pixels x bytes per pixel, at least the 3 of its RGB copy), from its
-    header only; RequestProblem 400 when the decoder would refuse the file."""
+    header only; RequestProblem 400 when the decoder would refuse the file (format, broken header, over the
+    package's decoding limits)."""
     from PIL import Image
 
-    from ..io.image_io import check_pixel_count
+    from ..io.image_io import MAX_IMAGE_PIXELS, check_pixel_count
 
     try:
         with Image.open(io.BytesIO(image), formats=DECODED_FORMATS) as probe:
             width, height = probe.size
             check_pixel_count(probe.size, "<request body>")
-            per_pixel = max(_bytes_per_pixel(probe.mode), 3)
+            size = width * height * max(_bytes_per_pixel(probe.mode), 3)
+            mode = probe.mode
     except Exception as error:  # noqa: BLE001 - a header Pillow cannot read is this request's problem alone
         raise RequestProblem(400, f"cannot read the image: {type(error).__name__}: {error}") from None
-    return width * height * per_pixel
+    if size > 3 * MAX_IMAGE_PIXELS:  # the decoder's budget: the largest RGB image it decodes
+        raise RequestProblem(400, f"the image is {width}x{height} pixels in mode {mode}: {size:,} bytes decoded, "
+                                  f"more than the {3 * MAX_IMAGE_PIXELS:,} this package decodes; send it smaller "
+                                  "or as 8-bit")
+    return size
 
 
+# What the decoder accepts (formats Pillow decodes in-process; none runs an external program).
+# What the decoder accepts (formats Pillow decodes in-process; none runs an external program).
 DECODED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 
 
