@@ -76,8 +76,10 @@ class ServeGate:
     `workers` the folder where each worker leaves a file named by its PID."""
 
     def __init__(self, app, *, catalog: str, limits: GateLimits = GateLimits(), api_key: Optional[str] = None,
-                 workers: Optional[str] = None, max_bytes: Optional[int] = None,
+                 workers: Optional[str] = None, routes: Optional[dict] = None, max_bytes: Optional[int] = None,
                  max_in_flight: Optional[int] = None):
+        """routes: more endpoints, {path: ASGI app}, answered by the gate (behind the API key, in the access
+        log) instead of LitServe, e.g. a /metrics endpoint."""
         if max_bytes is not None or max_in_flight is not None:
             limits = GateLimits(**{**limits.__dict__, **({} if max_bytes is None else {"max_bytes": max_bytes}),
                                    **({} if max_in_flight is None else {"max_in_flight": max_in_flight})})
@@ -90,6 +92,7 @@ class ServeGate:
         self.per_client: Counter = Counter()
         self._catalog: Optional[dict] = None
         self.access_log = logging.getLogger(ACCESS_LOG)
+        self.routes = dict(routes or {})
 
     @property
     def max_bytes(self) -> int:
@@ -130,6 +133,8 @@ class ServeGate:
                                              "status": 401}, extra_headers=[(b"www-authenticate", b"Bearer")])
         if path == PREDICT or path.startswith(PREDICT + "/"):
             return await self._predict(scope, receive, send, path)
+        if path in self.routes:
+            return await self.routes[path](scope, receive, send)
         return await self.app(scope, receive, send)
 
     def authorized(self, scope) -> bool:

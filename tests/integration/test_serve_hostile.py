@@ -398,3 +398,67 @@ def test_decoded_size_counts_bytes_per_pixel_from_the_header():
     with pytest.raises(RequestProblem) as refused:
         decoded_size(EPS)
     assert refused.value.status == 400
+
+
+# ------------------------------------------------------------------------------------------------ the gate alone
+def call_gate(gate, method: str, path: str, headers: dict, messages: list, client=("127.0.0.1", 5000)):
+    """One request through the ASGI gate: `messages` are what receive() returns in turn, then it waits
+    forever (a stalled client). Returns (status, JSON answer, number of receive() calls)."""
+    import asyncio
+    import json
+
+    sent, calls = [], [0]
+
+    async def receive():
+        calls[0] += 1
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": b"", "client": client,
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(gate(scope, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body) if body else None, calls[0]
+
+
+def make_gate(tmp_path, **limits):
+    import json
+
+    from anomclip_hf.serving.http_gate import GateLimits, ServeGate
+
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"categories": ["widget"], "thresholds": {}}))
+
+    async def metrics(scope, receive, send):
+        from anomclip_hf.serving.http_gate import respond
+
+        await respond(send, 200, {"metrics": True})
+
+    async def downstream(scope, receive, send):
+        raise AssertionError("nothing reaches LitServe in these tests")
+
+    return ServeGate(downstream, catalog=str(catalog), limits=GateLimits(**limits), api_key="k",
+                     routes={"/metrics": metrics})
+
+
+def test_gate_cuts_off_a_stalled_body_and_refuses_over_budget_before_reading(tmp_path):
+    gate = make_gate(tmp_path, body_timeout=0.3, max_buffered_bytes=1000)
+    key = {"authorization": "Bearer k", "content-type": "image/png"}
+    started = time.monotonic()
+    status, answer, _ = call_gate(gate, "POST", "/predict", {**key, "content-length": "500"},
+                                  [{"type": "http.request", "body": b"x" * 10, "more_body": True}])
+    assert status == 408 and "0.3 s" in answer["error"] and time.monotonic() - started < 3
+    status, answer, calls = call_gate(gate, "POST", "/predict", {**key, "content-length": "1001"}, [])
+    assert status == 503 and calls == 0 and "budget" in answer["error"]
+    assert gate.buffered_bytes == 0 and gate.in_flight == 0 and not gate.per_client  # all released
+
+
+def test_gate_extra_routes_sit_behind_the_api_key(tmp_path):
+    gate = make_gate(tmp_path)
+    assert call_gate(gate, "GET", "/metrics", {}, [])[0] == 401
+    assert call_gate(gate, "GET", "/metrics", {"authorization": "Bearer k"}, [])[:2] == (200, {"metrics": True})
+    assert call_gate(gate, "GET", "/metrics", {"authorization": "Bearer K"}, [])[0] == 401
