@@ -47,6 +47,7 @@ IMAGE_FIELD_NAMES = ("image", "file")
 ACCESS_LOG = "anomclip.serve.access"
 WORKER_POLL_SECONDS = 0.25
 MB = 1024 * 1024
+BODY_NAME = "<image bytes>"  # how errors name a request's image, as the decoder does
 
 
 @dataclass(frozen=True)
@@ -408,11 +409,11 @@ def decoded_size(image: bytes) -> int:
     try:
         with Image.open(io.BytesIO(image), formats=DECODED_FORMATS) as probe:
             width, height = probe.size
-            check_pixel_count(probe.size, "<request body>")
+            check_pixel_count(probe.size, BODY_NAME)
             size = width * height * max(_bytes_per_pixel(probe.mode), 3)
             mode = probe.mode
     except Exception as error:  # noqa: BLE001 - a header Pillow cannot read is this request's problem alone
-        raise RequestProblem(400, f"cannot read the image: {type(error).__name__}: {error}") from None
+        raise RequestProblem(400, f"cannot read image {BODY_NAME}: {type(error).__name__}: {error}") from None
     if size > 3 * MAX_IMAGE_PIXELS:  # the decoder's budget: the largest RGB image it decodes
         raise RequestProblem(400, f"the image is {width}x{height} pixels in mode {mode}: {size:,} bytes decoded, "
                                   f"more than the {3 * MAX_IMAGE_PIXELS:,} this package decodes; send it smaller "
