@@ -85,6 +85,12 @@ class SessionTable:
             self._sessions.move_to_end(key)
             return session
 
+    def forget_categories(self) -> None:
+        with self._lock:
+            self.start_with = (None, None)
+            for session in self._sessions.values():
+                session.category = session.adapter = None
+
     def __len__(self) -> int:
         return len(self._sessions)
 
@@ -207,8 +213,7 @@ class Workspace:
             choice = choose_base(base)
             if choice.model is not None or self.base.model is None:
                 self.base = choice
-                for session in self.sessions._sessions.values():  # adapters of the old base do not fit it
-                    session.category = session.adapter = None
+                self.sessions.forget_categories()  # adapters of the old base do not fit the new one
             return self.label(choice.message) if choice.model is not None else choice.message
 
     def load_adapter(self, source: str, session: Optional[Session] = None, token: str = "") -> str:

@@ -3,12 +3,15 @@
 LitServe runs the model in worker processes fed by a queue and gathers up to `max_batch_size` requests that
 arrive within `batch_timeout` seconds into one batch (dynamic batching), so concurrent clients share one forward
 pass. One worker loads the base once and every served category into it (`Predictor` per category, one model),
-so a batch may mix categories: it is scored per category. The HTTP side is `http_gate.ServeGate` (size limit,
-content types, categories, a bounded number of requests in flight).
+so a batch may mix categories: it is scored per category. Each request is decoded on its own (LitAPI.decode_request)
+before it joins a batch, and a request that fails at any stage gets its own error: never its batch's. The HTTP side
+is `http_gate.ServeGate` (API key, client budgets, content types, categories, a bounded queue, the access log),
+below it uvicorn with `connections.header_deadline_protocol`. LitServe restarts a worker that dies; the gate
+answers the requests it held with 503.
 
     POST /predict            raw image bytes (Content-Type image/*) or multipart/form-data (field 'image')
     POST /predict/NAME       the same for category NAME (or ?category=NAME); ?map=1 adds a PNG anomaly map
-    GET  /health             {"status": "ok", "categories": [...], "thresholds": {...}, ...}
+    GET  /health             {"status": "ok", "categories": [...], "thresholds": {...}, ...} (also HEAD, POST)
 
 Answer: {"category", "score", "normalized_score", "decision", "threshold"[, "anomaly_map_png" (base64 PNG,
 8-bit, the map's 0..1 range as 0..255)][, "note"]}.
