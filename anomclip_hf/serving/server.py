@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from ..io.atomic_io import write_json
+from ..io.image_io import ImageReadError
 from .extras import import_extra
 from .connections import (
     DEFAULT_HEADER_TIMEOUT,
@@ -41,7 +42,7 @@ from .connections import (
     header_deadline_protocol,
     stop_on_sigterm,
 )
-from .http_gate import GateLimits, ServeGate, configure_access_log
+from .http_gate import BODY_NAME, GateLimits, ServeGate, configure_access_log
 
 litserve = import_extra("litserve", "serve")  # at import: workers unpickle the API class by its module path
 
@@ -114,8 +115,11 @@ def decode_request(request) -> DecodedRequest:
         return DecodedRequest(category, error=f"image is not base64: {error}", status=400)
     try:
         image = decode_image_bytes(data)
+    except ImageReadError as error:
+        return DecodedRequest(category, error=str(error), status=400)
     except Exception as error:  # noqa: BLE001 - any decoder failure belongs to this request, not to its batch
-        return DecodedRequest(category, error=str(error) or type(error).__name__, status=400)
+        return DecodedRequest(category, error=f"cannot read image {BODY_NAME}: {type(error).__name__}: {error}",
+                              status=400)
     return DecodedRequest(category, image=image, want_map=bool(request.get("map")))
 
 
