@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from ..errors import ArgumentError, BusyError  # BusyError: raised when another fit or scoring uses the model
 from ..io.image_io import ImageReadError, load_image
 from ..io.labels import PIPELINE_CHECK_NOTE
 from .base import FIT_PRESET, BaseChoice, choose_base
@@ -27,10 +28,6 @@ from .uploads import MAX_FILE_MB, MAX_FILES, StagedFiles, folder_sources, stage_
 
 # progress(epoch, total_epochs, logs) after every training epoch
 FitProgress = Callable[[int, int, dict], None]
-
-
-class BusyError(RuntimeError):
-    """Another fit (or scoring) is using the model."""
 
 
 # The one answer a visitor gets for anything naming a place on the server (adapter, base, references): it
@@ -208,7 +205,7 @@ class Workspace:
         from ..model.embedded_base import EMBEDDED_BACKBONE
 
         if self.visitors and not (self.base.model is None and (base or "").strip() == EMBEDDED_BACKBONE):
-            raise ValueError(BASE_FIXED)  # the base is every session's: one visitor may not swap it for all
+            raise ArgumentError(BASE_FIXED)  # the base is every session's: one visitor may not swap it for all
         with self.exclusive("loading a base"):
             choice = choose_base(base)
             if choice.model is not None or self.base.model is None:
@@ -267,9 +264,9 @@ class Workspace:
         try:
             validate_repo_id(source)
         except ValueError:
-            raise ValueError(SERVER_FILES_OFF) from None
+            raise ArgumentError(SERVER_FILES_OFF) from None
         if looks_like_local_path(source) or "/" not in source:
-            raise ValueError(SERVER_FILES_OFF)
+            raise ArgumentError(SERVER_FILES_OFF)
         snapshot = download_category(source, filenames=LAYOUT_FILES, token=(token or "").strip() or False)
         copy = os.path.join(session.folder, f"download-{next(self._numbers):04d}")
         shutil.copytree(snapshot.folder, copy)  # the files, not the cache's links to its blobs
@@ -296,7 +293,7 @@ class Workspace:
         if epochs < 1:
             raise ValueError(f"epochs={epochs}; expected 1 or more")
         if (server_folder or "").strip() and not self.allow_server_folders:
-            raise ValueError(SERVER_FILES_OFF)
+            raise ArgumentError(SERVER_FILES_OFF)
         session = session or self.session()
         sources = list(sources or []) + (folder_sources(server_folder) if (server_folder or "").strip() else [])
         model = self.model
@@ -364,7 +361,7 @@ class Workspace:
                                    root_dir=folder)
 
     def push(self, repo_id: str, token: str = "", private: bool = False, session: Optional[Session] = None) -> str:
-        from ..hub import upload_category_folder
+        from ..model.publishing import upload_category_folder
 
         session = session or self.session()
         repo_id = (repo_id or "").strip()
@@ -372,7 +369,7 @@ class Workspace:
             raise ValueError("enter a Hub repo id, e.g. user/anomclip-bracket")
         token = (token or "").strip()
         if self.visitors and not token:
-            raise ValueError(OWN_TOKEN_NEEDED)
+            raise ArgumentError(OWN_TOKEN_NEEDED)
         commit = upload_category_folder(self.export_adapter(session), repo_id, token=token or None,
                                         private=private or None)
         return self.label(f"Pushed category {session.category!r} to {repo_id} (commit {commit.oid}).")

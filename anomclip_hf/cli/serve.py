@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..errors import ArgumentError
 from ..flags.numeric import (
     MAX_OUTPUT_SIZE,
     finite_float,
@@ -94,7 +95,7 @@ def check_category_source(value: str) -> None:
 
     if os.path.exists(value) or looks_like_local_path(value):
         if not os.path.isdir(value):
-            raise ValueError(f"--category {value}: {'is a file' if os.path.exists(value) else 'folder not found'}; "
+            raise ArgumentError(f"--category {value}: {'is a file' if os.path.exists(value) else 'folder not found'}; "
                              "expected an adapter folder (as `anomclip fit` writes it) or a Hub repo id")
 
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import parse_qs, unquote
 
+from ..errors import AnomCLIPError
+
 PREDICT = "/predict"
 HEALTH = "/health"
 IMAGE_FIELD_NAMES = ("image", "file")
@@ -62,7 +64,7 @@ class GateLimits:
     body_timeout: float = 30.0  # seconds from the headers to the last body byte
 
 
-class RequestProblem(Exception):
+class RequestProblem(AnomCLIPError):
     def __init__(self, status: int, message: str, headers=()):
         super().__init__(message)
         self.status, self.headers = status, list(headers)

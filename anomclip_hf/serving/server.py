@@ -30,8 +30,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import CategoryError, ImageReadError
 from ..io.atomic_io import write_json
-from ..io.image_io import ImageReadError
 from .extras import import_extra
 from .connections import (
     DEFAULT_HEADER_TIMEOUT,
@@ -75,7 +75,7 @@ class ServeSpec:
         for source in self.categories:
             state = model.load_category(source, revision=self.revision, activate=False)
             if state.name in sources:
-                raise ValueError(f"--category {sources[state.name]} and --category {source} are both category "
+                raise CategoryError(f"--category {sources[state.name]} and --category {source} are both category "
                                  f"{state.name!r}; serve each name once (rename one when fitting it)")
             sources[state.name] = source
             predictors[state.name] = Predictor.from_model(model, state.name, threshold=self.threshold,
