@@ -318,7 +318,7 @@ class Workspace:
     # ------------------------------------------------------------------ scoring
     def score(self, sources: Sequence[str], session: Optional[Session] = None) -> ScoredSet:
         """Score the uploaded test images with the session's category (through `Predictor.write`)."""
-        from ..inference.prediction import overlay_name
+        from ..inference.writers import overlay_name
         from ..inference.predictor import Predictor
 
         session = session or self.session()

@@ -125,7 +125,7 @@ def decode_request(request) -> DecodedRequest:
 
 def decode_image_bytes(data: bytes):
     """The package's decoder for encoded bytes: an RGB PIL image, or ImageReadError naming the request."""
-    from ..inference.predictor import image_from_bytes
+    from ..inference.inputs import image_from_bytes
 
     return image_from_bytes(data)
 
