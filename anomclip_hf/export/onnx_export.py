@@ -24,12 +24,14 @@ from ..io.pixel_arrays import RESAMPLE_NAMES
 from ..model.decisions import DEFAULT_SENSITIVITY
 from .extras import import_extra
 from .sidecar import (
+    GRAPH_CATEGORY_KEY,
     INPUT_NAME,
     INPUT_NAMES,
     MEMORY_INPUT_NAME,
     OUTPUT_NAMES,
     SIDECAR_FORMAT,
     SIDECAR_VERSION,
+    graph_digest,
     sidecar_path,
 )
 
@@ -131,11 +133,12 @@ def _memory_preprocessing(model) -> dict:
                                      "scale": 1 / 255, "layout": "NCHW"}}
 
 
-def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precision: str, check: dict) -> dict:
+def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precision: str, check: dict,
+             digest: str) -> dict:
     record = model.category_record(state.name)
     return {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
-        "onnx_file": os.path.basename(onnx_path),
+        "onnx_file": os.path.basename(onnx_path), "graph_sha256": digest,
         "inputs": {INPUT_NAME: ["batch", 3, model.config.image_size, model.config.image_size]},
         "outputs": {OUTPUT_NAMES[0]: ["batch"], OUTPUT_NAMES[1]: ["batch", output_size, output_size]},
         "preprocessing": {"image_size": model.config.image_size, "mean": list(model.config.image_mean),
@@ -193,8 +196,15 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
             quantize_dynamic(float_path, path, weight_type=QuantType.QInt8)
         finally:
             os.remove(float_path)
-    import_extra("onnx").checker.check_model(path, full_check=True)
+    onnx = import_extra("onnx")
+    graph = onnx.load(path)
+    entry = graph.metadata_props.add()  # the category the sidecar is checked against when loaded
+    entry.key, entry.value = GRAPH_CATEGORY_KEY, state.name
+    onnx.save(graph, path)
+    onnx.checker.check_model(path, full_check=True)
     check = _compare(_session(path), reference, inputs)
     precision = "float16" if fp16 else (quantize or "float32")
-    write_json(sidecar_path(path), _sidecar(model, state, path, int(opset), output_size, precision, check))
+    with open(path, "rb") as handle:
+        digest = graph_digest(handle.read())
+    write_json(sidecar_path(path), _sidecar(model, state, path, int(opset), output_size, precision, check, digest))
     return OnnxExport(path=path, sidecar=sidecar_path(path), seconds=time.perf_counter() - began, check=check)

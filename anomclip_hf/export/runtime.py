@@ -22,7 +22,7 @@ from ..io.pixel_arrays import (
 )
 from ..model.decisions import check_sensitivity, check_threshold, decision, resolve_threshold
 from .extras import import_extra
-from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, read_sidecar, sidecar_path
+from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, check_graph, read_sidecar, sidecar_path
 
 if TYPE_CHECKING:
     from ..io.batches import ScoredBatch
@@ -52,6 +52,8 @@ class OnnxAnomalyDetector:
             raise FileNotFoundError(f"ONNX model not found: {path}")
         self.path = path
         self.settings = read_sidecar(path)
+        with open(path, "rb") as handle:  # hashed, then checked against the sidecar once the session is open
+            graph = handle.read()
         self.image_size, self.mean, self.std, self.resample = _preprocessing(path, self.settings["preprocessing"])
         # With a DINOv2 memory the graph has a second input: the same images, its preprocessing.
         memory = self.settings.get("memory_preprocessing")
@@ -67,6 +69,11 @@ class OnnxAnomalyDetector:
         # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.
         self.note = PIPELINE_CHECK_NOTE if (self.settings.get("base_model") or {}).get("random_weights") else ""
         self.session = self._open_session(path, providers=providers, session_options=session_options)
+        check_graph(path, graph, self.settings, self._metadata())
+
+    def _metadata(self) -> dict:
+        """The graph's metadata_props (the category it was exported for)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _open_session(self, path: str, providers: Optional[Sequence[str]] = None, session_options=None):
         """The runtime's loaded graph (a subclass for another runtime, e.g. OpenVINO, overrides this and

@@ -102,3 +102,29 @@ def normalized_score(score: float, threshold: Optional[float]) -> Optional[float
     if threshold is None or threshold <= 0:
         return None
     return min(max(float(score) / (2.0 * float(threshold)), 0.0), 1.0)
+
+
+# The highest image score (and map value) each scoring can give. Text and CLIP-memory terms are in [0, 1]; the
+# DINOv2 memory's 1 - cos is in [0, 2]. The fusion h(a, b) = ab / (a + b) grows in both, so with a memory (both
+# terms) its maximum is h(max a, max b): 1/2 with the CLIP memory, 2/3 with a DINOv2 one; without a memory the
+# text term alone scores, up to 1.
+MAX_SCORE_BY_MEMORY = {None: 1.0, "clip": 0.5, "dino": 2.0 / 3.0}
+
+
+def max_reachable_score(memory: Optional[str]) -> float:
+    """The highest score a category scores with memory None (text only), "clip" or "dino"."""
+    return MAX_SCORE_BY_MEMORY[memory]
+
+
+def unreachable_threshold(value, memory: Optional[str]) -> Optional[str]:
+    """None when a stored threshold `value` (a finite number > 0, or None) can be reached by some score of a
+    category with this memory; otherwise what is expected. A threshold no score reaches calls every image
+    "normal"."""
+    if value is None:
+        return None
+    top = max_reachable_score(memory)
+    if value > top:
+        kind = {None: "without a memory", "clip": "with the CLIP memory", "dino": "with a DINOv2 memory"}[memory]
+        return (f"at most {top:.4g}, the highest score a category {kind} can give (a higher threshold calls "
+                "every image normal)")
+    return None
