@@ -286,7 +286,8 @@ import numpy as np, torch
 sys.path.insert(0, "tests/helpers")
 from tiny_models import perturb_norms, tiny_clip_config
 from transformers import CLIPModel
-from anomclip_hf import AnomCLIPModel, atomic_io
+from anomclip_hf import AnomCLIPModel
+from anomclip_hf.io import atomic_io
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 root, trials = sys.argv[1], int(sys.argv[2])
