@@ -1,0 +1,238 @@
+"""Real components for the line-service tests: a mosquitto broker (the Debian program) on a free loopback port,
+an MQTT subscriber that keeps every message, an HTTP receiver for webhooks that fails or hangs on purpose, an
+OPC UA server (asyncua) standing in for a PLC, and a tiny saved base + adapter to score with."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Optional
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+class Mosquitto:
+    """mosquitto on 127.0.0.1:port with a temporary config; persistence on, so a subscriber's persistent session
+    (and its queued QoS 1 messages) survives a stop() / start()."""
+
+    def __init__(self, folder: Path, port: Optional[int] = None):
+        self.folder, self.port = Path(folder), port or free_port()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.config = self.folder / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                               f"persistence_location {self.folder}/\nautosave_interval 1\n"
+                               f"log_dest file {self.folder}/mosquitto.log\n")
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Mosquitto":
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port) or self.process.poll() is not None, 10, "mosquitto to listen")
+        assert self.process.poll() is None, (self.folder / "mosquitto.log").read_text()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+class Subscriber:
+    """A persistent-session QoS 1 subscriber keeping (topic, verdict) of every message, reconnecting by itself."""
+
+    def __init__(self, port: int, topic: str = "anomclip/#", client_id: str = "line-test-subscriber"):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, dict]] = []
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()
+        self.subscribed = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311)
+        client.reconnect_delay_set(0.1, 0.5)
+
+        def on_connect(client, userdata, flags, reason, properties):
+            client.subscribe(topic, qos=1)
+
+        def on_subscribe(*args):
+            self.subscribed.set()
+
+        def on_message(client, userdata, message):
+            with self._lock:
+                self.messages.append((message.topic, json.loads(message.payload)))
+                self.arrivals.append(time.monotonic())
+
+        client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+        client.connect("127.0.0.1", port, keepalive=5)
+        client.loop_start()
+        wait_until(self.subscribed.is_set, 10, "the subscription")
+        self.client = client
+
+    def verdicts(self) -> list[dict]:
+        with self._lock:
+            return [verdict for _, verdict in self.messages]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 answering 500 to the first `fail_first` POSTs and sleeping `hang_seconds` on
+    the first `hang_first` ones; keeps (headers, verdict) of every POST it answered 200."""
+
+    def __init__(self, fail_first: int = 0, hang_first: int = 0, hang_seconds: float = 0.0):
+        self.accepted: list[tuple[dict, dict, bytes]] = []
+        self.calls = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.calls += 1
+                call = outer.calls
+                if call <= hang_first:
+                    time.sleep(hang_seconds)
+                status = 500 if call <= fail_first else 200
+                if status == 200:
+                    outer.accepted.append((dict(self.headers), json.loads(body), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/verdicts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def verdicts(self) -> list[dict]:
+        return [verdict for _, verdict, _ in self.accepted]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Plc:
+    """An asyncua Server (the PLC) on its own event loop thread with Score (Double), Decision (String) and
+    Count (Int64) nodes; `writes` keeps every (node name, value) a client wrote, in order."""
+
+    NAMESPACE = "urn:anomclip:test-plc"
+
+    def __init__(self, port: Optional[int] = None):
+        self.port = port or free_port()
+        self.url = f"opc.tcp://127.0.0.1:{self.port}/plc"
+        self.writes: list[tuple[str, object]] = []
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: Optional[asyncio.Event] = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self._ready.wait(30), "the OPC UA server did not start"
+        if self.error:
+            raise self.error
+
+    error = None
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+
+    async def _serve(self):
+        from asyncua import Server, ua
+        from asyncua.common.callback import CallbackType
+
+        try:
+            server = Server()
+            await server.init()
+            server.set_endpoint(self.url)
+            index = await server.register_namespace(self.NAMESPACE)
+            line = await server.nodes.objects.add_object(ua.NodeId("Line1", index), "Line1")
+            self.nodes = {}
+            for name, value, kind in (("Score", 0.0, ua.VariantType.Double), ("Decision", "", ua.VariantType.String),
+                                      ("Count", 0, ua.VariantType.Int64)):
+                node = await line.add_variable(ua.NodeId(f"Line1.{name}", index), name, ua.Variant(value, kind))
+                await node.set_writable()
+                self.nodes[name] = node
+            names = {node.nodeid: name for name, node in self.nodes.items()}
+
+            async def written(event, dispatcher):
+                for request, status in zip(event.request_params.NodesToWrite, event.response_params):
+                    if status.is_good() and request.NodeId in names:
+                        self.writes.append((names[request.NodeId], request.Value.Value.Value))
+
+            server.iserver.subscribe_server_callback(CallbackType.PostWrite, written)
+            self.node_ids = {name: f"ns={index};s=Line1.{name}" for name in self.nodes}
+            self._stop = asyncio.Event()
+            async with server:
+                self._ready.set()
+                await self._stop.wait()
+        except Exception as error:  # reported to the constructor
+            self.error = error
+            self._ready.set()
+
+    def read(self, name: str):
+        return asyncio.run_coroutine_threadsafe(self.nodes[name].read_value(), self.loop).result(10)
+
+    def close(self):
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(15)
+
+
+def write_line_workspace(root: Path, tiny_clip):
+    """A saved tiny base with the widget and gadget categories (scale_setup's), images to drop, a hot folder."""
+    from scale_setup import write_scale_workspace
+
+    workspace = write_scale_workspace(root, tiny_clip)
+    workspace.hot = root / "hot"
+    workspace.hot.mkdir()
+    return workspace
+
+
+def drop(image_path: Path, folder: Path, name: Optional[str] = None) -> Path:
+    """Copy an image into the hot folder the way a camera PC does: written beside, then renamed into place."""
+    target = folder / (name or image_path.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{target.name}.part"
+    partial.write_bytes(image_path.read_bytes())
+    partial.rename(target)
+    return target
