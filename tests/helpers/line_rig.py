@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import shutil
 import socket
@@ -25,14 +26,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(condition, timeout: float, what: str, step: float = 0.05):
+def wait_until(condition, timeout: float, what: str, step: float = 0.05, explain=None):
+    """Poll `condition` until it is true; AssertionError naming `what` (and `explain()`'s text) otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}" + (f": {explain()}" if explain else ""))
 
 
 def port_open(port: int) -> bool:
@@ -49,9 +51,12 @@ class Mosquitto:
         self.folder, self.port = Path(folder), port or free_port()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config = self.folder / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        # `user`: started as root, mosquitto would switch to the mosquitto user, which cannot write its
+        # persistence file here, and a restart would forget the subscriber's session.
+        self.config.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                               f"persistence true\n"
                                f"persistence_location {self.folder}/\nautosave_interval 1\n"
-                               f"log_dest file {self.folder}/mosquitto.log\n")
+                               f"log_dest file {self.folder}/mosquitto.log\nlog_type all\n")
         self.process: Optional[subprocess.Popen] = None
 
     @property
@@ -64,6 +69,10 @@ class Mosquitto:
         wait_until(lambda: port_open(self.port) or self.process.poll() is not None, 10, "mosquitto to listen")
         assert self.process.poll() is None, (self.folder / "mosquitto.log").read_text()
         return self
+
+    def log(self) -> str:
+        path = self.folder / "mosquitto.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
