@@ -14,7 +14,9 @@ batching queue, and each problem gets its own status and a JSON `{"error": ..., 
 The accepted request goes on to LitServe's /predict as JSON (category, base64 image, map flag). An image that
 does not decode is found by the worker, which answers `{"error", "status": 400}` for that request alone (a
 batch goes on); this gate turns such a body into its status code. `GET /health` answers JSON with the served
-categories once the workers are ready (503 before).
+categories once the workers are ready (503 before). `GET /metrics` answers the Prometheus metrics of
+`serving.metrics` (requests, verdicts by decision, errors, latency, requests in flight) when prometheus-client is
+installed (the serve and line extras), 404 otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from typing import Optional
 from urllib.parse import parse_qs, unquote
 
@@ -43,6 +46,12 @@ class ServeGate:
         self.max_bytes, self.max_in_flight = max_bytes, max_in_flight
         self.in_flight = 0
         self._catalog: Optional[dict] = None
+        try:
+            from .metrics import ServiceMetrics
+        except ImportError:  # prometheus-client not installed: no /metrics
+            self.metrics = None
+        else:
+            self.metrics = ServiceMetrics()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -50,6 +59,12 @@ class ServeGate:
         path = scope["path"].rstrip("/") or "/"
         if path == "/health":
             return await self._health(scope, receive, send)
+        if path == "/metrics" and self.metrics is not None:
+            body = self.metrics.exposition()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", self.metrics.content_type.encode()),
+                                    (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
         if path == PREDICT or path.startswith(PREDICT + "/"):
             return await self._predict(scope, receive, send, path)
         return await self.app(scope, receive, send)
@@ -77,14 +92,34 @@ class ServeGate:
                                                       f"holds {self.max_in_flight}; retry shortly", "status": 503},
                                  extra_headers=[(b"retry-after", b"1")])
         self.in_flight += 1
+        started = time.monotonic()
+        self._count_in()
         try:
             try:
                 payload = await self._payload(scope, receive, path)
             except RequestProblem as problem:
+                self._count_out(None, started)
                 return await respond(send, problem.status, {"error": str(problem), "status": problem.status})
-            await self._forward(scope, send, payload)
+            self._count_out(await self._forward(scope, send, payload), started)
         finally:
             self.in_flight -= 1
+            if self.metrics is not None:
+                self.metrics.queue_depth.labels(source="http").set(self.in_flight)
+
+    def _count_in(self) -> None:
+        if self.metrics is not None:
+            self.metrics.inputs.labels(source="http").inc()
+            self.metrics.queue_depth.labels(source="http").set(self.in_flight)
+
+    def _count_out(self, answer: Optional[dict], started: float) -> None:
+        """A scored answer counts as a verdict (with its latency), anything else as a request error."""
+        if self.metrics is None:
+            return
+        if isinstance(answer, dict) and "error" not in answer and "score" in answer:
+            self.metrics.verdict(str(answer.get("category") or ""), answer.get("decision") or "",
+                                 time.monotonic() - started)
+        else:
+            self.metrics.errors.labels(stage="request").inc()
 
     # ------------------------------------------------------------------ checks
     async def _payload(self, scope, receive, path) -> bytes:
@@ -129,8 +164,9 @@ class ServeGate:
         return self._catalog
 
     # ------------------------------------------------------------------ forwarding
-    async def _forward(self, scope, send, payload: bytes):
-        """LitServe's /predict with the JSON payload; a worker's per-request error body sets the status."""
+    async def _forward(self, scope, send, payload: bytes) -> Optional[dict]:
+        """LitServe's /predict with the JSON payload; a worker's per-request error body sets the status.
+        Returns the answer sent."""
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         sent = False
 
@@ -163,7 +199,9 @@ class ServeGate:
             answer = {"error": "internal error while scoring", "status": status}
         if isinstance(answer, dict) and "detail" in answer and "error" not in answer:
             answer = {"error": str(answer["detail"]), "status": status}  # LitServe's own errors (504, 500)
-        await respond(send, status, answer if answer is not None else {"error": "empty answer", "status": status})
+        answer = answer if answer is not None else {"error": "empty answer", "status": status}
+        await respond(send, status, answer)
+        return answer if isinstance(answer, dict) else None
 
 
 def _query(scope) -> dict:

@@ -229,3 +229,20 @@ def test_gate_turns_a_worker_error_body_into_its_status_and_refuses_get(tmp_path
                            answer={"error": "cannot read image <image bytes>", "status": 400})
     assert [a.status_code for a in answers] == [400, 405]
     assert answers[0].json()["error"] == "cannot read image <image bytes>"
+
+
+def test_gate_serves_prometheus_metrics_of_its_requests(tmp_path):
+    pytest.importorskip("prometheus_client")
+    answers, _ = gate_call(tmp_path, [dict(method="POST", url="/predict", content=b"PNG",
+                                           headers={"content-type": "image/png"}),
+                                      dict(method="POST", url="/predict", content=b"x" * 100,
+                                           headers={"content-type": "image/png"}),
+                                      dict(method="GET", url="/metrics")],
+                           answer={"category": "widget", "score": 0.4, "decision": "anomalous"})
+    assert [a.status_code for a in answers] == [200, 413, 200]
+    text = answers[2].text
+    assert 'anomclip_inputs_total{source="http"} 2.0' in text
+    assert 'anomclip_verdicts_total{category="widget",decision="anomalous"} 1.0' in text
+    assert 'anomclip_errors_total{stage="request"} 1.0' in text
+    assert 'anomclip_latency_seconds_count{stage="verdict"} 1.0' in text
+    assert 'anomclip_queue_depth{source="http"} 0.0' in text
