@@ -18,7 +18,7 @@ from typing import Optional
 
 from ..io.run_lock import folder_lock
 from ..serving.metrics import MetricsServer, ServiceMetrics
-from .config import LineConfig
+from .config import LineConfig, LineConfigError
 from .delivery import SinkWorker
 from .journal import JOURNAL_FILE, Journal
 from .scoring import Models, Scorer
@@ -68,7 +68,7 @@ class LineService:
                 self.models.predictor(source)
             except (ValueError, OSError) as error:
                 field = "onnx" if source.onnx else "category"
-                raise type(error)(f"sources[{index}].{field} ({source.name}): {error}") from None
+                raise LineConfigError(f"sources[{index}].{field} ({source.name}): {error}") from error
         self.journal = Journal(os.path.join(config.state, JOURNAL_FILE))
         wake = threading.Event()
         self.sources = [make_source(source, self.journal, self._on_source_event(source.name), wake)

@@ -54,6 +54,8 @@ def test_a_broker_unreachable_at_start_gets_the_held_verdicts_in_order(workspace
                        explain=lambda: f"{service.health()}, received {subscriber.messages}\n{broker.log()}")
             assert service.journal.backlog("mqtt") == 0
         assert [v["input"] for v in subscriber.verdicts()] == ["0.png", "1.png", "2.png"]
+        for message in subscriber.verdicts():
+            validate(message)
     finally:
         subscriber.close()
         broker.stop()

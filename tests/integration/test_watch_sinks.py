@@ -13,13 +13,12 @@ import os
 import shutil
 import urllib.request
 
-import numpy as np
 import pytest
-from line_rig import Mosquitto, Plc, Subscriber, WebhookReceiver, drop, free_port, wait_until, write_line_workspace
+from line_rig import Mosquitto, Plc, Subscriber, WebhookReceiver, drop, wait_until, write_line_workspace
 
 from anomclip_hf.inference.predictor import Predictor
 from anomclip_hf.line.config import parse_config
-from anomclip_hf.line.schema import input_id, validate
+from anomclip_hf.line.schema import validate
 from anomclip_hf.line.service import running
 
 pytest.importorskip("paho.mqtt")
