@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS inputs (
     UNIQUE (source, key));
 CREATE TABLE IF NOT EXISTS deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, input_id TEXT NOT NULL REFERENCES inputs(id), sink TEXT NOT NULL,
-    delivered REAL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, UNIQUE (input_id, sink));
+    ordinal INTEGER NOT NULL, delivered REAL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    UNIQUE (input_id, sink), UNIQUE (sink, ordinal));
 CREATE INDEX IF NOT EXISTS deliveries_by_sink ON deliveries (sink, delivered, seq);
 """
 
@@ -111,7 +112,8 @@ class Journal:
                        "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
                        (identifier, message["source"], key, message["input"], path, source_time, time.time())),
                       ("UPDATE inputs SET state = 'scored', verdict = ? WHERE id = ?", (text, identifier))]
-        statements += [("INSERT OR IGNORE INTO deliveries (input_id, sink) VALUES (?, ?)", (identifier, sink))
+        statements += [("INSERT OR IGNORE INTO deliveries (input_id, sink, ordinal) VALUES (?, ?, (SELECT "
+                        "COALESCE(MAX(ordinal), 0) + 1 FROM deliveries WHERE sink = ?))", (identifier, sink, sink))
                        for sink in sinks]
         self._write(statements)
 
@@ -123,7 +125,7 @@ class Journal:
     def pending(self, sink: str, limit: int = 32) -> list[Delivery]:
         """The oldest undelivered verdicts of `sink`, in sequence order."""
         rows = self._read(
-            "SELECT d.seq, (SELECT COUNT(*) FROM deliveries e WHERE e.sink = d.sink AND e.seq <= d.seq), i.verdict "
+            "SELECT d.seq, d.ordinal, i.verdict "
             "FROM deliveries d JOIN inputs i ON i.id = d.input_id WHERE d.sink = ? AND d.delivered IS NULL "
             "ORDER BY d.seq LIMIT ?", (sink, limit))
         return [Delivery(seq, ordinal, json.loads(text)) for seq, ordinal, text in rows]

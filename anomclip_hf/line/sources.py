@@ -1,8 +1,8 @@
 """Where the line's inputs come from: a hot folder, a video file, a camera or a stream.
 
 Each source is a thread that puts `LineInput`s on its own bounded queue:
-- a hot folder queues a file once its size and modification time stayed unchanged for `settle` seconds
-  (sub-folders included, hidden files and non-image files ignored); its key is (relative path, size, mtime),
+- a hot folder queues a file once its size and modification time stayed unchanged across two scans and for
+  `settle` seconds (watched, or by its modification time) (sub-folders included, hidden files and non-image files ignored); its key is (relative path, size, mtime),
   recorded in the journal before it is queued, so a file is scored once, and a file written again later is a
   new input. The queue blocks when full: files are never dropped, the scan just waits.
 - a video, camera or stream (OpenCV) is sampled at `fps` frames per second of the stream, each frame stamped
@@ -147,7 +147,10 @@ class HotFolderSource(Source):
             if seen is None or seen[:2] != state:
                 self._watching[path] = (*state, now)
                 continue
-            if now - seen[2] < self.config.settle or stat.st_size == 0:
+            # Unchanged since the last scan, and for `settle` seconds: by this service's own watch, or by the
+            # file's modification time (which saves a scan's wait when the file was renamed into place).
+            quiet = max(now - seen[2], time.time() - stat.st_mtime)
+            if quiet < self.config.settle or stat.st_size == 0:
                 continue
             del self._watching[path]
             relative = os.path.relpath(path, self.root)
