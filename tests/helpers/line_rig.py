@@ -47,13 +47,15 @@ class Mosquitto:
     """mosquitto on 127.0.0.1:port with a temporary config; persistence on, so a subscriber's persistent session
     (and its queued QoS 1 messages) survives a stop() / start()."""
 
-    def __init__(self, folder: Path, port: Optional[int] = None):
+    def __init__(self, folder: Path, port: Optional[int] = None, extra: str = ""):
         self.folder, self.port = Path(folder), port or free_port()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config = self.folder / "mosquitto.conf"
+        # `extra`: lines of the listener (TLS files, password_file)
         # `user`: started as root, mosquitto would switch to the mosquitto user, which cannot write its
         # persistence file here, and a restart would forget the subscriber's session.
-        self.config.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        self.config.write_text(f"user {getpass.getuser()}\nper_listener_settings false\n"
+                               f"listener {self.port} 127.0.0.1\n{extra or 'allow_anonymous true'}\n"
                                f"persistence true\n"
                                f"persistence_location {self.folder}/\nautosave_interval 1\n"
                                f"log_dest file {self.folder}/mosquitto.log\nlog_type all\n")
@@ -81,10 +83,54 @@ class Mosquitto:
         self.process = None
 
 
+def tls_files(folder: Path) -> dict:
+    """A throw-away CA and a server certificate for 127.0.0.1 (cryptography), as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    validity = dict(not_valid_before=now - datetime.timedelta(minutes=5), not_valid_after=now + datetime.timedelta(days=1))
+
+    def certificate(subject, key, issuer, issuer_key, ca: bool):
+        builder = x509.CertificateBuilder(subject_name=subject, issuer_name=issuer, public_key=key.public_key(),
+                                          serial_number=x509.random_serial_number(), **validity)
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+                ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "line test CA")])
+    ca = certificate(ca_name, ca_key, ca_name, ca_key, True)
+    server = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), server_key, ca_name,
+                         ca_key, False)
+    files = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+    folder.mkdir(parents=True, exist_ok=True)
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    return files
+
+
+def password_file(folder: Path, user: str, password: str) -> Path:
+    path = folder / "passwords"
+    subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c", str(path), user,
+                    password], check=True, capture_output=True)
+    return path
+
+
 class Subscriber:
     """A persistent-session QoS 1 subscriber keeping (topic, verdict) of every message, reconnecting by itself."""
 
-    def __init__(self, port: int, topic: str = "anomclip/#", client_id: str = "line-test-subscriber"):
+    def __init__(self, port: int, topic: str = "anomclip/#", client_id: str = "line-test-subscriber",
+                 tls_ca: Optional[Path] = None, credentials: Optional[tuple[str, str]] = None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, dict]] = []
@@ -94,6 +140,10 @@ class Subscriber:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                              protocol=mqtt.MQTTv311)
         client.reconnect_delay_set(0.1, 0.5)
+        if tls_ca is not None:
+            client.tls_set(ca_certs=str(tls_ca))
+        if credentials is not None:
+            client.username_pw_set(*credentials)
 
         def on_connect(client, userdata, flags, reason, properties):
             client.subscribe(topic, qos=1)

@@ -14,7 +14,17 @@ import shutil
 import urllib.request
 
 import pytest
-from line_rig import Mosquitto, Plc, Subscriber, WebhookReceiver, drop, wait_until, write_line_workspace
+from line_rig import (
+    Mosquitto,
+    Plc,
+    Subscriber,
+    WebhookReceiver,
+    drop,
+    password_file,
+    tls_files,
+    wait_until,
+    write_line_workspace,
+)
 
 from anomclip_hf.inference.predictor import Predictor
 from anomclip_hf.line.config import parse_config
@@ -106,6 +116,7 @@ def test_every_sink_gets_each_verdict_once_in_order(workspace, expected, tmp_pat
         # the webhook: 2 failures, then each verdict once, signed, keyed
         assert webhook.calls == 7
         for headers, verdict, body in webhook.accepted:
+            validate(verdict)
             assert headers["Idempotency-Key"] == verdict["input_id"]
             assert headers["X-Anomclip-Signature"] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
         # the PLC: score, decision, count per verdict, count last, 1..5
@@ -127,3 +138,31 @@ def test_every_sink_gets_each_verdict_once_in_order(workspace, expected, tmp_pat
         subscriber.close()
         webhook.close()
         plc.close()
+
+
+def test_mqtt_over_tls_with_credentials_from_the_environment(workspace, tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    files = tls_files(tmp_path / "tls")
+    passwords = password_file(tmp_path / "tls", "line", "pa55word")
+    broker = Mosquitto(tmp_path / "mosquitto", extra=f"cafile {files['ca']}\ncertfile {files['cert']}\n"
+                       f"keyfile {files['key']}\nallow_anonymous false\npassword_file {passwords}").start()
+    subscriber = Subscriber(broker.port, tls_ca=files["ca"], credentials=("line", "pa55word"))
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    try:
+        monkeypatch.setenv("ANOMCLIP_MQTT_USERNAME", "line")
+        monkeypatch.setenv("ANOMCLIP_MQTT_PASSWORD", "wrong")
+        config, hot = line_config(workspace, tmp_path, [{"type": "mqtt", "url": url, "ca_file": str(files["ca"]),
+                                                         "timeout": 2}])
+        with running(config) as service:
+            drop(workspace.good[0], hot, "a.png")
+            wait_until(lambda: "refused" in service.health()["sinks"]["mqtt"]["status"], WAIT, "the refusal",
+                       explain=lambda: str(service.health()))
+            assert service.journal.backlog("mqtt") == 1 and not subscriber.messages
+        monkeypatch.setenv("ANOMCLIP_MQTT_PASSWORD", "pa55word")  # fixed: the next start delivers the held verdict
+        with running(config) as service:
+            drop(workspace.good[1], hot, "b.png")
+            wait_until(lambda: len(subscriber.messages) == 2, WAIT, "both verdicts over TLS")
+        assert [v["input"] for v in subscriber.verdicts()] == ["a.png", "b.png"]
+    finally:
+        subscriber.close()
+        broker.stop()
