@@ -115,6 +115,7 @@ def run(args) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.ERROR)  # its retries' warnings repeat what the sink logs once
     config = config_from_flags(args)
     for source in config.sources:
         if source.base is not None:

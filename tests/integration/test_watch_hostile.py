@@ -10,7 +10,7 @@ import shutil
 import time
 
 import pytest
-from line_rig import Mosquitto, Subscriber, WebhookReceiver, drop, wait_until, write_line_workspace
+from line_rig import Mosquitto, Plc, Subscriber, WebhookReceiver, drop, free_port, wait_until, write_line_workspace
 from line_video import write_video
 
 from anomclip_hf.inference.predictor import Predictor
@@ -59,6 +59,32 @@ def test_a_broker_unreachable_at_start_gets_the_held_verdicts_in_order(workspace
     finally:
         subscriber.close()
         broker.stop()
+
+
+def test_a_plc_that_is_gone_gets_the_held_verdicts_with_their_counts(workspace, tmp_path):
+    pytest.importorskip("asyncua")
+    port = free_port()
+    nodes = {role: f"ns=2;s=Line1.{name}" for role, name in (("score", "Score"), ("decision", "Decision"),
+                                                              ("count", "Count"))}
+    config, hot = folder_config(workspace, tmp_path, [{"name": "plc", "type": "opcua",
+                                                       "url": f"opc.tcp://127.0.0.1:{port}/plc", "nodes": nodes,
+                                                       "timeout": 2}])
+    plc = None
+    try:
+        with running(config) as service:
+            for index, image in enumerate(workspace.good[:3]):
+                drop(image, hot, f"{index}.png")
+            wait_until(lambda: service.journal.backlog("plc") == 3, WAIT, "3 verdicts held")
+            assert service.health()["sinks"]["plc"]["status"].startswith("failing")
+            plc = Plc(port)  # the PLC comes (back) up
+            assert plc.node_ids["Count"] == nodes["count"]
+            wait_until(lambda: service.journal.backlog("plc") == 0, WAIT, "the catch-up")
+        assert [value for name, value in plc.writes if name == "Count"] == [1, 2, 3]
+        scores = [value for name, value in plc.writes if name == "Score"]
+        assert len(scores) == 3 and plc.read("Score") == pytest.approx(scores[-1]) and plc.read("Count") == 3
+    finally:
+        if plc is not None:
+            plc.close()
 
 
 def test_a_hanging_webhook_costs_its_timeout_and_nothing_is_lost(workspace, tmp_path):
