@@ -110,7 +110,8 @@ class LineService:
             logger.warning("stopped with verdicts held in the journal for the next start: %s", held)
         if self.server is not None:
             self.server.close()
-        self.journal.close()
+        if not any(worker.is_alive() for worker in self.workers):
+            self.journal.close()  # else a sink stuck in its library still holds it; the process exit closes it
 
     # ------------------------------------------------------------------ events
     def _on_source_event(self, name: str):

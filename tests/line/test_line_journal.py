@@ -49,3 +49,23 @@ def test_deliveries_come_in_order_and_delivered_ones_never_again(tmp_path):
     # a verdict recorded twice (a restart scoring a queued input again) makes no second delivery row
     journal.record_verdict(message("k0"), ["mqtt", "plc"], key="k0")
     assert journal.backlog("plc") == 5 and journal.counts() == {"inputs": 5, "scored": 5}
+
+
+def test_the_folder_sink_writes_each_verdict_once_and_repairs_a_cut_row(tmp_path):
+    import csv
+
+    from anomclip_hf.line.config import SinkConfig
+    from anomclip_hf.line.journal import Delivery
+    from anomclip_hf.line.sink_folder import FolderSink
+
+    config = SinkConfig(name="files", type="folder", path=str(tmp_path / "out"))
+    deliveries = [Delivery(i + 1, i + 1, message(f"k{i}", i / 10)) for i in range(3)]
+    sink = FolderSink(config)
+    assert sink.send(deliveries[:2]) == 2
+    with open(sink.path, "a") as handle:  # a crash in the middle of the next row
+        handle.write(deliveries[2].verdict["input_id"] + ",cam1,k2,0.2")
+    again = FolderSink(config)  # the restart re-sends the last batch: k1 again, k2 for the first time
+    assert again.send(deliveries[1:]) == 2
+    rows = list(csv.DictReader(open(again.path)))
+    assert [row["path"] for row in rows] == ["k0", "k1", "k2"]
+    assert [float(row["image_score"]) for row in rows] == [0.0, 0.1, 0.2]
