@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -56,13 +57,16 @@ def test_kill_9_and_a_stopped_broker_lose_and_repeat_nothing(workspace, tmp_path
     try:
         # run 1: killed with -9 while inputs are queued and being scored
         process = start_watcher(workspace, broker, tmp_path, 1)
-        for name, path in images[:5]:
-            drop(path, workspace.hot, name)
+        # a line drips files in; the watcher is killed at its first verdict, with more on the way
+        dripping = threading.Thread(target=lambda: [drop(path, workspace.hot, name) or time.sleep(0.3)
+                                                    for name, path in images[:5]])
+        dripping.start()
         wait_until(lambda: len(subscriber.messages) >= 1, 120, "a first verdict")
         process.send_signal(signal.SIGKILL)
         process.wait(30)
         received_at_kill = len(subscriber.messages)
-        assert received_at_kill < 5  # killed mid-stream: inputs were still queued or being scored
+        dripping.join()
+        assert received_at_kill < 5  # killed mid-stream
         # run 2: catches up, then the broker goes away mid-stream and comes back
         process = start_watcher(workspace, broker, tmp_path, 2)
         wait_until(lambda: len({v["input_id"] for v in subscriber.verdicts()}) >= 5, 120, "run 1's inputs")
