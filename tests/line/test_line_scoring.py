@@ -50,3 +50,33 @@ def test_sources_share_a_base_and_inputs_are_scored_in_batches(workspace, tmp_pa
     assert {v["input"]: v["score"] for v in verdicts} == pytest.approx(want, abs=1e-6)
     assert journal.backlog("mqtt") == journal.backlog("files") == 5
     assert [d.verdict["input"] for d in journal.pending("files")] == [p.name for p in workspace.good[:5]]
+
+
+def test_an_exported_model_scores_a_source_on_onnx_runtime(workspace, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from anomclip_hf.export.onnx_export import export_onnx
+    from anomclip_hf.inference.predictor import Predictor
+    from anomclip_hf.model.modeling_anomclip import AnomCLIPModel
+
+    model = AnomCLIPModel.from_base(str(workspace.base))
+    model.load_category(str(workspace.widget))
+    export_onnx(model, str(tmp_path / "widget.onnx"), category="widget")
+    config = SourceConfig(name="onnx", kind="folder", location=str(tmp_path), onnx=str(tmp_path / "widget.onnx"))
+    models = Models()
+    journal, wake = Journal(tmp_path / "j.sqlite"), threading.Event()
+    source = Source(config, journal, lambda *_: None, wake)
+    path = workspace.good[0]
+    stat = path.stat()
+    source.queue.put(LineInput("onnx", "k", path.name, stat.st_mtime, time.monotonic(), path=str(path),
+                               file_state=(stat.st_size, stat.st_mtime_ns)))
+    verdicts = []
+    scorer = Scorer([source], models, journal, ["files"], ServiceMetrics(), None,
+                    lambda message, ready: verdicts.append(message), wake)
+    scorer.stopping.set()
+    scorer.run()
+    (message,) = verdicts
+    assert message["model"] == {"base": None, "adapter": str(tmp_path / "widget.onnx"), "engine": "onnx"}
+    assert message["category"] == "widget"
+    assert message["score"] == pytest.approx(Predictor.from_onnx(str(tmp_path / "widget.onnx")).predict(
+        [str(path)])[0].score, abs=1e-6)
