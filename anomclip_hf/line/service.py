@@ -46,27 +46,38 @@ class LineService:
     def run(self, install_signals: bool = True, on_ready=None) -> int:
         os.makedirs(self.config.state, exist_ok=True)
         with folder_lock(self.config.state, "anomclip watch"):
+            previous = {}
             if install_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(signum, lambda *_: self.stop_requested.set())
-            self.start()
-            if on_ready is not None:
-                on_ready(self)
+                    previous[signum] = signal.signal(signum, lambda *_: self.stop_requested.set())
             try:
+                self.start()
+                if on_ready is not None:
+                    on_ready(self)
                 while not self.stop_requested.wait(0.2):
                     if all(source.finished.is_set() for source in self.sources) and self.scorer.idle.is_set() \
                             and all(source.queue.empty() for source in self.sources):
                         break
             finally:
                 self.drain()
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
         return 0
 
     def start(self) -> None:
         config = self.config
+        if config.metrics_port is not None:
+            try:
+                self.server = MetricsServer(self.metrics, self.health, config.metrics_host, config.metrics_port)
+            except OSError as error:
+                raise LineConfigError(f"metrics.port: cannot listen on {config.metrics_host}:{config.metrics_port}: "
+                                      f"{error.strerror or error}") from None
         for index, source in enumerate(config.sources):  # load every model first: a bad one fails at once
             try:
                 self.models.predictor(source)
             except (ValueError, OSError) as error:
+                if self.server is not None:
+                    self.server.close()
                 field = "onnx" if source.onnx else "category"
                 raise LineConfigError(f"sources[{index}].{field} ({source.name}): {error}") from error
         self.journal = Journal(os.path.join(config.state, JOURNAL_FILE))
@@ -79,13 +90,13 @@ class LineService:
         overlay_dir = folder or os.path.join(config.state, "overlays-root")
         self.scorer = Scorer(self.sources, self.models, self.journal, [sink.name for sink in sinks], self.metrics,
                              overlay_dir, self._on_verdict, wake)
-        if config.metrics_port is not None:
-            self.server = MetricsServer(self.metrics, self.health, config.metrics_host, config.metrics_port)
         for thread in (*self.workers, self.scorer, *self.sources):
             thread.start()
         logger.info("watching %d source(s), delivering to %d sink(s)", len(self.sources), len(self.workers))
 
     def drain(self) -> None:
+        if self.journal is None:
+            return  # the start failed before anything ran
         for source in self.sources:
             source.stop()
         for source in self.sources:
@@ -130,13 +141,14 @@ class LineService:
             worker.wake.set()
 
     def health(self) -> dict:
+        if self.scorer is None:
+            return {"status": "starting", "scored": 0, "sources": {}, "sinks": {}}
         sources = {source.config.name: {"status": source.status, "queued": source.queue.qsize(),
                                         "dropped_frames": source.dropped} for source in self.sources}
         sinks = {worker.sink.name: {"status": worker.status, "backlog": self.journal.backlog(worker.sink.name)}
                  for worker in self.workers}
-        scoring = self.scorer is not None and self.scorer.is_alive()
-        return {"status": "ok" if scoring and not self.stop_requested.is_set() else "stopping",
-                "scored": self.scorer.scored if self.scorer else 0, "sources": sources, "sinks": sinks}
+        return {"status": "ok" if self.scorer.is_alive() and not self.stop_requested.is_set() else "stopping",
+                "scored": self.scorer.scored, "sources": sources, "sinks": sinks}
 
 
 @contextlib.contextmanager

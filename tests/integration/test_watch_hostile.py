@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import socket
 import time
 
 import pytest
@@ -143,3 +144,34 @@ def test_a_video_as_the_camera_stand_in(workspace, tmp_path):
     want = predictor.predict([frames[i] for i in (0, 2, 4, 6, 8)])
     assert [float(row["image_score"]) for row in rows] == pytest.approx([p.score for p in want], abs=1e-6)
     assert [row["category"] for row in rows] == ["gadget"] * 5
+
+
+def test_watch_with_a_config_file_runs_a_video_to_its_end(workspace, tmp_path, capsys):
+    import signal
+
+    import yaml
+
+    from anomclip_hf.cli import main
+
+    video = tmp_path / "camera.avi"
+    write_video(video, frames=6, fps=10.0)
+    config = tmp_path / "line.yaml"
+    config.write_text(yaml.safe_dump({"sources": [{"name": "cam", "video": str(video), "base": str(workspace.base),
+                                                   "category": str(workspace.widget)}],
+                                      "sinks": [{"type": "folder", "path": str(tmp_path / "out")}],
+                                      "state": str(tmp_path / "state"), "metrics": {"port": 0}}))
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main(["watch", "--config", str(config)]) == 0  # a finite source: it stops by itself, exit 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # the service gave the handlers back
+    out = capsys.readouterr()
+    assert "watching cam -> folder" in out.out and "6 input(s) scored" in out.err
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert [row["path"] for row in rows] == [f"frame:{i}" for i in range(6)]
+    # a port in use is one line naming the field
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config.write_text(config.read_text().replace("port: 0", f"port: {busy.getsockname()[1]}"))
+        assert main(["watch", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("anomclip watch: error: metrics.port: cannot listen on") and error.count("\n") == 1
