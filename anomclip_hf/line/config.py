@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from ..errors import ConfigurationError
+
 SOURCE_KINDS = ("folder", "video", "camera", "url")
 SINK_TYPES = ("mqtt", "opcua", "webhook", "folder")
 OPCUA_NODE_ROLES = ("decision", "score", "count")
@@ -21,7 +23,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOPIC_FIELDS = ("source", "category", "decision", "input_id")
 
 
-class LineConfigError(ValueError):
+class LineConfigError(ConfigurationError):
     """A misconfigured source, sink or setting; the message starts with the field's name."""
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Optional, Sequence
 
+from ..errors import AnomCLIPError
 from .config import SinkConfig
 from .journal import Delivery, Journal
 
@@ -21,8 +22,11 @@ logger = logging.getLogger(__name__)
 BACKOFF_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-class SinkError(Exception):
-    """A delivery attempt failed; the verdicts stay in the journal."""
+class SinkError(AnomCLIPError, OSError):
+    """A delivery attempt failed (receiver unreachable, refused, too slow); the verdicts stay in the journal.
+    `confirmed`: how many of the attempt's verdicts, in order, the receiver did confirm."""
+
+    confirmed = 0
 
 
 class Sink:

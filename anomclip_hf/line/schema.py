@@ -14,6 +14,8 @@ import math
 from importlib import resources
 from typing import Optional
 
+from ..errors import AnomCLIPError
+
 SCHEMA_VERSION = 1
 SCHEMA_FILE = "verdict.schema.json"
 DECISIONS = ("anomalous", "normal", "")
@@ -21,7 +23,7 @@ _FIELDS = ("schema_version", "input_id", "source", "input", "source_time", "scor
            "normalized_score", "decision", "threshold", "model", "overlay", "error")
 
 
-class VerdictSchemaError(ValueError):
+class VerdictSchemaError(AnomCLIPError, ValueError):
     """A message that does not follow verdict.schema.json."""
 
 
