@@ -1,4 +1,4 @@
-"""`anomclip evaluate`: the protocol of spec section 6, one resumable cell per (category, shots, seed).
+"""`anomclip evaluate`: the protocol of docs/method/promptad.md, "Evaluation protocol", one resumable cell per (category, shots, seed).
 
 Output folder:
     adapters/<dataset>/<category>/<k>shot/seed<s>/   training job folders (adapter/, summary.json, ...)
