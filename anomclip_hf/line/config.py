@@ -35,6 +35,7 @@ class SourceConfig:
     category: Optional[str] = None  # an adapter folder or Hub id (with base), or None with onnx
     base: Optional[str] = None
     onnx: Optional[str] = None
+    runtime: str = "onnxruntime"  # the engine of an exported model (inference.engines.ENGINES)
     threshold: Optional[float] = None
     settle: float = 0.5  # seconds a file's size and mtime must stay unchanged before it counts as complete
     poll: float = 0.2  # seconds between scans of a hot folder
@@ -115,7 +116,7 @@ def _name(value, where: str) -> str:
 
 
 def parse_source(raw: dict, where: str) -> SourceConfig:
-    raw = _take(raw, where, {"name", *SOURCE_KINDS, "category", "base", "onnx", "threshold", "settle", "poll",
+    raw = _take(raw, where, {"name", *SOURCE_KINDS, "category", "base", "onnx", "runtime", "threshold", "settle", "poll",
                              "move_to", "fps", "live", "queue", "batch_size", "overlays"})
     kinds = [kind for kind in SOURCE_KINDS if kind in raw]
     if len(kinds) != 1:
@@ -137,6 +138,13 @@ def parse_source(raw: dict, where: str) -> SourceConfig:
             raise LineConfigError(f"{where}.onnx: an exported model carries its base and category; drop base/category")
         if not os.path.isfile(source.onnx):
             raise LineConfigError(f"{where}.onnx: {source.onnx} is not a file")
+        if raw.get("runtime") is not None:
+            from ..inference.engines import ENGINES
+
+            if raw["runtime"] not in ENGINES:
+                raise LineConfigError(f"{where}.runtime: expected one of {', '.join(sorted(ENGINES))}, "
+                                      f"got {raw['runtime']!r}")
+            source.runtime = raw["runtime"]
     else:
         source.base = _text(raw.get("base"), f"{where}.base")
         source.category = _text(raw.get("category"), f"{where}.category")

@@ -109,8 +109,8 @@ def _check_by_hand(message: dict) -> None:
     model = message["model"]
     if not isinstance(model, dict) or set(model) != {"base", "adapter", "engine"}:
         fail("model", "expected base, adapter and engine")
-    if model["engine"] not in ("torch", "onnx"):
-        fail("model/engine", "expected torch or onnx")
+    if not isinstance(model["engine"], str) or not model["engine"]:
+        fail("model/engine", "expected the engine's name (torch, onnxruntime, ...)")
     for field in ("base", "adapter"):
         if model[field] is not None and not isinstance(model[field], str):
             fail(f"model/{field}", "expected a string or null")

@@ -38,7 +38,8 @@ class Models:
         key = source.model_key()
         if key not in self._predictors:
             if source.onnx is not None:
-                predictor = Predictor.from_onnx(source.onnx, threshold=source.threshold, batch_size=source.batch_size)
+                predictor = Predictor.from_onnx(source.onnx, threshold=source.threshold, batch_size=source.batch_size,
+                                                runtime=source.runtime)
             else:
                 model = self._bases.get(source.base)
                 if model is None:
@@ -53,7 +54,8 @@ class Models:
 
     @staticmethod
     def identity(source: SourceConfig, predictor) -> dict:
-        return {"base": source.base, "adapter": source.category or source.onnx, "engine": predictor.engine}
+        return {"base": source.base, "adapter": source.category or source.onnx,
+                "engine": predictor.engine.description.name}
 
 
 def read_stable(item: LineInput) -> tuple[Optional[bytes], Optional[str]]:

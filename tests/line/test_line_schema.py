@@ -42,7 +42,7 @@ def test_a_verdict_has_every_field_and_a_stable_id():
 
 
 BAD = [("schema_version", 2), ("input_id", "XYZ"), ("source", ""), ("source_time", "yesterday"),
-       ("score", "0.3"), ("normalized_score", 1.5), ("decision", "maybe"), ("model", {"base": "b"}),
+       ("score", "0.3"), ("normalized_score", 1.5), ("decision", "maybe"), ("model", {"base": "b"}), ("model", {"base": "b", "adapter": "a", "engine": ""}),
        ("overlay", 3), ("extra", 1)]
 
 

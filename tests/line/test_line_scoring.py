@@ -76,7 +76,7 @@ def test_an_exported_model_scores_a_source_on_onnx_runtime(workspace, tmp_path):
     scorer.stopping.set()
     scorer.run()
     (message,) = verdicts
-    assert message["model"] == {"base": None, "adapter": str(tmp_path / "widget.onnx"), "engine": "onnx"}
+    assert message["model"] == {"base": None, "adapter": str(tmp_path / "widget.onnx"), "engine": "onnxruntime"}
     assert message["category"] == "widget"
     assert message["score"] == pytest.approx(Predictor.from_onnx(str(tmp_path / "widget.onnx")).predict(
         [str(path)])[0].score, abs=1e-6)
