@@ -27,6 +27,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def fixed_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999): a broker stopped mid-test must get its port back,
+    and a client retrying a port inside that range can be handed that very port as its own source port and
+    connect to itself (TCP self-connect), taking the port."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
+
+
 def wait_until(condition, timeout: float, what: str, step: float = 0.05, explain=None):
     """Poll `condition` until it is true; AssertionError naming `what` (and `explain()`'s text) otherwise."""
     deadline = time.monotonic() + timeout
@@ -49,7 +66,7 @@ class Mosquitto:
     (and its queued QoS 1 messages) survives a stop() / start()."""
 
     def __init__(self, folder: Path, port: Optional[int] = None, extra: str = ""):
-        self.folder, self.port = Path(folder), port or free_port()
+        self.folder, self.port = Path(folder), port or fixed_port()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config = self.folder / "mosquitto.conf"
         # `extra`: lines of the listener (TLS files, password_file)

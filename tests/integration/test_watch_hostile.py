@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from line_rig import Mosquitto, Plc, Subscriber, WebhookReceiver, drop, free_port, wait_until, write_line_workspace
+from line_rig import Mosquitto, Plc, Subscriber, WebhookReceiver, drop, fixed_port, wait_until, write_line_workspace
 from line_video import write_video
 
 from anomclip_hf.inference.predictor import Predictor
@@ -64,7 +64,7 @@ def test_a_broker_unreachable_at_start_gets_the_held_verdicts_in_order(workspace
 
 def test_a_plc_that_is_gone_gets_the_held_verdicts_with_their_counts(workspace, tmp_path):
     pytest.importorskip("asyncua")
-    port = free_port()
+    port = fixed_port()  # the PLC comes up on it later
     nodes = {role: f"ns=2;s=Line1.{name}" for role, name in (("score", "Score"), ("decision", "Decision"),
                                                               ("count", "Count"))}
     config, hot = folder_config(workspace, tmp_path, [{"name": "plc", "type": "opcua",
