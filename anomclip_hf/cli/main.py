@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 from . import app, calibrate, convert, demo, evaluate, export, fit, predict, push, serve, watch
 
-COMMANDS = (demo, convert, push, predict, export, fit, calibrate, evaluate, app, serve, watch)  # the order of `anomclip --help`
+# the order of `anomclip --help`
+COMMANDS = (demo, convert, push, predict, export, fit, calibrate, evaluate, app, serve, watch)
 
 
 def build_parser() -> argparse.ArgumentParser:

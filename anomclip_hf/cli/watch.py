@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from ..flags.numeric import finite_float, int_range, nonnegative_float, positive_int
+from ..flags.numeric import finite_float, int_range, nonnegative_float, positive_int, threshold_value
 from ._common import add_command
 
 
@@ -25,8 +25,8 @@ def add_parser(commands) -> None:
     model.add_argument("--base", default=None, help="the CLIP or AnomCLIP base the category was trained on")
     model.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
     model.add_argument("--onnx", default=None, help="an exported model instead of --base and --category")
-    model.add_argument("--threshold", type=finite_float, default=None,
-                       help="decision threshold (default: the one stored with the category)")
+    model.add_argument("--threshold", type=threshold_value, default=None,
+                       help="decision threshold, in (0, 2] (default: the one stored with the category)")
     model.add_argument("--batch-size", type=positive_int, default=8, help="inputs scored together when they "
                        "queue up (default: %(default)s)")
     model.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: %(default)s)")

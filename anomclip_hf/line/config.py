@@ -149,7 +149,12 @@ def parse_source(raw: dict, where: str) -> SourceConfig:
         source.base = _text(raw.get("base"), f"{where}.base")
         source.category = _text(raw.get("category"), f"{where}.category")
     if raw.get("threshold") is not None:
-        source.threshold = _number(raw["threshold"], f"{where}.threshold", low=-math.inf)
+        from ..model.decisions import check_threshold  # the rule of stored thresholds: a number in (0, 2]
+
+        try:
+            source.threshold = check_threshold(raw["threshold"], f"{where}.threshold")
+        except ValueError as error:
+            raise LineConfigError(str(error)) from None
     for key in ("settle", "poll"):
         if key in raw:
             setattr(source, key, _number(raw[key], f"{where}.{key}", strict=key == "poll"))

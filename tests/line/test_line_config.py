@@ -34,6 +34,7 @@ def test_a_good_config_with_defaults(hot):
     ({"folder": "/no/such/folder"}, None, {}, "sources[0].folder"),
     ({"settle": -1}, None, {}, "sources[0].settle"),
     ({"fps": 0}, None, {}, "sources[0].fps"),
+    ({"threshold": 0}, None, {}, "sources[0].threshold"),
     ({"base": None}, None, {}, "sources[0].base"),
     ({"colour": "red"}, None, {}, "sources[0].colour"),
     ({"video": "x.mp4"}, None, {}, "sources[0]"),
