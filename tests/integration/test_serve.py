@@ -237,3 +237,4 @@ def test_gate_turns_a_worker_error_body_into_its_status_and_refuses_get(tmp_path
                            answer={"error": "cannot read image <image bytes>", "status": 400}, max_bytes=len(jpeg))
     assert [a.status_code for a in answers] == [400, 405]
     assert answers[0].json()["error"] == "cannot read image <image bytes>"
+
