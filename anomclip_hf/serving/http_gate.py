@@ -42,9 +42,11 @@ from typing import Optional
 from urllib.parse import parse_qs, unquote
 
 from ..errors import AnomCLIPError
+from .metrics import ServiceMetrics
 
 PREDICT = "/predict"
 HEALTH = "/health"
+METRICS = "/metrics"
 IMAGE_FIELD_NAMES = ("image", "file")
 ACCESS_LOG = "anomclip.serve.access"
 WORKER_POLL_SECONDS = 0.25
@@ -95,7 +97,8 @@ class ServeGate:
         self.per_client: Counter = Counter()
         self._catalog: Optional[dict] = None
         self.access_log = logging.getLogger(ACCESS_LOG)
-        self.routes = dict(routes or {})
+        self.metrics = ServiceMetrics()  # the same counters `anomclip watch` exposes
+        self.routes = {METRICS: self._metrics, **(routes or {})}
 
     @property
     def max_bytes(self) -> int:
@@ -162,6 +165,14 @@ class ServeGate:
         return await respond(send, 200, {"status": "ok", **self.catalog(), "max_body_bytes": self.max_bytes,
                                          "max_in_flight": self.max_in_flight}, head=head)
 
+    async def _metrics(self, scope, receive, send):
+        """Prometheus' text exposition of the gate's counters (behind the API key when one is set)."""
+        body = self.metrics.exposition()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", self.metrics.content_type.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
     def workers_alive(self) -> bool:
         return self.workers is None or self.workers.alive()
 
@@ -174,15 +185,20 @@ class ServeGate:
                                              f"progress, at most {self.limits.max_per_client}; retry when one is "
                                              "answered", "status": 429}, extra_headers=[(b"retry-after", b"1")])
         self.per_client[client] += 1
-        held = Holdings()
+        self.metrics.inputs.labels(source="http").inc()
+        held, started = Holdings(), time.monotonic()
         try:
             payload = await self._payload(scope, receive, path, held)
-            await self._forward(scope, send, payload, held)
+            self.metrics.queue_depth.labels(source="http").set(self.in_flight)
+            answer = await self._forward(scope, send, payload, held)
+            self.metrics.verdict(answer.get("category", ""), answer.get("decision", ""), time.monotonic() - started)
         except RequestProblem as problem:
+            self.metrics.errors.labels(stage="request" if problem.status < 500 else "service").inc()
             await respond(send, problem.status, {"error": str(problem), "status": problem.status},
                           extra_headers=problem.headers)
         finally:
             self.release(held)
+            self.metrics.queue_depth.labels(source="http").set(self.in_flight)
             self.per_client[client] -= 1
             if not self.per_client[client]:
                 del self.per_client[client]
@@ -285,9 +301,10 @@ class ServeGate:
         return self._catalog
 
     # ------------------------------------------------------------------ forwarding
-    async def _forward(self, scope, send, payload: bytes, held: "Holdings"):
-        """LitServe's /predict with the JSON payload; a worker's per-request error body sets the status. When a
-        worker dies while the request is queued or scored, the request is answered 503 at once."""
+    async def _forward(self, scope, send, payload: bytes, held: "Holdings") -> dict:
+        """LitServe's /predict with the JSON payload; a worker's per-request error body sets the status, and an
+        error answer raises RequestProblem after it is sent (so it is counted once). When a worker dies while
+        the request is queued or scored, the request is answered 503 at once. Returns the answer sent."""
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         sent = False
 
@@ -330,7 +347,11 @@ class ServeGate:
             answer = {"error": "internal error while scoring", "status": status}
         if isinstance(answer, dict) and "detail" in answer and "error" not in answer:
             answer = {"error": str(answer["detail"]), "status": status}  # LitServe's own errors (504, 500)
-        await respond(send, status, answer if answer is not None else {"error": "empty answer", "status": status})
+        answer = answer if answer is not None else {"error": "empty answer", "status": status}
+        await respond(send, status, answer)
+        if status >= 400:
+            self.metrics.errors.labels(stage="request" if status < 500 else "scoring").inc()
+        return answer if status < 400 else {"category": answer.get("category", ""), "decision": "error"}
 
 
 @dataclass
