@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -46,7 +47,7 @@ def build(base: Optional[str] = None, category: Optional[str] = None, *, work_di
     workspace = Workspace(choice, work_dir, max_files=max_files, max_file_mb=max_file_mb,
                           allow_server_folders=allow_server_folders)
     if category:
-        workspace.load_adapter(category)
+        workspace.load_operator_adapter(category)
     return build_app(workspace), workspace
 
 
@@ -63,7 +64,9 @@ def serve(app, workspace: Workspace, host: str = DEFAULT_HOST, port: int = DEFAU
 def launch_app(base: Optional[str] = None, category: Optional[str] = None, host: str = DEFAULT_HOST,
                port: int = DEFAULT_PORT, **options) -> None:
     """Serve until interrupted, then remove the app's work folder (uploads, fits, scores)."""
-    app, workspace = build(base, category, allow_server_folders=is_loopback(host), **options)
+    # A Space (SPACE_ID set) or an address beyond loopback serves visitors: see Workspace.visitors.
+    visitors = not is_loopback(host) or bool(os.environ.get("SPACE_ID"))
+    app, workspace = build(base, category, allow_server_folders=not visitors, **options)
     if threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM) ends the server like Ctrl-C does, so the work folder below is removed.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -11,6 +11,7 @@ import os
 from types import SimpleNamespace
 from typing import Optional
 
+from ..model.decisions import DEFAULT_SENSITIVITY, threshold_for_sensitivity
 from ..model.embedded_base import EMBEDDED_BACKBONE
 from .results import ScoredSet, large_view, write_scores_csv
 from .workspace import BusyError, Workspace
@@ -83,6 +84,20 @@ class PageHandlers:
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
 
+    def session(self, request=None):
+        """The browser session's state (Gradio's session hash); the local one without a request."""
+        return self.workspace.session(getattr(request, "session_hash", None))
+
+    def on_sensitivity(self, scored: Optional[ScoredSet], sensitivity: float, request=None):
+        """The threshold slider's value for a sensitivity over the stored threshold (`model.decisions`, the
+        mapping predict, serve and the ONNX runtime use); unchanged without a stored threshold."""
+        stored = scored.stored_threshold if scored is not None else None
+        if stored is None:
+            stored = self.workspace.stored_threshold(self.session(request))
+        if stored is None:
+            return _gr().update()
+        return _gr().update(value=min(threshold_for_sensitivity(sensitivity, stored), 1.0))  # the slider's range
+
     def decide(self, scored: Optional[ScoredSet], threshold: float):
         """(summary, gallery, table, scores.csv button) at `threshold`: no scoring, only decisions."""
         if scored is None or not scored.images:
@@ -102,18 +117,19 @@ class PageHandlers:
     def on_embedded(self):
         return self.on_base(EMBEDDED_BACKBONE)
 
-    def adapter_download(self):
-        return _gr().update(value=self.workspace.adapter_zip(), interactive=True)
+    def adapter_download(self, request=None):
+        return _gr().update(value=self.workspace.adapter_zip(self.session(request)), interactive=True)
 
-    def on_fit(self, files, server_folder, category, class_name, epochs, progress):
+    def on_fit(self, files, server_folder, category, class_name, epochs, progress, request=None):
         def report(epoch: int, total: int, logs: dict):
             progress((epoch, total), desc=f"training epoch {epoch}/{total}", unit="epochs")
 
         try:
             progress(0, desc="reading the references")
             outcome = self.workspace.fit(files or [], (category or "").strip(), server_folder=server_folder or "",
-                                    class_name=class_name or "", epochs=int(epochs or 0), progress=report)
-            download = self.adapter_download()
+                                    class_name=class_name or "", epochs=int(epochs or 0), progress=report,
+                                    session=self.session(request))
+            download = self.adapter_download(request)
         except USER_ERRORS as error:
             return error_text(error), _gr().update(), _gr().update()
         stored = ("no stored threshold (it needs 2 or more references): set the threshold slider"
@@ -123,18 +139,18 @@ class PageHandlers:
         threshold = _gr().update() if outcome.threshold is None else _gr().update(value=outcome.threshold)
         return text + files_text("files not used", outcome.rejected), threshold, download
 
-    def on_load_adapter(self, source: str):
+    def on_load_adapter(self, source: str, token: str = "", request=None):
         try:
-            message = self.workspace.load_adapter(source)
-            threshold = self.workspace.model.get_category(self.workspace.category).metadata.get("decision_threshold")
-            download = self.adapter_download()
+            message = self.workspace.load_adapter(source, self.session(request), token=token or "")
+            threshold = self.workspace.stored_threshold(self.session(request))
+            download = self.adapter_download(request)
         except USER_ERRORS as error:
             return error_text(error), _gr().update(), _gr().update()
         return message, _gr().update() if threshold is None else _gr().update(value=threshold), download
 
-    def on_score(self, files, threshold):
+    def on_score(self, files, threshold, request=None):
         try:
-            scored = self.workspace.score(files or [])
+            scored = self.workspace.score(files or [], self.session(request))
         except USER_ERRORS as error:
             return (None, error_text(error), _gr().update(), *self.decide(None, threshold))
         if scored.stored_threshold is not None:
@@ -149,9 +165,9 @@ class PageHandlers:
         index = event.index if isinstance(event.index, int) else event.index[0]
         return large_view(scored, index, threshold), gallery_items(scored, threshold)[index][1]
 
-    def on_push(self, repo_id: str, token: str, private: bool):
+    def on_push(self, repo_id: str, token: str, private: bool, request=None):
         try:
-            return self.workspace.push(repo_id, token, private)
+            return self.workspace.push(repo_id, token, private, self.session(request))
         except USER_ERRORS as error:
             return error_text(error)
 
@@ -171,7 +187,8 @@ def _fit_and_share_column(gr, workspace: Workspace) -> SimpleNamespace:
         fit = gr.Button("Fit", variant="primary", elem_id="fit")
         fit_status = gr.Markdown(elem_id="fit-status")
         with gr.Row():
-            adapter_source = gr.Textbox(label="... or load an adapter (folder or Hub repo id)",
+            adapter_source = gr.Textbox(label="... or load an adapter (folder or Hub repo id)" if
+                                        workspace.allow_server_folders else "... or load an adapter (Hub repo id)",
                                         elem_id="adapter-source", scale=3)
             load_adapter = gr.Button("Load adapter", elem_id="load-adapter", scale=1)
 
@@ -181,7 +198,9 @@ def _fit_and_share_column(gr, workspace: Workspace) -> SimpleNamespace:
             adapter_zip = gr.DownloadButton("adapter (.zip)", interactive=False, elem_id="download-adapter")
         repo_id = gr.Textbox(label="Hub repo id", placeholder="user/anomclip-bracket", elem_id="repo-id")
         with gr.Row():
-            token = gr.Textbox(label="Hub token (optional: default HF_TOKEN or `hf auth login`)",
+            token = gr.Textbox(label="Hub token (optional: default HF_TOKEN or `hf auth login`)" if
+                               workspace.allow_server_folders else "Your Hub token (to push, or to read your "
+                               "private repos; never stored)",
                                type="password", elem_id="hub-token", scale=3)
             private = gr.Checkbox(label="private repo", elem_id="hub-private", scale=1)
         push = gr.Button("Push the adapter to the Hub", elem_id="push")
@@ -203,6 +222,9 @@ def _inspect_column(gr) -> SimpleNamespace:
         score_status = gr.Markdown(elem_id="score-status")
         threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.000001, label="Decision threshold (anomalous at or "
                               "above; moving it re-decides without scoring again)", elem_id="threshold")
+        sensitivity = gr.Slider(0.0, 1.0, value=DEFAULT_SENSITIVITY, step=0.01, label="Sensitivity over the stored "
+                                "threshold (0.5: the stored one; higher flags more; sets the threshold above)",
+                                elem_id="sensitivity")
         summary = gr.Markdown(elem_id="summary")
         gallery = gr.Gallery(label="Image | heat map | predicted defect; click one to enlarge",
                              columns=3, height=260, object_fit="contain", allow_preview=False,
@@ -212,7 +234,8 @@ def _inspect_column(gr) -> SimpleNamespace:
                          height=300, elem_id="large-view")
         large_caption = gr.Markdown(elem_id="large-caption")
     return SimpleNamespace(
-        test_images=test_images, score=score, score_status=score_status, threshold=threshold, summary=summary,
+        test_images=test_images, score=score, score_status=score_status, threshold=threshold,
+        sensitivity=sensitivity, summary=summary,
         gallery=gallery, table=table, large=large, large_caption=large_caption)
 
 
@@ -223,8 +246,21 @@ def build_app(workspace: Workspace):
     on = PageHandlers(workspace)
 
     # Gradio injects the progress tracker and the selection event by the parameters' default and annotation.
-    def on_fit(files, server_folder, category, class_name, epochs, progress=gr.Progress()):
-        return on.on_fit(files, server_folder, category, class_name, epochs, progress)
+    # ... and the browser session (each has its own category) by the gr.Request annotation.
+    def on_fit(files, server_folder, category, class_name, epochs, request: gr.Request, progress=gr.Progress()):
+        return on.on_fit(files, server_folder, category, class_name, epochs, progress, request)
+
+    def on_load_adapter(source, token, request: gr.Request):
+        return on.on_load_adapter(source, token, request)
+
+    def on_score(files, threshold, request: gr.Request):
+        return on.on_score(files, threshold, request)
+
+    def on_push(repo_id, token, private, request: gr.Request):
+        return on.on_push(repo_id, token, private, request)
+
+    def on_sensitivity(scored: Optional[ScoredSet], sensitivity: float, request: gr.Request):
+        return on.on_sensitivity(scored, sensitivity, request)
 
     def on_select(scored: Optional[ScoredSet], threshold: float, event: gr.SelectData):
         return on.on_select(scored, threshold, event)
@@ -247,11 +283,12 @@ def build_app(workspace: Workspace):
         use_embedded.click(on.on_embedded, None, [banner, base_status])
         left.fit.click(on_fit, [left.references, left.server_folder, left.category, left.class_name, left.epochs],
                        [left.fit_status, right.threshold, left.adapter_zip], concurrency_limit=1)
-        left.load_adapter.click(on.on_load_adapter, [left.adapter_source],
+        left.load_adapter.click(on_load_adapter, [left.adapter_source, left.token],
                                 [left.fit_status, right.threshold, left.adapter_zip])
-        right.score.click(on.on_score, [right.test_images, right.threshold],
+        right.score.click(on_score, [right.test_images, right.threshold],
                           [scored_state, right.score_status, right.threshold, *decided])
         right.threshold.change(on.decide, [scored_state, right.threshold], decided)
+        right.sensitivity.release(on_sensitivity, [scored_state, right.sensitivity], [right.threshold])
         right.gallery.select(on_select, [scored_state, right.threshold], [right.large, right.large_caption])
-        left.push.click(on.on_push, [left.repo_id, left.token, left.private], [left.push_status])
+        left.push.click(on_push, [left.repo_id, left.token, left.private], [left.push_status])
     return app

@@ -8,9 +8,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import app, convert, demo, evaluate, export, fit, predict, push, serve
+from . import app, calibrate, convert, demo, evaluate, export, fit, predict, push, serve, watch
 
-COMMANDS = (demo, convert, push, predict, export, fit, evaluate, app, serve)  # the order of `anomclip --help`
+# the order of `anomclip --help`
+COMMANDS = (demo, convert, push, predict, export, fit, calibrate, evaluate, app, serve, watch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from PIL import Image, UnidentifiedImageError
-
 from ..errors import DatasetLayoutError
-from ..io.image_io import ImageReadError, check_pixel_count, display_path, oriented_size
+from ..io.image_io import display_path, probe_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -77,12 +75,7 @@ def probe_size(path: str, what: str = "image") -> Tuple[int, int]:
     Only the header is read (not the pixels), so a whole MVTec category is checked in well under a
     second; full decoding, and errors for truncated pixel data, happen later in image_io.load_image.
     """
-    try:
-        with Image.open(path) as image:
-            check_pixel_count(image.size, display_path(path), what)
-            return oriented_size(image)  # the size load_image returns, after the EXIF rotation
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"cannot read {what} file {display_path(path)}: {error}") from error
+    return probe_image(path, display_path(path), what)  # the size load_image returns, after the EXIF rotation
 
 
 def check_row_files(rows: Iterable[Dict]) -> None:

@@ -21,8 +21,10 @@ from torch import nn
 from .._version import __version__
 from ..errors import ExportError
 from ..io.pixel_arrays import RESAMPLE_NAMES
+from ..model.decisions import DEFAULT_SENSITIVITY
 from .extras import import_extra
 from .sidecar import (
+    GRAPH_CATEGORY_KEY,
     INPUT_NAME,
     INPUT_NAMES,
     MEMORY_INPUT_NAME,
@@ -30,6 +32,7 @@ from .sidecar import (
     SIDECAR_FORMAT,
     SIDECAR_VERSION,
     TILE_OUTPUT_NAMES,
+    graph_digest,
     sidecar_path,
 )
 
@@ -155,7 +158,8 @@ def _memory_preprocessing(model) -> dict:
                                      "scale": 1 / 255, "layout": "NCHW"}}
 
 
-def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precision: str, check: dict) -> dict:
+def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precision: str, check: dict,
+             digest: str) -> dict:
     record = model.category_record(state.name)
     tiling = record.get("tiling")
     outputs = ({OUTPUT_NAMES[0]: ["batch"], OUTPUT_NAMES[1]: ["batch", output_size, output_size]} if tiling is None
@@ -163,7 +167,7 @@ def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precisi
                | {TILE_OUTPUT_NAMES[2]: ["tiles"]})
     return {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
-        "onnx_file": os.path.basename(onnx_path),
+        "onnx_file": os.path.basename(onnx_path), "graph_sha256": digest,
         "inputs": {INPUT_NAME: ["batch", 3, model.config.image_size, model.config.image_size]},
         "outputs": outputs,
         **({} if tiling is None else {"tiling": tiling_sidecar(model, tiling)}),
@@ -175,6 +179,8 @@ def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precisi
         "output_size": output_size,
         "decision_threshold": record["decision_threshold"],
         "pixel_threshold": record["pixel_threshold"],
+        # the knob a deployment turns (model.decisions): 0.5 decides at decision_threshold
+        "sensitivity": DEFAULT_SENSITIVITY,
         "category": record,
         "base_model": model.base_identity(),
         "opset": opset, "precision": precision, "check": check,
@@ -228,8 +234,15 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
             quantize_dynamic(float_path, path, weight_type=QuantType.QInt8)
         finally:
             os.remove(float_path)
-    import_extra("onnx").checker.check_model(path, full_check=True)
+    onnx = import_extra("onnx")
+    graph = onnx.load(path)
+    entry = graph.metadata_props.add()  # the category the sidecar is checked against when loaded
+    entry.key, entry.value = GRAPH_CATEGORY_KEY, state.name
+    onnx.save(graph, path)
+    onnx.checker.check_model(path, full_check=True)
     check = _compare(_session(path), reference, inputs)
     precision = "float16" if fp16 else (quantize or "float32")
-    write_json(sidecar_path(path), _sidecar(model, state, path, int(opset), output_size, precision, check))
+    with open(path, "rb") as handle:
+        digest = graph_digest(handle.read())
+    write_json(sidecar_path(path), _sidecar(model, state, path, int(opset), output_size, precision, check, digest))
     return OnnxExport(path=path, sidecar=sidecar_path(path), seconds=time.perf_counter() - began, check=check)

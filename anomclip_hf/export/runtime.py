@@ -31,9 +31,17 @@ from ..io.tiling import (
     whole_image,
     whole_image_sigma,
 )
-from ..model.decisions import check_threshold, decision
+from ..model.decisions import check_sensitivity, check_threshold, decision, resolve_threshold
 from .extras import import_extra
-from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, TILE_OUTPUT_NAMES, read_sidecar
+from .sidecar import (
+    INPUT_NAME,
+    MEMORY_INPUT_NAME,
+    OUTPUT_NAMES,
+    TILE_OUTPUT_NAMES,
+    check_graph,
+    read_sidecar,
+    sidecar_path,
+)
 
 TILE_BATCH = 64  # tiles per run of a tiled graph
 
@@ -52,29 +60,43 @@ class OnnxAnomalyDetector:
     """An exported category (`anomclip export`): `detector(images)` -> scores, decisions and maps.
 
     path: the .onnx file; its sidecar (`path + ".json"`) gives preprocessing and thresholds.
-    threshold: the image decision threshold (default: the category's stored one).
+    threshold: the image decision threshold (default: the sidecar's sensitivity over the category's stored
+        threshold; sensitivity 0.5, the stored threshold itself, unless the sidecar says otherwise).
+    sensitivity: a sensitivity in [0, 1] over the stored threshold instead (`model.decisions`).
     providers: ONNX Runtime execution providers (default: CPU).
     """
 
     def __init__(self, path: str, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
-                 session_options=None):
+                 session_options=None, sensitivity: Optional[float] = None):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model not found: {path}")
         self.path = path
         self.settings = read_sidecar(path)
+        with open(path, "rb") as handle:  # hashed, then checked against the sidecar once the session is open
+            graph = handle.read()
         self.image_size, self.mean, self.std, self.resample = _preprocessing(path, self.settings["preprocessing"])
         # With a DINOv2 memory the graph has a second input: the same images, its preprocessing.
         memory = self.settings.get("memory_preprocessing")
         self.memory_preprocessing = None if memory is None else _preprocessing(path, memory)
-        self.threshold = self.settings.get("decision_threshold") if threshold is None else check_threshold(threshold)
+        # the decision threshold: `threshold`, else a sensitivity (this one, else the sidecar's) over the stored one
+        stored = check_threshold(self.settings.get("decision_threshold"), f"{sidecar_path(path)}: decision_threshold")
+        if threshold is None and sensitivity is None and stored is not None:
+            sensitivity = check_sensitivity(self.settings.get("sensitivity"), f"{sidecar_path(path)}: sensitivity")
+        self.sensitivity = None if threshold is not None else check_sensitivity(sensitivity)
+        self.threshold = resolve_threshold(stored, check_threshold(threshold), self.sensitivity)
         self.pixel_threshold = self.settings.get("pixel_threshold")
         self.category = self.settings.get("category", {}).get("category")
         # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.
         self.note = PIPELINE_CHECK_NOTE if (self.settings.get("base_model") or {}).get("random_weights") else ""
         self.session = self._open_session(path, providers=providers, session_options=session_options)
+        check_graph(path, graph, self.settings, self._metadata())
         # A tiled category: the graph scores tiles; images are cut and stitched here, as `model.tiling` does.
         self.tiling = self.settings.get("tiling")
+
+    def _metadata(self) -> dict:
+        """The graph's metadata_props (the category it was exported for)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _open_session(self, path: str, providers: Optional[Sequence[str]] = None, session_options=None):
         """The runtime's loaded graph (a subclass for another runtime, e.g. OpenVINO, overrides this and

@@ -9,15 +9,15 @@ as an ImageReadError naming that input, so a run can record it and go on.
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
-from ..io.image_io import ImageReadError, check_pixel_count, display_path, load_image
+from ..io.decoding import decode_bytes
+from ..io.image_io import ImageReadError, display_path, load_image
 from ..io.pixel_arrays import as_pil
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
@@ -33,20 +33,9 @@ def source_name(item) -> str:
 
 
 def image_from_bytes(data: bytes, name: str = BYTES_NAME) -> Image.Image:
-    """An RGB PIL image from encoded bytes (PNG, JPEG, ...), with the decoding limits of `image_io`
-    (pixel count checked from the header first); ImageReadError naming `name` otherwise."""
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ImageReadError(f"{name}: no image data (expected the bytes of a PNG, JPEG, BMP or TIFF file)")
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as image:
-            check_pixel_count(image.size, name)
-            image.load()
-            return load_image(image)
-    except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image {name}: {len(data):,} bytes that are no image format PIL knows "
-                             "(expected PNG, JPEG, BMP, TIFF, ...)") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"cannot read image {name}: {error}") from error
+    """An RGB PIL image from encoded bytes, under the decoding contract (`io.decoding`: allowed formats, limits
+    from the header); ImageReadError naming `name` otherwise."""
+    return decode_bytes(data, name)
 
 
 def decode(item: ImageLike) -> Image.Image:

@@ -64,6 +64,7 @@ from .category import (
     describe_base,
     validate_category_name,
 )
+from .decisions import unreachable_threshold
 from .memory_backbone import memory_backbone_identity, memory_layout
 from .prompt_learner import ADAPTER_WEIGHT_KEYS
 from .prompt_text import checked_prototypes, head_prompts_of
@@ -293,12 +294,24 @@ def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> N
                          f"{len(wanted['token_indices'])} prompt tokens (found peft_type {found!r})")
     _check_memory_backbone(contents, expected)  # before the bank: a clear "made with another memory"
     _check_memory(contents, expected)
+    _check_thresholds_reachable(contents)
     if contents.memory_bank is not None:  # scaled rows would make every cosine huge (score 0) or ~0 (0.5)
         check_unit_rows(contents.memory_bank, f"{source}: {MEMORY_FILE} tensor", AdapterError)
     if contents.prototypes:  # absent: computed from the prompt vectors when loaded (and checked the same way)
         _check_tensors(contents.prototypes, expected.tensor_shapes(PROTOTYPES_FILE), PROTOTYPES_FILE, source)
         check_prototypes(contents.prototypes, f"{source}: {PROTOTYPES_FILE} tensor", AdapterError)
     _check_tensors(contents.weights, expected.tensor_shapes(ADAPTER_WEIGHTS), ADAPTER_WEIGHTS, source)
+
+
+def _check_thresholds_reachable(contents: AdapterContents) -> None:
+    """A stored threshold above the highest score this category can give would call every image normal."""
+    memory = None if contents.memory_bank is None else \
+        ("dino" if (contents.record.get("memory") or {}).get("backbone") else "clip")
+    for key in ("decision_threshold", "pixel_threshold"):
+        problem = unreachable_threshold(contents.record.get(key), memory)
+        if problem:
+            raise AdapterError(f"{contents.source}: {CATEGORY_FILE} field '{key}' is {contents.record[key]!r}; "
+                             f"expected {problem}")
 
 
 def _check_memory_backbone(contents: AdapterContents, expected: AdapterExpectations) -> None:

@@ -21,12 +21,53 @@ SCORE_COLUMNS = ["path", "image_score", "normalized_score", "decision"]
 
 
 def plan_hash(paths: Sequence[str], **settings) -> str:
-    """A digest of the inputs (in order) and the settings that decide their scores: a rerun with the same
-    digest may reuse finished parts, any other run starts afresh."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    """A digest of the inputs (in order, each with its size and modification time) and the settings that decide
+    their scores, the local model files they name included (`source_stamp`): a rerun with the same digest may
+    reuse finished parts; a replaced input, a re-fitted adapter or any other change starts afresh."""
+    sources = {key: source_stamp(settings[key]) for key in SOURCE_SETTINGS if settings.get(key)}
+    digest = hashlib.sha256(json.dumps({**settings, "sources": sources}, sort_keys=True, default=str).encode())
     for path in paths:
-        digest.update(os.fsencode(path) + b"\0")
+        digest.update(os.fsencode(path) + b"\0" + _file_stamp(path).encode() + b"\0")
     return digest.hexdigest()
+
+
+# The settings that name files on disk whose content decides the scores (when they are local).
+SOURCE_SETTINGS = ("base", "category", "onnx", "memory_backbone")
+
+
+def _file_stamp(path: str) -> str:
+    """size:mtime_ns of a file (a replaced file gets another), or "missing"."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def source_stamp(location) -> Optional[str]:
+    """A digest of a local model file or folder as it is now: the SHA-256 of its small JSON files (an adapter's
+    category.json, a sidecar, config.json) and the size and modification time of every other file; None for
+    what is not on disk (a Hub id: its revision is a setting)."""
+    location = os.fspath(location)
+    if os.path.isfile(location):
+        files = [location] + ([location + ".json"] if os.path.isfile(location + ".json") else [])
+    elif os.path.isdir(location):
+        files = sorted(os.path.join(location, name) for name in os.listdir(location)
+                       if os.path.isfile(os.path.join(location, name)))
+    else:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(os.path.basename(path).encode("utf-8", "surrogateescape") + b"\0")
+        if path.endswith(".json") and os.path.getsize(path) <= SMALL_FILE_BYTES:
+            with open(path, "rb") as handle:
+                digest.update(hashlib.sha256(handle.read()).digest())
+        else:
+            digest.update(_file_stamp(path).encode())
+    return digest.hexdigest()
+
+
+SMALL_FILE_BYTES = 1 << 20
 
 
 def write_merged(output_dir: str, header: Sequence[str], rows: Iterable[Sequence[str]],

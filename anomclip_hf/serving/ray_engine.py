@@ -15,12 +15,16 @@ from __future__ import annotations
 import glob
 import math
 import os
+import socket
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import AnomCLIPError
+from ..inference.inputs import printable
 from ..inference.predictor import PredictorSpec
 from ..inference.writers import (
+    NOT_UTF8,
     ERRORS_FILE,
     MAPS_DIR,
     MASKS_DIR,
@@ -37,6 +41,39 @@ from .extras import import_extra
 from .merge import SCORE_COLUMNS, write_merged
 
 RAY_DIR = "ray"
+# A cluster address is probed with one TCP connect first: an unreachable one fails in seconds, naming it,
+# instead of ray.init retrying for minutes.
+CONNECT_TIMEOUT_S = 5.0
+
+
+class ClusterUnreachableError(AnomCLIPError, ConnectionError):
+    """The Ray cluster at the given address does not answer."""
+
+
+def cluster_endpoint(address: Optional[str]) -> Optional[tuple[str, int]]:
+    """(host, port) of an explicit cluster address ("HOST:PORT", "ray://HOST:PORT"); None for a local or
+    "auto" cluster, which Ray finds itself."""
+    if not address or address in ("auto", "local"):
+        return None
+    text = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = text.rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: Optional[str], timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ClusterUnreachableError naming `address` unless a TCP connection to it opens within `timeout` seconds."""
+    endpoint = cluster_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except OSError as error:
+        reason = "no answer" if isinstance(error, socket.timeout) else (error.strerror or str(error))
+        raise ClusterUnreachableError(f"Ray cluster at {address} is unreachable ({reason} within {timeout:g} s); "
+                                      "check the address and that the cluster is running") from None
 ROW_COLUMNS = ("image_score", "normalized_score", "decision", "error", "threshold", "note")
 
 
@@ -102,9 +139,12 @@ def predict_with_ray(spec: PredictorSpec, paths: Sequence[str], output_dir: str,
     ray = import_extra("ray", "ray")
     import ray.data  # noqa: F401,F811 - the Data library of the extra
 
-    paths = list(paths)
+    # Names that are not UTF-8 cannot travel in Ray's (Arrow) tables: reported as local runs report them.
+    unnamed = [path for path in paths if not printable(path)]
+    paths = [path for path in paths if printable(path)]
     started = not ray.is_initialized()
     if started:
+        check_reachable(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -117,7 +157,7 @@ def predict_with_ray(spec: PredictorSpec, paths: Sequence[str], output_dir: str,
                                    overlay_dir=output_dir, root=root, save_maps=save_maps, overlays=overlays)
             getattr(scored, f"write_{output_format}")(table_dir)  # streamed: blocks are written as they finish
             tables = [path for path in _row_files(table_dir, output_format) if path not in earlier]
-            result = _merge_rows(output_dir, tables, output_format, not_images, unlistable)
+            result = _merge_rows(output_dir, tables, output_format, not_images, unlistable, unnamed)
             record_outputs(output_dir, [*(os.path.relpath(path, output_dir) for path in tables),
                                         *(os.path.relpath(path, output_dir) for path in _pictures(
                                             output_dir, result, root, overlays, save_maps)),
@@ -165,11 +205,11 @@ def read_rows(table_dir, output_format: str = "parquet"):
 
 
 def _merge_rows(output_dir: str, table_dir, output_format: str, not_images,
-                unlistable) -> PredictionResult:
+                unlistable, unnamed: Sequence[str] = ()) -> PredictionResult:
     frame = read_rows(table_dir, output_format)
     note = str(frame["note"].iloc[0]) if len(frame) else ""
     header = SCORE_COLUMNS + (["note"] if note else [])
-    rows, failures = [], []
+    rows, failures = [], [(path, NOT_UTF8) for path in unnamed]
     for record in frame.itertuples(index=False):
         if record.error:
             failures.append((record.path, record.error))

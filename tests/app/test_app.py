@@ -154,7 +154,7 @@ def test_workspace_fits_scores_redecides_and_exports(tmp_path, tiny_base, images
 
     # Off when the app listens beyond this machine: reading folders on the server.
     remote = Workspace(workspace.base, str(tmp_path / "remote"), allow_server_folders=False)
-    with pytest.raises(ValueError, match="reading a folder on the server is off"):
+    with pytest.raises(ValueError, match="does not read files or folders on its server"):
         remote.fit([], "widget", server_folder=str(server_folder), epochs=1)
 
     # One job at a time: a second fit while the model is held is refused, not queued.
@@ -263,7 +263,7 @@ def test_app_in_a_headless_browser(tmp_path, tiny_base, images, monkeypatch):
             assert [row[0] for row in rows] == ["good.png", "defect.png"]
             scores = [float(row[1]) for row in rows]
             fresh = AnomCLIPModel.from_base(tiny_base)
-            fresh.load_category(workspace.export_adapter())
+            fresh.load_category(workspace.model.save_category(str(tmp_path / "page-adapter"), "widget"))
             expected = next(iter(score_images(fresh, [images["good"], images["defect"]], progress=False)))
             np.testing.assert_allclose(scores, np.asarray(expected.image_scores, dtype=np.float64), atol=2e-6)
             assert [float(row[2]) for row in rows] == pytest.approx([normalized_score(s, stored) for s in scores],

@@ -61,15 +61,13 @@ def test_bad_files_are_error_rows_and_leave_the_good_scores_unchanged(category, 
     assert len(clean) == 7 and not (tmp_path / "clean" / ERRORS_FILE).exists()
     scored = scores_by_name(tmp_path / "mixed_out", mixed)
     assert {name: scored[name] for name in clean} == clean  # the same rows, to the last digit
-    # a PPM named .png still decodes until the decoder's allow-list refuses it (see the xfail below)
-    assert set(scored) - set(clean) <= {os.path.join("sub", "ppm_bytes.png")}
+    assert set(scored) == set(clean)  # no bad input got a score
     errors = errors_by_name(tmp_path / "mixed_out")
-    assert set(bad) - {"ppm_bytes.png"} == {"corrupt.tif", "truncated.png", "empty.png", "text_bomb.png"}
-    for name in set(bad) - {"ppm_bytes.png"}:
+    assert set(bad) == {"corrupt.tif", "truncated.png", "empty.png", "text_bomb.png", "ppm_bytes.png"}
+    for name in bad:
         assert name in errors and name in errors[name], (name, errors)  # each row names its file
 
 
-@pytest.mark.xfail(strict=False, reason="refusing a PPM named .png is the decoder's format allow-list (io/)")
 def test_ppm_bytes_named_png_are_an_error_row(category, tmp_path):
     folder = tmp_path / "images"
     shutil.copytree(category.good, folder)

@@ -155,7 +155,7 @@ NUMERIC_FLAG_CASES = [
     (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--output-size", "4096"],
      "--output-size", "expected an integer from 1 to 2048, got '4096'"),
     (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--threshold", "inf"],
-     "--threshold", "expected a finite number, got 'inf'"),
+     "--threshold", "expected a number greater than 0 and at most 2 (scores are in [0, 1]), got 'inf'"),
 ]
 
 
@@ -286,7 +286,8 @@ import numpy as np, torch
 sys.path.insert(0, "tests/helpers")
 from tiny_models import perturb_norms, tiny_clip_config
 from transformers import CLIPModel
-from anomclip_hf import AnomCLIPModel, atomic_io
+from anomclip_hf import AnomCLIPModel
+from anomclip_hf.io import atomic_io
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 root, trials = sys.argv[1], int(sys.argv[2])

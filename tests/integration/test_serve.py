@@ -205,11 +205,18 @@ def gate_call(tmp_path, requests, categories=("widget",), answer=None, max_bytes
     return asyncio.run(run()), downstream
 
 
+def tiny_image_bytes(format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 3), (10, 20, 30)).save(buffer, format=format)
+    return buffer.getvalue()
+
+
 def test_gate_defaults_to_the_only_category_and_forwards_the_image_base64(tmp_path):
-    (answer,), downstream = gate_call(tmp_path, [dict(method="POST", url="/predict?map=yes", content=b"PNGDATA",
-                                                      headers={"content-type": "image/png"})])
+    png = tiny_image_bytes("PNG")
+    (answer,), downstream = gate_call(tmp_path, [dict(method="POST", url="/predict?map=yes", content=png,
+                                                      headers={"content-type": "image/png"})], max_bytes=len(png))
     assert answer.status_code == 200 and answer.json() == {"score": 0.25}
-    assert downstream.forwarded == [{"category": "widget", "image": base64.b64encode(b"PNGDATA").decode(), "map": True}]
+    assert downstream.forwarded == [{"category": "widget", "image": base64.b64encode(png).decode(), "map": True}]
 
 
 def test_gate_counts_a_streamed_body_without_content_length(tmp_path):
@@ -223,9 +230,45 @@ def test_gate_counts_a_streamed_body_without_content_length(tmp_path):
 
 
 def test_gate_turns_a_worker_error_body_into_its_status_and_refuses_get(tmp_path):
-    answers, _ = gate_call(tmp_path, [dict(method="POST", url="/predict", content=b"x",
+    jpeg = tiny_image_bytes("JPEG")
+    answers, _ = gate_call(tmp_path, [dict(method="POST", url="/predict", content=jpeg,
                                            headers={"content-type": "image/jpeg"}),
                                       dict(method="GET", url="/predict")],
-                           answer={"error": "cannot read image <image bytes>", "status": 400})
+                           answer={"error": "cannot read image <image bytes>", "status": 400}, max_bytes=len(jpeg))
     assert [a.status_code for a in answers] == [400, 405]
     assert answers[0].json()["error"] == "cannot read image <image bytes>"
+
+
+
+def _samples(text: str) -> dict:
+    """{metric line without its value: value} of a Prometheus text exposition."""
+    rows = [line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")]
+    return {name: float(value) for name, value in rows}
+
+
+def test_gate_metrics_count_inputs_verdicts_and_errors(tmp_path):
+    png = tiny_image_bytes("PNG")
+    post = dict(method="POST", url="/predict", content=png, headers={"content-type": "image/png"})
+    answers, _ = gate_call(tmp_path, [post, post, dict(method="POST", url="/predict", content=b"x" * 100,
+                                                       headers={"content-type": "image/png"}),
+                                      dict(method="GET", url="/metrics")],
+                           answer={"category": "widget", "score": 0.4, "decision": "anomalous"}, max_bytes=len(png))
+    assert [a.status_code for a in answers] == [200, 200, 413, 200]
+    assert answers[3].headers["content-type"].startswith("text/plain")
+    samples = _samples(answers[3].text)
+    assert samples['anomclip_inputs_total{source="http"}'] == 3
+    assert samples['anomclip_verdicts_total{category="widget",decision="anomalous"}'] == 2
+    assert samples['anomclip_errors_total{stage="request"}'] == 1
+    assert samples['anomclip_latency_seconds_count{stage="verdict"}'] == 2
+    assert samples['anomclip_queue_depth{source="http"}'] == 0
+
+
+def test_metrics_of_a_running_server_follow_its_answers(server, workspace):
+    before = _samples(httpx.get(server + "/metrics", timeout=10).text)
+    answers = [post_image(f"{server}/predict/widget", path) for path in workspace.good[:2]]
+    assert all(answer.status_code == 200 for answer in answers)
+    after = _samples(httpx.get(server + "/metrics", timeout=10).text)
+    assert after['anomclip_inputs_total{source="http"}'] - before.get('anomclip_inputs_total{source="http"}', 0) == 2
+    decided = sum(value - before.get(name, 0) for name, value in after.items()
+                  if name.startswith('anomclip_verdicts_total{category="widget"'))
+    assert decided == 2
