@@ -42,3 +42,17 @@ def resolve_device(name: str, flag: str = "--device"):
     )
 
     return resolve(name, flag)
+
+
+def add_tiling_arguments(parser, recorded: bool = True) -> None:
+    """--tile and --tile-overlap (docs/guides/tiling.md). recorded: the adapter's tiling applies when they are
+    left out (predict, evaluate, serve, export); else they choose it (fit)."""
+    from ..io.tiling import DEFAULT_OVERLAP, parse_overlap, parse_tile
+
+    default = " (default: what the adapter's fit used)" if recorded else " (default: whole images, resized)"
+    parser.add_argument("--tile", type=parse_tile, default=None, metavar="SIZE|auto",
+                        help="score at native resolution in tiles of SIZE pixels, or auto (from the tower's and the "
+                             "image's size)" + default)
+    parser.add_argument("--tile-overlap", type=parse_overlap, default=None, metavar="PIXELS|FRACTION",
+                        help=f"overlap of neighbouring tiles: pixels or a fraction of the tile (default: "
+                             f"{DEFAULT_OVERLAP}" + (", or the adapter's)" if recorded else ")"))

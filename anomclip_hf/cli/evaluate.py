@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..flags.numeric import nonnegative_int, positive_int
-from ._common import add_command, add_memory_backbone_argument, with_memory_backbone
+from ._common import add_command, add_memory_backbone_argument, add_tiling_arguments, with_memory_backbone
 
 
 def add_parser(commands) -> None:
@@ -41,6 +41,7 @@ def add_parser(commands) -> None:
     evaluate.add_argument("--mode", choices=["full", "memory", "text"], default=None,
                           help="score with memory + prompts (full, the default), the visual memory alone (memory: "
                                "the CLIP memory, or the DINOv2 one with --memory-backbone) or the prompts alone")
+    add_tiling_arguments(evaluate, recorded=False)
     add_training_arguments(evaluate)
     evaluate.set_defaults(func=run)
 
@@ -51,13 +52,15 @@ def run(args) -> int:
     check_base(args.base)
     data_root = _evaluation_data(args)
     from ..evaluation import run_evaluation
+    from ..io.tiling import tiling_spec
     from ..training import config_from_args
 
     results = run_evaluation(args.base, args.dataset, data_root, args.output, categories=args.categories,
                              shots=args.shots, seeds=args.seeds,
                              config=with_memory_backbone(config_from_args(args), args.memory_backbone),
                              resolution=args.resolution, pixel_mode=args.pixel_mode, train=not args.no_train,
-                             batch_size=args.batch_size, mode=args.mode, progress=args.progress_bar is not False)
+                             batch_size=args.batch_size, mode=args.mode, progress=args.progress_bar is not False,
+                             tiling=tiling_spec(args.tile, args.tile_overlap))
     with open(os.path.join(args.output, "results.md"), encoding="utf-8") as handle:
         print(handle.read())
     print(f"{len(results['cells'])} cells; results.csv, results.json and results.md in {args.output}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_command, add_memory_backbone_argument, base_kwargs
+from ._common import add_command, add_memory_backbone_argument, add_tiling_arguments, base_kwargs
 
 
 def add_parser(commands) -> None:
@@ -20,6 +20,7 @@ def add_parser(commands) -> None:
     export.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     export.add_argument("--output", required=True, help="the .onnx file to write (its JSON goes to OUTPUT.json)")
     add_memory_backbone_argument(export)
+    add_tiling_arguments(export)
     export.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     export.add_argument("--output-size", type=int, default=None, help="anomaly-map size (default: model input)")
     precision = export.add_mutually_exclusive_group()
@@ -35,8 +36,14 @@ def run(args) -> int:
 
     model = AnomCLIPModel.from_base(args.base, **base_kwargs(args))
     state = model.load_category(args.category, revision=args.revision)
+    from ..io.tiling import resolve_tiling
+
+    # a tiled adapter exports a graph of tiles (the runtime stitches); flags may only repeat what fit used
+    tiling = resolve_tiling(state.metadata.get("tiling"), args.tile, args.tile_overlap)
     exported = export_onnx(model, args.output, category=state.name, opset=args.opset, output_size=args.output_size,
                            fp16=args.fp16, quantize=args.quantize)
     print(exported.summary())
+    if tiling is not None:
+        print(f"tiled ({tiling.describe()}): the graph scores batches of tiles; the runtime cuts and stitches them")
     print(f"score with: anomclip predict --onnx {args.output} --images DIR --output OUT")
     return 0

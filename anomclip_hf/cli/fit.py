@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ArgumentError
 from ..flags.numeric import fraction, nonnegative_int, positive_int
-from ._common import add_command, add_memory_backbone_argument, with_memory_backbone
+from ._common import add_command, add_memory_backbone_argument, add_tiling_arguments, with_memory_backbone
 
 FIT_LOG_FILE = "training_log.jsonl"
 
@@ -22,7 +22,8 @@ def add_parser(commands) -> None:
         "--category bracket --output runs/fit --epochs 20",
         "anomclip fit --base B --references good/ --category pcb --class-name 'circuit board' "
         "--phrases my_phrases.txt --output runs/pcb",
-        "anomclip fit --base B --references line3_good/ --category cap --output runs/cap --memory-size 8192")
+        "anomclip fit --base B --references line3_good/ --category cap --output runs/cap --memory-size 8192",
+        "anomclip fit --base B --references steel_good/ --category steel --output runs/steel --tile auto")
     fit.add_argument("--base", required=True)
     fit.add_argument("--references", required=True, help="folder of normal images (or of category sub-folders)")
     fit.add_argument("--category", required=True)
@@ -45,6 +46,7 @@ def add_parser(commands) -> None:
     fit.add_argument("--quiet", dest="progress_bar", action="store_false", default=None,
                      help="no progress bars (as --no-progress)")
     add_memory_backbone_argument(fit)
+    add_tiling_arguments(fit, recorded=False)
     add_training_arguments(fit)  # --preset, --epochs, --lr, ...
     fit.set_defaults(func=run)
 
@@ -54,6 +56,7 @@ def run(args) -> int:
 
     check_base(args.base)
     from ..data import load_split
+    from ..io.tiling import tiling_spec
     from ..model.prompts import read_phrases_file
     from ..training import config_from_args, train_category
 
@@ -63,6 +66,7 @@ def run(args) -> int:
             raise ArgumentError("--resume-from-checkpoint resumes a training run; drop it with --no-train / --epochs 0")
         args.epochs = None  # nothing trains: the run length does not apply
     config = with_memory_backbone(config_from_args(args), args.memory_backbone)
+    tiling = tiling_spec(args.tile, args.tile_overlap)
     phrases = read_phrases_file(args.phrases) if args.phrases else None
     shots = args.shots if args.shots is not None else len(load_split("folder", args.references, args.category, "train"))
     os.makedirs(args.output, exist_ok=True)
@@ -76,7 +80,8 @@ def run(args) -> int:
                                  data_root=args.references, shots=shots, seed=args.seed, config=config,
                                  class_name=args.class_name, phrases=phrases, callbacks=[log_epoch],
                                  resume_from_checkpoint=args.resume_from_checkpoint,
-                                 memory_size=args.memory_size, coreset_ratio=args.coreset_ratio, train=train)
+                                 memory_size=args.memory_size, coreset_ratio=args.coreset_ratio, train=train,
+                                 tiling=tiling)
     final = list(summary["final_losses"].items())[-1] if summary["final_losses"] else None
     threshold = summary["decision_threshold"]
     if summary.get("note"):
@@ -89,6 +94,13 @@ def run(args) -> int:
         radius = ", ".join(f"{r:.4f}" for r in memory["coverage_radius"])
         print(f"visual memory: a coreset of {memory['size']} of {memory['rows']} patch rows per layer, coverage radius "
               f"{radius}")
+    tiles = summary.get("tiling")
+    if tiles:
+        print(f"tiled: {tiles['tiles_per_reference']} tiles of {tiles['tile_pixels']} px (stride {tiles['stride']} px) per "
+              f"{tiles['reference_size'][1]} x {tiles['reference_size'][0]} px reference ({tiling.describe()}); predict "
+              "tiles alike")
+    elif tiling is not None:
+        print(f"{tiling.describe()}: the references are not larger than one tile; fitted on whole images")
     print(f"adapter: {summary['adapter_dir']}; per-epoch log: {log_path}; summary: "
           f"{os.path.join(args.output, 'summary.json')}")
     if threshold is None:

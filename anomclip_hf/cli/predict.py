@@ -17,6 +17,7 @@ from ..flags.precision import add_precision_argument
 from ._common import (
     add_command,
     add_memory_backbone_argument,
+    add_tiling_arguments,
     resolve_device,
 )
 
@@ -35,6 +36,7 @@ def add_parser(commands) -> None:
     predict.add_argument("--onnx", default=None, help="an exported model (anomclip export) instead of --base and "
                          "--category: ONNX Runtime, no torch")
     add_memory_backbone_argument(predict)
+    add_tiling_arguments(predict)
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     predict.add_argument("--images", required=True, nargs="+",
                          help="image files and/or folders of images (sub-folders included)")
@@ -132,7 +134,8 @@ def _spec(args):
         if given:
             raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
                              f"{', '.join(given)}")
-        return PredictorSpec(onnx=args.onnx, threshold=_threshold(args), batch_size=args.batch_size)
+        return PredictorSpec(onnx=args.onnx, threshold=_threshold(args), batch_size=args.batch_size, tile=args.tile,
+                             tile_overlap=args.tile_overlap)
     if not (args.base and args.category):
         raise ValueError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
     from ..hub.base_source import check_base
@@ -140,7 +143,7 @@ def _spec(args):
     check_base(args.base)
     return PredictorSpec(base=args.base, category=args.category, revision=args.revision, precision=args.precision,
                          threshold=_threshold(args), output_size=args.output_size, batch_size=args.batch_size,
-                         memory_backbone=args.memory_backbone)
+                         memory_backbone=args.memory_backbone, tile=args.tile, tile_overlap=args.tile_overlap)
 
 
 def _threshold(args):

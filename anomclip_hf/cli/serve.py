@@ -15,7 +15,7 @@ from ..flags.numeric import (
     threshold_value,
 )
 from ..flags.precision import add_precision_argument
-from ._common import add_command, add_memory_backbone_argument, resolve_device
+from ._common import add_command, add_memory_backbone_argument, add_tiling_arguments, resolve_device
 
 API_KEY_ENV = "ANOMCLIP_API_KEY"
 MAX_BODY_MB = 1024.0
@@ -76,6 +76,7 @@ def add_parser(commands) -> None:
     limits.add_argument("--max-connections", type=positive_int, default=512,
                         help="open connections before uvicorn answers 503 (default: %(default)s)")
     add_precision_argument(serve)
+    add_tiling_arguments(serve)
     serve.set_defaults(func=run)
 
 
@@ -125,5 +126,6 @@ def run(args) -> int:
           f"GET /health{'; /predict needs the API key' if api_key else ''}); Ctrl+C stops", flush=True)
     serve(args.base, args.category, options, revision=args.revision, precision=args.precision,
           threshold=args.threshold, output_size=args.output_size, memory_backbone=args.memory_backbone,
+          tile=args.tile, tile_overlap=args.tile_overlap,
           **({} if args.sensitivity is None else {"sensitivity": args.sensitivity}))
     return 0

@@ -10,7 +10,8 @@ Defects are drawn onto the object:
     blob     a saturated coloured ellipse
     missing  a patch where the object is replaced by the background behind it
 `render_sample` returns the defect image, the same image without defects, and a mask that is
-nonzero exactly where the two differ. Every changed pixel changes by at least MIN_CHANGE in some
+nonzero exactly where the two differ. `render_highres_sample` does the same for large images of a surface
+filling the frame with small defects (a few pixels: what resizing to a tower's input removes). Every changed pixel changes by at least MIN_CHANGE in some
 channel (smaller changes are reverted), so defects are always visible and masks are exact.
 """
 
@@ -129,3 +130,79 @@ def _draw_defect(defect, rng, clean, background, radius, centre):
         return (u / a) ** 2 + (v / b) ** 2 <= 1, _BLOB_COLOURS[rng.choice(farthest)]
     half_h, half_w = rng.uniform(0.05, 0.1, 2) * size
     return (np.abs(yy - cy) <= half_h) & (np.abs(xx - cx) <= half_w), None
+
+
+# ------------------------------------------------------------------------------------------- high resolution
+SMALL_DEFECT_TYPES = ("spot", "scratch")
+HIGHRES_SIZE = 1024
+SMALL_DEFECT_SIZE = (4, 12)  # pixels, inclusive: a defect's diameter (spot) or length (scratch)
+
+
+def render_surface(category: str, image_id: str, size: int = HIGHRES_SIZE, seed: int = 0) -> np.ndarray:
+    """A defect-free (H, W, 3) uint8 surface filling the frame, as a sheet or a web under a line camera: the
+    category fixes its colour and weave (period, depth, streaks); each image gets its own phase, gain, shading
+    and pixel noise. Uniform: the same texture everywhere, so any structure in a map of it is the method's."""
+    style = rng_for(seed, category, "surface style")
+    base = style.uniform(110, 190, 3)
+    period = style.uniform(14, 22, 2)
+    depth = style.uniform(14, 24)
+    streaks = np.convolve(style.normal(0, 5, size + 40), np.ones(9) / 9, mode="same")
+    own = rng_for(seed, category, image_id, "surface jitter")
+    phase, shift = own.uniform(0, 2 * np.pi, 2), int(own.integers(0, 40))
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    weave = np.sin(2 * np.pi * xx / period[0] + phase[0]) * np.sin(2 * np.pi * yy / period[1] + phase[1])
+    shading = own.uniform(0.95, 1.05) + own.uniform(-0.03, 0.03) * (yy / size - 0.5)
+    image = (base * shading[..., None] + depth * weave[..., None] + streaks[shift: shift + size][None, :, None]
+             + own.normal(0, 2.0, (size, size, 3)))
+    return _to_uint8(image)
+
+
+def render_highres_sample(category: str, image_id: str, size: int = HIGHRES_SIZE, defect_count: int = 1,
+                          defect_size: Tuple[int, int] = SMALL_DEFECT_SIZE, seed: int = 0) -> SyntheticSample:
+    """A large surface (`render_surface`) with `defect_count` small defects of `defect_size` = (smallest,
+    largest) pixels each: dark or coloured spots and thin scratches, which resizing the whole image to a tower's
+    224-240 px shrinks below one pixel. `defect_count` 0: a normal image (mask all zero)."""
+    low, high = (int(defect_size[0]), int(defect_size[1]))
+    if not 1 <= low <= high:
+        raise ValueError(f"defect_size={defect_size!r}; expected (smallest, largest) pixels with 1 <= smallest <= largest")
+    if defect_count < 0:
+        raise ValueError(f"defect_count={defect_count}; expected >= 0")
+    clean = render_surface(category, image_id, size, seed)
+    image, labels = clean.copy(), np.zeros(clean.shape[:2], dtype=np.uint8)
+    rng = rng_for(seed, category, image_id, "small defects")
+    for number in range(1, defect_count + 1):
+        for _ in range(20):
+            region, colour = _small_defect(rng, clean, low, high)
+            candidate = image.copy()
+            candidate[region] = colour
+            if (_change(candidate, clean) >= MIN_CHANGE)[region].sum() >= min(_MIN_DEFECT_PIXELS, region.sum()):
+                break
+        image = candidate
+        labels[region] = number
+    change = _change(image, clean)
+    image[(change > 0) & (change < MIN_CHANGE)] = clean[(change > 0) & (change < MIN_CHANGE)]
+    labels[change < MIN_CHANGE] = 0
+    return SyntheticSample(image=image, clean=clean, mask=labels)
+
+
+def _small_defect(rng, clean, low, high):
+    """(boolean region, colour) of one small defect: a spot of diameter d or a scratch of length d, d in
+    [low, high] pixels, away from the border."""
+    size = clean.shape[0]
+    cy, cx = rng.uniform(0.05 * size, 0.95 * size, 2)
+    extent = rng.integers(low, high + 1)
+    window = int(extent) + 3  # only a small window around the defect is computed
+    top, left = int(max(0, cy - window)), int(max(0, cx - window))
+    yy, xx = np.mgrid[top: min(size, int(cy + window) + 1), left: min(size, int(cx + window) + 1)].astype(float)
+    if SMALL_DEFECT_TYPES[rng.integers(2)] == "spot":
+        local = np.hypot(yy - cy, xx - cx) <= extent / 2
+    else:
+        direction = rng.uniform(0, np.pi)
+        dy, dx = np.sin(direction), np.cos(direction)
+        along = np.clip((yy - cy) * dy + (xx - cx) * dx, -extent / 2, extent / 2)
+        local = np.hypot(yy - (cy + along * dy), xx - (cx + along * dx)) <= rng.uniform(0.6, 1.2)
+    region = np.zeros(clean.shape[:2], dtype=bool)
+    region[top: top + local.shape[0], left: left + local.shape[1]] = local
+    here = clean[int(np.clip(cy, 0, size - 1)), int(np.clip(cx, 0, size - 1))].astype(float)
+    colours = np.vstack([_BLOB_COLOURS, [[15, 15, 15]]])
+    return region, colours[int(np.argmax(np.abs(colours - here).max(axis=1)))]

@@ -125,3 +125,35 @@ def _save(root: str, category: str, relative: str, array: np.ndarray) -> None:
         image.save(path, format="JPEG", quality=JPEG_QUALITY)
     else:
         image.save(path, format="PNG")
+
+
+def generate_highres_tree(
+    root: str,
+    categories: Sequence[str] = ("plate",),
+    n_train: int = 4,
+    n_test_good: int = 4,
+    n_test_defect: int = 4,
+    image_size: int = 1024,
+    defect_count: int = 2,
+    defect_size: tuple = (4, 12),
+    seed: int = 0,
+    exist_ok: bool = False,
+) -> str:
+    """An MVTec-shaped tree of large images with small defects (`render_highres_sample`): train/good,
+    test/good, test/small with `defect_count` defects of `defect_size` (smallest, largest) pixels each, and
+    0/255 masks ground_truth/small/<stem>_mask.png. Images are PNG (no JPEG blur over the small defects)."""
+    from .synthetic_images import render_highres_sample
+
+    root = os.fspath(root)
+    _claim(root, categories, exist_ok)
+    for category in categories:
+        for split, count in (("train/good", n_train), ("test/good", n_test_good)):
+            for index in range(count):
+                sample = render_highres_sample(category, f"{split}/{index:03d}", image_size, 0, defect_size, seed)
+                _save(root, category, f"{split}/{index:03d}.png", sample.image)
+        for index in range(n_test_defect):
+            sample = render_highres_sample(category, f"test/small/{index:03d}", image_size, defect_count,
+                                           defect_size, seed)
+            _save(root, category, f"test/small/{index:03d}.png", sample.image)
+            _save(root, category, f"ground_truth/small/{index:03d}_mask.png", (sample.mask > 0).astype(np.uint8) * 255)
+    return root

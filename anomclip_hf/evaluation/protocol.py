@@ -22,11 +22,13 @@ from sklearn.metrics import precision_recall_fscore_support
 from tqdm.auto import tqdm
 
 from ..data import load_split, read_mask
-from ..inference.batch_scoring import score_images
+from ..inference.batch_scoring import score_images, score_tiled_images
 from ..io.atomic_io import write_json
 from ..io.labels import pipeline_check_fields
+from ..io.tiling import TilingSpec
 from ..metrics import ImageMetricAccumulator, PixelMetricAccumulator
 from ..model.modeling_anomclip import AnomCLIPModel
+from ..model.precision import resolve_precision
 from ..model.thresholds import decision
 from ..training.config import TrainingConfig
 from ..training.grid import Job, build_jobs
@@ -52,6 +54,7 @@ class EvaluationSettings:
     precision: str = "fp32"  # of the towers while scoring the test images (as requested: fp32/bf16/fp16/auto)
     mode: Optional[str] = None  # the scoring mode: None/"full" (memory + prompts), "memory" (the memory alone)
     memory_backbone: Optional[str] = None  # a DINOv2 memory (issue 25), else the CLIP memory
+    tiling: Optional[dict] = None  # --tile / --tile-overlap (`io.tiling.TilingSpec.record()`); None: whole images
 
     def __post_init__(self):
         if self.mode not in (None, "full", "memory", "text"):
@@ -60,6 +63,12 @@ class EvaluationSettings:
             raise ValueError(f"pixel_mode={self.pixel_mode!r}; expected 'exact' or 'binned'")
         if self.resolution < 1:
             raise ValueError(f"resolution={self.resolution}; expected a positive size in pixels")
+        if self.tiling is not None and not self.train:
+            raise ValueError("--tile with --no-train: the tiled memory is built by the training job; drop --no-train")
+
+    @property
+    def tiling_spec(self) -> Optional[TilingSpec]:
+        return None if self.tiling is None else TilingSpec(self.tiling["tile"], self.tiling["overlap"])
 
 
 def _cell_path(output_dir: str, job: Job) -> str:
@@ -72,7 +81,7 @@ def _load_finished(path: str, settings: EvaluationSettings) -> Optional[dict]:
     with open(path, encoding="utf-8") as handle:
         cell = json.load(handle)
     # Cells written before the precision setting existed were scored in float32.
-    defaults = {"precision": "fp32", "mode": None, "memory_backbone": None}  # cells from before these settings
+    defaults = {"precision": "fp32", "mode": None, "memory_backbone": None, "tiling": None}  # cells from before these settings
     stored = {**defaults, **cell["settings"]} if isinstance(cell.get("settings"), dict) else None
     return cell if stored == _as_json(asdict(settings)) else None
 
@@ -92,7 +101,7 @@ def _prepare_category(model: AnomCLIPModel, job: Job, data_root: str, output_dir
         return {"adapter": adapter, "source": "loaded"}
     if settings.train:
         summary = train_category(model, job.category, job_dir, dataset=job.dataset, data_root=data_root,
-                                 shots=job.shots, seed=job.seed, config=config)
+                                 shots=job.shots, seed=job.seed, config=config, tiling=settings.tiling_spec)
         return {"adapter": summary["adapter_dir"], "source": "trained", "train_wall_time_s": summary["train_wall_time_s"]}
     add_reference_category(model, job.dataset, data_root, job.category, job.shots, job.seed)
     model.save_category(adapter, job.category)
@@ -111,12 +120,22 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     # Labelled folders without a mask folder: no pixel metrics (NaN), rather than all-zero masks.
     has_masks = any(path is not None for path in test["mask_path"])
     began = time.perf_counter()
-    for batch in score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
-                              progress=progress, description=f"{job.category} {job.shots}-shot seed {job.seed}",
-                              precision=settings.precision, mode=settings.mode):
+    description = f"{job.category} {job.shots}-shot seed {job.seed}"
+    tiling = model.get_category(job.category).metadata.get("tiling")
+    if tiling is None:
+        batches = score_images(model, test["path"], batch_size=batch_size, output_size=size, category=job.category,
+                               progress=progress, description=description, precision=settings.precision,
+                               mode=settings.mode)
+    else:  # full-resolution stitched maps, resized to the metric resolution as every other map
+        batches = score_tiled_images(model, test["path"], TilingSpec(tiling["tile"], tiling["overlap"]),
+                                     batch_size=batch_size, category=job.category, progress=progress,
+                                     description=description, autocast_dtype=resolve_precision(settings.precision,
+                                                                                               model.device),
+                                     mode=settings.mode)
+    for batch in batches:
         if has_masks:
             masks = np.stack([read_mask(test[i], size=(size, size)) for i in batch.indices])
-            pixels.update(batch.anomaly_maps, masks)
+            pixels.update(_at_resolution(batch.anomaly_maps, size), masks)
         images.update(batch.image_scores, labels[batch.indices])
         scores[np.asarray(batch.indices)] = batch.image_scores
     stored = model.get_category(job.category).metadata.get("decision_threshold")
@@ -125,6 +144,17 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     return {**images.compute(), **pixel_metrics, **stored_threshold_metrics(scores, labels, stored),
             "per_defect": per_defect_metrics(scores, test["defect_type"], stored),
             "test_images": len(test), "eval_wall_time_s": round(time.perf_counter() - began, 3)}
+
+
+def _at_resolution(maps, size: int) -> np.ndarray:
+    """(B, size, size) maps: bilinear resizing of maps of any size (tiled maps are at their image's size)."""
+    if isinstance(maps, np.ndarray) and maps.shape[1:] == (size, size):
+        return maps
+    import torch
+    import torch.nn.functional as F
+
+    return np.stack([F.interpolate(torch.from_numpy(np.asarray(m, np.float32))[None, None], size=(size, size),
+                                   mode="bilinear", align_corners=False)[0, 0].numpy() for m in maps])
 
 
 def stored_threshold_metrics(scores: np.ndarray, labels, threshold: Optional[float]) -> dict:
@@ -143,7 +173,7 @@ def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, d
                    categories: Union[str, Sequence[str]] = "all", shots: Sequence[int] = (1, 2, 4),
                    seeds: Sequence[int] = (0, 1, 2, 3, 4), config: Optional[TrainingConfig] = None,
                    resolution: int = 400, pixel_mode: str = "exact", train: bool = True, batch_size: int = 16,
-                   progress: bool = True, mode: Optional[str] = None) -> dict:
+                   progress: bool = True, mode: Optional[str] = None, tiling: Optional[TilingSpec] = None) -> dict:
     """Run (or resume) the protocol and write results.csv / results.json / results.md; return the summary.
 
     mode: "memory" scores with the visual memory alone (the CLIP memory, or the DINOv2 one when the config's
@@ -152,7 +182,8 @@ def run_evaluation(base: Union[str, os.PathLike, AnomCLIPModel], dataset: str, d
     settings = EvaluationSettings(dataset=str(dataset).lower(), resolution=int(resolution), pixel_mode=pixel_mode,
                                   train=train, training=config.run_fingerprint() if train else {},
                                   precision=config.precision, mode=mode,
-                                  memory_backbone=config.model.get("memory_backbone"))
+                                  memory_backbone=config.model.get("memory_backbone"),
+                                  tiling=None if tiling is None else tiling.record())
     jobs = build_jobs(dataset, data_root, categories, shots, seeds)
     model = base if isinstance(base, AnomCLIPModel) else None
     cells = []

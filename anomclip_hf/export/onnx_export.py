@@ -31,6 +31,7 @@ from .sidecar import (
     OUTPUT_NAMES,
     SIDECAR_FORMAT,
     SIDECAR_VERSION,
+    TILE_OUTPUT_NAMES,
     graph_digest,
     sidecar_path,
 )
@@ -57,6 +58,27 @@ class CategoryScorer(nn.Module):
         extra = {} if memory_pixel_values is None else {"memory_pixel_values": memory_pixel_values}
         out = self.model(pixel_values, category=self.category, output_size=self.output_size, **extra)
         return out.image_scores, out.anomaly_maps
+
+
+class TileScorer(nn.Module):
+    """The graph of a tiled category: a batch of tiles -> their per-patch scores (the map's, fused, and the
+    memory's) and text image terms; the caller stitches them (`io.tiling.stitch_image`), as `model.tiling` does."""
+
+    def __init__(self, model, category: str):
+        super().__init__()
+        self.model, self.category = model, category
+
+    def forward(self, pixel_values: torch.Tensor):
+        terms = self.model.patch_terms(self.model.encode_images(pixel_values), self.category, "full")
+        return terms.patch_scores, terms.visual_patch, terms.text_image
+
+
+def tiling_sidecar(model, tiling: dict) -> dict:
+    """The sidecar's "tiling": the adapter's record plus what stitching needs (tower sizes, blur, scoring size)."""
+    config, vision = model.config, model.config.clip_config.vision_config
+    return {**tiling, "tower_size": int(vision.image_size), "patch_size": int(vision.patch_size),
+            "gaussian_sigma": float(config.gaussian_sigma), "sigma_reference_size": int(config.sigma_reference_size),
+            "scoring_size": int(config.scoring_size)}
 
 
 def _example_inputs(model) -> tuple:
@@ -113,12 +135,15 @@ def _session(path: str):
 def _compare(session, scorer: CategoryScorer, inputs: tuple) -> dict:
     """Max |ONNX Runtime - PyTorch| of scores and maps on the example inputs (float32 reference)."""
     with torch.no_grad():
-        scores, maps = (t.float().cpu().numpy() for t in scorer(*inputs))
+        expected = [t.float().cpu().numpy() for t in scorer(*inputs)]
     feeds = {name: tensor.float().cpu().numpy() for name, tensor in zip(INPUT_NAMES, inputs)}
-    got_scores, got_maps = session.run(list(OUTPUT_NAMES), feeds)
+    names = TILE_OUTPUT_NAMES if isinstance(scorer, TileScorer) else OUTPUT_NAMES
+    got = session.run(list(names), feeds)
+    differences = [float(np.abs(a - b).max()) for a, b in zip(got, expected)]
+    # scores: the image-level outputs; maps: the per-patch (tiled) or per-pixel ones
     return {"images": int(inputs[0].shape[0]), "seed": CHECK_SEED,
-            "max_abs_score_diff": float(np.abs(got_scores - scores).max()),
-            "max_abs_map_diff": float(np.abs(got_maps - maps).max())}
+            "max_abs_score_diff": differences[-1] if isinstance(scorer, TileScorer) else differences[0],
+            "max_abs_map_diff": max(differences[:-1]) if isinstance(scorer, TileScorer) else differences[1]}
 
 
 def _memory_preprocessing(model) -> dict:
@@ -136,11 +161,16 @@ def _memory_preprocessing(model) -> dict:
 def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precision: str, check: dict,
              digest: str) -> dict:
     record = model.category_record(state.name)
+    tiling = record.get("tiling")
+    outputs = ({OUTPUT_NAMES[0]: ["batch"], OUTPUT_NAMES[1]: ["batch", output_size, output_size]} if tiling is None
+               else {name: ["tiles", model.num_patches] for name in TILE_OUTPUT_NAMES[:2]}
+               | {TILE_OUTPUT_NAMES[2]: ["tiles"]})
     return {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION,
         "onnx_file": os.path.basename(onnx_path), "graph_sha256": digest,
         "inputs": {INPUT_NAME: ["batch", 3, model.config.image_size, model.config.image_size]},
-        "outputs": {OUTPUT_NAMES[0]: ["batch"], OUTPUT_NAMES[1]: ["batch", output_size, output_size]},
+        "outputs": outputs,
+        **({} if tiling is None else {"tiling": tiling_sidecar(model, tiling)}),
         "preprocessing": {"image_size": model.config.image_size, "mean": list(model.config.image_mean),
                           "std": list(model.config.image_std),
                           "resample": RESAMPLE_NAMES[model.config.image_resample], "color": "RGB", "scale": 1 / 255,
@@ -173,9 +203,17 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
 
     state, output_size = _check_options(model, category, opset, output_size, fp16, quantize)
     began = time.perf_counter()
-    reference = CategoryScorer(model, state.name, output_size).eval()
+    tiled = state.metadata.get("tiling") is not None  # the graph scores tiles; the runtime stitches them
+    if tiled and getattr(model, "has_dino_memory", False):
+        raise OnnxExportError(f"category {state.name!r} is tiled; tiling has no DINOv2 memory support")
+
+    def scorer_of(scored_model):
+        return (TileScorer(scored_model, state.name) if tiled
+                else CategoryScorer(scored_model, state.name, output_size)).eval()
+
+    reference = scorer_of(model)
     traced_model = copy.deepcopy(model).half() if fp16 else model
-    scorer = CategoryScorer(traced_model, state.name, output_size).eval()
+    scorer = scorer_of(traced_model)
     inputs = _example_inputs(model)
     with torch.no_grad():
         # Fill the caches (text prototypes, upsampling matrices) with real tensors before tracing reads them.
@@ -187,7 +225,7 @@ def export_onnx(model, path: str, category: Optional[str] = None, opset: int = D
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     float_path = path + ".float.onnx" if quantize else path
     torch.onnx.export(program, inputs, float_path, input_names=list(INPUT_NAMES[:len(inputs)]),
-                      output_names=list(OUTPUT_NAMES),
+                      output_names=list(TILE_OUTPUT_NAMES if tiled else OUTPUT_NAMES),
                       opset_version=int(opset), dynamo=True, external_data=False, verbose=False)
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic

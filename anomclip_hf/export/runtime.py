@@ -17,12 +17,33 @@ from ..io.labels import PIPELINE_CHECK_NOTE
 from ..io.pixel_arrays import (
     RESAMPLE_NAMES,
     ImageInput,
+    as_pil,
     pixel_array,
     pixel_range_problem,
 )
+from ..io.tiling import (
+    StitchedImage,
+    TilingSpec,
+    plan_tiles,
+    stitch_image,
+    tile_crops,
+    tile_sigma,
+    whole_image,
+    whole_image_sigma,
+)
 from ..model.decisions import check_sensitivity, check_threshold, decision, resolve_threshold
 from .extras import import_extra
-from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, check_graph, read_sidecar, sidecar_path
+from .sidecar import (
+    INPUT_NAME,
+    MEMORY_INPUT_NAME,
+    OUTPUT_NAMES,
+    TILE_OUTPUT_NAMES,
+    check_graph,
+    read_sidecar,
+    sidecar_path,
+)
+
+TILE_BATCH = 64  # tiles per run of a tiled graph
 
 if TYPE_CHECKING:
     from ..io.batches import ScoredBatch
@@ -70,6 +91,8 @@ class OnnxAnomalyDetector:
         self.note = PIPELINE_CHECK_NOTE if (self.settings.get("base_model") or {}).get("random_weights") else ""
         self.session = self._open_session(path, providers=providers, session_options=session_options)
         check_graph(path, graph, self.settings, self._metadata())
+        # A tiled category: the graph scores tiles; images are cut and stitched here, as `model.tiling` does.
+        self.tiling = self.settings.get("tiling")
 
     def _metadata(self) -> dict:
         """The graph's metadata_props (the category it was exported for)."""
@@ -118,6 +141,45 @@ class OnnxAnomalyDetector:
         scores, maps = self._infer(feeds)
         return np.asarray(scores, dtype=np.float32), np.asarray(maps, dtype=np.float32)
 
+    def run_tiles(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A tiled graph on preprocessed tiles: (patch scores (T, P), memory patch scores (T, P), text image
+        scores (T,)), checked finite."""
+        feeds = {INPUT_NAME: _checked_input(pixel_values, INPUT_NAME, self.image_size, self.mean, self.std)}
+        outputs = self.session.run(list(TILE_OUTPUT_NAMES), feeds)  # (an OpenVINO subclass: not tiled yet)
+        if not all(np.isfinite(output).all() for output in outputs):
+            raise ValueError(f"{self.path}: the exported model scored tiles NaN or infinite; no scores are returned "
+                             "(they would read as 'normal')")
+        return tuple(output.astype(np.float32, copy=False) for output in outputs)
+
+    def score_tiled_image(self, image: ImageInput) -> StitchedImage:
+        """One image of a tiled category: its tiles through the graph in batches, stitched with numpy
+        (`io.tiling`), exactly as the PyTorch model stitches them."""
+        settings = self.tiling
+        array = np.asarray(as_pil(image))
+        height, width = array.shape[:2]
+        grid = plan_tiles(height, width, TilingSpec(settings["tile"], settings["overlap"]), settings["tower_size"],
+                          settings["patch_size"])
+        crops = [array] if grid is None else list(tile_crops(array, grid))
+        parts = [self.run_tiles(pixel_array(crops[start: start + TILE_BATCH], self.image_size, self.mean, self.std,
+                                            self.resample))
+                 for start in range(0, len(crops), TILE_BATCH)]
+        patch, memory, text = (np.concatenate(values) for values in zip(*parts))
+        if grid is None:
+            sigma = whole_image_sigma(settings["gaussian_sigma"], settings["sigma_reference_size"], height, width)
+            return whole_image(height, width, patch, memory, text, sigma, settings["scoring_size"])
+        sigma = tile_sigma(settings["gaussian_sigma"], settings["sigma_reference_size"], grid)
+        return stitch_image(grid, patch, memory, text, sigma)
+
+    def _score_decoded(self, images) -> tuple[np.ndarray, object]:
+        """(scores (B,), maps) of decoded images: (B, H, W) untiled; tiled, one map per image at its size
+        (stacked when the sizes agree)."""
+        if self.tiling is None:
+            return self.run(self.preprocess(images))
+        results = [self.score_tiled_image(image) for image in images]
+        maps = [result.anomaly_map for result in results]
+        same = len({m.shape for m in maps}) == 1
+        return np.asarray([r.image_score for r in results], dtype=np.float32), np.stack(maps) if same else maps
+
     def predict(self, images, batch_size: int = 16) -> OnnxPrediction:
         """Scores, decisions and maps of PIL images, paths or uint8 arrays (one or a list)."""
         if batch_size < 1:
@@ -125,11 +187,12 @@ class OnnxAnomalyDetector:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         scores, maps = [], []
         for start in range(0, len(images), batch_size):
-            batch_scores, batch_maps = self.run(self.preprocess(images[start: start + batch_size]))
+            batch_scores, batch_maps = self._score_decoded(images[start: start + batch_size])
             scores.append(batch_scores)
-            maps.append(batch_maps)
+            maps.extend(batch_maps)
         image_scores = np.concatenate(scores)
-        return OnnxPrediction(image_scores=image_scores, anomaly_maps=np.concatenate(maps),
+        same = len({m.shape for m in maps}) == 1
+        return OnnxPrediction(image_scores=image_scores, anomaly_maps=np.stack(maps) if same else maps,
                               decisions=[decision(float(score), self.threshold) for score in image_scores])
 
     __call__ = predict
@@ -142,7 +205,7 @@ class OnnxAnomalyDetector:
             scored_batches,  # and tqdm: only this path shows progress
         )
 
-        return scored_batches(images, lambda decoded: self.run(self.preprocess(decoded)), batch_size=batch_size,
+        return scored_batches(images, self._score_decoded, batch_size=batch_size,
                               progress=progress, skip_unreadable=skip_unreadable)
 
 

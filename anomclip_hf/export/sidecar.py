@@ -2,6 +2,8 @@
 
     model.onnx        pixel_values (B, 3, S, S) float32 -> image_scores (B,), anomaly_maps (B, H, W); its
                       metadata_props name the category (GRAPH_CATEGORY_KEY)
+    tiled category:   pixel_values (T, 3, S, S) of T tiles -> patch_scores (T, P), memory_patch_scores (T, P),
+                      text_image_scores (T,); the sidecar's "tiling" says how to cut and stitch
     model.onnx.json   preprocessing (size, mean, std, resample), output size, decision and pixel thresholds,
                       the category record (as its category.json), the base model's identity and the SHA-256
                       of the graph file (`graph_sha256`)
@@ -31,6 +33,8 @@ INPUT_NAME = "pixel_values"
 MEMORY_INPUT_NAME = "memory_pixel_values"  # the second input of a graph with a DINOv2 memory
 INPUT_NAMES = (INPUT_NAME, MEMORY_INPUT_NAME)
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
+# A tiled category's graph scores a batch of tiles; the runtime stitches them (`io.tiling`).
+TILE_OUTPUT_NAMES = ("patch_scores", "memory_patch_scores", "text_image_scores")
 GRAPH_CATEGORY_KEY = "anomclip.category"
 RESAMPLE_FILTERS = tuple(sorted(RESAMPLE_NAMES.values()))
 MAX_SIDE = 4096  # image and map sides: larger is no CLIP or DINOv2 preprocessing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..flags.numeric import check_output_size
@@ -13,7 +14,7 @@ from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision, tower_autocast
 from ..model.processing_anomclip import model_inputs
 
-__all__ = ["ScoredBatch", "score_images", "score_pixel_values"]
+__all__ = ["ScoredBatch", "score_images", "score_pixel_values", "score_tiled_images"]
 
 
 def score_pixel_values(model: AnomCLIPModel, pixel_values: Union[torch.Tensor, Mapping[str, torch.Tensor]],
@@ -47,6 +48,24 @@ def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size
 
     def score(decoded: list):
         return score_pixel_values(model, model_inputs(model.config, decoded), category, output_size, low, mode)
+
+    return scored_batches(images, score, batch_size=batch_size, progress=progress, description=description,
+                          skip_unreadable=skip_unreadable)
+
+
+def score_tiled_images(model: AnomCLIPModel, images: Sequence[PathOrImage], tiling, batch_size: int = 16,
+                       category: Optional[str] = None, progress: bool = True, description: str = "scoring tiles",
+                       skip_unreadable: bool = False, autocast_dtype=None, mode: Optional[str] = None
+                       ) -> Iterator[ScoredBatch]:
+    """`score_images` at native resolution (`model.tiling`, a `io.tiling.TilingSpec`): each image cut into
+    tiles, scored in batches of tiles, stitched into one map at the image's size. Maps of a batch are stacked
+    when the images share a size, else a list (one per image)."""
+    from ..model.tiling import score_tiled
+
+    def score(decoded: list):
+        with tower_autocast(autocast_dtype, model.device):
+            scores, maps = score_tiled(model, decoded, tiling, category, mode)
+        return scores, (np.stack(maps) if len({m.shape for m in maps}) == 1 else maps)
 
     return scored_batches(images, score, batch_size=batch_size, progress=progress, description=description,
                           skip_unreadable=skip_unreadable)

@@ -107,14 +107,18 @@ class Predictor:
     def from_model(cls, model, category: Optional[str] = None, *, threshold: Optional[float] = None,
                    pixel_threshold: Optional[float] = None, precision: str = "fp32", autocast_dtype=None,
                    output_size: Optional[int] = None, note: Optional[str] = None, batch_size: int = 16,
-                   decode_workers: Optional[int] = None) -> "Predictor":
+                   decode_workers: Optional[int] = None, tile=None, tile_overlap=None) -> "Predictor":
         """A loaded AnomCLIPModel's category (default: the active one); thresholds default to the stored ones.
         precision: "fp32", "bf16", "fp16" or "auto" for the vision tower (`autocast_dtype`, a torch dtype or a
-        PrecisionChoice, wins), resolved once."""
-        from .engines.torch_engine import TorchEngine
+        PrecisionChoice, wins), resolved once. tile, tile_overlap: may only repeat the tiling the category's fit
+        used (a tiled category is scored in tiles whether or not they are given)."""
+        from ..io.tiling import resolve_tiling
+        from .engines.torch_engine import TiledTorchEngine, TorchEngine
 
-        engine = TorchEngine(model, category, precision=precision, autocast_dtype=autocast_dtype,
-                             output_size=output_size)
+        tiling = resolve_tiling(model.get_category(category).metadata.get("tiling"), tile, tile_overlap)
+        options = dict(precision=precision, autocast_dtype=autocast_dtype, output_size=output_size)
+        engine = (TorchEngine(model, category, **options) if tiling is None
+                  else TiledTorchEngine(model, category, tiling=tiling, **options))
         return cls(engine, threshold=threshold, pixel_threshold=pixel_threshold, note=note, batch_size=batch_size,
                    decode_workers=decode_workers)
 
@@ -134,14 +138,17 @@ class Predictor:
     @classmethod
     def from_onnx(cls, path: str, *, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
                   batch_size: int = 16, runtime: str = "onnxruntime", decode_workers: Optional[int] = None,
-                  **runtime_options) -> "Predictor":
+                  tile=None, tile_overlap=None, **runtime_options) -> "Predictor":
         """An exported category (`anomclip export`) on a runtime of `engines.ENGINES` (default ONNX Runtime):
-        no torch needed. providers: ONNX Runtime execution providers."""
+        no torch needed. providers: ONNX Runtime execution providers. tile, tile_overlap: may only repeat the
+        tiling the export records."""
+        from ..io.tiling import resolve_tiling
         from .engines import exported_engine
 
         if providers is not None:
             runtime_options["providers"] = providers
         engine = exported_engine(runtime)(path, threshold=_threshold(threshold), **runtime_options)
+        resolve_tiling(getattr(engine, "detector", None) and engine.detector.tiling, tile, tile_overlap)
         return cls(engine, batch_size=batch_size, decode_workers=decode_workers)
 
     @property
@@ -221,9 +228,13 @@ class Predictor:
         scores, maps, problems = self._score_isolated(images)
         keep = [i for i, problem in enumerate(problems) if problem is None]
         failures = sorted(failures + [(indices[i], problem) for i, problem in enumerate(problems) if problem])
+        if isinstance(maps, list):  # a tiled engine's maps of images of different sizes
+            kept_maps = [maps[i] for i in keep]
+        else:
+            kept_maps = maps[keep] if len(images) else np.zeros((0, 0, 0), np.float32)
         return ScoredBatch(indices=[indices[i] for i in keep], images=[images[i] for i in keep],
                            image_scores=scores[keep] if len(images) else np.zeros(0, np.float32),
-                           anomaly_maps=maps[keep] if len(images) else np.zeros((0, 0, 0), np.float32),
+                           anomaly_maps=kept_maps,
                            failures=failures)
 
     def _score_isolated(self, images: list) -> tuple[np.ndarray, np.ndarray, list]:
@@ -232,7 +243,15 @@ class Predictor:
             return np.zeros(0, np.float32), np.zeros((0, 0, 0), np.float32), []
         try:
             scores, maps = self.engine.score(self.engine.preprocess(images))
-            scores, maps = np.asarray(scores, np.float32).reshape(-1), np.asarray(maps, np.float32)
+            scores = np.asarray(scores, np.float32).reshape(-1)
+            if isinstance(maps, list):  # a tiled engine: one map per image at its own size
+                maps = [np.asarray(m, np.float32) for m in maps]
+                if scores.shape[0] != len(images) or len(maps) != len(images) or any(m.ndim != 2 for m in maps):
+                    raise ValueError(f"the engine answered {scores.shape[0]} scores and {len(maps)} maps for "
+                                     f"{len(images)} images")
+                finite = [bool(np.isfinite(score) and np.isfinite(m).all()) for score, m in zip(scores, maps)]
+                return scores, maps, [None if ok else NOT_FINITE for ok in finite]
+            maps = np.asarray(maps, np.float32)
             if scores.shape[0] != len(images) or maps.ndim != 3 or maps.shape[0] != len(images):
                 raise ValueError(f"the engine answered {scores.shape[0]} scores and maps of shape {maps.shape} for "
                                  f"{len(images)} images")
@@ -242,6 +261,9 @@ class Predictor:
             parts = [self._score_isolated([image]) for image in images]
             good = next((part for part in parts if part[2][0] is None), parts[0])
             shape = good[1].shape[1:]
+            if len({part[1].shape[1:] for part in parts if part[2][0] is None}) > 1:  # tiled: sizes differ
+                return (np.concatenate([part[0] for part in parts]), [part[1][0] for part in parts],
+                        [part[2][0] for part in parts])
             return (np.concatenate([part[0] for part in parts]),
                     np.concatenate([part[1] if part[1].shape[1:] == shape else np.zeros((1, *shape), np.float32)
                                     for part in parts]),
@@ -360,6 +382,8 @@ class PredictorSpec:
     batch_size: int = 16
     memory_backbone: Optional[str] = None  # a DINOv2 memory for a base saved without one
     runtime: str = "onnxruntime"  # the engine of an exported model (engines.ENGINES)
+    tile: Optional[object] = None  # --tile / --tile-overlap: may only repeat what the adapter's fit used
+    tile_overlap: Optional[object] = None
 
     def __post_init__(self):
         if self.onnx is None and not (self.base and self.category):
@@ -368,17 +392,19 @@ class PredictorSpec:
     def build(self) -> Predictor:
         if self.onnx is not None:
             return Predictor.from_onnx(self.onnx, threshold=self.threshold, batch_size=self.batch_size,
-                                       runtime=self.runtime)
+                                       runtime=self.runtime, tile=self.tile, tile_overlap=self.tile_overlap)
         return Predictor.from_pretrained(self.base, self.category, revision=self.revision, device=self.device,
                                          precision=self.precision, threshold=self.threshold,
                                          output_size=self.output_size, batch_size=self.batch_size,
-                                         memory_backbone=self.memory_backbone)
+                                         memory_backbone=self.memory_backbone, tile=self.tile,
+                                         tile_overlap=self.tile_overlap)
 
     def settings(self) -> dict:
         """What decides the scores (for a run's plan: a rerun with other settings starts afresh)."""
         return {"base": self.base, "category": self.category, "onnx": self.onnx, "revision": self.revision,
                 "precision": self.precision, "threshold": self.threshold, "output_size": self.output_size,
-                "memory_backbone": self.memory_backbone, "runtime": self.runtime}
+                "memory_backbone": self.memory_backbone, "runtime": self.runtime, "tile": self.tile,
+                "tile_overlap": self.tile_overlap}
 
 
 # ---------------------------------------------------------------------------------------------- shortcuts

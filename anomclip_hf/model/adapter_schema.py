@@ -20,10 +20,12 @@ from .prompts import phrase_problem
 
 # The adapter format versions, all here (a reader takes 1 to FORMAT_VERSION). 1: the exact memory bank
 # (k, patches, width) per layer, written for every adapter without a coreset so older readers keep reading them;
-# 2: adds "memory.coreset", a coreset bank (M, width) per layer.
-FORMAT_VERSION = 2
+# 2: adds "memory.coreset", a coreset bank (M, width) per layer; 3: adds "tiling" (the tiles fit used: an
+# older reader would score such an adapter untiled, wrongly, so it must refuse it).
+FORMAT_VERSION = 3
 EXACT_FORMAT_VERSION = 1
 CORESET_FORMAT_VERSION = 2
+TILING_FORMAT_VERSION = 3
 CATEGORY_FILE = "category.json"
 
 MAX_TEXT_LENGTH = 256  # class name, base model name, ...
@@ -189,6 +191,31 @@ MEMORY_BACKBONE_SCHEMA = _object({
     "architecture": (True, _object({}, closed=False)),
     "fingerprint": (True, _string(64)),
 })
+def _tile(value, path):
+    if value == "auto":
+        return
+    _integer(1, 1 << 20)(value, path)
+
+
+def _overlap(value, path):
+    if isinstance(value, float) and math.isfinite(value) and 0 <= value < 1:
+        return
+    try:
+        _integer(0, 1 << 20)(value, path)
+    except _Invalid:
+        raise _Invalid(path, "pixels (an integer >= 0) or a fraction from 0 to below 1", value) from None
+
+
+# Tiled scoring at native resolution (`io.tiling`): what fit used, so predict tiles alike.
+TILING_SCHEMA = _object({
+    "tile": (True, _tile),  # as asked: pixels or "auto"
+    "overlap": (True, _overlap),  # as asked: pixels or a fraction
+    "tile_pixels": (True, _integer(1, 1 << 20)),  # the tile fit used on its references
+    "stride": (True, _integer(1, 1 << 20)),
+    "reference_size": (True, _list_of(_integer(1, 1 << 20), 2, 2)),  # [height, width]
+    "tiles_per_reference": (True, _integer(1, 1 << 30)),
+    "references": (True, _integer(1, MAX_REFERENCES)),
+})
 RECORD_SCHEMA = _object({
     "format_version": (True, _integer(1, FORMAT_VERSION)),
     "category": (True, _rule(_category_name_problem)),
@@ -210,6 +237,7 @@ RECORD_SCHEMA = _object({
     "decision_threshold": (False, _nullable(_threshold)),
     "pixel_threshold": (False, _nullable(_threshold)),
     "threshold_estimate": (False, _nullable(_free_json())),
+    "tiling": (False, _nullable(TILING_SCHEMA)),
 })
 
 

@@ -33,7 +33,7 @@ PROMPT_TOKEN_KEYS = ("n_ctx", "n_prompts_image", "n_prompts_pixel", "n_anomaly_c
 PROMPT_LAYOUT_KEYS = PROMPT_TOKEN_KEYS + ("anomaly_token_position",)
 # What a category records about how it was made (kept in its metadata and in category.json).
 METADATA_KEYS = ("seed", "reference_files", "training", "evaluation", "decision_threshold", "pixel_threshold",
-                 "threshold_estimate")
+                 "threshold_estimate", "tiling")
 
 # The most reference images a category may hold: the Hub adapter's memory bank is at most
 # MAX_SHOTS x patches x width float32 per memory layer, which bounds what loading an adapter reads.

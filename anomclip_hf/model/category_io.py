@@ -48,6 +48,7 @@ from .adapter_schema import (  # noqa: F401 (RECORD_SCHEMA: re-exported, the sch
     FORMAT_VERSION,
     MAX_DEPTH,
     RECORD_SCHEMA,
+    TILING_FORMAT_VERSION,
     check_format_version,
     show_value,
     validate_record,
@@ -445,8 +446,10 @@ def category_record(model, name: Optional[str] = None) -> dict:
         memory["backbone"] = memory_backbone_identity(model)
     if state.coreset is not None:
         memory["coreset"] = state.coreset
-    return {
-        "format_version": EXACT_FORMAT_VERSION if state.coreset is None else CORESET_FORMAT_VERSION,
+    version = EXACT_FORMAT_VERSION if state.coreset is None else CORESET_FORMAT_VERSION
+    tiling = state.metadata.get("tiling")
+    record = {
+        "format_version": version if tiling is None else TILING_FORMAT_VERSION,
         "category": state.name,
         "class_name": state.class_name,
         "phrases": state.phrases,
@@ -460,8 +463,11 @@ def category_record(model, name: Optional[str] = None) -> dict:
         "base_model": base_identity(model),
         "memory": memory,
         "shots": state.shots,
-        **{key: state.metadata.get(key) for key in METADATA_KEYS},
+        **{key: state.metadata.get(key) for key in METADATA_KEYS if key != "tiling"},
     }
+    if tiling is not None:  # only then: an untiled adapter stays readable by older anomclip-hf
+        record["tiling"] = tiling
+    return record
 
 
 def save_category(model, save_directory: str, name: Optional[str] = None) -> str:

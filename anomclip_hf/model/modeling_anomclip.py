@@ -84,6 +84,19 @@ class AnomCLIPOutput(ModelOutput):
     memory_patch_scores: Optional[torch.Tensor] = None
 
 
+@dataclass
+class PatchTerms:
+    """`AnomCLIPModel.patch_terms`: per patch (B, P) the map's scores (fused, memory or text: the mode's) and
+    the memory's; per image (B,) the DINOv2 memory's own image term (None for CLIP's memory: its image term is
+    the peak of the upsampled map) and the text image term (None in the memory mode)."""
+
+    mode: str
+    patch_scores: torch.Tensor
+    visual_patch: Optional[torch.Tensor]
+    visual_image: Optional[torch.Tensor]
+    text_image: Optional[torch.Tensor]
+
+
 class AnomCLIPModel(PreTrainedModel):
     """PromptAD on a frozen CLIP: dual-stream vision, learnable prompts per category, visual memory.
 
@@ -309,10 +322,10 @@ class AnomCLIPModel(PreTrainedModel):
             raise CategoryError(f"mode={mode!r} needs reference images, but category {state.name!r} has none")
         return mode
 
-    def score_features(self, features: VisionFeatures, category: Optional[str] = None, output_size=None,
-                       mode: Optional[str] = None, memory_bank: Optional[Sequence[torch.Tensor]] = None
-                       ) -> AnomCLIPOutput:
-        """The scores of `encode_images` output (the forward without the vision tower).
+    def patch_terms(self, features: VisionFeatures, category: Optional[str] = None, mode: Optional[str] = None,
+                    memory_bank: Optional[Sequence[torch.Tensor]] = None) -> PatchTerms:
+        """The per-patch and image-level terms of `encode_images` output, before any map is made: what an
+        untiled forward upsamples and what tiled scoring (`model.tiling`) stitches across tiles.
 
         memory_bank: per memory layer (k, P, W) features to use instead of the category's own (e.g. the
         references but one, for leave-one-out thresholds).
@@ -320,8 +333,7 @@ class AnomCLIPModel(PreTrainedModel):
         state = self.get_category(category)
         mode = self._scoring_mode(state, mode, memory_bank)
         memory_bank = state.memory_bank if memory_bank is None else memory_bank
-        output_size = output_size or self.config.output_size or self.config.image_size
-        text_image = text_patch = visual_patch = None
+        text_image = text_patch = visual_patch = visual_image = None
         if mode in ("full", "text"):
             prototypes = self.text_prototypes(state.name)
             text_image = text_anomaly_probability(features.global_embeds.float(), prototypes["image"], self.temperature)
@@ -333,20 +345,32 @@ class AnomCLIPModel(PreTrainedModel):
             else:
                 visual_patch = memory_patch_scores([f.float() for f in features.memory_features], list(memory_bank),
                                                    search=self.config.memory_search)
-                visual_image = upsampled_peak(visual_patch, self.config.scoring_size)
         if not torch.compiler.is_exporting():  # NaN would fuse to 0: "normal" for every image, silently
             check_finite_scores(state.name, text_image=text_image, text_patch=text_patch, visual_patch=visual_patch)
         if mode == "full":
             patch_scores = fuse_patch_scores(text_patch, visual_patch)
-            image_scores = harmonic_fusion(visual_image, text_image)
-        elif mode == "memory":
-            patch_scores, image_scores = visual_patch, visual_image
         else:
-            patch_scores, image_scores = text_patch, text_image
+            patch_scores = visual_patch if mode == "memory" else text_patch
+        return PatchTerms(mode, patch_scores, visual_patch, visual_image, text_image)
+
+    def score_features(self, features: VisionFeatures, category: Optional[str] = None, output_size=None,
+                       mode: Optional[str] = None, memory_bank: Optional[Sequence[torch.Tensor]] = None
+                       ) -> AnomCLIPOutput:
+        """The scores of `encode_images` output (the forward without the vision tower); `memory_bank` as in
+        `patch_terms`."""
+        terms = self.patch_terms(features, category, mode, memory_bank)
+        output_size = output_size or self.config.output_size or self.config.image_size
+        visual_image = terms.visual_image
+        if terms.visual_patch is not None and visual_image is None:
+            visual_image = upsampled_peak(terms.visual_patch, self.config.scoring_size)
+        if terms.mode == "full":
+            image_scores = harmonic_fusion(visual_image, terms.text_image)
+        else:
+            image_scores = visual_image if terms.mode == "memory" else terms.text_image
         sigma = scaled_sigma(self.config.gaussian_sigma, self.config.sigma_reference_size, output_size)
-        maps = smooth_upsample(patch_scores, output_size, sigma)
-        return AnomCLIPOutput(image_scores=image_scores, anomaly_maps=maps, text_image_scores=text_image,
-                              memory_patch_scores=visual_patch)
+        maps = smooth_upsample(terms.patch_scores, output_size, sigma)
+        return AnomCLIPOutput(image_scores=image_scores, anomaly_maps=maps, text_image_scores=terms.text_image,
+                              memory_patch_scores=terms.visual_patch)
 
 
     # ----------------------------------------------------------------------------------------- categories

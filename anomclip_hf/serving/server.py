@@ -63,6 +63,8 @@ class ServeSpec:
     sensitivity: Optional[float] = None  # over each category's stored threshold (model.decisions), not with threshold
     memory_backbone: Optional[str] = None  # a DINOv2 memory for a base saved without one
     catalog: str = ""  # where the worker writes the loaded names and thresholds for the gate
+    tile: Optional[object] = None  # --tile / --tile-overlap: may only repeat what each adapter's fit used
+    tile_overlap: Optional[object] = None
 
     def load(self, device: str) -> dict:
         """{category name: Predictor}, every category in one model loaded once; ValueError naming both sources
@@ -82,7 +84,8 @@ class ServeSpec:
             sources[state.name] = source
             threshold = resolve_threshold(state.metadata.get("decision_threshold"), self.threshold, self.sensitivity)
             predictors[state.name] = Predictor.from_model(model, state.name, threshold=threshold,
-                                                          precision=self.precision, output_size=self.output_size)
+                                                          precision=self.precision, output_size=self.output_size,
+                                                          tile=self.tile, tile_overlap=self.tile_overlap)
         return predictors
 
 

@@ -28,7 +28,15 @@ from accelerate.utils import is_tensorboard_available
 from ..hub.push import HubTarget
 from ..io.atomic_io import write_json
 from ..io.labels import pipeline_check_fields
+from ..io.tiling import TilingSpec
 from ..model.memory_bank import encode_references
+from ..model.thresholds import record_thresholds
+from ..model.tiling import (
+    add_tiled_category,
+    encode_tiled_references,
+    estimate_tiled_thresholds,
+    reference_tile_grid,
+)
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import PrecisionChoice, resolve_precision
 from ..model.processing_anomclip import AnomCLIPProcessor
@@ -66,6 +74,7 @@ def train_category(
     push_to_hub: Optional[HubTarget] = None,
     memory_size: Optional[int] = None,
     coreset_ratio: Optional[float] = None,
+    tiling: Optional[TilingSpec] = None,
     train: bool = True,
 ) -> dict:
     """Train the prompts of one category on k normal shots and write its adapter; returns the job summary.
@@ -81,6 +90,9 @@ def train_category(
     memory_size, coreset_ratio: the visual memory as a greedy coreset of that many patch rows (that fraction)
         per memory layer; default: exact up to 16384 rows, a coreset of 16384 above (`memory.policy`). References
         are encoded in batches; a large set streams from its files.
+    tiling: score at native resolution with tiles (`io.tiling`): the references are cut into tiles, the memory
+        holds their patches, the prompts train on the tiles and the leave-one-out thresholds are for whole
+        images; recorded in the adapter so predict tiles alike. None: whole images resized to the tower.
     train: False builds the memory and the thresholds with the hand-written prompts and trains nothing (as
         `fit --epochs 0` / `--no-train`; the run length of `config` is then ignored).
     """
@@ -95,8 +107,10 @@ def train_category(
         model = base
     else:
         model = load_base_model(base, config.model)
+    grid = None if tiling is None else reference_tile_grid(model, images[0], tiling)
     # A bad memory size fails here, before any forward; True: the memory features wait on disk (a coreset).
-    spill = model.memory_plan(shots, memory_size, coreset_ratio) is not None
+    memory_images = shots if grid is None else shots * grid.count  # a tiled memory's images are the tiles
+    spill = model.memory_plan(memory_images, memory_size, coreset_ratio) is not None
     checkpoint_dir = os.path.join(output_dir, CHECKPOINT_DIR)
     resume_from = resolve_resume(resume_from_checkpoint, checkpoint_dir)
     adapter_dir = adapter_dir or os.path.join(output_dir, ADAPTER_DIR)
@@ -110,25 +124,41 @@ def train_category(
     precision = resolve_precision(config.precision, device)
     accelerator = _job_accelerator(config, output_dir, device, precision)
     model.to(accelerator.device)
-    if not isinstance(images[0], str):  # a few references, decoded: one batch, as before streaming existed
-        images = AnomCLIPProcessor.from_model(model)(images=images)  # pixel_values (+ memory_pixel_values)
-    # One float32 forward of the k shots serves the memory bank and the training features alike (the
-    # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
-    vision = encode_references(model, images, spill=spill, progress=config.progress_bar is not False and shots > 64)
-    state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
-                               learned_prompts=train, seed=config.prompt_seed, memory_size=memory_size,
-                               coreset_ratio=coreset_ratio)
+    tiles = None
+    if grid is not None:  # the tiles of every reference: memory, training features and thresholds
+        tiles = encode_tiled_references(model, images, tiling, names=reference_files, spill=spill,
+                                        progress=config.progress_bar is not False)
+        vision = tiles.features
+        state = add_tiled_category(model, category, tiles, tiling, class_name=class_name, phrases=phrases,
+                                   learned_prompts=train, seed=config.prompt_seed, memory_size=memory_size,
+                                   coreset_ratio=coreset_ratio)
+    else:
+        if not isinstance(images[0], str):  # a few references, decoded: one batch, as before streaming existed
+            images = AnomCLIPProcessor.from_model(model)(images=images)  # pixel_values (+ memory_pixel_values)
+        # One float32 forward of the k shots serves the memory bank and the training features alike (the
+        # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
+        vision = encode_references(model, images, spill=spill, progress=config.progress_bar is not False and shots > 64)
+        state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
+                                   learned_prompts=train, seed=config.prompt_seed, memory_size=memory_size,
+                                   coreset_ratio=coreset_ratio)
     if train:
         result = _fit_tracked(model, category, ShotFeatures.from_vision(vision), config, accelerator, job,
                               checkpoint_dir=checkpoint_dir, resume_from=resume_from, callbacks=callbacks,
-                              fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
+                              fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files,
+                                           **({} if tiling is None else {"tiling": tiling.record()})},
                               description=f"{dataset}/{category} {shots}-shot seed {seed}", precision=precision)
     else:
         result = FitResult(history=[], epochs=0, resumed_from=None, start_epoch=0, wall_time_s=0.0)
 
     state.metadata.update(seed=config.prompt_seed, reference_files=reference_files,
                           training=_training_record(config, result, dataset, seed, precision))
-    thresholds = try_estimate_thresholds(model, vision, category)
+    if tiles is None:
+        thresholds = try_estimate_thresholds(model, vision, category)
+    elif tiles.references >= 2:  # one threshold for a whole image, from whole tiled references
+        thresholds = estimate_tiled_thresholds(model, tiles, category, progress=config.progress_bar is not False)
+    else:
+        thresholds = None
+        record_thresholds(state.metadata, None)
     summary = {**job, "status": "trained", "class_name": state.class_name, "job_dir": output_dir,
                "adapter_dir": adapter_dir, "reference_files": reference_files, "prompt_seed": config.prompt_seed,
                "schedule": config.schedule, "epochs": result.epochs, "final_losses": result.final_losses(),
@@ -136,6 +166,7 @@ def train_category(
                "job_wall_time_s": round(time.perf_counter() - began, 3),
                "decision_threshold": None if thresholds is None else thresholds.image,
                "resumed_from": result.resumed_from, "memory": state.coreset or "exact",
+               "tiling": state.metadata.get("tiling"),
                **pipeline_check_fields(model)}
     settings = run_settings(config, dataset, category, shots, seed)
     summary.update(run_settings=settings, run_hash=settings_hash(settings))

@@ -42,8 +42,12 @@ class ExportedModelEngine(Engine):
         return self._description
 
     def preprocess(self, images: Sequence[Image.Image]):
+        if self.detector.tiling is not None:  # a tiled export: the tiles are cut from the decoded images
+            return list(images)
         return self.detector.preprocess(list(images))
 
     def score(self, pixel_batch) -> tuple[np.ndarray, np.ndarray]:
+        if self.detector.tiling is not None:
+            return self.detector._score_decoded(pixel_batch)
         # Unchecked: the Predictor checks each image's outputs, so one NaN image fails alone.
         return self.detector.run_unchecked(pixel_batch)

@@ -54,3 +54,28 @@ class TorchEngine(Engine):
 
     def score(self, pixel_batch) -> tuple[np.ndarray, np.ndarray]:
         return score_pixel_values(self.model, pixel_batch, self.category, self.output_size, self.precision)
+
+
+class TiledTorchEngine(TorchEngine):
+    """A tiled category (`model.tiling`): each image cut into tiles at its own resolution, the tiles scored in
+    batches, one stitched map per image at the image's size. Its pixel batch is the decoded images themselves
+    (the tiles are cut from them); maps are stacked when the batch's images share a size, else a list."""
+
+    def __init__(self, model, category: Optional[str] = None, *, tiling, **options):
+        super().__init__(model, category, **options)
+        self.tiling = tiling
+        self._description.details["tiling"] = tiling.describe()
+
+    def preprocess(self, images: Sequence[Image.Image]) -> list:
+        return list(images)
+
+    def score(self, pixel_batch):
+        from ...model.precision import tower_autocast
+        from ...model.tiling import score_tiled
+
+        if not isinstance(pixel_batch, list):
+            raise ValueError(f"category {self.category!r} is tiled ({self.tiling.describe()}): it scores images, cut "
+                             "into tiles at their own resolution, not pixel values preprocessed to the tower's size")
+        with tower_autocast(self.precision, self.model.device):
+            scores, maps = score_tiled(self.model, pixel_batch, self.tiling, self.category)
+        return scores, (np.stack(maps) if len({m.shape for m in maps}) == 1 else maps)
