@@ -5,7 +5,7 @@ methods use the model's config, towers, prompt table and category states.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from transformers.utils import logging
@@ -101,10 +101,13 @@ class CategoryRegistryMixin:
         wait on disk (bounded memory for thousands of references)."""
         if isinstance(reference_images, MemoryBank):
             return reference_images
-        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
-            reference_images = list(reference_images)
-        count = (reference_images.global_embeds.shape[0] if isinstance(reference_images, VisionFeatures)
-                 else len(reference_images))
+        if isinstance(reference_images, Mapping):  # the processor's output: its tensors, not its keys
+            count = len(reference_images["pixel_values"]) if "pixel_values" in reference_images else 0
+        else:
+            if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
+                reference_images = list(reference_images)
+            count = (reference_images.global_embeds.shape[0] if isinstance(reference_images, VisionFeatures)
+                     else len(reference_images))
         if count == 0:
             raise ValueError("reference_images is empty: pass at least one normal image (or None for text-only "
                              "zero-shot scoring)")

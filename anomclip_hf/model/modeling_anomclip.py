@@ -258,16 +258,25 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
             if problem:
                 raise ValueError(problem)
 
-    def encode_images(self, pixel_values: torch.Tensor, memory_pixel_values: Optional[torch.Tensor] = None
-                      ) -> VisionFeatures:
+    def encode_images(self, pixel_values: torch.Tensor, memory_pixel_values: Optional[torch.Tensor] = None,
+                      clip_tower: bool = True) -> VisionFeatures:
         """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised, float32).
 
         The pixels are cast to the tower's dtype at its input and the features back to float32 at its output,
         so no matmul mixes dtypes whatever the checkpoint's dtype. With a DINOv2 memory backbone the memory
-        features are its patch tokens of `memory_pixel_values` (required then) instead of CLIP's taps."""
+        features are its patch tokens of `memory_pixel_values` (required then) instead of CLIP's taps.
+        clip_tower=False (a DINOv2 memory only): the memory features alone, global and patch embeddings None;
+        what the "memory" mode needs, without the cost of CLIP's vision tower."""
         self._check_pixel_values(pixel_values)
         if self.has_dino_memory:  # checked before either tower runs
             self._check_memory_pixel_values(memory_pixel_values, pixel_values.shape[0])
+        elif not clip_tower:
+            raise ValueError("clip_tower=False needs a DINOv2 memory backbone: the CLIP memory taps are the tower's")
+        if not clip_tower:
+            memory = self.encode_memory(memory_pixel_values)
+            if not torch.compiler.is_exporting():
+                check_finite_features([memory], pixel_values)
+            return VisionFeatures(None, None, [memory])
         dtype = self.clip.visual_projection.weight.dtype
         features = dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
                                               pixel_values.to(self.device, dtype), self.config.vv_layers,
@@ -292,9 +301,11 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
-        self._scoring_mode(self.get_category(category), mode)  # fail before the vision tower runs
-        output = self.score_features(self.encode_images(pixel_values, memory_pixel_values), category, output_size,
-                                     mode)
+        mode = self._scoring_mode(self.get_category(category), mode)  # fail before the vision tower runs
+        # The DINOv2 memory alone needs no CLIP tower (the bulk of the cost), so it does not run.
+        clip_tower = not (mode == "memory" and self.has_dino_memory)
+        features = self.encode_images(pixel_values, memory_pixel_values, clip_tower=clip_tower)
+        output = self.score_features(features, category, output_size, mode)
         return output if return_dict else output.to_tuple()
 
     def _scoring_mode(self, state: CategoryState, mode: Optional[str], memory_bank=None) -> str:
