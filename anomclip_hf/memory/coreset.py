@@ -15,9 +15,10 @@ patch against one layer is ||x - c||^2 / 4 = (1 - cos) / 2, so r bounds what the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -31,6 +32,24 @@ PROJECTION_CHUNK_ROWS = 8192
 # faster than 4096 here) and kept rows per distance product.
 GREEDY_BLOCK_ROWS = 512
 GREEDY_CENTER_CHUNK = 2048
+# Torch threads of the greedy loop: its products are small (a 512-row block against a few kept rows), so with
+# more threads the pool's wake-up and contention cost more than they share (measured up to 10x slower a step
+# at 2 threads on a loaded 2-core machine). None: torch's current setting.
+GREEDY_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """Run the block with `count` intra-op torch threads (None: unchanged), restoring the setting after."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def johnson_lindenstrauss_dim(rows: int, eps: float = DEFAULT_JL_EPS) -> int:
@@ -64,7 +83,7 @@ def project_rows(features: torch.Tensor, projection: Optional[torch.Tensor],
 
 
 def greedy_k_center(points: torch.Tensor, size: int, seed: int = 0, progress: bool = False,
-                    block_rows: int = GREEDY_BLOCK_ROWS) -> torch.Tensor:
+                    block_rows: int = GREEDY_BLOCK_ROWS, threads: Optional[int] = GREEDY_THREADS) -> torch.Tensor:
     """(size,) row indices, in selection order, of the greedy k-center selection over `points` (N, d).
 
     The plain algorithm lowers every row's distance to the kept set after each step (a matrix-vector product
@@ -73,8 +92,14 @@ def greedy_k_center(points: torch.Tensor, size: int, seed: int = 0, progress: bo
     each step brings only the block with the highest bound up to date (one matrix product with the rows kept
     since its last update), until the block with the highest bound is current: its farthest row is then the
     farthest overall. Same selection as the plain loop (up to exact ties), O(N x d) memory, no N x N matrix.
-    Deterministic for a seed (it draws only the first row).
+    Deterministic for a seed (it draws only the first row). The loop runs at `threads` torch threads (the
+    caller's setting is restored after): the same indices at any setting.
     """
+    with torch_threads(threads):
+        return _greedy_k_center(points, size, seed, progress, block_rows)
+
+
+def _greedy_k_center(points: torch.Tensor, size: int, seed: int, progress: bool, block_rows: int) -> torch.Tensor:
     rows = points.shape[0]
     _check_size(size, rows)
     points = points.float().contiguous()
