@@ -150,7 +150,7 @@ def _load(args, spec, sharded: bool = False):
     if args.precision != "fp32":
         from ..model.precision import resolve_precision
 
-        print(resolve_precision(args.precision, predictor.model.device).describe(), file=sys.stderr)
+        print(resolve_precision(args.precision, predictor.model.device, predictor.model).describe(), file=sys.stderr)
     return predictor
 
 

@@ -131,7 +131,7 @@ class Predictor:
         from .batch_scoring import score_images, score_pixel_values
 
         state = model.get_category(category)
-        low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
+        low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device, model)
 
         def batches(images, batch_size, progress, skip_unreadable):
             return score_images(model, images, batch_size=batch_size, output_size=output_size, category=state.name,

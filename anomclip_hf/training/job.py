@@ -104,7 +104,7 @@ def train_category(
 
     began = time.perf_counter()
     device = PartialState(cpu=config.cpu).device
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, model)
     accelerator = _job_accelerator(config, output_dir, device, precision)
     model.to(accelerator.device)
     if not isinstance(images[0], str):  # a few references, decoded: one batch, as before streaming existed
