@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from ..io.progress import Phase
 from .search import nearest_distance
 
 # sklearn's johnson_lindenstrauss_min_dim at PatchCore's eps (anomalib's default as well).
@@ -137,7 +138,7 @@ def _greedy_k_center(points: torch.Tensor, size: int, seed: int, progress: bool,
         if bar is not None and (step + 1) % 256 == 0:
             bar.update(256)
     if bar is not None:
-        bar.update(size - bar.n)
+        bar.update(size - bar.count)
         bar.close()
     return kept
 
@@ -147,12 +148,8 @@ def _check_size(size: int, rows: int) -> None:
         raise ValueError(f"coreset size {size!r}; expected an integer from 1 to {rows} (the rows of the bank)")
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="coreset", unit="row", leave=False)
+def _progress(total: int, enabled: bool, name: str = "coreset", unit: str = "row"):
+    return Phase(name, total, unit) if enabled else None
 
 
 @dataclass(frozen=True)
@@ -182,22 +179,28 @@ def select_coreset(features, size: int, seed: int = 0, projection_dim: Optional[
     points = project_rows(features, projection)
     indices = greedy_k_center(points, size, seed, progress) if size < rows else torch.arange(rows)
     del points
-    radius = coverage_radius(features, take_rows(features, indices))
+    radius = coverage_radius(features, take_rows(features, indices), progress=progress)
     return Coreset(indices=indices, radius=radius, rows=rows, projection_dim=None if projection is None else dim,
                    seed=int(seed))
 
 
-def coverage_radius(features, kept: torch.Tensor, chunk_rows: int = PROJECTION_CHUNK_ROWS) -> float:
+def coverage_radius(features, kept: torch.Tensor, chunk_rows: int = PROJECTION_CHUNK_ROWS,
+                    progress: bool = False) -> float:
     """max over the rows of `features` of the Euclidean distance to the nearest row of `kept`.
 
     The search gives every row's distance through inner products (float32: an error near 1e-7 in the squared
     distance); the farthest row of each chunk is then measured again from its differences, so the radius of the
     row that attains it has no cancellation (0 when every row is kept, not sqrt(rounding))."""
     kept, radius = kept.float(), 0.0
+    bar = _progress(int(features.shape[0]), progress, "coverage radius")
     for start in range(0, int(features.shape[0]), chunk_rows):
         chunk = features[start: start + chunk_rows].float()
         farthest = chunk[int(nearest_distance(chunk, kept).argmax())]
         radius = max(radius, float((kept - farthest).square().sum(dim=1).min().sqrt()))
+        if bar is not None:
+            bar.update(int(chunk.shape[0]))
+    if bar is not None:
+        bar.close()
     return radius
 
 

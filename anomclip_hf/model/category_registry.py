@@ -10,6 +10,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from transformers.utils import logging
 
+from ..io.progress import Phase
 from ..memory.policy import default_rule_text, memory_rows
 from .adapter_schema import CORESET_FORMAT_VERSION
 from .category import (
@@ -136,7 +137,8 @@ class CategoryRegistryMixin:
     def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
                      phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
                      learned_prompts: bool = False, seed: int = 0, activate: bool = True,
-                     memory_size: Optional[int] = None, coreset_ratio: Optional[float] = None) -> CategoryState:
+                     memory_size: Optional[int] = None, coreset_ratio: Optional[float] = None,
+                     progress: bool = False) -> CategoryState:
         """Register a category: its memory bank (from normal reference images, or None for text-only),
         its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
         the same name. `learned_prompts=False` scores with hand-written prompts until trained.
@@ -145,7 +147,7 @@ class CategoryRegistryMixin:
         validate_category_name(name)  # it becomes a PEFT adapter name, a folder name and part of repo ids
         use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
         memory = None if reference_images is None else self.build_memory(reference_images, memory_size,
-                                                                          coreset_ratio, seed)
+                                                                          coreset_ratio, seed, progress)
         state = CategoryState(
             name=name,
             class_name=class_name or class_name_for(name),
@@ -176,8 +178,8 @@ class CategoryRegistryMixin:
             self._active = next(iter(self.category_states), None)
 
     # ----------------------------------------------------------------------------------------- thresholds
-    def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None,
+                             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.
 
         `references` are the references' `encode_images` output, in the order of the category's memory bank
@@ -199,9 +201,9 @@ class CategoryRegistryMixin:
                 raise ValueError(f"category {state.name!r} has a coreset memory loaded from an adapter: the thresholds "
                                  "of a coreset are estimated where it is built (add_category, fit), which knows "
                                  "the reference each kept row comes from")
-            return coreset_leave_one_out(self, state.name, bank, state.coreset_sources, references)
+            return coreset_leave_one_out(self, state.name, bank, state.coreset_sources, references, progress)
         image_scores, pixel_maxima = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), Phase("thresholds", shots, "img", enabled=progress) as bar:
             for index in range(shots):
                 keep = torch.arange(shots, device=bank[0].device) != index
                 held_out = VisionFeatures(references.global_embeds[index: index + 1],
@@ -212,16 +214,17 @@ class CategoryRegistryMixin:
                                           memory_bank=[layer[keep] for layer in bank])
                 image_scores.append(out.image_scores[0].float().cpu())
                 pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
+                bar.update(1)
         return torch.stack(image_scores), torch.stack(pixel_maxima)
 
     def estimate_thresholds(self, reference_images, category: Optional[str] = None,
-                            margin: Optional[float] = None) -> ThresholdEstimate:
+                            margin: Optional[float] = None, progress: bool = False) -> ThresholdEstimate:
         """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
         in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
         output); stored in its metadata and category.json. See `thresholds`."""
         if not isinstance(reference_images, VisionFeatures):  # images, paths or pixels: encoded batch by batch
             reference_images = encode_references(self, reference_images)
-        estimate = threshold_estimate(*self.leave_one_out_scores(reference_images, category),
+        estimate = threshold_estimate(*self.leave_one_out_scores(reference_images, category, progress),
                                       DEFAULT_MARGIN if margin is None else margin)
         record_thresholds(self.get_category(category).metadata, estimate)
         return estimate

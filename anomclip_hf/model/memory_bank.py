@@ -20,6 +20,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from ..io.progress import Phase
 from ..memory.coreset import select_coreset, take_rows
 from ..memory.rows import SpilledRows
 from .processing_anomclip import model_inputs
@@ -154,8 +155,4 @@ def coreset_leave_one_out(model, category: str, bank: Sequence[torch.Tensor], so
 
 
 def _bar(total: int, enabled: bool, description: str = "references"):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="img", leave=False)
+    return Phase(description, total, "img") if enabled else None

@@ -111,10 +111,12 @@ def train_category(
         images = AnomCLIPProcessor.from_model(model)(images=images)  # pixel_values (+ memory_pixel_values)
     # One float32 forward of the k shots serves the memory bank and the training features alike (the
     # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
-    vision = encode_references(model, images, spill=spill, progress=config.progress_bar is not False and shots > 64)
+    # Every long phase shows progress: a bar on a terminal, one line with its duration elsewhere (--quiet: none).
+    progress = config.progress_bar is not False
+    vision = encode_references(model, images, spill=spill, progress=progress)
     state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
                                learned_prompts=True, seed=config.prompt_seed, memory_size=memory_size,
-                               coreset_ratio=coreset_ratio)
+                               coreset_ratio=coreset_ratio, progress=progress)
     result = _fit_tracked(model, category, ShotFeatures.from_vision(vision), config, accelerator, job,
                           checkpoint_dir=checkpoint_dir, resume_from=resume_from, callbacks=callbacks,
                           fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
@@ -122,7 +124,7 @@ def train_category(
 
     state.metadata.update(seed=config.prompt_seed, reference_files=reference_files,
                           training=_training_record(config, result, dataset, seed, precision))
-    thresholds = try_estimate_thresholds(model, vision, category)
+    thresholds = try_estimate_thresholds(model, vision, category, progress=progress)
     summary = {**job, "status": "trained", "class_name": state.class_name, "job_dir": output_dir,
                "adapter_dir": adapter_dir, "reference_files": reference_files, "prompt_seed": config.prompt_seed,
                "schedule": config.schedule, "epochs": result.epochs, "final_losses": result.final_losses(),
