@@ -45,7 +45,13 @@ class OnnxAnomalyDetector:
 
     def __init__(self, path: str, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
                  session_options=None):
+        self._read_settings(path, threshold)
         onnxruntime = import_extra("onnxruntime")
+        self.session = onnxruntime.InferenceSession(self.path, sess_options=session_options,
+                                                    providers=list(providers or ["CPUExecutionProvider"]))
+
+    def _read_settings(self, path: str, threshold: Optional[float]) -> None:
+        """The graph's file and its sidecar: preprocessing, thresholds, category (shared by every engine)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model not found: {path}")
@@ -60,8 +66,11 @@ class OnnxAnomalyDetector:
         self.category = self.settings.get("category", {}).get("category")
         # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.
         self.note = PIPELINE_CHECK_NOTE if (self.settings.get("base_model") or {}).get("random_weights") else ""
-        self.session = onnxruntime.InferenceSession(path, sess_options=session_options,
-                                                    providers=list(providers or ["CPUExecutionProvider"]))
+
+    def infer(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(image scores, anomaly maps) of the graph for checked input arrays: the one step an engine owns."""
+        scores, maps = self.session.run(list(OUTPUT_NAMES), feeds)
+        return scores, maps
 
     def preprocess(self, images: Sequence[ImageInput]):
         """(B, 3, S, S) float32 pixel values, as `AnomCLIPProcessor` makes them; with a DINOv2 memory a dict of
@@ -83,7 +92,7 @@ class OnnxAnomalyDetector:
                 raise ValueError(f"{MEMORY_INPUT_NAME} holds {feeds[MEMORY_INPUT_NAME].shape[0]} images but "
                                  f"{INPUT_NAME} {feeds[INPUT_NAME].shape[0]}")
         pixel_values = feeds[INPUT_NAME]
-        scores, maps = self.session.run(list(OUTPUT_NAMES), feeds)
+        scores, maps = self.infer(feeds)
         bad = ~(np.isfinite(scores) & np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1))
         if bad.any():  # the graph cannot check (data-dependent), so its outputs are checked here
             raise ValueError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "

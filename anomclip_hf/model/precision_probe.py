@@ -12,6 +12,7 @@ replaced). The decision is printed once per process and key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -76,8 +77,6 @@ def tower_timer(model, repeats: int = PROBE_REPEATS) -> Callable[[], dict]:
     """A function measuring {precision: median seconds of one forward of the vision tower(s)} (one warm-up each,
     then `repeats` interleaved rounds)."""
     def measure() -> dict:
-        from .precision import tower_autocast
-
         inputs = _probe_inputs(model)
         dtypes = {"fp32": None, "bf16": torch.bfloat16}
         times = {name: [] for name in PROBE_PRECISIONS}
@@ -85,7 +84,8 @@ def tower_timer(model, repeats: int = PROBE_REPEATS) -> Callable[[], dict]:
             for round_index in range(1 + repeats):
                 for name in PROBE_PRECISIONS:
                     began = time.perf_counter()
-                    with tower_autocast(dtypes[name], model.device):
+                    low = dtypes[name]  # the towers' autocast, as `precision.tower_autocast` sets it
+                    with (torch.autocast(model.device.type, dtype=low) if low else contextlib.nullcontext()):
                         model.encode_images(**inputs)
                     if model.device.type == "cuda":
                         torch.cuda.synchronize(model.device)
