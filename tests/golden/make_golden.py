@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "helpers"))
 from golden_data import (  # noqa: E402
     TOKEN_EMBEDDING,
     load_open_clip_state_dict,
