@@ -47,6 +47,7 @@ from PIL import Image
 from anomclip_hf.model.category import HEADS
 from anomclip_hf.model.precision import resolve_precision
 from anomclip_hf.model.processing_anomclip import AnomCLIPProcessor
+from anomclip_hf.model.prompt_text import prompt_embeddings
 from anomclip_hf.model.text_encoding import (
     encode_text_embeddings,
     prefix_tree,
@@ -84,7 +85,7 @@ def text_tower_epoch(model, truncate: bool, share_prefixes: bool) -> None:
     total = 0
     for head in HEADS:
         ids, eos = head_inputs(model, head, truncate)
-        embeds = model._prompt_embeddings(CATEGORY, ids)
+        embeds = prompt_embeddings(model, model.prompt_parameters(CATEGORY)[0], ids)
         features = encode_text_embeddings(model.clip.text_model, model.clip.text_projection, embeds, ids, eos,
                                           share_prefixes=share_prefixes)
         total = total + features.sum()

@@ -111,14 +111,15 @@ def test_package_has_no_import_cycles(import_graph):
 
 def test_the_graph_is_read_from_the_code(import_graph):
     # A control: the reader finds known edges, so an empty graph cannot pass the cycle test.
-    assert "anomclip_hf.model.category_io" in import_graph["anomclip_hf.model.category_registry"]
+    assert "anomclip_hf.model.category_io" in import_graph["anomclip_hf.model.modeling_anomclip"]
     assert "anomclip_hf.hub" in import_graph["anomclip_hf.model.category_io"]  # via hub.download: runs hub/__init__
     assert "anomclip_hf.metrics._curves" in import_graph["anomclip_hf.metrics.accumulators"]  # from . import _curves
-    assert "anomclip_hf.model.publishing" in import_graph["anomclip_hf.model.category_registry"]  # inside a function
+    assert "anomclip_hf.model.publishing" in import_graph["anomclip_hf.model.modeling_anomclip"]  # inside a function
 
 
-# The layout's arrows (README, "Layout"): the folders each folder may import. Modules directly under
-# anomclip_hf/ (the package face, _lazy, _registration, _version, _legacy_paths) may be imported by all.
+# The layout's arrows (docs/developer/architecture.md): the folders each folder may import. Modules directly under
+# anomclip_hf/ (the package face, _lazy, _version, errors) may be imported by all; they import no folder but
+# the face's lazy names.
 _BELOW_APPS = {"flags", "io", "metrics", "hub", "memory", "model", "convert", "data", "export", "inference",
                "training", "evaluation", "serving"}
 ALLOWED_IMPORTS = {
@@ -166,7 +167,8 @@ def test_every_folder_has_its_rule():
 def test_imports_follow_the_layout(import_graph):
     assert not _forbidden_arrows(import_graph), "\n".join(_forbidden_arrows(import_graph))
     # the bottom of model/: only the name rule of hub.validation (every name that reaches disk or the Hub)
-    assert import_graph["anomclip_hf.model.category"] == {"anomclip_hf.hub", "anomclip_hf.hub.validation"}
+    assert import_graph["anomclip_hf.model.category"] == {"anomclip_hf.errors", "anomclip_hf.hub",
+                                                         "anomclip_hf.hub.validation"}
 
 
 def test_a_forbidden_import_fails_the_rules():
@@ -195,7 +197,15 @@ def test_torch_free_folders_import_no_torch_at_module_level():
 
 def test_top_level_stays_small():
     top = sorted(path.name for path in PACKAGE_DIR.glob("*.py"))
-    assert len(top) <= 8, top
+    assert top == ["__init__.py", "__main__.py", "_lazy.py", "_version.py", "errors.py"], top
+
+
+def test_errors_import_nothing_of_the_package(import_graph):
+    # Every folder imports errors.py; it must stay at the bottom (no cycle, no torch).
+    assert import_graph["anomclip_hf.errors"] == set()
+    imports = [node for node in ast.parse((PACKAGE_DIR / "errors.py").read_text()).body
+               if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "module", "") != "__future__"]
+    assert imports == []
 
 
 # ----------------------------------------------------------------------------------------- module state
@@ -224,10 +234,10 @@ def _category_tensors(model) -> dict[str, torch.Tensor]:
 def test_category_tensors_are_in_the_state_dict(two_categories):
     keys = set(two_categories.state_dict())
     for name, layers in (("bottle", 2), ("cable", 2)):
-        assert {f"category_states.{name}.memory_{i}" for i in range(layers)} <= keys
-        assert {f"category_states.{name}.prototype_image", f"category_states.{name}.prototype_pixel"} <= keys
+        assert {f"category_bank.states.{name}.memory_{i}" for i in range(layers)} <= keys
+        assert {f"category_bank.states.{name}.prototype_image", f"category_bank.states.{name}.prototype_pixel"} <= keys
     state = two_categories.get_category("bottle")
-    assert torch.equal(two_categories.state_dict()["category_states.bottle.memory_1"], state.memory_bank[1])
+    assert torch.equal(two_categories.state_dict()["category_bank.states.bottle.memory_1"], state.memory_bank[1])
 
 
 def test_half_and_meta_move_every_category_tensor(two_categories):
@@ -284,8 +294,9 @@ def test_reads_do_not_mutate(two_categories):
     assert not torch.equal(cable, bottle)  # each read used the category it named
     # the lookup equals PEFT's own layer with that adapter active
     rows = torch.tensor([0, 3, 5])
-    model.prompt_tokens.token_embedding.set_adapter("cable")
-    assert torch.equal(model.prompt_tokens.lookup("cable", rows), model.prompt_tokens.token_embedding(rows))
+    model.category_bank.prompt_tokens.token_embedding.set_adapter("cable")
+    table = model.category_bank.prompt_tokens
+    assert torch.equal(table.lookup("cable", rows), table.token_embedding(rows))
 
 
 def test_a_base_without_tokenizer_says_so(tiny_model, tmp_path, caplog):
@@ -299,24 +310,40 @@ def test_a_base_without_tokenizer_says_so(tiny_model, tmp_path, caplog):
     assert "no tokenizer loaded from" in caplog.text and str(tmp_path / "base") in caplog.text
 
 
-# ----------------------------------------------------------------------------------------- 0.1 module paths
-@pytest.mark.parametrize("old, new", [("modeling_anomclip", "model.modeling_anomclip"),
-                                      ("configuration_anomclip", "model.configuration_anomclip"),
-                                      ("pipeline_image_anomaly_detection", "inference.pipeline_image_anomaly_detection"),
-                                      ("prediction", "inference.prediction"), ("category_io", "model.category_io"),
-                                      ("convert_open_clip", "convert.open_clip"), ("demo", "evaluation.demo")])
-def test_the_module_paths_of_0_1_still_import(old, new):
-    import importlib
+# ----------------------------------------------------------------------------------------- no machinery
+def _calls_or_writes_import_machinery(tree: ast.AST) -> list[str]:
+    """`sys.meta_path` / `sys.path_hooks` anywhere, and assignments into `sys.modules[...]`."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys" \
+                and node.attr in ("meta_path", "path_hooks"):
+            found.append(f"sys.{node.attr}")
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            if isinstance(target, ast.Subscript) and ast.unparse(target.value) == "sys.modules":
+                found.append(ast.unparse(target))
+    return found
 
-    legacy = importlib.import_module(f"anomclip_hf.{old}")
-    assert legacy is importlib.import_module(f"anomclip_hf.{new}")  # one module object: one class, one registry
+
+def test_no_module_aliases_old_paths_or_touches_the_import_system():
+    found = {module: hits for module, path in _source_files().items()
+             if (hits := _calls_or_writes_import_machinery(ast.parse(path.read_text())))}
+    assert not found, found
+    for old in ("modeling_anomclip", "prediction", "category_io"):  # the 0.1 flat paths are gone
+        with pytest.raises(ModuleNotFoundError):
+            __import__(f"anomclip_hf.{old}")
 
 
-def test_legacy_names_resolve_to_the_same_objects():
-    from anomclip_hf.modeling_anomclip import AnomCLIPModel as Legacy
-    from anomclip_hf.prediction import predict_folder
+def test_the_machinery_scan_finds_what_it_forbids():
+    # A control: the scan reports a finder, a path hook and a module alias.
+    tree = ast.parse("import sys\nsys.meta_path.append(x)\nsys.path_hooks.insert(0, y)\nsys.modules['a.b'] = m\n")
+    assert sorted(_calls_or_writes_import_machinery(tree)) == ["sys.meta_path", "sys.modules['a.b']", "sys.path_hooks"]
 
-    assert Legacy is AnomCLIPModel
-    assert predict_folder.__module__ == "anomclip_hf.inference.prediction"
-    with pytest.raises(ModuleNotFoundError):
-        __import__("anomclip_hf.no_such_module")
+
+def test_the_model_is_composed_not_mixed_in():
+    # The model owns its parts as attributes; no class of the package but the model itself is in its MRO (the
+    # rest is transformers' PreTrainedModel chain), so no state is written in one file and read in another.
+    ours = [cls for cls in AnomCLIPModel.__mro__ if cls.__module__.split(".")[0] == ROOT]
+    assert ours == [AnomCLIPModel]
+    assert AnomCLIPModel.__mro__[1].__name__ == "PreTrainedModel"

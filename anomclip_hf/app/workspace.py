@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from ..errors import BusyError  # noqa: F401 (raised here when another fit or scoring uses the model)
 from ..io.image_io import ImageReadError, load_image
 from ..io.labels import PIPELINE_CHECK_NOTE
 from .base import FIT_PRESET, BaseChoice, choose_base
@@ -24,10 +25,6 @@ from .uploads import MAX_FILE_MB, MAX_FILES, StagedFiles, folder_sources, stage_
 
 # progress(epoch, total_epochs, logs) after every training epoch
 FitProgress = Callable[[int, int, dict], None]
-
-
-class BusyError(RuntimeError):
-    """Another fit (or scoring) is using the model."""
 
 
 @dataclass
@@ -192,7 +189,7 @@ class Workspace:
                                    root_dir=folder)
 
     def push(self, repo_id: str, token: str = "", private: bool = False) -> str:
-        from ..hub import upload_category_folder
+        from ..model.publishing import upload_category_folder
 
         repo_id = (repo_id or "").strip()
         if not repo_id:

@@ -20,7 +20,7 @@ MEMORY_BACKBONE_HELP = ("a DINOv2 model (Hub id or folder, e.g. facebook/dinov2-
 
 def add_memory_backbone_argument(parser) -> None:
     """--memory-backbone ID_OR_FOLDER (fit, predict, evaluate, export): the optional DINOv2 memory."""
-    parser.add_argument("--memory-backbone", "--memory_backbone", dest="memory_backbone", default=None,
+    parser.add_argument("--memory-backbone", dest="memory_backbone", default=None,
                         metavar="ID_OR_FOLDER", help=MEMORY_BACKBONE_HELP)
 
 

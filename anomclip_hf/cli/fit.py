@@ -37,7 +37,7 @@ def add_parser(commands) -> None:
                              "row up to 16384, a coreset of 16384 above)")
     memory.add_argument("--coreset-ratio", type=fraction, default=None,
                         help="the fraction of patch rows kept per memory layer, in (0, 1] (1: the exact bank)")
-    fit.add_argument("--resume-from-checkpoint", "--resume_from_checkpoint", dest="resume_from_checkpoint")
+    fit.add_argument("--resume-from-checkpoint", dest="resume_from_checkpoint")
     fit.add_argument("--quiet", dest="progress_bar", action="store_false", default=None,
                      help="no progress bars (as --no-progress)")
     add_memory_backbone_argument(fit)

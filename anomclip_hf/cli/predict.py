@@ -43,7 +43,7 @@ def add_parser(commands) -> None:
     predict.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                          help=f"anomaly-map size, at most {MAX_OUTPUT_SIZE} (default: model input)")
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
-    add_precision_argument(predict, aliases=("--autocast",))  # --autocast none/bf16/fp16: its older name
+    add_precision_argument(predict)
     predict.add_argument("--save-maps", action="store_true",
                          help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "
                               "(masks/*.png, 255 = above the pixel threshold)")

@@ -24,7 +24,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from ..hub import upload_category_folder
+    from ..model.publishing import upload_category_folder
 
     commit = upload_category_folder(args.category, args.repo_id, private=args.private or None, token=args.token,
                                     revision=args.revision, commit_message=args.commit_message)

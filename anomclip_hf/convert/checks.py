@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional
 
+from ..errors import CheckpointError
+
 CLIP_VOCAB_SIZE = 49408  # the BPE vocabulary written beside the converted model
 CLIP_EOT_ID = 49407
 
@@ -32,7 +34,7 @@ PREPROCESS_DEFAULTS = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.2686
 Rule = tuple[Callable[[Any], bool], str]  # (is this value representable?, what the value means)
 
 
-class UnsupportedOpenClipModel(ValueError):
+class UnsupportedOpenClipModel(CheckpointError):
     """An open_clip model (or its preprocessing) that transformers' CLIP cannot reproduce exactly."""
 
 
@@ -110,7 +112,7 @@ def with_open_clip_defaults(model_cfg: dict) -> dict:
     """A copy of an open_clip model config with open_clip's defaults filled in where the config is silent."""
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in model_cfg:
-            raise ValueError(f"not an open_clip model config: no {key!r} (keys: {sorted(model_cfg)})")
+            raise CheckpointError(f"not an open_clip model config: no {key!r} (keys: {sorted(model_cfg)})")
     full = copy.deepcopy(model_cfg)
     full["vision_cfg"] = {**VISION_DEFAULTS, **full["vision_cfg"]}
     full["text_cfg"] = {**TEXT_DEFAULTS, **full["text_cfg"]}

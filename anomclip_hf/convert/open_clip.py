@@ -28,6 +28,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from ..errors import CheckpointError
 from ..io.atomic_io import atomic_directory
 from ..model.tokenization import build_offline_clip_tokenizer
 from .checks import (
@@ -103,7 +104,7 @@ class _StateReader:
 
     def take(self, key: str) -> torch.Tensor:
         if key not in self.remaining:
-            raise ValueError(f"the checkpoint of {self.model_name!r} has no {key!r}: not the state dict of an "
+            raise CheckpointError(f"the checkpoint of {self.model_name!r} has no {key!r}: not the state dict of an "
                              "open_clip CLIP with ViT towers")
         return self.remaining.pop(key)
 
@@ -163,10 +164,10 @@ def clip_model_from_open_clip_state_dict(model_cfg: dict, state: dict,
     try:
         missing, unexpected = model.load_state_dict(converted, strict=False)
     except RuntimeError as error:  # size mismatches
-        raise ValueError(f"the checkpoint of {model_name!r} does not fit its config: {error}") from None
+        raise CheckpointError(f"the checkpoint of {model_name!r} does not fit its config: {error}") from None
     missing = [key for key in missing if not key.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"the checkpoint of {model_name!r} does not fit its config: missing {missing[:8]}, "
+        raise CheckpointError(f"the checkpoint of {model_name!r} does not fit its config: missing {missing[:8]}, "
                          f"unexpected {unexpected[:8]} (a different number of layers?)")
     return model.eval()
 

@@ -19,6 +19,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
+
 QUICKGELU_SUFFIX = "-quickgelu"
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
@@ -53,13 +55,13 @@ def read_open_clip_config_file(path: Union[str, os.PathLike]) -> tuple[dict, dic
     except FileNotFoundError:
         raise FileNotFoundError(f"open_clip config file not found: {path}") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an open_clip model config object, got {type(data).__name__}")
+        raise CheckpointError(f"{path}: expected an open_clip model config object, got {type(data).__name__}")
     model_cfg = data.get("model_cfg", data)
     missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in model_cfg]
     if missing:
-        raise ValueError(f"{path} is not an open_clip model config: it lacks {missing} "
+        raise CheckpointError(f"{path} is not an open_clip model config: it lacks {missing} "
                          "(expected keys embed_dim, vision_cfg, text_cfg, optionally inside 'model_cfg')")
     return model_cfg, dict(data.get("preprocess_cfg") or {})
 
@@ -78,7 +80,7 @@ def registry_model_config(name: str) -> dict:
     registered = registered_name(open_clip, name)
     if registered is None:
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-        raise ValueError(f"open_clip knows no model named {name!r}" + (f"; did you mean {close}?" if close else
+        raise CheckpointError(f"open_clip knows no model named {name!r}" + (f"; did you mean {close}?" if close else
                          "; pass an open_clip model-config JSON instead"))
     return open_clip.get_model_config(registered)
 
@@ -94,10 +96,10 @@ def _plain_state_dict(checkpoint, path: str) -> dict:
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]  # an open_clip training checkpoint
     if not isinstance(checkpoint, dict) or not checkpoint:
-        raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(checkpoint).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict (a dict of tensors), got {type(checkpoint).__name__}")
     not_tensors = [key for key, value in checkpoint.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"{path}: expected a state dict of tensors; {not_tensors[:5]} are not tensors")
+        raise CheckpointError(f"{path}: expected a state dict of tensors; {not_tensors[:5]} are not tensors")
     # DataParallel/DDP training wraps the model as 'module.'
     return {key.removeprefix("module."): value for key, value in checkpoint.items()}
 
@@ -115,11 +117,11 @@ def load_checkpoint_file(path: str) -> dict:
     except RuntimeError as error:
         if "TorchScript" not in str(error):
             raise
-        raise ValueError(f"{path} is a TorchScript archive (as OpenAI's original CLIP files), which cannot be read "
+        raise CheckpointError(f"{path} is a TorchScript archive (as OpenAI's original CLIP files), which cannot be read "
                          "with weights_only=True; load it with open_clip.create_model(name, pretrained=path) and "
                          "convert the model object") from None
     except pickle.UnpicklingError as error:
-        raise ValueError(f"{path} holds objects other than tensors, refused by weights_only=True loading "
+        raise CheckpointError(f"{path} holds objects other than tensors, refused by weights_only=True loading "
                          f"({str(error).splitlines()[0]}); re-save its state_dict() or use safetensors") from None
     return _plain_state_dict(checkpoint, path)
 
@@ -164,7 +166,7 @@ def pretrained_tag_source(name: str, tag: str, model_cfg: dict) -> OpenClipSourc
     tag_cfg = open_clip.get_pretrained_cfg(registry_name, tag)
     if not tag_cfg:
         known = open_clip.list_pretrained_tags_by_model(registry_name)
-        raise ValueError(f"{tag!r} is neither a checkpoint file nor an open_clip pretrained tag of {registry_name!r}"
+        raise CheckpointError(f"{tag!r} is neither a checkpoint file nor an open_clip pretrained tag of {registry_name!r}"
                          f" (its tags: {known or 'none'})")
     if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
         # the weights were trained with QuickGELU: converting them with GELU would change every output
@@ -239,7 +241,7 @@ def resolve_open_clip_source(model, checkpoint: Optional[str] = None, config: Op
     """An `OpenClipSource` from the converter's inputs (see the module docstring)."""
     if isinstance(model, nn.Module):
         if checkpoint is not None or config is not None:
-            raise ValueError("an open_clip model object carries its own weights and architecture; "
+            raise CheckpointError("an open_clip model object carries its own weights and architecture; "
                              "pass neither checkpoint nor config with it")
         name = name or f"{type(model).__name__} object"
         model_cfg, preprocess = config_from_open_clip_model(model, name)
@@ -257,12 +259,12 @@ def resolve_open_clip_source(model, checkpoint: Optional[str] = None, config: Op
         name = name or model
     model_cfg = apply_quickgelu_suffix(name, model_cfg)
     if checkpoint is None:
-        raise ValueError(f"no weights for {name!r}: pass a checkpoint file or an open_clip pretrained tag (for "
+        raise CheckpointError(f"no weights for {name!r}: pass a checkpoint file or an open_clip pretrained tag (for "
                          "random weights convert open_clip.create_model(name, pretrained=None) instead)")
     checkpoint = os.fspath(checkpoint)
     if os.path.isfile(checkpoint) or os.sep in checkpoint or checkpoint.endswith(_CHECKPOINT_SUFFIXES):
         return checkpoint_file_source(name, model_cfg, preprocess, checkpoint)  # a missing file fails on loading
     if config is not None or model.endswith(".json"):
-        raise ValueError(f"checkpoint {checkpoint!r} is not a file, and pretrained tags need a model name known to "
+        raise CheckpointError(f"checkpoint {checkpoint!r} is not a file, and pretrained tags need a model name known to "
                          "open_clip, not a config JSON")
     return pretrained_tag_source(model, checkpoint, model_cfg)

@@ -11,7 +11,7 @@ label ("normal"/"anomaly"), defect_type, category, path; see schema.py. Masks mu
 through read_mask (VisA masks hold region numbers 1/2/3).
 """
 
-from .errors import DatasetLayoutError
+from ..errors import DatasetError, DatasetLayoutError
 from .files import IMAGE_EXTENSIONS
 from .folder import list_folder_categories, load_folder
 from .labelled_folder import LabelledFolder, load_labelled_folder
@@ -37,6 +37,7 @@ __all__ = [
     "FEATURES",
     "IMAGE_EXTENSIONS",
     "LABEL_NAMES",
+    "DatasetError",
     "DatasetLayoutError",
     "SyntheticSample",
     "detect_visa_layout",

@@ -11,8 +11,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import DatasetLayoutError
 from ..io.image_io import ImageReadError, check_pixel_count, display_path, oriented_size
-from .errors import DatasetLayoutError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

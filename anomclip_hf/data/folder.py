@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from datasets import Dataset
 
-from .errors import DatasetLayoutError
+from ..errors import DatasetLayoutError
 from .files import (
     IMAGE_EXTENSIONS,
     check_row_files,

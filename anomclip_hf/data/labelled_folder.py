@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 from datasets import Dataset
 
-from .errors import DatasetLayoutError
+from ..errors import DatasetLayoutError
 from .files import check_row_files, list_images, require_dir, walk_images
 from .mvtec import MASK_SUFFIX
 from .schema import GOOD, build_dataset, check_split, make_row

@@ -19,7 +19,7 @@ from typing import Dict, List
 
 from datasets import Dataset
 
-from .errors import DatasetLayoutError
+from ..errors import DatasetLayoutError
 from .files import check_row_files, list_images, list_subdirs, require_dir
 from .schema import GOOD, build_dataset, check_split, make_row
 

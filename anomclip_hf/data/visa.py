@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 from datasets import Dataset
 
-from .errors import DatasetLayoutError
+from ..errors import DatasetLayoutError
 from .files import check_row_files, list_subdirs, require_dir
 from .mvtec import list_mvtec_categories, load_mvtec
 from .schema import GOOD, build_dataset, check_split, make_row

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ..errors import ExportError
 from ..io.pixel_arrays import RESAMPLE_NAMES
 from .extras import import_extra
 from .sidecar import (
@@ -37,7 +38,7 @@ EXAMPLE_BATCH = 2  # traced with 2 images, so the batch dimension cannot be spec
 CHECK_SEED = 0
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(ExportError):
     """A category or an option that cannot be exported (the message says why)."""
 
 

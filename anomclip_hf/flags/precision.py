@@ -8,7 +8,7 @@ import argparse
 from typing import Optional
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-# Spellings of earlier options (training's mixed_precision "no", predict's --autocast "none") and dtype names.
+# Other names of the same choices: accelerate's mixed_precision "no", "none", and torch's dtype names.
 _ALIASES = {"no": "fp32", "none": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -29,11 +29,9 @@ def _precision_argument(value: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_precision_argument(parser, *, default: Optional[str] = "fp32", aliases: tuple[str, ...] = ()) -> None:
-    """`--precision {fp32,bf16,fp16,auto}` for every command that runs the towers (one definition).
-
-    `aliases`: older flag names kept working (they accept the older spellings, e.g. none/no)."""
-    parser.add_argument("--precision", *aliases, dest="precision", type=_precision_argument, default=default,
+def add_precision_argument(parser, *, default: Optional[str] = "fp32") -> None:
+    """`--precision {fp32,bf16,fp16,auto}` for every command that runs the towers (one definition)."""
+    parser.add_argument("--precision", dest="precision", type=_precision_argument, default=default,
                         metavar="{" + ",".join(PRECISIONS) + "}",
                         help="tower precision: fp32, bf16, fp16, or auto = the faster of fp32 and bf16 as measured on this "
                              "machine where it has bf16 instructions (cached under ~/.cache/anomclip), "

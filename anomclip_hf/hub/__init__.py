@@ -6,8 +6,8 @@
     model_card.py   the model cards of category adapters and base models
 
 The hub layer knows no model and no adapter schema: the model side (`model.publishing`: upload_category_folder,
-push_category_to_hub, push_base_to_hub) decides what to upload and calls `commit_files`. Those three are
-re-exported here, resolved on first use like every name (importing `hub.download` pulls in nothing else).
+push_category_to_hub, push_base_to_hub) decides what to upload and calls `commit_files`. Names resolve on first
+use (importing `hub.download` pulls in nothing else).
 """
 
 
@@ -15,8 +15,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "CategoryDownloadError": "download", "CategorySnapshot": "download", "download_category": "download",
-    "HubTarget": "push", "commit_files": "push", "push_base_to_hub": "anomclip_hf.model.publishing",
-    "push_category_to_hub": "anomclip_hf.model.publishing", "upload_category_folder": "anomclip_hf.model.publishing",
+    "HubTarget": "push", "commit_files": "push",
     "repo_id_from_pattern": "validation", "validate_category_name": "validation", "validate_repo_id": "validation",
 }
 

@@ -11,6 +11,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from ..errors import CheckpointError
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -46,10 +48,10 @@ def is_cached(repo_id: str, revision: str | None = None) -> bool:
 def check_model_folder(folder: str, flag: str = "--base") -> None:
     """ValueError naming `flag` unless `folder` is a transformers model folder (config.json + weights)."""
     if not os.path.exists(folder):
-        raise ValueError(f"{flag} {folder}: folder does not exist (a local path; a Hub model id looks like "
+        raise CheckpointError(f"{flag} {folder}: folder does not exist (a local path; a Hub model id looks like "
                          "'org/name')")
     if not os.path.isdir(folder):
-        raise ValueError(f"{flag} {folder}: is a file; expected a model folder (config.json and model.safetensors, "
+        raise CheckpointError(f"{flag} {folder}: is a file; expected a model folder (config.json and model.safetensors, "
                          "as save_pretrained or `anomclip convert-open-clip` writes it)")
     names = sorted(name for name in os.listdir(folder) if not name.startswith("."))
     missing = [] if "config.json" in names else ["config.json"]
@@ -57,7 +59,7 @@ def check_model_folder(folder: str, flag: str = "--base") -> None:
         missing.append("model.safetensors")
     if missing:
         found = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "nothing"
-        raise ValueError(f"{flag} {folder}: not a model folder: expected config.json and model.safetensors (a "
+        raise CheckpointError(f"{flag} {folder}: not a model folder: expected config.json and model.safetensors (a "
                          f"CLIP or AnomCLIP base as save_pretrained or `anomclip convert-open-clip` writes it); "
                          f"missing {' and '.join(missing)}, found: {found}")
 
@@ -72,8 +74,8 @@ def check_base(value: str, flag: str = "--base") -> None:
     try:
         validate_repo_id(value)
     except ValueError as error:
-        raise ValueError(f"{flag} {value!r}: not a folder here and not a Hub model id ({error})") from None
+        raise CheckpointError(f"{flag} {value!r}: not a folder here and not a Hub model id ({error})") from None
     if not is_cached(value) and not hub_reachable():
-        raise ValueError(f"{flag} {value}: not in the local Hugging Face cache and the Hub cannot be reached "
+        raise CheckpointError(f"{flag} {value}: not in the local Hugging Face cache and the Hub cannot be reached "
                          "(no network, or HF_HUB_OFFLINE=1); connect once to download it, or pass a local model folder")
 

@@ -25,10 +25,11 @@ except ImportError:  # pragma: no cover - depends on the installed client
     get_cached_repo_tree, CachedRepoTreeNotFoundError = None, LookupError
 
 from .._version import __version__
+from ..errors import AnomCLIPError
 from .validation import validate_repo_id
 
 
-class CategoryDownloadError(OSError):
+class CategoryDownloadError(AnomCLIPError, OSError):
     """A category repo could not be fetched (not found, offline and not cached, ...)."""
 
 

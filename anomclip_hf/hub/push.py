@@ -19,6 +19,7 @@ from huggingface_hub import (
     constants,
 )
 
+from ..errors import ConfigurationError
 from .validation import pattern_fields, repo_id_from_pattern
 
 
@@ -59,7 +60,7 @@ class HubTarget:
             repo_id = self.repo_id_for(job.dataset, job.category, job.shots, job.seed)
             if repo_id in owners:
                 missing = sorted({"dataset", "category", "shots", "seed"} - pattern_fields(self.repo_id))
-                raise ValueError(f"--hub-repo-id {self.repo_id!r} sends jobs {owners[repo_id]} and {job} to the "
+                raise ConfigurationError(f"--hub-repo-id {self.repo_id!r} sends jobs {owners[repo_id]} and {job} to the "
                                  f"same repo {repo_id!r}; add fields to the pattern (unused: {missing})")
             owners[repo_id] = job
             targets[job] = repo_id

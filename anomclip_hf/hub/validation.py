@@ -14,6 +14,8 @@ from typing import Any
 from huggingface_hub.utils import HFValidationError
 from huggingface_hub.utils import validate_repo_id as _hub_validate_repo_id
 
+from ..errors import ArgumentError
+
 # Fields a repo-id pattern may use, e.g. "{org}/anomclip-{dataset}-{category}-{shots}shot".
 REPO_ID_FIELDS = ("org", "dataset", "category", "shots", "seed")
 
@@ -26,7 +28,7 @@ _CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,95}")
 def validate_category_name(name: Any) -> str:
     """Return `name` if it is a safe category name, else raise ValueError saying what is allowed."""
     if not isinstance(name, str) or not _CATEGORY_NAME.fullmatch(name):
-        raise ValueError(f"category name {name!r} is not allowed: expected 1-96 letters, digits, '_' or '-', "
+        raise ArgumentError(f"category name {name!r} is not allowed: expected 1-96 letters, digits, '_' or '-', "
                          "starting with a letter or digit (e.g. 'metal_nut')")
     return name
 
@@ -34,11 +36,11 @@ def validate_category_name(name: Any) -> str:
 def validate_repo_id(repo_id: Any) -> str:
     """Return `repo_id` if it is a valid Hub repo id ('name' or 'owner/name'), else raise ValueError."""
     if not isinstance(repo_id, str) or not repo_id:
-        raise ValueError(f"Hub repo id {repo_id!r} is not valid: expected 'owner/name'")
+        raise ArgumentError(f"Hub repo id {repo_id!r} is not valid: expected 'owner/name'")
     try:
         _hub_validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"Hub repo id {repo_id!r} is not valid: {error}") from None
+        raise ArgumentError(f"Hub repo id {repo_id!r} is not valid: {error}") from None
     return repo_id
 
 
@@ -56,12 +58,12 @@ def repo_id_from_pattern(pattern: str, **fields: Any) -> str:
     used = sorted(pattern_fields(pattern))
     unknown = sorted(set(used) - set(REPO_ID_FIELDS))
     if unknown:
-        raise ValueError(f"repo-id pattern {pattern!r} uses unknown field(s) {unknown}; "
+        raise ArgumentError(f"repo-id pattern {pattern!r} uses unknown field(s) {unknown}; "
                          f"known fields: {', '.join('{' + f + '}' for f in REPO_ID_FIELDS)}")
     missing = [name for name in used if fields.get(name) in (None, "")]
     if missing:
         hint = " (pass --hub-org)" if "org" in missing else ""
-        raise ValueError(f"repo-id pattern {pattern!r} needs a value for {missing}{hint}")
+        raise ArgumentError(f"repo-id pattern {pattern!r} needs a value for {missing}{hint}")
     if "category" in used:
         validate_category_name(fields["category"])
     return validate_repo_id(pattern.format(**{name: fields[name] for name in used}))
@@ -72,4 +74,4 @@ def pattern_fields(pattern: str) -> set[str]:
     try:
         return {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
     except ValueError as error:  # e.g. an unclosed "{org"
-        raise ValueError(f"repo-id pattern {pattern!r} is malformed: {error}") from None
+        raise ArgumentError(f"repo-id pattern {pattern!r} is malformed: {error}") from None

@@ -12,6 +12,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageReadError
+
 PathOrImage = Union[str, os.PathLike, Image.Image]
 # Largest image decoded (width x height): 100 megapixels, e.g. 10000x10000, ~300 MB as RGB. Checked from
 # the header before any pixel is decoded, so a small "decompression bomb" file fails at once, with its name.
@@ -19,10 +21,6 @@ MAX_IMAGE_PIXELS = 100_000_000
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
-
-
-class ImageReadError(ValueError):
-    """An image or mask file could not be read or has an unusable content."""
 
 
 def display_path(path) -> str:

@@ -11,12 +11,13 @@ import contextlib
 import os
 from typing import Iterator, Optional
 
+from ..errors import BusyError
 from .atomic_io import process_alive
 
 LOCK_FILE = ".anomclip.lock"
 
 
-class FolderInUseError(OSError):
+class FolderInUseError(BusyError, OSError):
     """Another live process holds the lock of this output folder (an OSError: the CLI prints it in one line)."""
 
 

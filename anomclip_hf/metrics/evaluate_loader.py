@@ -1,4 +1,5 @@
-"""Load the packaged `evaluate` metric by file path, so it works offline (no Hub lookup)."""
+"""Load the packaged `evaluate` metric by file path, so it works offline (no Hub lookup). The `evaluate` library is
+an optional extra (`pip install "anomclip-hf[evaluate]"`): nothing else in the package needs it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ def load_evaluate_metric(**kwargs):
 
     keep_in_memory defaults to True so compute() writes no Arrow cache files.
     """
-    import evaluate  # imported lazily: evaluate/datasets are heavy and only needed here
+    try:
+        import evaluate  # imported lazily: heavy, optional, and only needed here
+    except ImportError:
+        raise ImportError('load_evaluate_metric needs the Hugging Face `evaluate` library: pip install '
+                          '"anomclip-hf[evaluate]" (or pip install evaluate); the plain functions of '
+                          'anomclip_hf.metrics compute the same numbers without it') from None
 
     kwargs.setdefault("keep_in_memory", True)
     return evaluate.load(METRIC_SCRIPT, **kwargs)

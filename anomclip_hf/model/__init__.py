@@ -1,5 +1,5 @@
 """The method: AnomCLIP's configuration, model, processor and what they compute (V-V attention, prompts, text
-encoding, scoring, losses, thresholds), a category's state and its adapter files. Imports `io`, `hub`,
+encoding, scoring, losses, thresholds), the category bank and its adapter files. Imports `io`, `hub`,
 `memory` and `flags`, never `inference`, `training`, `cli` or the apps. Names load on first use.
 """
 

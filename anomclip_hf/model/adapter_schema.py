@@ -9,6 +9,7 @@ import json
 import math
 from typing import Any, Callable, Mapping, Optional
 
+from ..errors import AdapterError
 from .category import (
     MAX_REFERENCES,
     PROMPT_LAYOUT_KEYS,
@@ -16,9 +17,11 @@ from .category import (
 )
 from .prompts import phrase_problem
 
-# 1: the exact memory bank (k, patches, width) per layer (0.1 and every adapter without a coreset, so older
-#    anomclip-hf keeps reading them); 2: adds "memory.coreset", a coreset bank (M, width) per layer (issue 23).
+# The adapter format versions, all here (a reader takes 1 to FORMAT_VERSION). 1: the exact memory bank
+# (k, patches, width) per layer, written for every adapter without a coreset so older readers keep reading them;
+# 2: adds "memory.coreset", a coreset bank (M, width) per layer.
 FORMAT_VERSION = 2
+EXACT_FORMAT_VERSION = 1
 CORESET_FORMAT_VERSION = 2
 CATEGORY_FILE = "category.json"
 
@@ -219,13 +222,13 @@ def validate_record(record: Any, source: str) -> dict:
     """`record` (parsed category.json) if it matches RECORD_SCHEMA, else one ValueError naming the file, the
     field and what was expected."""
     if not isinstance(record, dict):
-        raise ValueError(f"{source}: {CATEGORY_FILE} holds {show_value(record)}; expected a JSON object")
+        raise AdapterError(f"{source}: {CATEGORY_FILE} holds {show_value(record)}; expected a JSON object")
     check_format_version(record, source)  # first: a newer format is an upgrade, not a broken file
     try:
         RECORD_SCHEMA(record, "")
     except _Invalid as error:
         found = "is missing" if error.value is _MISSING else f"is {show_value(error.value)}"
-        raise ValueError(f"{source}: {CATEGORY_FILE} field {error.path!r} {found}; expected {error.expected}") from None
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field {error.path!r} {found}; expected {error.expected}") from None
     return record
 
 
@@ -233,10 +236,10 @@ def validate_record(record: Any, source: str) -> dict:
 def check_format_version(record: dict, source: str) -> None:
     version = record.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{source}: {CATEGORY_FILE} field 'format_version' is {show_value(version)}; expected an "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field 'format_version' is {show_value(version)}; expected an "
                          f"integer from 1 to {FORMAT_VERSION}")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{source}: the adapter has format_version {version}, made by a newer anomclip-hf; this "
+        raise AdapterError(f"{source}: the adapter has format_version {version}, made by a newer anomclip-hf; this "
                          f"anomclip-hf reads format_version {FORMAT_VERSION} at most: upgrade anomclip-hf "
                          "(pip install -U anomclip-hf)")
 

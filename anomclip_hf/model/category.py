@@ -1,7 +1,7 @@
 """A category: what one adapter adds to a base model, and the names every other module shares.
 
-The bottom of `model/`: it imports nothing of the package but the category-name rule (`hub.validation`, which
-guards every name that reaches the disk or the Hub), so the configuration, prompts, adapter I/O and the model
+The bottom of `model/`: it imports nothing of the package but `errors` and the category-name rule
+(`hub.validation`, which guards every name that reaches the disk or the Hub), so the configuration, prompts, adapter I/O and the model
 can all take their names from here without import cycles.
 
 - `CategoryState`: a category's tensors as module state (buffers), so `.to()`, `.half()`, `state_dict()`
@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from ..errors import ArgumentError
 from ..hub.validation import validate_category_name  # noqa: F401 (re-exported: the rule every module uses)
 
 HEADS = ("image", "pixel")
@@ -140,12 +141,12 @@ class CategoryState(nn.Module):
         where the coreset is built; the leave-one-out thresholds need it)."""
         layers = list(layers) if layers is not None else []
         if coreset is None and layers and (layers[0].ndim != 3 or layers[0].shape[0] > MAX_SHOTS):
-            raise ValueError(f"memory layers of shape {tuple(layers[0].shape)}; an exact bank is (k, patches, width) "
+            raise ArgumentError(f"memory layers of shape {tuple(layers[0].shape)}; an exact bank is (k, patches, width) "
                              f"with k at most {MAX_SHOTS} reference images (larger sets are kept as a coreset)")
         if coreset is not None and (not layers or any(layer.ndim != 2 for layer in layers) or
                                     isinstance(shots, bool) or not isinstance(shots, int) or
                                     not 1 <= shots <= MAX_REFERENCES):
-            raise ValueError(f"a coreset memory needs (rows, width) layers and the number of references it was built "
+            raise ArgumentError(f"a coreset memory needs (rows, width) layers and the number of references it was built "
                              f"from (1 to {MAX_REFERENCES}); got layers {[tuple(x.shape) for x in layers]}, shots "
                              f"{shots!r}")
         for i in range(self._memory_layers):
@@ -167,7 +168,7 @@ class CategoryState(nn.Module):
     def prototypes(self, prototypes: Mapping[str, torch.Tensor]) -> None:
         unknown = set(prototypes) - set(HEADS)
         if unknown:
-            raise ValueError(f"prototypes for unknown heads {sorted(unknown)}; expected {HEADS}")
+            raise ArgumentError(f"prototypes for unknown heads {sorted(unknown)}; expected {HEADS}")
         for head in HEADS:
             value = prototypes.get(head)
             setattr(self, f"prototype_{head}", None if value is None else value.detach())

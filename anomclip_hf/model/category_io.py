@@ -16,7 +16,8 @@ regular files inside the folder are read, each with a size limit derived from th
 category.json must match `RECORD_SCHEMA`, and every tensor its exact shape, float32 and finite values.
 
 This module reads and writes (record, tensors) and checks them against what a base model expects
-(`AdapterExpectations`); it never imports the model. The model turns the contents into a `CategoryState`.
+(`AdapterExpectations`); the functions at its end save a model's category and load one into its category bank
+(the model is passed in, never imported). Every refusal is an `AdapterError` (a ValueError).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
+from ..errors import AdapterError
 from ..hub.download import download_category
 from ..hub.model_card import render_category_card
 from ..hub.validation import looks_like_local_path, validate_repo_id
@@ -42,6 +44,7 @@ from ..memory.dino_settings import describe_memory_backbone
 from .adapter_schema import (  # noqa: F401 (RECORD_SCHEMA: re-exported, the schema the docs cite)
     CATEGORY_FILE,
     CORESET_FORMAT_VERSION,
+    EXACT_FORMAT_VERSION,
     FORMAT_VERSION,
     MAX_DEPTH,
     RECORD_SCHEMA,
@@ -52,10 +55,17 @@ from .adapter_schema import (  # noqa: F401 (RECORD_SCHEMA: re-exported, the sch
 from .category import (
     HEADS,
     MAX_SHOTS,
+    METADATA_KEYS,
     PROMPT_LAYOUT_KEYS,
+    CategoryState,
+    base_model_architecture,
+    base_model_fingerprint,
     describe_base,
     validate_category_name,
 )
+from .memory_backbone import memory_backbone_identity, memory_layout
+from .prompt_learner import ADAPTER_WEIGHT_KEYS
+from .prompt_text import checked_prototypes, head_prompts_of
 from .sanity import check_prototypes, check_unit_rows
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -99,7 +109,7 @@ class AdapterExpectations:
             return {f"layer_{i}": (coreset_size, self.vision_width) for i in self.memory_layers}
         if filename == MEMORY_FILE:
             return {f"layer_{i}": (shots, self.num_patches, self.vision_width) for i in self.memory_layers}
-        raise ValueError(f"{filename} holds no tensors")
+        raise AdapterError(f"{filename} holds no tensors")
 
     def size_limit(self, filename: str) -> int:
         """Bytes a file of the layout may have on this base (the memory bank: MAX_SHOTS references)."""
@@ -179,16 +189,16 @@ def resolve_category_folder(path_or_repo_id: str, revision: Optional[str] = None
             recover_directory(path_or_repo_id)
     if os.path.isdir(path_or_repo_id):
         if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repos, but {path_or_repo_id} is a local folder")
+            raise AdapterError(f"revision={revision!r} applies to Hub repos, but {path_or_repo_id} is a local folder")
         return AdapterSource(path_or_repo_id, path_or_repo_id)
     if os.path.exists(path_or_repo_id):
-        raise ValueError(f"{path_or_repo_id} is a file; expected a category adapter folder or a Hub repo id")
+        raise AdapterError(f"{path_or_repo_id} is a file; expected a category adapter folder or a Hub repo id")
     if looks_like_local_path(path_or_repo_id):
-        raise ValueError(f"category adapter folder {path_or_repo_id} does not exist")
+        raise AdapterError(f"category adapter folder {path_or_repo_id} does not exist")
     try:
         validate_repo_id(path_or_repo_id)
     except ValueError as error:
-        raise ValueError(f"{path_or_repo_id!r} is neither an existing category adapter folder nor a valid Hub "
+        raise AdapterError(f"{path_or_repo_id!r} is neither an existing category adapter folder nor a valid Hub "
                          f"repo id ({error})") from None
     snapshot = download_category(path_or_repo_id, revision=revision, filenames=LAYOUT_FILES, **hub_kwargs)
     return AdapterSource(snapshot.folder, f"Hub repo {path_or_repo_id!r} (commit {snapshot.commit})",
@@ -203,10 +213,10 @@ def check_adapter_files(folder: str, source: str, repo_files=None) -> None:
         return
     pickled = sorted(name for name in present | set(repo_files or ()) if name.endswith(PICKLE_SUFFIXES))
     if ADAPTER_WEIGHTS in missing and pickled:
-        raise ValueError(f"{source} holds {pickled} but no {ADAPTER_WEIGHTS}: anomclip-hf reads only safetensors "
+        raise AdapterError(f"{source} holds {pickled} but no {ADAPTER_WEIGHTS}: anomclip-hf reads only safetensors "
                          "and JSON files and never unpickles adapter weights; re-save the adapter with "
                          "save_category (or convert the weights to safetensors)")
-    raise ValueError(f"{source} is not a category adapter folder: missing {missing}")
+    raise AdapterError(f"{source} is not a category adapter folder: missing {missing}")
 
 
 def _read_bytes(folder: str, filename: str, source: str, root: str, limit: int) -> bytes:
@@ -218,9 +228,9 @@ def _read_json(folder: str, filename: str, source: str, root: Optional[str] = No
     try:
         return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{source}: {filename} is not valid JSON ({error})") from None
+        raise AdapterError(f"{source}: {filename} is not valid JSON ({error})") from None
     except RecursionError:
-        raise ValueError(f"{source}: {filename} is nested too deeply to be an adapter file (expected at most "
+        raise AdapterError(f"{source}: {filename} is nested too deeply to be an adapter file (expected at most "
                          f"{MAX_DEPTH} levels)") from None
 
 
@@ -229,7 +239,7 @@ def _read_tensors(adapter: AdapterSource, filename: str, limit: int) -> dict:
     try:
         return load_tensors(data)
     except SafetensorError as error:
-        raise ValueError(f"{adapter.name}: {filename} is not a readable safetensors file ({error}); it may be "
+        raise AdapterError(f"{adapter.name}: {filename} is not a readable safetensors file ({error}); it may be "
                          "truncated or corrupt: save or download the adapter again") from None
 
 
@@ -267,26 +277,26 @@ def check_adapter(contents: AdapterContents, expected: AdapterExpectations) -> N
     layout = record["prompt_layout"]
     for key in PROMPT_LAYOUT_KEYS:
         if layout.get(key) != expected.prompt_layout[key]:
-            raise ValueError(f"{source}: adapter prompt layout {key}={layout.get(key)!r} differs from the model's "
+            raise AdapterError(f"{source}: adapter prompt layout {key}={layout.get(key)!r} differs from the model's "
                              f"{expected.prompt_layout[key]!r}")
     recorded, current = record["base_model"], expected.base_identity
     same_sizes = recorded.get("architecture") in (None, current["architecture"])  # None: not recorded
     if not same_sizes or recorded.get("fingerprint") != current["fingerprint"]:
-        raise ValueError(f"{source}: adapter was made for base model {describe_base(recorded)}, but this model is "
+        raise AdapterError(f"{source}: adapter was made for base model {describe_base(recorded)}, but this model is "
                          f"{describe_base(current)}; load it onto the base it was made for")
     config, wanted = contents.adapter_config, expected.adapter_config
     if not isinstance(config, dict) or config.get("peft_type") != wanted["peft_type"] or \
             config.get("token_indices") != list(wanted["token_indices"]):
         found = config.get("peft_type") if isinstance(config, dict) else show_value(config)
-        raise ValueError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
+        raise AdapterError(f"{source}: {ADAPTER_CONFIG} is not the TrainableTokens config of this model's "
                          f"{len(wanted['token_indices'])} prompt tokens (found peft_type {found!r})")
     _check_memory_backbone(contents, expected)  # before the bank: a clear "made with another memory"
     _check_memory(contents, expected)
     if contents.memory_bank is not None:  # scaled rows would make every cosine huge (score 0) or ~0 (0.5)
-        check_unit_rows(contents.memory_bank, f"{source}: {MEMORY_FILE} tensor")
+        check_unit_rows(contents.memory_bank, f"{source}: {MEMORY_FILE} tensor", AdapterError)
     if contents.prototypes:  # absent: computed from the prompt vectors when loaded (and checked the same way)
         _check_tensors(contents.prototypes, expected.tensor_shapes(PROTOTYPES_FILE), PROTOTYPES_FILE, source)
-        check_prototypes(contents.prototypes, f"{source}: {PROTOTYPES_FILE} tensor")
+        check_prototypes(contents.prototypes, f"{source}: {PROTOTYPES_FILE} tensor", AdapterError)
     _check_tensors(contents.weights, expected.tensor_shapes(ADAPTER_WEIGHTS), ADAPTER_WEIGHTS, source)
 
 
@@ -307,7 +317,7 @@ def _check_memory_backbone(contents: AdapterContents, expected: AdapterExpectati
         hint = "load it onto a base without a memory backbone"
     else:
         hint = "load the base with the memory backbone the adapter was made with"
-    raise ValueError(f"{contents.source}: adapter was made with memory backbone {describe_memory_backbone(recorded)}, "
+    raise AdapterError(f"{contents.source}: adapter was made with memory backbone {describe_memory_backbone(recorded)}, "
                      f"but this model's memory backbone is {describe_memory_backbone(current)}; {hint}")
 
 
@@ -318,25 +328,25 @@ def _check_memory(contents: AdapterContents, expected: AdapterExpectations) -> N
     shots = record["shots"]
     if contents.memory_bank is None:
         if shots:
-            raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} but {MEMORY_FILE} is missing; "
+            raise AdapterError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} but {MEMORY_FILE} is missing; "
                              "expected the memory bank of those references (download or save the adapter again)")
         if record.get("threshold_estimate") is not None:
-            raise ValueError(f"{source}: {CATEGORY_FILE} field 'threshold_estimate' is estimated from reference "
+            raise AdapterError(f"{source}: {CATEGORY_FILE} field 'threshold_estimate' is estimated from reference "
                              f"images but there is no {MEMORY_FILE}; expected null without references")
         return
     if not shots:
-        raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is 0 but there is a {MEMORY_FILE}; expected "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field 'shots' is 0 but there is a {MEMORY_FILE}; expected "
                          "the number of reference images in it")
     memory = record.get("memory") or {}
     layers = list(expected.memory_layers)
     if memory.get("layers") != layers or memory.get("tap") != expected.memory_tap:
-        raise ValueError(f"{source}: {CATEGORY_FILE} field 'memory' is {show_value(record.get('memory'))}; this model "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field 'memory' is {show_value(record.get('memory'))}; this model "
                          f"uses memory layers {layers} ({expected.memory_tap})")
     if memory.get("coreset") is not None:
         _check_coreset(contents, expected)
         return
     if shots > MAX_SHOTS:
-        raise ValueError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} with an exact memory bank; expected at "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} field 'shots' is {shots} with an exact memory bank; expected at "
                          f"most {MAX_SHOTS} (larger reference sets are kept as a coreset, 'memory.coreset')")
     _check_tensors(contents.memory_bank, expected.tensor_shapes(MEMORY_FILE, shots), MEMORY_FILE, source,
                    f"(k = shots {shots} of {CATEGORY_FILE}, {expected.num_patches} patches, width "
@@ -350,17 +360,17 @@ def _check_coreset(contents: AdapterContents, expected: AdapterExpectations) -> 
     coreset, shots = record["memory"]["coreset"], record["shots"]
     field = f"{CATEGORY_FILE} field 'memory.coreset"
     if record["format_version"] < CORESET_FORMAT_VERSION:
-        raise ValueError(f"{source}: {CATEGORY_FILE} has format_version {record['format_version']} but a "
+        raise AdapterError(f"{source}: {CATEGORY_FILE} has format_version {record['format_version']} but a "
                          f"'memory.coreset'; expected format_version {CORESET_FORMAT_VERSION} or later with a coreset")
     if len(coreset["coverage_radius"]) != len(expected.memory_layers):
-        raise ValueError(f"{source}: {field}.coverage_radius' has {len(coreset['coverage_radius'])} values; expected "
+        raise AdapterError(f"{source}: {field}.coverage_radius' has {len(coreset['coverage_radius'])} values; expected "
                          f"one per memory layer {list(expected.memory_layers)}")
     if coreset["rows"] != shots * expected.num_patches:
-        raise ValueError(f"{source}: {field}.rows' is {coreset['rows']}; expected shots x patches = {shots} x "
+        raise AdapterError(f"{source}: {field}.rows' is {coreset['rows']}; expected shots x patches = {shots} x "
                          f"{expected.num_patches} = {shots * expected.num_patches}")
     most = min(coreset["rows"], MAX_SHOTS * expected.num_patches)
     if coreset["size"] > most:
-        raise ValueError(f"{source}: {field}.size' is {coreset['size']}; expected at most {most} rows (the bank's "
+        raise AdapterError(f"{source}: {field}.size' is {coreset['size']}; expected at most {most} rows (the bank's "
                          f"rows, and at most {MAX_SHOTS} x {expected.num_patches} patches)")
     _check_tensors(contents.memory_bank, expected.tensor_shapes(MEMORY_FILE, coreset_size=coreset["size"]),
                    MEMORY_FILE, source, f"(M = memory.coreset.size {coreset['size']} of {CATEGORY_FILE}, width "
@@ -370,16 +380,104 @@ def _check_coreset(contents: AdapterContents, expected: AdapterExpectations) -> 
 def _check_tensors(tensors: dict, shapes: dict, filename: str, source: str, why: str = "") -> None:
     """Exactly these keys, each of its shape, float32 (as save_category writes) and finite."""
     if sorted(tensors) != sorted(shapes):
-        raise ValueError(f"{source}: {filename} holds tensors {sorted(tensors)}; expected exactly {sorted(shapes)}")
+        raise AdapterError(f"{source}: {filename} holds tensors {sorted(tensors)}; expected exactly {sorted(shapes)}")
     for key in sorted(tensors):  # a fixed order: the same file gives the same message
         tensor = tensors[key]
         if tuple(tensor.shape) != shapes[key]:
-            raise ValueError(f"{source}: {filename} tensor {key!r} has shape {tuple(tensor.shape)}; expected "
+            raise AdapterError(f"{source}: {filename} tensor {key!r} has shape {tuple(tensor.shape)}; expected "
                              f"{shapes[key]} {why}".rstrip())
         if tensor.dtype != torch.float32:
-            raise ValueError(f"{source}: {filename} tensor {key!r} is {tensor.dtype}; expected torch.float32")
+            raise AdapterError(f"{source}: {filename} tensor {key!r} is {tensor.dtype}; expected torch.float32")
         # amax/amin propagate NaN and are the extremes: both finite iff every value is (no mask allocated).
         if tensor.numel() and not (torch.isfinite(tensor.amax()) and torch.isfinite(tensor.amin())):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(f"{source}: {filename} tensor {key!r} holds {bad} NaN or infinite values; expected "
+            raise AdapterError(f"{source}: {filename} tensor {key!r} holds {bad} NaN or infinite values; expected "
                              "finite values")
+
+
+# ------------------------------------------------------------------------------------------- a model's categories
+def base_identity(model) -> dict:
+    """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
+    config = model.config
+    identity = {"name_or_path": config.base_model_name_or_path, "revision": config.base_model_revision,
+                "architecture": base_model_architecture(config.clip_config),
+                "fingerprint": base_model_fingerprint(model.clip, config.prompt_token_ids)}
+    if config.random_weights:  # its adapters' model cards then say PIPELINE CHECK
+        identity["random_weights"] = True
+    return identity
+
+
+def adapter_expectations(model) -> AdapterExpectations:
+    """What an adapter must match to load onto `model`'s base."""
+    config, clip = model.config, model.config.clip_config
+    adapter_config = model.category_bank.prompt_tokens.adapter_config()
+    memory = memory_layout(model)
+    return AdapterExpectations(
+        prompt_layout={key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+        base_identity=base_identity(model), memory_layers=memory.layers,
+        memory_tap=memory.tap, vision_width=memory.width,
+        projection_dim=clip.projection_dim, text_width=clip.text_config.hidden_size,
+        num_patches=memory.num_patches, memory_backbone=memory_backbone_identity(model),
+        adapter_config={"peft_type": adapter_config.peft_type.value,
+                        "token_indices": list(adapter_config.token_indices)},
+        weight_keys=ADAPTER_WEIGHT_KEYS)
+
+
+def category_record(model, name: Optional[str] = None) -> dict:
+    """The category.json content of `model`'s category `name` (default: the active one)."""
+    state, config = model.get_category(name), model.config
+    layout = memory_layout(model)
+    memory = {"layers": list(layout.layers), "tap": layout.tap}
+    if model.memory_backbone is not None:
+        memory["backbone"] = memory_backbone_identity(model)
+    if state.coreset is not None:
+        memory["coreset"] = state.coreset
+    return {
+        "format_version": EXACT_FORMAT_VERSION if state.coreset is None else CORESET_FORMAT_VERSION,
+        "category": state.name,
+        "class_name": state.class_name,
+        "phrases": state.phrases,
+        "learned_prompts": state.learned_prompts,
+        "prompt_layout": {
+            **{key: getattr(config, key) for key in PROMPT_LAYOUT_KEYS},
+            "prompt_token_names": config.prompt_token_names,
+            "prompt_token_ids": config.prompt_token_ids,
+            "prompts": {head: vars(head_prompts_of(config, state, head)) for head in HEADS},
+        },
+        "base_model": base_identity(model),
+        "memory": memory,
+        "shots": state.shots,
+        **{key: state.metadata.get(key) for key in METADATA_KEYS},
+    }
+
+
+def save_category(model, save_directory: str, name: Optional[str] = None) -> str:
+    """Write `model`'s category `name` (default: the active one) as an adapter folder, atomically."""
+    key = name or model.active_category  # its key in the bank; the record says state.name (checked on write)
+    bank, table = model.get_category(key).memory_bank, model.category_bank.prompt_tokens
+    return write_adapter(
+        save_directory, category_record(model, key), table.adapter_config(), table.adapter_state_dict(key),
+        None if bank is None else dict(zip(memory_layout(model).layers, bank)), model.text_prototypes(key))
+
+
+def load_category(model, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
+                  revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
+    """Read, check, then hold an adapter in `model`'s category bank; a load that fails changes nothing."""
+    if name is not None:
+        validate_category_name(name)
+    expected = adapter_expectations(model)
+    contents = read_adapter(resolve_category_folder(path_or_repo_id, revision=revision, **hub_kwargs), expected)
+    check_adapter(contents, expected)
+    record = contents.record
+    state = CategoryState(
+        name=name or record["category"], class_name=record["class_name"], phrases=record["phrases"],
+        learned_prompts=bool(record["learned_prompts"]),
+        memory_bank=contents.memory_layers(expected.memory_layers), prototypes=contents.prototypes,
+        metadata={key: record.get(key) for key in METADATA_KEYS},
+        coreset=(record.get("memory") or {}).get("coreset"), shots=record["shots"]).to(model.device)
+    if not state.prototypes:  # none stored: computed from the adapter's vectors now, refused if degenerate
+        vectors = contents.weights[ADAPTER_WEIGHT_KEYS[0]].to(model.device)
+        where = (f"{contents.source}: {ADAPTER_WEIGHTS} (no stored prototypes): the text prototypes computed from "
+                 f"its prompt vectors (largest |value| {float(vectors.abs().max()):.3g}), head")
+        state.prototypes = checked_prototypes(model, state, vectors, where, AdapterError)
+    return model.category_bank.load(state, contents.weights, activate)

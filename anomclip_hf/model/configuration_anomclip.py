@@ -7,6 +7,8 @@ from typing import Optional, Sequence
 
 from transformers import AutoConfig, CLIPConfig, PretrainedConfig
 
+from ..errors import ConfigurationError
+
 # OpenAI CLIP's normalisation and bicubic resize: the defaults when a checkpoint has no preprocessor_config.json
 from ..io.pixel_arrays import BICUBIC, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..memory.dino_settings import (
@@ -28,7 +30,7 @@ def _finite_number(name: str, value, positive: bool) -> float:
     """float(value) if finite and > 0 (`positive`) or >= 0, else ValueError naming the setting."""
     number = float(value)
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ValueError(f"{name}={value!r}; expected a finite number {'> 0' if positive else '>= 0'}")
+        raise ConfigurationError(f"{name}={value!r}; expected a finite number {'> 0' if positive else '>= 0'}")
     return number
 
 
@@ -166,15 +168,15 @@ class AnomCLIPConfig(PretrainedConfig):
             clip_config = CLIPConfig(**clip_config)
         self.clip_config = clip_config
         if anomaly_token_position not in ANOMALY_TOKEN_POSITIONS:
-            raise ValueError(
+            raise ConfigurationError(
                 f"anomaly_token_position={anomaly_token_position!r}; expected one of {ANOMALY_TOKEN_POSITIONS}"
             )
         if memory_tap not in MEMORY_TAPS:
-            raise ValueError(f"memory_tap={memory_tap!r}; expected one of {MEMORY_TAPS}")
+            raise ConfigurationError(f"memory_tap={memory_tap!r}; expected one of {MEMORY_TAPS}")
         for name, value in (("n_ctx", n_ctx), ("n_prompts_image", n_prompts_image), ("n_prompts_pixel", n_prompts_pixel),
                             ("n_anomaly_ctx", n_anomaly_ctx), ("n_anomaly_prompts", n_anomaly_prompts)):
             if int(value) < 1:
-                raise ValueError(f"{name}={value}; expected a positive integer")
+                raise ConfigurationError(f"{name}={value}; expected a positive integer")
         self.n_ctx = int(n_ctx)
         self.n_prompts_image = int(n_prompts_image)
         self.n_prompts_pixel = int(n_prompts_pixel)
@@ -190,10 +192,10 @@ class AnomCLIPConfig(PretrainedConfig):
                               else [int(fraction * depth) for fraction in _REFERENCE_MEMORY_FRACTIONS])
         for name, layers in (("vv_layers", self.vv_layers), ("memory_layers", self.memory_layers)):
             if not layers or any(i < 0 or i >= depth for i in layers):
-                raise ValueError(f"{name}={layers}; expected indices in [0, {depth - 1}]")
+                raise ConfigurationError(f"{name}={layers}; expected indices in [0, {depth - 1}]")
         self.memory_tap = memory_tap
         if memory_search not in MEMORY_SEARCHES:
-            raise ValueError(f"memory_search={memory_search!r}; expected one of {MEMORY_SEARCHES}")
+            raise ConfigurationError(f"memory_search={memory_search!r}; expected one of {MEMORY_SEARCHES}")
         self.memory_search = memory_search
         # NaN or infinite settings would not fail: the scores would (a NaN temperature scores every image 0).
         self.text_temperature = None if text_temperature is None else _finite_number("text_temperature",
@@ -201,21 +203,21 @@ class AnomCLIPConfig(PretrainedConfig):
         self.gaussian_sigma = _finite_number("gaussian_sigma", gaussian_sigma, positive=False)
         self.sigma_reference_size = int(sigma_reference_size)
         if self.sigma_reference_size < 1:
-            raise ValueError(f"sigma_reference_size={sigma_reference_size}; expected a positive integer")
+            raise ConfigurationError(f"sigma_reference_size={sigma_reference_size}; expected a positive integer")
         self.output_size = None if output_size is None else int(output_size)
         if self.output_size is not None and self.output_size < 1:
-            raise ValueError(f"output_size={output_size}; expected a positive integer or null (the image size)")
+            raise ConfigurationError(f"output_size={output_size}; expected a positive integer or null (the image size)")
         if int(scoring_size) < 1:
-            raise ValueError(f"scoring_size={scoring_size}; expected a positive integer")
+            raise ConfigurationError(f"scoring_size={scoring_size}; expected a positive integer")
         self.scoring_size = int(scoring_size)
         self.text_eos_token_id = None if text_eos_token_id is None else int(text_eos_token_id)
         self.image_mean = [float(x) for x in (OPENAI_CLIP_MEAN if image_mean is None else image_mean)]
         self.image_std = [float(x) for x in (OPENAI_CLIP_STD if image_std is None else image_std)]
         for name, values in (("image_mean", self.image_mean), ("image_std", self.image_std)):
             if len(values) != 3:
-                raise ValueError(f"{name}={values}; expected 3 values (R, G, B)")
+                raise ConfigurationError(f"{name}={values}; expected 3 values (R, G, B)")
         if not all(math.isfinite(x) for x in self.image_mean + self.image_std) or min(self.image_std) <= 0:
-            raise ValueError(f"image_mean={self.image_mean}, image_std={self.image_std}; expected finite values "
+            raise ConfigurationError(f"image_mean={self.image_mean}, image_std={self.image_std}; expected finite values "
                              "and positive standard deviations")
         self.image_resample = int(image_resample)
         self.prompt_token_ids = [int(i) for i in prompt_token_ids] if prompt_token_ids is not None else None
@@ -236,16 +238,16 @@ class AnomCLIPConfig(PretrainedConfig):
         self.memory_backbone_config = backbone_config
         self.memory_image_size = int(image_size)
         if self.memory_image_size < 1:
-            raise ValueError(f"memory_image_size={image_size}; expected a positive size in pixels")
+            raise ConfigurationError(f"memory_image_size={image_size}; expected a positive size in pixels")
         patch = (backbone_config or {}).get("patch_size")
         if patch and self.memory_image_size % int(patch):
-            raise ValueError(f"memory_image_size={image_size} is not a multiple of the memory backbone's patch size "
+            raise ConfigurationError(f"memory_image_size={image_size} is not a multiple of the memory backbone's patch size "
                              f"{patch}")
         self.memory_image_mean = [float(x) for x in (IMAGENET_MEAN if mean is None else mean)]
         self.memory_image_std = [float(x) for x in (IMAGENET_STD if std is None else std)]
         for key, values in (("memory_image_mean", self.memory_image_mean), ("memory_image_std", self.memory_image_std)):
             if len(values) != 3 or (key.endswith("std") and min(values) <= 0):
-                raise ValueError(f"{key}={values}; expected 3 values (R, G, B){', positive' if key.endswith('std') else ''}")
+                raise ConfigurationError(f"{key}={values}; expected 3 values (R, G, B){', positive' if key.endswith('std') else ''}")
         self.memory_image_resample = int(resample)
 
     @property
@@ -256,7 +258,7 @@ class AnomCLIPConfig(PretrainedConfig):
         """(N normal prompts, E context vectors, L anomaly suffixes, E_A vectors each) of a head."""
         prompts = dict(zip(HEADS, (self.n_prompts_image, self.n_prompts_pixel)))
         if head not in prompts:
-            raise ValueError(f"head={head!r}; expected one of {HEADS}")
+            raise ConfigurationError(f"head={head!r}; expected one of {HEADS}")
         return prompts[head], self.n_ctx, self.n_anomaly_prompts, self.n_anomaly_ctx
 
     @property

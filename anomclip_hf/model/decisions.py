@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from ..errors import ArgumentError
+
 
 def check_threshold(value, name: str = "threshold") -> Optional[float]:
     """A threshold given by a caller (None: none) as a float, if it is a finite number (the rule of --threshold),
@@ -12,7 +14,7 @@ def check_threshold(value, name: str = "threshold") -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}; expected a finite number (a NaN threshold calls every image normal)")
+        raise ArgumentError(f"{name}={value!r}; expected a finite number (a NaN threshold calls every image normal)")
     return float(value)
 
 

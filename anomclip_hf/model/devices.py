@@ -12,6 +12,8 @@ from typing import Union
 
 import torch
 
+from ..errors import ConfigurationError
+
 AUTO = "auto"
 DeviceLike = Union[str, int, torch.device, None]
 
@@ -53,15 +55,15 @@ def resolve_device(value: DeviceLike, flag: str = "device") -> torch.device:
     try:
         device = value if isinstance(value, torch.device) else torch.device(value)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{_named(flag, value)}: not a device name; {where}") from None
+        raise ConfigurationError(f"{_named(flag, value)}: not a device name; {where}") from None
     if device.type == "cpu":
         return torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         if device.index is None or device.index < torch.cuda.device_count():
             return device
-        raise ValueError(f"{_named(flag, value)}: this machine has {torch.cuda.device_count()} CUDA GPU(s); {where}")
+        raise ConfigurationError(f"{_named(flag, value)}: this machine has {torch.cuda.device_count()} CUDA GPU(s); {where}")
     if device.type == "mps" and _mps_available() and not device.index:
         return device
     missing = {"cuda": "no CUDA GPU is available on this machine", "mps": "Apple MPS is not available on this machine"}
     missing = missing.get(device.type, "not a device anomclip-hf computes on")
-    raise ValueError(f"{_named(flag, value)}: {missing}; {where}")
+    raise ConfigurationError(f"{_named(flag, value)}: {missing}; {where}")

@@ -6,6 +6,8 @@ from typing import Optional, Union
 
 import torch
 
+from ..errors import ConfigurationError
+
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -15,7 +17,7 @@ def as_dtype(value: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
         return value
     name = str(value).removeprefix("torch.")
     if name not in DTYPE_NAMES:
-        raise ValueError(f"dtype {value!r}; expected one of {sorted(DTYPE_NAMES)}")
+        raise ConfigurationError(f"dtype {value!r}; expected one of {sorted(DTYPE_NAMES)}")
     return DTYPE_NAMES[name]
 
 

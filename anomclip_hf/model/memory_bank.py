@@ -5,28 +5,28 @@
   features go to a temporary file (`memory.rows.SpilledRows`) instead of memory.
 - `build_memory`: the exact bank (k, P, W) per memory layer, or PatchCore's greedy coreset (M, W) per layer with
   its coverage radius (`memory.coreset`); `memory.policy.memory_rows` says which.
-- `coreset_leave_one_out`: the leave-one-out scores behind the decision threshold of a coreset memory. Reference
-  i is scored against the coreset without the rows taken from reference i: the memory the deployed model
-  really has, less what that reference contributed. An unseen normal image meets exactly that memory (the
-  coreset, none of its own patches), so the threshold describes the deployed bank. Against the full bank's
-  leave-one-out it is never lower (a subset of the other references' rows is farther away, and the fusion is
-  increasing): the coreset's extra distance, at most the coverage radius per patch, is in the threshold.
+- `memory_plan` and `memory_from_references`: what `AnomCLIPModel.build_memory` does with a model's references.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import torch
 
+from ..errors import ArgumentError
 from ..io.progress import Phase
 from ..memory.coreset import select_coreset, take_rows
+from ..memory.policy import default_rule_text, memory_rows
 from ..memory.rows import SpilledRows
+from .category import MAX_SHOTS
 from .processing_anomclip import model_inputs
 from .vv_attention import VisionFeatures
 
 REFERENCE_BATCH = 32
+logger = logging.getLogger(__name__)
 CORESET_METHOD = "greedy_k_center"
 
 
@@ -69,10 +69,10 @@ def encode_references(model, references, batch_size: int = REFERENCE_BATCH, spil
     count = (int(references["pixel_values"].shape[0]) if isinstance(references, Mapping)
              else int(references.shape[0]) if isinstance(references, torch.Tensor) else len(references))
     if count == 0:
-        raise ValueError("reference_images is empty: pass at least one normal image (or None for text-only "
+        raise ArgumentError("reference_images is empty: pass at least one normal image (or None for text-only "
                          "zero-shot scoring)")
     global_parts, patch_parts, layer_parts = [], [], None
-    bar = _bar(count, progress)
+    bar = progress_bar(count, progress)
     with torch.no_grad():
         for chunk in _batches(references, batch_size):
             inputs = (chunk if isinstance(chunk, Mapping) else {"pixel_values": chunk}
@@ -127,32 +127,41 @@ def image_memory_rows(layer, index: int, patches: int) -> torch.Tensor:
     return layer[index: index + 1]
 
 
-def coreset_leave_one_out(model, category: str, bank: Sequence[torch.Tensor], sources: Sequence[torch.Tensor],
-                          references: VisionFeatures, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image scores (k,), map maxima (k,)): reference i against the coreset rows not taken from reference i."""
-    count, patches = int(references.global_embeds.shape[0]), int(references.patch_embeds.shape[1])
-    device = bank[0].device
-    image_scores, pixel_maxima = [], []
-    bar = _bar(count, progress, "thresholds")
-    with torch.inference_mode():
-        for index in range(count):
-            held_out = VisionFeatures(references.global_embeds[index: index + 1],
-                                      references.patch_embeds[index: index + 1],
-                                      [image_memory_rows(layer, index, patches).to(device)
-                                       for layer in references.memory_features])
-            others = [layer[(source != index).to(device)] for layer, source in zip(bank, sources)]
-            if min(layer.shape[0] for layer in others) == 0:
-                raise ValueError(f"every kept memory row of a layer comes from reference {index}: no memory of the "
-                                 "other references is left to score it against; keep more rows (memory_size)")
-            out = model.score_features(held_out, category, output_size=model.config.scoring_size, memory_bank=others)
-            image_scores.append(out.image_scores[0].float().cpu())
-            pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return torch.stack(image_scores), torch.stack(pixel_maxima)
+def memory_plan(model, references: int, memory_size: Optional[int] = None, coreset_ratio: Optional[float] = None,
+                log: bool = False) -> Optional[int]:
+    """Rows a memory of `references` images keeps per layer on `model` (None: the exact bank), checked before any
+    image is encoded: `memory.policy.memory_rows`, and an exact bank of at most MAX_SHOTS images."""
+    rows = int(references) * model.num_patches
+    size = memory_rows(rows, memory_size, coreset_ratio)
+    if size is None and references > MAX_SHOTS:
+        raise ArgumentError(f"{references} reference images in an exact memory bank; it holds at most {MAX_SHOTS}: "
+                            "keep a coreset (memory_size, or coreset_ratio below 1)")
+    if log and size is not None and memory_size is None and coreset_ratio is None:
+        logger.warning(default_rule_text(rows, size))
+    return size
 
 
-def _bar(total: int, enabled: bool, description: str = "references"):
+def memory_from_references(model, reference_images, memory_size: Optional[int] = None,
+                           coreset_ratio: Optional[float] = None, seed: int = 0, progress: bool = False) -> MemoryBank:
+    """See `AnomCLIPModel.build_memory`."""
+    if isinstance(reference_images, MemoryBank):
+        return reference_images
+    if isinstance(reference_images, Mapping):  # the processor's output: its tensors, not its keys
+        count = len(reference_images["pixel_values"]) if "pixel_values" in reference_images else 0
+    else:
+        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
+            reference_images = list(reference_images)
+        count = (reference_images.global_embeds.shape[0] if isinstance(reference_images, VisionFeatures)
+                 else len(reference_images))
+    if count == 0:
+        raise ArgumentError("reference_images is empty: pass at least one normal image (or None for text-only "
+                            "zero-shot scoring)")
+    size = memory_plan(model, int(count), memory_size, coreset_ratio, log=True)
+    if not isinstance(reference_images, VisionFeatures):
+        reference_images = encode_references(model, reference_images, spill=size is not None, progress=progress)
+    return build_memory(reference_images, size, seed, progress)
+
+
+def progress_bar(total: int, enabled: bool, description: str = "references"):
+    """A `Phase` of `total` images (a bar on a terminal, one line with its duration elsewhere), or None."""
     return Phase(description, total, "img") if enabled else None

@@ -18,18 +18,20 @@ from transformers import (
 )
 from transformers.utils import ModelOutput, logging
 
+from ..errors import ArgumentError, CategoryError, CheckpointError
 from ..io.pixel_arrays import pixel_range_problem
-from .category import (
-    CategoryState,
-)
-from .category_registry import CategoryRegistryMixin
+from . import category_io, memory_backbone, prompt_text, thresholds
+from .categories import CategoryBank
+from .category import CategoryState, validate_category_name
 from .configuration_anomclip import AnomCLIPConfig
 from .devices import resolve_device
 from .dtypes import resolve_compute_dtype
-from .memory_backbone import MemoryBackboneMixin
+from .losses import TextFeatures
+from .memory_backbone import MemoryLayout
+from .memory_bank import MemoryBank, memory_from_references, memory_plan
 from .processing_anomclip import checkpoint_preprocessing
-from .prompt_text import PromptTextMixin
 from .prompt_learner import PromptTokenTable
+from .prompts import HeadPrompts, class_name_for, manual_phrases
 from .sanity import (
     check_finite_features,
     check_finite_scores,
@@ -44,6 +46,7 @@ from .scoring import (
     text_anomaly_probability,
     upsampled_peak,
 )
+from .thresholds import ThresholdEstimate
 from .tokenization import add_prompt_tokens
 from .vv_attention import VisionFeatures, dual_stream_vision_forward
 
@@ -81,22 +84,20 @@ class AnomCLIPOutput(ModelOutput):
     memory_patch_scores: Optional[torch.Tensor] = None
 
 
-class AnomCLIPPreTrainedModel(PreTrainedModel):
+class AnomCLIPModel(PreTrainedModel):
+    """PromptAD on a frozen CLIP: dual-stream vision, learnable prompts per category, visual memory.
+
+    Composed of parts it owns: `clip` (the frozen CLIPModel), `category_bank` (a `CategoryBank`: every
+    category's state and prompt vectors, and the active one), `memory_backbone` (None, or the DINOv2 tower of
+    the DINO memory) and `tokenizer`. Its public methods are short: the work is done by the functions of
+    `memory_bank`, `thresholds`, `category_io`, `prompt_text`, `memory_backbone` and `publishing`.
+    """
+
     config_class = AnomCLIPConfig
     base_model_prefix = "anomclip"
     main_input_name = "pixel_values"
     # Saved bases hold CLIP and the settings only; prompt vectors and category tensors travel as adapters.
-    _keys_to_ignore_on_load_missing = [r"prompt_tokens\.", r"category_states\."]
-
-    def _init_weights(self, module):
-        # Weights come from the wrapped CLIP checkpoint; the prompt table's base rows are zeros.
-        if isinstance(module, PromptTokenTable):
-            torch.nn.init.zeros_(module.token_embedding.weight if hasattr(module.token_embedding, "weight")
-                                 else module.token_embedding.base_layer.weight)
-
-
-class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin, AnomCLIPPreTrainedModel):
-    """PromptAD on a frozen CLIP: dual-stream vision, learnable prompts per category, visual memory."""
+    _keys_to_ignore_on_load_missing = [r"category_bank\."]
 
     def __init__(self, config: AnomCLIPConfig, clip: Optional[CLIPModel] = None):
         """`clip`: an already loaded CLIPModel of `config.clip_config` to wrap as it is (from_clip), so its
@@ -105,16 +106,19 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
         if clip is None:
             self.clip = CLIPModel(config.clip_config)
         width = config.clip_config.text_config.hidden_size
-        self.prompt_tokens = PromptTokenTable(len(config.prompt_token_names), width)
+        self.category_bank = CategoryBank(len(config.prompt_token_names), width)
         self.tokenizer: Optional[CLIPTokenizer] = None
-        # One CategoryState per loaded category: module state, so .to()/.half()/state_dict() include it.
-        self.category_states = nn.ModuleDict()
-        self._active: Optional[str] = None
-        self._init_memory_backbone()  # None, or the DINOv2 tower a saved base describes
+        self.memory_backbone = memory_backbone.build_memory_backbone(config)  # None, or a saved base's DINOv2
         self.post_init()
         if clip is not None:  # after post_init: weight initialisation must not touch the loaded weights
             self.clip = clip
         self.clip.requires_grad_(False)
+
+    def _init_weights(self, module):
+        # Weights come from the wrapped CLIP checkpoint; the prompt table's base rows are zeros.
+        if isinstance(module, PromptTokenTable):
+            torch.nn.init.zeros_(module.token_embedding.weight if hasattr(module.token_embedding, "weight")
+                                 else module.token_embedding.base_layer.weight)
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
@@ -139,7 +143,7 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
             clip_model = CLIPModel.from_pretrained(name, revision=revision, dtype="auto")
         if tokenizer is None:
             if not name:
-                raise ValueError("from_clip(CLIPModel) needs tokenizer= when the model has no name_or_path")
+                raise ArgumentError("from_clip(CLIPModel) needs tokenizer= when the model has no name_or_path")
             tokenizer = CLIPTokenizer.from_pretrained(name, revision=revision)
         device = device if device is not None else clip_model.device
         compute_dtype = resolve_compute_dtype(clip_model.dtype, device, torch_dtype)
@@ -184,7 +188,7 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
         model.clip.to(resolve_compute_dtype(model.clip.dtype, device, torch_dtype))
         if model.memory_backbone is not None:
             model.memory_backbone.to(resolve_compute_dtype(model.memory_backbone.dtype, device, torch_dtype))
-        model.prompt_tokens.float()  # instantiated in the saved dtype; prompt vectors are float32
+        model.category_bank.float()  # instantiated in the saved dtype; prompt vectors are float32
         model.to(device)
         hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         path = os.fspath(pretrained_model_name_or_path)
@@ -206,8 +210,7 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save the base model (CLIP + settings) and its tokenizer; categories are saved as adapters."""
-        state = {k: v for k, v in self.state_dict().items()
-                 if not k.startswith(("prompt_tokens.", "category_states."))}
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("category_bank.")}
         kwargs.setdefault("state_dict", state)
         super().save_pretrained(save_directory, **kwargs)
         if self.tokenizer is not None:
@@ -216,10 +219,10 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
     def _check_tokenizer(self, tokenizer: CLIPTokenizer) -> None:
         ids = tokenizer.convert_tokens_to_ids(self.config.prompt_token_names)
         if ids != self.config.prompt_token_ids:
-            raise ValueError(f"tokenizer prompt-token ids {ids} differ from the model's {self.config.prompt_token_ids}")
+            raise CheckpointError(f"tokenizer prompt-token ids {ids} differ from the model's {self.config.prompt_token_ids}")
         eos = self.config.text_eos_token_id
         if eos is not None and tokenizer.eos_token_id != eos:
-            raise ValueError(f"tokenizer EOS id {tokenizer.eos_token_id} differs from the model's text_eos_token_id {eos}")
+            raise CheckpointError(f"tokenizer EOS id {tokenizer.eos_token_id} differs from the model's text_eos_token_id {eos}")
 
     @property
     def text_eos_token_id(self) -> int:
@@ -246,17 +249,17 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[2:]) != (size, size):
-            raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, 3, {size}, {size})"
+            raise ArgumentError(f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, 3, {size}, {size})"
                              " (use AnomCLIPProcessor)")
         # A data-dependent check cannot be part of an exported graph (anomclip export); ONNX callers check inputs.
         if not torch.compiler.is_exporting() and not torch.isfinite(pixel_values).all():
             bad = int((~torch.isfinite(pixel_values)).sum())
-            raise ValueError(f"pixel_values contains {bad} NaN or infinite values")
+            raise ArgumentError(f"pixel_values contains {bad} NaN or infinite values")
         if not torch.compiler.is_exporting() and pixel_values.numel():  # raw pixels would score as garbage
             config = self.config
             problem = pixel_range_problem(float(pixel_values.abs().max()), config.image_mean, config.image_std)
             if problem:
-                raise ValueError(problem)
+                raise ArgumentError(problem)
 
     def encode_images(self, pixel_values: torch.Tensor, memory_pixel_values: Optional[torch.Tensor] = None,
                       clip_tower: bool = True) -> VisionFeatures:
@@ -269,9 +272,10 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
         what the "memory" mode needs, without the cost of CLIP's vision tower."""
         self._check_pixel_values(pixel_values)
         if self.has_dino_memory:  # checked before either tower runs
-            self._check_memory_pixel_values(memory_pixel_values, pixel_values.shape[0])
+            memory_backbone.check_memory_pixel_values(self.config, memory_pixel_values, pixel_values.shape[0])
         elif not clip_tower:
-            raise ValueError("clip_tower=False needs a DINOv2 memory backbone: the CLIP memory taps are the tower's")
+            raise ArgumentError("clip_tower=False needs a DINOv2 memory backbone: the CLIP memory taps are the "
+                                "tower's")
         if not clip_tower:
             memory = self.encode_memory(memory_pixel_values)
             if not torch.compiler.is_exporting():
@@ -312,9 +316,9 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
         has_memory = state.memory_bank is not None or memory_bank is not None
         mode = mode or ("full" if has_memory else "text")
         if mode not in SCORING_MODES:
-            raise ValueError(f"mode={mode!r}; expected one of {SCORING_MODES}")
+            raise ArgumentError(f"mode={mode!r}; expected one of {SCORING_MODES}")
         if mode in ("full", "memory") and not has_memory:
-            raise ValueError(f"mode={mode!r} needs reference images, but category {state.name!r} has none")
+            raise CategoryError(f"mode={mode!r} needs reference images, but category {state.name!r} has none")
         return mode
 
     def score_features(self, features: VisionFeatures, category: Optional[str] = None, output_size=None,
@@ -357,12 +361,206 @@ class AnomCLIPModel(CategoryRegistryMixin, PromptTextMixin, MemoryBackboneMixin,
                               memory_patch_scores=visual_patch)
 
 
+    # ----------------------------------------------------------------------------------------- categories
+    @property
+    def categories(self) -> list[str]:
+        """The names of the loaded categories."""
+        return self.category_bank.names
+
+    @property
+    def active_category(self) -> Optional[str]:
+        return self.category_bank.active
+
+    def get_category(self, name: Optional[str] = None) -> CategoryState:
+        return self.category_bank.get(name)
+
+    def set_category(self, name: str) -> None:
+        self.category_bank.activate(name)
+
+    def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
+                     phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
+                     learned_prompts: bool = False, seed: int = 0, activate: bool = True,
+                     memory_size: Optional[int] = None, coreset_ratio: Optional[float] = None,
+                     progress: bool = False) -> CategoryState:
+        """Register a category: its memory bank (from normal reference images, or None for text-only),
+        its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
+        the same name. `learned_prompts=False` scores with hand-written prompts until trained.
+        memory_size / coreset_ratio: a greedy coreset of that many patch rows (that fraction) per memory layer,
+        selected with `seed` (see `build_memory`; default: exact up to 16384 rows, a coreset above)."""
+        validate_category_name(name)  # it becomes a PEFT adapter name, a folder name and part of repo ids
+        use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
+        memory = None if reference_images is None else self.build_memory(reference_images, memory_size,
+                                                                          coreset_ratio, seed, progress)
+        state = CategoryState(
+            name=name, class_name=class_name or class_name_for(name),
+            phrases=manual_phrases(name, use_category_phrases, phrases), learned_prompts=learned_prompts,
+            metadata={"seed": int(seed)})
+        if memory is not None:
+            state.set_memory(memory.layers, memory.coreset, memory.references, memory.sources)
+        return self.category_bank.add(state, self.initial_prompt_vectors(seed), activate)
+
+    def remove_category(self, name: str) -> None:
+        self.category_bank.remove(name)
+
+    def initial_prompt_vectors(self, seed: int) -> torch.Tensor:
+        """N(0, std^2) vectors for every prompt token, reproducible from `seed`."""
+        generator = torch.Generator().manual_seed(int(seed))
+        shape = (len(self.config.prompt_token_names), self.config.clip_config.text_config.hidden_size)
+        return torch.randn(shape, generator=generator) * self.config.ctx_init_std
+
+    def prompt_parameters(self, category: Optional[str] = None) -> list[torch.nn.Parameter]:
+        """The only trainable tensors of a category: its prompt vectors."""
+        return [self.category_bank.vectors(category)]
+
+    # ----------------------------------------------------------------------------------------- memory
+    def build_memory_bank(self, reference_images) -> list[torch.Tensor]:
+        """Per memory layer (k, P, W) unit patch features of the reference images (a coreset's (M, W) when the
+        default rule applies, see `build_memory`): PIL images, paths, pixel_values, or their `encode_images`
+        output (so a caller that needs the features too encodes once)."""
+        return self.build_memory(reference_images).layers
+
+    def build_memory(self, reference_images, memory_size: Optional[int] = None,
+                     coreset_ratio: Optional[float] = None, seed: int = 0, progress: bool = False) -> MemoryBank:
+        """The visual memory of reference images (PIL images, paths, pixel values, `encode_images` output, or a
+        built `MemoryBank`): exact, or a greedy coreset of `memory_size` rows (or `coreset_ratio` of them) per
+        layer; by default exact up to `memory.policy.DEFAULT_MAX_EXACT_ROWS` rows, a coreset above (logged).
+        Images are encoded `model.memory_bank.REFERENCE_BATCH` at a time; for a coreset, their memory features
+        wait on disk (bounded memory for thousands of references)."""
+        return memory_from_references(self, reference_images, memory_size, coreset_ratio, seed, progress)
+
+    def memory_plan(self, references: int, memory_size: Optional[int] = None,
+                    coreset_ratio: Optional[float] = None, log: bool = False) -> Optional[int]:
+        """Rows a memory of `references` images keeps per layer (None: the exact bank), checked before any
+        image is encoded: `memory.policy.memory_rows`, and an exact bank of at most MAX_SHOTS images."""
+        return memory_plan(self, references, memory_size, coreset_ratio, log)
+
+    @property
+    def num_patches(self) -> int:
+        return self.memory_layout().num_patches  # CLIP's patch grid, or the DINOv2 memory's
+
+    @property
+    def has_dino_memory(self) -> bool:
+        return self.memory_backbone is not None
+
+    def attach_memory_backbone(self, backbone: Union[str, os.PathLike, nn.Module], revision: Optional[str] = None,
+                               image_size: Optional[int] = None, torch_dtype=None) -> None:
+        """Make a DINOv2 model (Hub id, folder or loaded module) the visual memory, with its processor's
+        normalisation and `image_size` (default: the config's `memory_image_size`). Refused, with nothing
+        changed, when it is not a DINOv2 model or the size is not a multiple of its patch; categories already
+        loaded hold banks of the old memory, so there must be none."""
+        memory_backbone.attach_memory_backbone(self, backbone, revision, image_size, torch_dtype)
+
+    def memory_backbone_identity(self) -> Optional[dict]:
+        """category.json "memory"."backbone": which DINOv2 memory an adapter's bank was built with (or None)."""
+        return memory_backbone.memory_backbone_identity(self)
+
+    def memory_layout(self) -> MemoryLayout:
+        """The memory bank's layers, tap, width and patch count on this base (CLIP taps or the DINO tokens)."""
+        return memory_backbone.memory_layout(self)
+
+    def encode_memory(self, memory_pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, P, W) unit DINOv2 patch features of `memory_pixel_values` (float32)."""
+        return memory_backbone.encode_memory(self, memory_pixel_values)
+
+    def dino_memory_terms(self, memory_features: Sequence[torch.Tensor], memory_bank: Sequence[torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_dino per patch (B, P), memory image score (B,)) of the DINOv2 memory: see `memory_backbone`."""
+        return memory_backbone.dino_memory_terms(memory_features, memory_bank)
+
+    # ----------------------------------------------------------------------------------------- thresholds
+    def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None,
+                             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.
+
+        `references` are the references' `encode_images` output, in the order of the category's memory bank
+        (the features the memory bank was built from, so the vision tower does not run again).
+        """
+        return thresholds.leave_one_out_scores(self, references, category, progress)
+
+    def estimate_thresholds(self, reference_images, category: Optional[str] = None,
+                            margin: Optional[float] = None, progress: bool = False) -> ThresholdEstimate:
+        """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
+        in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
+        output); stored in its metadata and category.json. See `thresholds`."""
+        return thresholds.estimate_thresholds(self, reference_images, category, margin, progress)
+
+    # ----------------------------------------------------------------------------------------- text
+    def tokenize_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return prompt_text.tokenize_prompts(self, prompts)
+
+    def encode_prompt_texts(self, category: str, prompts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised float32 text features (len(prompts), D) of prompts that may contain prompt tokens,
+        pooled at the tokenizer's EOS (`text_eos_token_id`; the first one: CLIP tokenizers pad with EOS)."""
+        return prompt_text.encode_texts(self, self.category_bank.vectors(category), prompts)
+
+    def head_prompts(self, category: str, head: str) -> HeadPrompts:
+        return prompt_text.head_prompts_of(self.config, self.get_category(category), head)
+
+    def encode_prompts(self, category: str, head: str) -> TextFeatures:
+        """Per-prompt text features of one head (with gradients to the prompt vectors when enabled)."""
+        return prompt_text.encode_head(self, self.get_category(category), head, self.category_bank.vectors(category))
+
+    def text_prototypes(self, category: Optional[str] = None) -> dict[str, torch.Tensor]:
+        """{head: (2, D) [normal, anomaly]}; constants after training, so computed once and cached."""
+        state = self.get_category(category)
+        if not state.prototypes:
+            state.prototypes = self.checked_prototypes(state, self.category_bank.vectors(category),
+                                                       f"category {state.name!r}: the text prototypes computed from "
+                                                       "its prompt vectors, head")
+        return state.prototypes
+
+    def checked_prototypes(self, state: CategoryState, vectors: torch.Tensor, where: str) -> dict:
+        """{head: (2, D)} of `state`'s prompts with prompt `vectors`, refused (a ValueError naming `where`) when
+        degenerate: NaN (vectors too large for the text tower), zero or equal rows (see `sanity`)."""
+        return prompt_text.checked_prototypes(self, state, vectors, where)
+
+    def clear_prototype_cache(self, category: Optional[str] = None) -> None:
+        """Call after changing a category's prompt vectors (training does)."""
+        self.get_category(category).prototypes = {}
+
+    # ----------------------------------------------------------------------------------------- adapters
+    def base_identity(self) -> dict:
+        """category.json "base_model": which base an adapter was made for (checked when it is loaded)."""
+        return category_io.base_identity(self)
+
+    def adapter_expectations(self) -> category_io.AdapterExpectations:
+        """What an adapter must match to load onto this base."""
+        return category_io.adapter_expectations(self)
+
+    def category_record(self, name: Optional[str] = None) -> dict:
+        """The category.json content of category `name` (default: the active one)."""
+        return category_io.category_record(self, name)
+
+    def save_category(self, save_directory: str, name: Optional[str] = None) -> str:
+        """Write category `name` (default: the active one) as an adapter folder, atomically; see `category_io`."""
+        return category_io.save_category(self, save_directory, name)
+
+    def load_category(self, path_or_repo_id: str, name: Optional[str] = None, activate: bool = True,
+                      revision: Optional[str] = None, **hub_kwargs) -> CategoryState:
+        """Load a category adapter from a folder or a Hub repo id (at `revision`: branch, tag or commit; also
+        cache_dir, token, local_files_only, force_download); it becomes the active category (unless
+        `activate=False`). Everything is read and checked before the model changes, and a load that fails
+        changes nothing (a loaded category of the same name stays as it was)."""
+        return category_io.load_category(self, path_or_repo_id, name, activate, revision, **hub_kwargs)
+
+    def push_category_to_hub(self, repo_id: str, name: Optional[str] = None, *, private: Optional[bool] = None,
+                             token=None, revision: Optional[str] = None, commit_message: Optional[str] = None):
+        """Push category `name` (default: the active one) to its own Hub repo, with its model card; returns the
+        commit info (`.oid` pins the revision). `revision` is the branch to push to (created if needed)."""
+        from .publishing import (
+            push_category_to_hub,  # the Hub client loads only when pushing
+        )
+
+        return push_category_to_hub(self, repo_id, name, private=private, token=token, revision=revision,
+                                    commit_message=commit_message)
+
+
 def check_clip_checkpoint(name_or_path: str, revision: Optional[str] = None) -> None:
     """Refuse a checkpoint whose towers CLIP cannot represent (SigLIP, any non-CLIP model type) by name."""
     config_dict, _ = PretrainedConfig.get_config_dict(name_or_path, revision=revision)
     model_type = config_dict.get("model_type")
     if model_type != CLIP_MODEL_TYPE:
-        raise ValueError(f"{name_or_path}: config.json has model_type {model_type!r}; AnomCLIP wraps CLIP checkpoints "
+        raise CheckpointError(f"{name_or_path}: config.json has model_type {model_type!r}; AnomCLIP wraps CLIP checkpoints "
                          f"(model_type {CLIP_MODEL_TYPE!r}: text and vision towers transformers' CLIPModel loads)")
 
 

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoProcessor, CLIPConfig, CLIPTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
+from ..errors import ArgumentError, CheckpointError
 from ..io.image_io import PathOrImage, load_mask, resize_mask
 from ..io.pixel_arrays import (  # noqa: F401
     BICUBIC,
@@ -79,7 +80,7 @@ def checkpoint_preprocessing(name_or_path: str, **hub_kwargs) -> dict:
                                                          ("image_resample", "resample")) if theirs in settings}
     for key in ("image_mean", "image_std"):
         if key in found and (not isinstance(found[key], list) or len(found[key]) != 3):
-            raise ValueError(f"{path}: {key}={found[key]!r}; expected a list of 3 numbers")
+            raise CheckpointError(f"{path}: {key}={found[key]!r}; expected a list of 3 numbers")
     return found
 
 
@@ -165,7 +166,7 @@ class AnomCLIPProcessor:
 
     def __call__(self, images=None, masks=None, text=None, return_tensors: str = "pt", **tokenizer_kwargs) -> dict:
         if return_tensors != "pt":
-            raise ValueError(f"return_tensors={return_tensors!r}; only 'pt' is supported")
+            raise ArgumentError(f"return_tensors={return_tensors!r}; only 'pt' is supported")
         out = {}
         if images is not None:
             out["pixel_values"] = preprocess_images(_as_list(images), self.image_size, self.image_mean,
@@ -178,11 +179,11 @@ class AnomCLIPProcessor:
             out["masks"] = preprocess_masks(_as_list(masks), self.image_size)
         if text is not None:
             if self.tokenizer is None:
-                raise ValueError("this processor has no tokenizer")
+                raise ArgumentError("this processor has no tokenizer")
             tokenizer_kwargs.setdefault("padding", True)
             out.update(self.tokenizer(text, return_tensors="pt", **tokenizer_kwargs))
         if not out:
-            raise ValueError("pass images, masks or text")
+            raise ArgumentError("pass images, masks or text")
         return out
 
 

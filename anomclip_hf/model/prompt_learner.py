@@ -19,6 +19,8 @@ from peft import (
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import AdapterError
+
 TARGET_MODULE = "token_embedding"
 # The keys of a category's PEFT state dict (adapter_model.safetensors): the vectors of every row.
 ADAPTER_WEIGHT_KEYS = (f"{TARGET_MODULE}.trainable_tokens_delta",)
@@ -91,7 +93,7 @@ class PromptTokenTable(nn.Module):
             result = set_peft_model_state_dict(self, state, adapter_name=name)
             unexpected = getattr(result, "unexpected_keys", [])
             if unexpected:
-                raise ValueError(f"adapter weights have unexpected keys {unexpected}")
+                raise AdapterError(f"adapter weights have unexpected keys {unexpected}")
         except BaseException:
             if existed:
                 with torch.no_grad():

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..errors import ArgumentError
 from .category import anomaly_token, context_token
 
 GENERIC_PHRASES = (
@@ -109,7 +110,7 @@ def manual_phrases(category: str, use_category_phrases: bool = True,
     for phrase in extra_phrases or ():
         problem = phrase_problem(phrase)
         if problem:
-            raise ValueError(f"manual phrase {phrase!r}: expected {problem}")
+            raise ArgumentError(f"manual phrase {phrase!r}: expected {problem}")
         phrases.append(phrase)
     return phrases
 
@@ -124,10 +125,10 @@ def read_phrases_file(path: str) -> list[str]:
                 continue
             problem = phrase_problem(phrase)
             if problem:
-                raise ValueError(f"{path} line {number}: phrase {phrase!r}: expected {problem}")
+                raise ArgumentError(f"{path} line {number}: phrase {phrase!r}: expected {problem}")
             phrases.append(phrase)
     if not phrases:
-        raise ValueError(f"{path} holds no phrases; expected one per line, e.g. '{{}} with a scratch'")
+        raise ArgumentError(f"{path} holds no phrases; expected one per line, e.g. '{{}} with a scratch'")
     return phrases
 
 

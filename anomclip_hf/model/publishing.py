@@ -11,6 +11,7 @@ from typing import Optional
 
 from huggingface_hub import CommitInfo
 
+from ..errors import AdapterError, ConfigurationError
 from ..hub.model_card import render_base_card, render_category_card
 from ..hub.push import commit_files
 from ..hub.validation import validate_repo_id
@@ -25,7 +26,7 @@ def upload_category_folder(folder: str, repo_id: str, *, private: Optional[bool]
     validate_repo_id(repo_id)
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
-        raise ValueError(f"category adapter folder {folder} does not exist")
+        raise AdapterError(f"category adapter folder {folder} does not exist")
     record = read_category_record(folder)
     files = {name: os.path.join(folder, name) for name in LAYOUT_FILES
              if name != CARD_FILE and os.path.isfile(os.path.join(folder, name))}
@@ -55,7 +56,7 @@ def push_base_to_hub(model, repo_id: str, processor=None, *, private: Optional[b
     """
     validate_repo_id(repo_id)
     if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer (model.tokenizer is None); set it before pushing, so the "
+        raise ConfigurationError("the model has no tokenizer (model.tokenizer is None); set it before pushing, so the "
                          "prompt tokens travel with the base")
     with tempfile.TemporaryDirectory(prefix="anomclip-base-") as staging:
         model.save_pretrained(staging)

@@ -16,6 +16,8 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from ..errors import ArgumentError, CategoryError, CheckpointError
+
 # What save_category writes is L2-normalised in float32 (|norm - 1| ~ 1e-7); anything further off was not.
 UNIT_NORM_TOLERANCE = 1e-3
 # |anomaly - normal| of unit prototypes below this: their text scores are 0.5 for every image (to 1e-4).
@@ -52,27 +54,28 @@ def prototypes_problem(prototypes: torch.Tensor) -> Optional[str]:
     return None
 
 
-def check_prototypes(prototypes: Mapping[str, torch.Tensor], where: str) -> None:
-    """ValueError "{where} {head!r} {problem}" for the first head whose prototypes are degenerate."""
+def check_prototypes(prototypes: Mapping[str, torch.Tensor], where: str, error: type = CategoryError) -> None:
+    """`error` "{where} {head!r} {problem}" for the first head whose prototypes are degenerate (an AdapterError
+    when they were read from an adapter)."""
     for head in sorted(prototypes):
         problem = prototypes_problem(prototypes[head])
         if problem:
-            raise ValueError(f"{where} {head!r} {problem}")
+            raise error(f"{where} {head!r} {problem}")
 
 
-def check_unit_rows(tensors: Mapping[str, torch.Tensor], where: str) -> None:
-    """ValueError "{where} {key!r} {problem}" for the first tensor whose rows are not unit vectors."""
+def check_unit_rows(tensors: Mapping[str, torch.Tensor], where: str, error: type = CategoryError) -> None:
+    """`error` "{where} {key!r} {problem}" for the first tensor whose rows are not unit vectors."""
     for key in sorted(tensors):
         problem = unit_rows_problem(tensors[key])
         if problem:
-            raise ValueError(f"{where} {key!r} {problem}")
+            raise error(f"{where} {key!r} {problem}")
 
 
 def check_temperature(logit_scale: float) -> float:
     """The base's logit_scale as the text temperature, if finite and positive (NaN would score every image 0,
     a negative one invert every text score)."""
     if not math.isfinite(logit_scale) or logit_scale <= 0:
-        raise ValueError(f"the base's logit_scale is {logit_scale}, the text temperature; expected a finite positive "
+        raise CheckpointError(f"the base's logit_scale is {logit_scale}, the text temperature; expected a finite positive "
                          "number (set config.text_temperature, or use a base whose weights are finite)")
     return logit_scale
 
@@ -94,7 +97,7 @@ def check_finite_features(features: Sequence[torch.Tensor], pixel_values: torch.
     weights overflow): scored, they would fuse to 0 for every image."""
     rows = _bad_rows(features)
     if rows:
-        raise ValueError(f"the vision tower computed NaN or infinite features for images {rows} of the batch "
+        raise ArgumentError(f"the vision tower computed NaN or infinite features for images {rows} of the batch "
                          f"(pixel_values reach {float(pixel_values.abs().max()):.3g}); expected preprocessed images "
                          "(AnomCLIPProcessor: values within a few units of 0) and a base whose weights are finite")
 
@@ -105,5 +108,5 @@ def check_finite_scores(category: str, **scores: Optional[torch.Tensor]) -> None
         if tensor is not None:
             rows = _bad_rows([tensor])
             if rows:
-                raise ValueError(f"category {category!r}: the {_SCORE_NAMES[name]} of images {rows} of the batch are "
+                raise CategoryError(f"category {category!r}: the {_SCORE_NAMES[name]} of images {rows} of the batch are "
                                  "NaN or infinite; no scores are returned (they would read as 'normal')")

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentError
 from ..memory.dino import dino_patch_distances
 from ..memory.faiss_index import faiss_nearest_similarity
 from ..memory.search import SHORTLIST_MIN_ROWS, bf16_copy, nearest_similarity, shortlist_measured_faster
@@ -20,7 +21,7 @@ SEARCH_METHODS = ("auto", "exact", "shortlist", "faiss")
 def _use_shortlist(search: str, bank: torch.Tensor) -> Optional[bool]:
     """True / False, or None where "auto" must measure (`_auto_shortlist`)."""
     if search not in SEARCH_METHODS:
-        raise ValueError(f"search={search!r}; expected one of {SEARCH_METHODS}")
+        raise ArgumentError(f"search={search!r}; expected one of {SEARCH_METHODS}")
     if search == "faiss":
         return False
     if search != "auto":
@@ -49,7 +50,7 @@ def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Se
     Always float32, also inside an autocast region: a low-precision cosine would coarsen the scores.
     """
     if len(memory_features) != len(memory_bank):
-        raise ValueError(f"{len(memory_features)} feature layers but {len(memory_bank)} memory layers")
+        raise ArgumentError(f"{len(memory_features)} feature layers but {len(memory_bank)} memory layers")
     per_layer = []
     with torch.autocast(memory_features[0].device.type, enabled=False):
         for features, layer in zip(memory_features, memory_bank):
@@ -116,7 +117,7 @@ def fuse_patch_scores(text_patch: torch.Tensor, memory_patch: torch.Tensor) -> t
 def _square_grid(patch_scores: torch.Tensor) -> torch.Tensor:
     side = math.isqrt(patch_scores.shape[-1])
     if side * side != patch_scores.shape[-1]:
-        raise ValueError(f"{patch_scores.shape[-1]} patches do not form a square grid")
+        raise ArgumentError(f"{patch_scores.shape[-1]} patches do not form a square grid")
     return patch_scores.reshape(-1, side, side)
 
 

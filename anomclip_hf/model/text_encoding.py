@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ArgumentError
 from .vv_attention import _merge_heads, _split_heads
 
 
@@ -32,7 +33,7 @@ def eos_positions_of(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor
     is_eos = input_ids == eos_token_id
     if not bool(is_eos.any(dim=1).all()):
         missing = (~is_eos.any(dim=1)).nonzero().flatten().tolist()
-        raise ValueError(f"prompt rows {missing} contain no EOS token (id {eos_token_id})")
+        raise ArgumentError(f"prompt rows {missing} contain no EOS token (id {eos_token_id})")
     return is_eos.int().argmax(dim=1)
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigurationError
+
 
 @dataclass
 class VisionFeatures:
@@ -93,7 +95,7 @@ def dual_stream_vision_forward(
         if index in memory_set:
             taps[index] = x_attn if memory_tap == "after_attention" else x_ori
     if x_vv is None:
-        raise ValueError(f"vv_layers={list(vv_layers)} selects no vision block")
+        raise ConfigurationError(f"vv_layers={list(vv_layers)} selects no vision block")
 
     def project(tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(visual_projection(vision_model.post_layernorm(tokens)), dim=-1)

@@ -25,11 +25,13 @@ import os
 from typing import Optional
 from urllib.parse import parse_qs, unquote
 
+from ..errors import AnomCLIPError
+
 PREDICT = "/predict"
 IMAGE_FIELD_NAMES = ("image", "file")
 
 
-class RequestProblem(Exception):
+class RequestProblem(AnomCLIPError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status

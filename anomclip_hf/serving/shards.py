@@ -21,6 +21,7 @@ import os
 import shutil
 from typing import Callable, Optional, Sequence
 
+from ..errors import AnomCLIPError
 from ..inference.prediction import (
     ERRORS_FILE,
     MAPS_DIR,
@@ -51,7 +52,7 @@ def launch_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-class ShardFailedError(RuntimeError):
+class ShardFailedError(AnomCLIPError, RuntimeError):
     """Another process of the launch could not score its shard; this one stops too (after the shared gather)."""
 
 

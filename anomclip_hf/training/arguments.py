@@ -41,8 +41,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         choices = _CHOICES.get(spec.name)
         group.add_argument(*flags, dest=spec.name, type=kind, default=None, choices=choices,
                            help=f"(without preset: {default})")
-    # The flag predict shares; --mixed-precision (no/bf16/fp16) is its older name.
-    add_precision_argument(group, default=None, aliases=("--mixed-precision", "--mixed_precision"))
+    add_precision_argument(group, default=None)  # the flag predict shares
     group.add_argument("--model-setting", "--model_setting", dest="model_settings", action="append", default=[],
                        metavar="KEY=VALUE", help="an AnomCLIPConfig setting, e.g. anomaly_token_position=before_class")
     group.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None,

@@ -23,6 +23,7 @@ from accelerate.utils import gather_object
 
 from ..data import list_categories
 from ..data.loading import DATASETS
+from ..errors import AnomCLIPError
 from ..hub.push import HubTarget
 from ..io.atomic_io import write_json
 from ..model.modeling_anomclip import AnomCLIPModel
@@ -157,7 +158,7 @@ def _run_jobs(my_jobs, results: list, base, data_root, output_dir, config, resum
                 model.remove_category(job.category)  # keep one process's model lean across its jobs
 
 
-class GridAbortedError(RuntimeError):
+class GridAbortedError(AnomCLIPError, RuntimeError):
     """Another process of the launch hit a fatal error; this one stops too (after the shared gather)."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 
+from ..errors import AnomCLIPError
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..io.progress import Phase
 from ..model.precision import PrecisionChoice, resolve_precision
@@ -27,7 +28,7 @@ from .step import ShotFeatures, build_optimizer, build_scheduler, training_step
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(AnomCLIPError, ValueError):
     """The training loss became NaN or infinite: the prompt vectors are garbage from here on."""
 
 

@@ -138,7 +138,7 @@ def test_float16_weights_compute_in_the_requested_dtype_with_float32_state(folde
     model.save_pretrained(tmp_path / "base16")
     loaded = AnomCLIPModel.from_pretrained(tmp_path / "base16")
     assert loaded.clip.dtype == torch.float32
-    assert all(p.dtype == torch.float32 for p in loaded.prompt_tokens.parameters())
+    assert all(p.dtype == torch.float32 for p in loaded.category_bank.prompt_tokens.parameters())
     assert AnomCLIPModel.from_pretrained(tmp_path / "base16", torch_dtype="bfloat16").clip.dtype == torch.bfloat16
 
 

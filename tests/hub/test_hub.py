@@ -22,12 +22,9 @@ from PIL import Image
 from transformers import CLIPModel
 
 from anomclip_hf import AnomCLIPModel, AnomCLIPProcessor
-from anomclip_hf.hub import (
-    CategoryDownloadError,
-    repo_id_from_pattern,
-    upload_category_folder,
-)
+from anomclip_hf.hub import CategoryDownloadError, repo_id_from_pattern
 from anomclip_hf.model.category_io import LAYOUT_FILES
+from anomclip_hf.model.publishing import upload_category_folder
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 REPO = "tester/anomclip-mvtec-widget-2shot"
@@ -339,7 +336,7 @@ def test_interrupted_save_keeps_the_previous_adapter_loadable(adapter_dir, train
 
 def test_base_model_push_with_processor_and_card_loads_back(fake_hub, tiny_model):
     from anomclip_hf import AnomCLIPProcessor
-    from anomclip_hf.hub import push_base_to_hub
+    from anomclip_hf.model.publishing import push_base_to_hub
 
     tiny_model.config.base_model_name_or_path = "openai/clip-vit-base-patch16"
     push_base_to_hub(tiny_model, "tester/anomclip-base", license="mit")

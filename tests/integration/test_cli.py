@@ -44,8 +44,8 @@ def test_help_in_process_lists_every_command_with_its_help(capsys, monkeypatch):
     (["nope"], "anomclip: error: argument command: invalid choice: 'nope'"),
     (["predict", "--base", "b"], "anomclip predict: error: the following arguments are required: --images, "
                                  "--output"),
-    (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--autocast", "fp8"],
-     "anomclip predict: error: argument --precision/--autocast: precision='fp8'; expected one of"),
+    (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--precision", "fp8"],
+     "anomclip predict: error: argument --precision: precision='fp8'; expected one of"),
     (["demo", "--shots", "two"], "anomclip demo: error: argument --shots: expected an integer >= 1, got 'two'"),
     (["evaluate", "--base", "b", "--dataset", "kaggle", "--data-root", "r", "--output", "o"],
      "anomclip evaluate: error: argument --dataset: invalid choice: 'kaggle'"),

@@ -65,12 +65,14 @@ def test_package_names_load_on_use_and_register_auto_classes_and_pipeline():
 
 
 @pytest.mark.parametrize("order", ["anomclip_first", "transformers_first"])
-def test_a_bare_import_registers_auto_classes_and_the_pipeline(tmp_path, tiny_model, order):
-    # The architecture contract: `import anomclip_hf` (cheap, no torch), then transformers' own entry points.
+def test_a_public_name_registers_auto_classes_and_the_pipeline(tmp_path, tiny_model, order):
+    # The contract: `import anomclip_hf` is cheap (no torch); the first public name used registers AnomCLIP with
+    # transformers' own entry points, whichever of the two was imported first.
     tiny_model.save_pretrained(tmp_path / "base")
-    first, second = "import anomclip_hf, sys; assert 'torch' not in sys.modules", "import transformers.pipelines"
+    first = "import anomclip_hf, sys; assert 'torch' not in sys.modules; from anomclip_hf import AnomCLIPConfig"
+    second = "import transformers.pipelines"
     if order == "transformers_first":
-        first, second = "import transformers.pipelines", "import anomclip_hf"
+        first, second = "import transformers.pipelines", "from anomclip_hf import AnomCLIPConfig"
     code = (f"{first}\n{second}\nfrom transformers import AutoConfig, AutoModel, pipeline\n"
             f"model = AutoModel.from_pretrained({str(tmp_path / 'base')!r})\n"
             f"config = AutoConfig.from_pretrained({str(tmp_path / 'base')!r})\n"

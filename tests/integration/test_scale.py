@@ -128,7 +128,7 @@ def test_predictor_on_onnx_runtime_agrees_with_pytorch(workspace, reference, tmp
 def test_pipeline_and_predict_command_score_through_the_predictor(workspace, reference, tmp_path):
     from transformers import pipeline
 
-    import anomclip_hf  # noqa: F401 - registers the task
+    from anomclip_hf import ImageAnomalyDetectionPipeline  # noqa: F401 - registers the task
     from anomclip_hf.cli import main
 
     paths = [str(p) for p in workspace.good[:2]]

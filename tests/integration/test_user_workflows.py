@@ -278,7 +278,7 @@ def test_predict_device_and_autocast_options(workspace, tmp_path):
     base = ["predict", "--base", str(workspace / "base"), "--category", str(workspace / "fit" / "adapter"),
             "--images", str(images), "--device", "cpu", "--quiet"]
     assert main(base + ["--output", str(tmp_path / "fp32")]) == 0
-    assert main(base + ["--output", str(tmp_path / "bf16"), "--autocast", "bf16"]) == 0
+    assert main(base + ["--output", str(tmp_path / "bf16"), "--precision", "bf16"]) == 0
     full = [float(r["image_score"]) for r in _rows(tmp_path / "fp32" / "scores.csv")]
     low = [float(r["image_score"]) for r in _rows(tmp_path / "bf16" / "scores.csv")]
     # bf16 keeps about 3 significant digits in the vision tower; scores stay float32 and close (measured 1.3e-4)

@@ -409,3 +409,11 @@ def test_results_are_python_floats():
         acc.update(maps, masks)
         assert all(type(v) is float for v in acc.compute().values())
     assert all(type(v) is float for v in (aupro(maps, masks), pixel_auroc(maps, masks), *f1_max(maps, masks)))
+
+
+def test_the_evaluate_metric_without_evaluate_says_which_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "evaluate", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ImportError, match=r"anomclip-hf\[evaluate\]"):
+        load_evaluate_metric()

@@ -68,7 +68,7 @@ def _scores(model, pixel_values):
 
 def _assert_unchanged(loaded, pixel_values):
     model, (image_scores, maps) = loaded
-    assert model.categories == ["widget"] and model.prompt_tokens.adapter_names == ["widget"]
+    assert model.categories == ["widget"] and model.category_bank.prompt_tokens.adapter_names == ["widget"]
     now = _scores(model, pixel_values)
     assert torch.equal(now[0], image_scores) and torch.equal(now[1], maps)
     assert model.get_category("widget").metadata["decision_threshold"] is not None
@@ -333,7 +333,7 @@ def test_an_exact_memory_holds_at_most_max_shots(tiny_model):
     with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images in an exact memory bank; it holds at "
                                          f"most {MAX_SHOTS}"):
         tiny_model.add_category("widget", reference_images=_fake_features(MAX_SHOTS + 1), coreset_ratio=1.0)
-    assert tiny_model.categories == [] and tiny_model.prompt_tokens.adapter_names == []
+    assert tiny_model.categories == [] and tiny_model.category_bank.prompt_tokens.adapter_names == []
 
 
 def test_saving_refuses_a_record_that_would_not_load(tiny_model, tmp_path):
@@ -454,7 +454,7 @@ def test_hostile_scales_are_refused_or_score_finite_and_distinct(target, scale, 
     except ValueError as error:  # refused: naming the adapter and the file, before the model changed
         message = str(error)
         assert message.startswith(f"{folder}: ") and filename in message and "\n" not in message, message
-        assert model.categories == [] and model.prompt_tokens.adapter_names == []
+        assert model.categories == [] and model.category_bank.prompt_tokens.adapter_names == []
         return
     image_scores, maps = _scores(model, pixel_values)
     assert torch.isfinite(image_scores).all() and torch.isfinite(maps).all()
@@ -475,7 +475,7 @@ def test_the_issue_case_scored_zero_normal_before_and_is_refused_now(good_adapte
     weights = load_file(str(folder / ADAPTER_WEIGHTS))[WEIGHT_KEY]
     state = model.add_category("widget", learned_prompts=True)
     with torch.no_grad():
-        model.prompt_tokens.vectors("widget").copy_(weights)
+        model.category_bank.prompt_tokens.vectors("widget").copy_(weights)
     model.clear_prototype_cache()
     with pytest.raises(ValueError, match=r"category 'widget': the text prototypes computed from its prompt vectors, "
                                          r"head 'image' holds \d+ NaN or infinite values"):
@@ -660,7 +660,7 @@ def test_pipeline_output_size_out_of_range_is_refused(size, loaded):
 # ------------------------------------------------------------------------------------------- Hub cache links
 def test_hub_snapshot_links_into_the_repo_blobs_load_and_links_leaving_it_do_not(fake_hub, good_adapter, tiny_clip,
                                                                                  tmp_path):
-    from anomclip_hf.hub import upload_category_folder
+    from anomclip_hf.model.publishing import upload_category_folder
 
     repo = "tester/anomclip-widget"
     upload_category_folder(str(good_adapter), repo)
@@ -680,7 +680,7 @@ def test_hub_snapshot_links_into_the_repo_blobs_load_and_links_leaving_it_do_not
     with pytest.raises(ValueError, match=rf"memory_bank.safetensors is a link to {outside}, outside .*"
                                          "models--tester--anomclip-widget"):
         other.load_category(repo, local_files_only=True)
-    assert other.categories == [] and other.prompt_tokens.adapter_names == []
+    assert other.categories == [] and other.category_bank.prompt_tokens.adapter_names == []
 
 
 # --- issue 23: coreset memory ---
@@ -761,7 +761,7 @@ def test_bad_memory_settings_are_refused_before_anything_is_added(tiny_model, se
     references = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         tiny_model.add_category("widget", reference_images=references, **settings)
-    assert tiny_model.categories == [] and tiny_model.prompt_tokens.adapter_names == []
+    assert tiny_model.categories == [] and tiny_model.category_bank.prompt_tokens.adapter_names == []
 
 
 def test_reference_features_with_nan_rows_are_refused_by_the_coreset(tiny_model):

@@ -48,7 +48,7 @@ def test_only_prompt_vectors_receive_gradients(tiny_model):
                          tiny_model.temperature, use_margin=True)["loss"]
     loss.backward()
     trainable = [name for name, p in tiny_model.named_parameters() if p.requires_grad]
-    assert trainable == ["prompt_tokens.token_embedding.trainable_tokens_delta.bottle"]
+    assert trainable == ["category_bank.prompt_tokens.token_embedding.trainable_tokens_delta.bottle"]
     assert all(p.grad is None for p in tiny_model.clip.parameters())
     start = vectors[0].detach().clone()
     optimizer.step()

@@ -98,14 +98,18 @@ def test_one_flag_for_every_command():
         for flag, value, expected in (("--precision", "auto", "auto"), ("--precision", "bf16", "bf16")):
             assert parser.parse_args(argv + [flag, value]).precision == expected, name
     assert parser.parse_args(commands["predict"]).precision == "fp32"  # the default stays float32
-    assert parser.parse_args(commands["predict"] + ["--autocast", "none"]).precision == "fp32"  # older name
-    assert parser.parse_args(commands["predict"] + ["--autocast", "bf16"]).precision == "bf16"
-    fit = parser.parse_args(commands["fit"] + ["--mixed-precision", "no"])  # older training name
+    assert parser.parse_args(commands["predict"] + ["--precision", "none"]).precision == "fp32"  # another name
+    fit = parser.parse_args(commands["fit"] + ["--precision", "no"])  # accelerate's name of fp32
     assert fit.precision == "fp32" and config_from_args(fit).precision == "fp32"
     assert config_from_args(parser.parse_args(commands["evaluate"] + ["--precision", "auto"])).precision == "auto"
     assert config_from_args(parser.parse_args(commands["fit"])).precision == "fp32"  # the preset's
     with pytest.raises(SystemExit):
         parser.parse_args(commands["predict"] + ["--precision", "int8"])
+    for removed in (["predict", "--autocast", "bf16"], ["fit", "--mixed-precision", "no"],
+                    ["fit", "--mixed_precision", "no"], ["fit", "--resume_from_checkpoint", "x"],
+                    ["predict", "--memory_backbone", "x"]):  # spellings of a release that never happened
+        with pytest.raises(SystemExit):
+            parser.parse_args(commands[removed[0]] + removed[1:])
 
 
 def test_train_script_has_the_flag():
@@ -188,7 +192,7 @@ def test_state_stays_float32_under_every_precision(category_model, name):
     after = model.state_dict()
     for key, value in weights.items():
         assert after[key].dtype == value.dtype, key
-        if not key.startswith("prompt_tokens."):  # the prompt vectors trained; nothing else changed
+        if not key.startswith("category_bank.prompt_tokens."):  # the prompt vectors trained; nothing else changed
             assert torch.equal(after[key], value), key
 
 
@@ -208,7 +212,7 @@ def test_pipeline_precision(category_model):
     from PIL import Image
     from transformers import pipeline
 
-    import anomclip_hf  # noqa: F401  (registers the task)
+    from anomclip_hf import ImageAnomalyDetectionPipeline  # noqa: F401  (registers the task)
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8))
     detector = pipeline("image-anomaly-detection", model=category_model, device="cpu")
