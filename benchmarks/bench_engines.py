@@ -88,6 +88,9 @@ def main() -> None:
             lines.append(f"  {name:14s} {value / batch * 1e3:8.1f} ms/img  {value / base:.3f}x pytorch fp32  "
                          f"max |diff| scores {drift[name][0]:.1e}, maps {drift[name][1]:.1e}")
         lines.append(f"  fastest measured: {fastest}")
+        if not args.json:  # as it comes: a slow machine still shows the batches done
+            print("\n".join(lines), flush=True)
+            lines = []
         results["batches"][str(batch)] = {"seconds": seconds, "ratio_to_pytorch_fp32": {
             k: v / base for k, v in seconds.items()}, "drift": drift, "fastest": fastest, "times": times,
             "load_average": os.getloadavg()}
