@@ -175,11 +175,11 @@ def test_a_forbidden_import_fails_the_rules():
     # A control: the same reader, fed the tree plus one upward import, reports it (and the cycle it closes).
     files = _source_files()
     sources = {module: path.read_text() for module, path in files.items()}
-    sources["anomclip_hf.model.scoring"] += "\n\ndef _leak():\n    from ..inference.prediction import predict_files\n"
+    sources["anomclip_hf.model.scoring"] += "\n\ndef _leak():\n    from ..inference.predictor import predict_files\n"
     graph = _graph(files, sources)
     assert _forbidden_arrows(graph) == ["anomclip_hf.model.scoring -> anomclip_hf.inference (model/ may import "
                                         "['flags', 'hub', 'io', 'memory'])",
-                                        "anomclip_hf.model.scoring -> anomclip_hf.inference.prediction (model/ may "
+                                        "anomclip_hf.model.scoring -> anomclip_hf.inference.predictor (model/ may "
                                         "import ['flags', 'hub', 'io', 'memory'])"]
     assert "anomclip_hf.model.scoring" in _cycles(graph)
 

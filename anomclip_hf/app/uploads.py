@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..data.files import is_image_file
-from ..inference.prediction import NOT_AN_IMAGE
+from ..inference.writers import NOT_AN_IMAGE
 
 MAX_FILES = 200
 MAX_FILE_MB = 20

@@ -152,7 +152,7 @@ class Workspace:
     # ------------------------------------------------------------------ scoring
     def score(self, sources: Sequence[str]) -> ScoredSet:
         """Score the uploaded test images with the active category (through `Predictor.write`)."""
-        from ..inference.prediction import overlay_name
+        from ..inference.writers import overlay_name
         from ..inference.predictor import Predictor
 
         category = self.require_category()

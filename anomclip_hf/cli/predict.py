@@ -32,6 +32,8 @@ def add_parser(commands) -> None:
     predict.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
     predict.add_argument("--onnx", default=None, help="an exported model (anomclip export) instead of --base and "
                          "--category: ONNX Runtime, no torch")
+    predict.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                         help="the runtime of --onnx: onnxruntime (default) or openvino (the openvino extra; float32)")
     add_memory_backbone_argument(predict)
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
     predict.add_argument("--images", required=True, nargs="+",
@@ -44,6 +46,10 @@ def add_parser(commands) -> None:
                          help=f"anomaly-map size, at most {MAX_OUTPUT_SIZE} (default: model input)")
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps ... (default: a GPU if there is one)")
     add_precision_argument(predict)
+    predict.add_argument("--overlays", choices=["all", "anomalous", "none"], default="anomalous",
+                         help="which images get an overlay PNG in overlays/: all, anomalous (at the decision "
+                              "threshold; none without one) or none (default: %(default)s, so a large folder "
+                              "costs no time and disk for its normal images)")
     predict.add_argument("--save-maps", action="store_true",
                          help="also write each raw anomaly map (maps/*.npy, float32) and predicted-defect mask "
                               "(masks/*.png, 255 = above the pixel threshold)")
@@ -66,13 +72,14 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from ..inference.prediction import find_inputs, input_root
+    from ..inference.inputs import find_inputs, input_root
     from ..serving.shards import launched_processes
 
     spec = _spec(args)
     # Before the model loads: a wrong path fails at once. The output folder is never scanned as input.
     images, others, unlistable = find_inputs(args.images, exclude=args.output)
     where = dict(root=input_root(args.images), not_images=others, unlistable=unlistable)
+    pictures = dict(overlays=args.overlays, save_maps=args.save_maps)
     if args.engine == "ray":
         if launched_processes() > 1:
             raise ValueError("--engine ray shares the work over its own actors; run it once, not under accelerate launch")
@@ -81,7 +88,7 @@ def run(args) -> int:
         return _predict_summary(predict_with_ray(spec, images, args.output, address=args.ray_address,
                                                  actors=args.ray_actors, num_gpus=args.ray_gpus,
                                                  batch_size=args.batch_size, output_format=args.ray_format,
-                                                 save_maps=args.save_maps, **where))
+                                                 **pictures, **where))
     given = [flag for flag, used in (("--ray-address", args.ray_address is not None), ("--ray-actors", args.ray_actors != 2),
                                      ("--ray-gpus", args.ray_gpus != 0), ("--ray-format", args.ray_format != "parquet"))
              if used]
@@ -91,13 +98,13 @@ def run(args) -> int:
         from ..serving.shards import predict_sharded
 
         result = predict_sharded(lambda: _load(args, spec, sharded=True), images, args.output,
-                                 settings=spec.settings(), save_maps=args.save_maps, progress=not args.quiet, **where)
+                                 settings=spec.settings(), progress=not args.quiet, **pictures, **where)
         if result is None:  # not the main process: the main one prints the summary
             return 0
         if result.skipped_shards:
             print(f"{len(result.skipped_shards)} finished shard(s) of an earlier run reused", file=sys.stderr)
         return _predict_summary(result)
-    result = _load(args, spec).write(images, args.output, save_maps=args.save_maps, progress=not args.quiet, **where)
+    result = _load(args, spec).write(images, args.output, progress=not args.quiet, **pictures, **where)
     return _predict_summary(result)
 
 
@@ -112,7 +119,10 @@ def _spec(args):
         if given:
             raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
                              f"{', '.join(given)}")
-        return PredictorSpec(onnx=args.onnx, threshold=args.threshold, batch_size=args.batch_size)
+        return PredictorSpec(onnx=args.onnx, threshold=args.threshold, batch_size=args.batch_size,
+                             runtime=args.runtime or "onnxruntime")
+    if args.runtime is not None:
+        raise ValueError(f"--runtime {args.runtime} runs an exported model: pass --onnx MODEL.onnx")
     if not (args.base and args.category):
         raise ValueError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
     from ..hub.base_source import check_base
@@ -130,8 +140,8 @@ def _load(args, spec, sharded: bool = False):
     if spec.onnx is not None:
         predictor = spec.build()
         if predictor.threshold is None:
-            print(f"warning: {args.onnx} stores no decision threshold; pass --threshold to get decisions",
-                  file=sys.stderr)
+            print(f"warning: {args.onnx} stores no decision threshold; pass --threshold to get decisions"
+                  + _no_overlays(args), file=sys.stderr)
         return predictor
     if sharded and args.device == "auto":
         from ..serving.shards import launch_state
@@ -140,18 +150,19 @@ def _load(args, spec, sharded: bool = False):
     else:
         device = str(resolve_device(args.device))
     predictor = PredictorSpec(**{**spec.__dict__, "device": device}).build()
-    state = predictor.model.get_category(predictor.category)
-    if args.threshold is None and state.metadata.get("decision_threshold") is None:
-        print(f"warning: category {state.name!r} stores no decision threshold (it needs 2 or more references); "
-              "pass --threshold to get decisions", file=sys.stderr)
-    if args.save_maps and state.metadata.get("pixel_threshold") is None:
-        print(f"warning: category {state.name!r} stores no pixel threshold: --save-maps writes the maps, no masks",
-              file=sys.stderr)
+    if predictor.threshold is None:
+        print(f"warning: category {predictor.category!r} stores no decision threshold (it needs 2 or more "
+              "references); pass --threshold to get decisions" + _no_overlays(args), file=sys.stderr)
+    if args.save_maps and predictor.pixel_threshold is None:
+        print(f"warning: category {predictor.category!r} stores no pixel threshold: --save-maps writes the maps, "
+              "no masks", file=sys.stderr)
     if args.precision != "fp32":
-        from ..model.precision import resolve_precision
-
-        print(resolve_precision(args.precision, predictor.model.device, predictor.model).describe(), file=sys.stderr)
+        print(predictor.engine.precision.describe(), file=sys.stderr)  # resolved once, by the engine
     return predictor
+
+
+def _no_overlays(args) -> str:
+    return " (and --overlays anomalous draws no overlay without one)" if args.overlays == "anomalous" else ""
 
 
 def _predict_summary(result) -> int:

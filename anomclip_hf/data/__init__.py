@@ -11,49 +11,39 @@ label ("normal"/"anomaly"), defect_type, category, path; see schema.py. Masks mu
 through read_mask (VisA masks hold region numbers 1/2/3).
 """
 
-from ..errors import DatasetError, DatasetLayoutError
-from .files import IMAGE_EXTENSIONS
-from .folder import list_folder_categories, load_folder
-from .labelled_folder import LabelledFolder, load_labelled_folder
-from .loading import DATASETS, list_categories, load_split
-from .mvtec import list_mvtec_categories, load_mvtec
-from .reading import read_image, read_mask
-from .schema import FEATURES, LABEL_NAMES
-from .shots import sample_shots
-from .synthetic_images import (
-    DEFECT_TYPES,
-    SyntheticSample,
-    render_normal,
-    render_sample,
-)
-from .synthetic_trees import generate_mvtec_tree, generate_visa_tree
-from .visa import detect_visa_layout, list_visa_categories, load_visa
+from __future__ import annotations
 
-__all__ = [
-    "LabelledFolder",
-    "load_labelled_folder",
-    "DATASETS",
-    "DEFECT_TYPES",
-    "FEATURES",
-    "IMAGE_EXTENSIONS",
-    "LABEL_NAMES",
-    "DatasetError",
-    "DatasetLayoutError",
-    "SyntheticSample",
-    "detect_visa_layout",
-    "generate_mvtec_tree",
-    "generate_visa_tree",
-    "list_categories",
-    "list_folder_categories",
-    "list_mvtec_categories",
-    "list_visa_categories",
-    "load_folder",
-    "load_mvtec",
-    "load_split",
-    "load_visa",
-    "read_image",
-    "read_mask",
-    "render_normal",
-    "render_sample",
-    "sample_shots",
-]
+from .._lazy import lazy_exports
+
+# Names load their module on first use: finding image files (files.py) must not import `datasets`.
+_EXPORTS = {
+    "DatasetError": "anomclip_hf.errors",
+    "DatasetLayoutError": "anomclip_hf.errors",
+    "IMAGE_EXTENSIONS": "files",
+    "list_folder_categories": "folder",
+    "load_folder": "folder",
+    "LabelledFolder": "labelled_folder",
+    "load_labelled_folder": "labelled_folder",
+    "DATASETS": "loading",
+    "list_categories": "loading",
+    "load_split": "loading",
+    "list_mvtec_categories": "mvtec",
+    "load_mvtec": "mvtec",
+    "read_image": "reading",
+    "read_mask": "reading",
+    "FEATURES": "schema",
+    "LABEL_NAMES": "schema",
+    "sample_shots": "shots",
+    "DEFECT_TYPES": "synthetic_images",
+    "SyntheticSample": "synthetic_images",
+    "render_normal": "synthetic_images",
+    "render_sample": "synthetic_images",
+    "generate_mvtec_tree": "synthetic_trees",
+    "generate_visa_tree": "synthetic_trees",
+    "detect_visa_layout": "visa",
+    "list_visa_categories": "visa",
+    "load_visa": "visa",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

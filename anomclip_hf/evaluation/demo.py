@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 
 from ..data import generate_mvtec_tree, load_split, read_mask
-from ..inference.prediction import OVERLAY_DIR, SCORES_FILE, predict_files
+from ..inference.predictor import predict_files
+from ..inference.writers import OVERLAY_DIR, SCORES_FILE
 from ..io.labels import pipeline_check_fields
 from ..metrics import aupro, f1_max, image_auroc, pixel_auroc
 from ..model.embedded_base import DEFAULT_BACKBONE, EMBEDDED_BACKBONE, demo_backbone  # noqa: F401 (re-exported)

@@ -32,18 +32,22 @@ class OpenVinoAnomalyDetector(OnnxAnomalyDetector):
                  threads: Optional[int] = None):
         if precision not in OPENVINO_PRECISIONS:
             raise ValueError(f"precision={precision!r}; expected one of {sorted(OPENVINO_PRECISIONS)}")
-        self._read_settings(path, threshold)
-        openvino = import_extra("openvino")
-        self.precision, self.device = precision, device
-        properties = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        if threads is not None:
-            properties["INFERENCE_NUM_THREADS"] = int(threads)
-        core = openvino.Core()
-        self.compiled = core.compile_model(core.read_model(self.path), device, properties)
-        self._outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
-        self._request = self.compiled.create_infer_request()
+        self.precision, self.device, self.threads = precision, device, threads
+        super().__init__(path, threshold=threshold)  # reads the sidecar, then `_open_session`
 
-    def infer(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
-        results = self._request.infer(feeds)
+    def _open_session(self, path: str, providers=None, session_options=None):
+        openvino = import_extra("openvino")
+        properties = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads is not None:
+            properties["INFERENCE_NUM_THREADS"] = int(self.threads)
+        core = openvino.Core()
+        self.compiled = core.compile_model(core.read_model(path), self.device, properties)
+        self._outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
+        return self.compiled.create_infer_request()
+
+    def _infer(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
+        results = self.session.infer(feeds)
         scores, maps = (np.array(results[output]) for output in self._outputs)  # copies: the request reuses its buffers
         return scores, maps
+
+    infer = _infer  # the engine step alone (benchmarks/bench_engines.py times it)

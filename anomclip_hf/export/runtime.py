@@ -45,13 +45,6 @@ class OnnxAnomalyDetector:
 
     def __init__(self, path: str, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
                  session_options=None):
-        self._read_settings(path, threshold)
-        onnxruntime = import_extra("onnxruntime")
-        self.session = onnxruntime.InferenceSession(self.path, sess_options=session_options,
-                                                    providers=list(providers or ["CPUExecutionProvider"]))
-
-    def _read_settings(self, path: str, threshold: Optional[float]) -> None:
-        """The graph's file and its sidecar: preprocessing, thresholds, category (shared by every engine)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model not found: {path}")
@@ -66,9 +59,17 @@ class OnnxAnomalyDetector:
         self.category = self.settings.get("category", {}).get("category")
         # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.
         self.note = PIPELINE_CHECK_NOTE if (self.settings.get("base_model") or {}).get("random_weights") else ""
+        self.session = self._open_session(path, providers=providers, session_options=session_options)
 
-    def infer(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
-        """(image scores, anomaly maps) of the graph for checked input arrays: the one step an engine owns."""
+    def _open_session(self, path: str, providers: Optional[Sequence[str]] = None, session_options=None):
+        """The runtime's loaded graph (a subclass for another runtime, e.g. OpenVINO, overrides this and
+        `_infer`)."""
+        onnxruntime = import_extra("onnxruntime")
+        return onnxruntime.InferenceSession(path, sess_options=session_options,
+                                            providers=list(providers or ["CPUExecutionProvider"]))
+
+    def _infer(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(image scores, anomaly maps) of checked float32 feeds, as the runtime returns them."""
         scores, maps = self.session.run(list(OUTPUT_NAMES), feeds)
         return scores, maps
 
@@ -82,7 +83,16 @@ class OnnxAnomalyDetector:
 
     def run(self, pixel_values) -> tuple[np.ndarray, np.ndarray]:
         """(image scores (B,), anomaly maps (B, H, W)) of preprocessed pixel values (for a graph with a DINOv2
-        memory: the dict `preprocess` returns)."""
+        memory: the dict `preprocess` returns); ValueError when any output is NaN or infinite."""
+        scores, maps = self.run_unchecked(pixel_values)
+        bad = ~(np.isfinite(scores) & np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1))
+        if bad.any():  # the graph cannot check (data-dependent), so its outputs are checked here
+            raise ValueError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "
+                             "batch NaN or infinite; no scores are returned (they would read as 'normal')")
+        return scores, maps
+
+    def run_unchecked(self, pixel_values) -> tuple[np.ndarray, np.ndarray]:
+        """`run` without the check of the outputs (a caller that checks each image itself)."""
         given = dict(pixel_values) if isinstance(pixel_values, dict) else {INPUT_NAME: pixel_values}
         feeds = {INPUT_NAME: _checked_input(given.get(INPUT_NAME), INPUT_NAME, self.image_size, self.mean, self.std)}
         if self.memory_preprocessing is not None:
@@ -91,14 +101,8 @@ class OnnxAnomalyDetector:
             if feeds[MEMORY_INPUT_NAME].shape[0] != feeds[INPUT_NAME].shape[0]:
                 raise ValueError(f"{MEMORY_INPUT_NAME} holds {feeds[MEMORY_INPUT_NAME].shape[0]} images but "
                                  f"{INPUT_NAME} {feeds[INPUT_NAME].shape[0]}")
-        pixel_values = feeds[INPUT_NAME]
-        scores, maps = self.infer(feeds)
-        bad = ~(np.isfinite(scores) & np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1))
-        if bad.any():  # the graph cannot check (data-dependent), so its outputs are checked here
-            raise ValueError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "
-                             f"batch NaN or infinite (pixel_values reach {float(np.abs(pixel_values).max()):.3g}); "
-                             "no scores are returned (they would read as 'normal')")
-        return scores.astype(np.float32, copy=False), maps.astype(np.float32, copy=False)
+        scores, maps = self._infer(feeds)
+        return np.asarray(scores, dtype=np.float32), np.asarray(maps, dtype=np.float32)
 
     def predict(self, images, batch_size: int = 16) -> OnnxPrediction:
         """Scores, decisions and maps of PIL images, paths or uint8 arrays (one or a list)."""
@@ -118,7 +122,8 @@ class OnnxAnomalyDetector:
 
     def score_batches(self, images: Sequence[ImageInput], batch_size: int = 16, progress: bool = True,
                       skip_unreadable: bool = False) -> Iterator[ScoredBatch]:
-        """Batch by batch, as `inference.score_images` (for `prediction.write_predictions`)."""
+        """Batch by batch, as `inference.score_images` (`io.batches.scored_batches`; the Predictor's loop also
+        isolates an input that fails in the graph)."""
         from ..io.batches import (
             scored_batches,  # and tqdm: only this path shows progress
         )

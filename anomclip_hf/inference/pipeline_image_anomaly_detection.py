@@ -23,12 +23,12 @@ from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from ..flags.numeric import check_output_size
-from ..io.image_io import load_image
 from ..model.decisions import check_threshold
 from ..model.devices import resolve_device
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import resolve_precision
 from ..model.processing_anomclip import AnomCLIPProcessor
+from .inputs import decode
 from .predictor import Predictor
 
 TASK = "image-anomaly-detection"
@@ -46,6 +46,7 @@ class ImageAnomalyDetectionPipeline(Pipeline):
 
     def __init__(self, model, feature_extractor=None, **kwargs):
         self._loaded_categories: dict[str, str] = {}  # adapter folder / repo id -> category name
+        self._predictors: dict[tuple, Predictor] = {}  # (category, output_size, precision) -> built once
         device = kwargs.get("device")
         if device is not None and not (isinstance(device, int) and device < 0):  # -1: transformers' CPU
             kwargs["device"] = resolve_device(device)  # a clear error, not torch's RuntimeError
@@ -77,13 +78,23 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             self._loaded_categories[category] = self.model.load_category(category, activate=False).name
         return self._loaded_categories[category]
 
+    def _predictor(self, category: Optional[str], output_size: Optional[int] = None, precision=None) -> Predictor:
+        """The Predictor of these settings, built on first use and kept (one per category and settings)."""
+        state = self.model.get_category(category)
+        name = state.name
+        key = (name, id(state), output_size, precision)  # a category loaded again gets a new Predictor
+        if key not in self._predictors:
+            self._predictors[key] = Predictor.from_model(self.model, name, autocast_dtype=precision,
+                                                         output_size=output_size, decode_workers=0)
+        return self._predictors[key]
+
     def preprocess(self, image):
-        inputs = self.feature_extractor(images=[load_image(image)])  # + memory_pixel_values for a DINO memory
+        inputs = self.feature_extractor(images=[decode(image)])  # + memory_pixel_values for a DINO memory
         return {key: inputs[key] for key in ("pixel_values", "memory_pixel_values") if key in inputs}
 
     def _forward(self, model_inputs, category: Optional[str] = None, output_size: Optional[int] = None,
                  precision=None):
-        predictor = Predictor.from_model(self.model, category, autocast_dtype=precision, output_size=output_size)
+        predictor = self._predictor(category, output_size, precision)
         # float32 scores and maps (scoring.py); memory_pixel_values too where the model has a DINOv2 memory
         scores, maps = predictor.score_pixel_values({key: value for key, value in model_inputs.items()
                                                      if key in ("pixel_values", "memory_pixel_values")})
@@ -93,7 +104,7 @@ class ImageAnomalyDetectionPipeline(Pipeline):
 
     def postprocess(self, model_outputs, threshold: Optional[float] = None):
         name = model_outputs["category"][0] if isinstance(model_outputs["category"], list) else model_outputs["category"]
-        outcome = Predictor.from_model(self.model, name).outcome(
+        outcome = self._predictor(name).outcome(
             float(model_outputs["image_scores"].reshape(-1)[0]), threshold)
         anomaly_map = model_outputs["anomaly_maps"].float().cpu()
         return {**outcome, "decision": outcome["decision"] or None,

@@ -1,45 +1,60 @@
 """`Predictor`: the one scoring path of the package.
 
-It holds one category, loaded once, on one engine: the PyTorch model (`from_model`, `from_pretrained`) or an
-exported model on ONNX Runtime (`from_onnx`). It scores a batch of paths, PIL images, uint8 arrays or encoded
-image bytes and answers, per input in input order, the score, the normalised score (the stored threshold at
-0.5, `decisions.normalized_score`), the decision (`decisions.decision`) and, on request, the anomaly map or the
-path of a written overlay. `anomclip predict`, `predict_files`, the pipeline, the web app, accelerate shards,
-Ray actors and `anomclip serve` all score through it.
+It holds one category on one engine (`inference.engines`: the PyTorch model via `from_model` /
+`from_pretrained`, an exported model on ONNX Runtime via `from_onnx`). It scores paths, PIL images, uint8
+arrays or encoded image bytes and answers, per input in input order, the score, the normalised score (the
+stored threshold at 0.5, `decisions.normalized_score`), the decision (`decisions.decision`) and, on request,
+the anomaly map or the path of a written overlay. `anomclip predict`, `predict_files`, the pipeline, the web
+app, accelerate shards, Ray actors and `anomclip serve` all score through it.
 
 ```python
 predictor = Predictor.from_pretrained("anomclip_demo/base", "runs/fit/adapter")
 results = predictor.predict(["a.png", pil_image, uint8_array, png_bytes], maps=True)
 results[0].score, results[0].decision, results[0].normalized_score, results[0].anomaly_map.shape
-predictor.write(paths, "runs/out")   # scores.csv, overlays/, errors.csv, as `anomclip predict`
+predictor.write(paths, "runs/out", overlays="anomalous")   # scores.csv, overlays/, errors.csv
 ```
+
+The scoring loop is a pipeline: a pool of threads decodes the next inputs (PIL releases the GIL) while the
+engine scores a batch, and `write` draws and saves pictures in background threads (`writers`). Each input is
+isolated: one that fails to decode, to preprocess or to score (a NaN score), or whose whole batch fails in the
+engine (then the batch is scored again input by input), gets its own error; the others are scored as if it
+were not there.
 """
 
 from __future__ import annotations
 
-import io
+import collections
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..io.batches import ScoredBatch
-from ..io.image_io import (
-    ImageReadError,
-    PathOrImage,
-    check_pixel_count,
-    display_path,
-    load_image,
+from ..model.decisions import check_threshold, decision, normalized_score
+from .engines.base import Engine
+from .inputs import ImageLike, decode, find_inputs, printable, source_name
+from .writers import (
+    NOT_AN_IMAGE,
+    NOT_UTF8,
+    PredictionResult,
+    PredictionWriter,
+    check_overlays,
+    write_image_outputs,
 )
-from ..io.pixel_arrays import as_pil
-from ..model.decisions import decision, normalized_score
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
-# (images, batch_size, progress, skip_unreadable) -> ScoredBatch per batch: `score_images` or the ONNX detector's
-BatchSource = Callable[..., Iterator[ScoredBatch]]
-BYTES_NAME = "<image bytes>"
+NOT_FINITE = "the model scored this image NaN or infinite; no score is given (it would read as 'normal')"
+
+
+def default_decode_workers() -> int:
+    """Decoding threads: enough to keep one scoring loop fed, never more than the CPUs."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _threshold(value, name: str = "threshold") -> Optional[float]:
+    return check_threshold(float(value) if isinstance(value, np.generic) else value, name)
 
 
 @dataclass
@@ -63,89 +78,45 @@ class Prediction:
                 "error": self.error or ""}
 
 
-def image_from_bytes(data: bytes, name: str = BYTES_NAME) -> Image.Image:
-    """An RGB PIL image from encoded bytes (PNG, JPEG, ...), with the decoding limits of `image_io`
-    (pixel count checked from the header first); ImageReadError naming `name` otherwise."""
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ImageReadError(f"{name}: no image data (expected the bytes of a PNG, JPEG, BMP or TIFF file)")
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as image:
-            check_pixel_count(image.size, name)
-            image.load()
-            return load_image(image)
-    except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image {name}: {len(data):,} bytes that are no image format PIL knows "
-                             "(expected PNG, JPEG, BMP, TIFF, ...)") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"cannot read image {name}: {error}") from error
-
-
-def as_image(item: ImageLike) -> PathOrImage:
-    """A path (decoded later, by the scoring loop) or a PIL image, from any accepted input; ImageReadError
-    (a ValueError) naming what was wrong otherwise."""
-    if isinstance(item, (str, os.PathLike, Image.Image)):
-        return item
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        return image_from_bytes(item)
-    if isinstance(item, np.ndarray):
-        try:
-            return as_pil(item)
-        except (ValueError, TypeError) as error:
-            raise ImageReadError(f"array of shape {item.shape} ({item.dtype}): {error}") from error
-    raise ImageReadError(f"cannot score a {type(item).__name__}; expected a path, a PIL image, a uint8 "
-                         "(H, W[, C]) array or encoded image bytes")
-
-
-def _source_name(item) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return display_path(item)
-    return BYTES_NAME if isinstance(item, (bytes, bytearray, memoryview)) else "<in-memory image>"
-
-
 class Predictor:
     """One category on one engine, loaded once; see the module docstring.
 
-    batches: the scoring loop to use (`score_images` bound to a model, or an ONNX detector's `score_batches`);
-    threshold / pixel_threshold: the decision and map thresholds (None: scores only); note: the PIPELINE CHECK
-    label of a random base ("" otherwise), written into every overlay and scores.csv.
+    engine: an `inference.engines.Engine`; threshold / pixel_threshold: the decision and map thresholds
+    (default: the stored ones; None stored: scores only); note: the PIPELINE CHECK label of a random base
+    (default: the engine's), written into every overlay and scores.csv; decode_workers: decoding threads.
     """
 
-    def __init__(self, batches: BatchSource, *, category: Optional[str], threshold: Optional[float],
-                 pixel_threshold: Optional[float] = None, note: str = "", batch_size: int = 16,
-                 engine: str = "torch", model=None, score_pixels: Optional[Callable] = None):
+    def __init__(self, engine: Engine, *, threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
+                 note: Optional[str] = None, batch_size: int = 16, decode_workers: Optional[int] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1")
-        self._batches, self._score_pixels = batches, score_pixels
-        self.category, self.threshold, self.pixel_threshold = category, threshold, pixel_threshold
-        self.note, self.batch_size, self.engine, self.model = note, batch_size, engine, model
+        info = engine.description
+        self.engine = engine
+        self.category = info.category
+        self.threshold = info.threshold if threshold is None else _threshold(threshold)
+        self.pixel_threshold = (info.pixel_threshold if pixel_threshold is None
+                                else _threshold(pixel_threshold, "pixel_threshold"))
+        self.note = info.note if note is None else note
+        self.batch_size = batch_size
+        self.decode_workers = default_decode_workers() if decode_workers is None else max(0, int(decode_workers))
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool_lock = threading.Lock()  # predict() may be called from several threads (a server's)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, model, category: Optional[str] = None, *, threshold: Optional[float] = None,
                    pixel_threshold: Optional[float] = None, precision: str = "fp32", autocast_dtype=None,
-                   output_size: Optional[int] = None, note: Optional[str] = None, batch_size: int = 16) -> "Predictor":
+                   output_size: Optional[int] = None, note: Optional[str] = None, batch_size: int = 16,
+                   decode_workers: Optional[int] = None) -> "Predictor":
         """A loaded AnomCLIPModel's category (default: the active one); thresholds default to the stored ones.
-        precision: "fp32", "bf16", "fp16" or "auto" for the vision tower (`autocast_dtype`, a torch dtype, wins)."""
-        from ..io.labels import pipeline_check_note
-        from ..model.precision import resolve_precision
-        from .batch_scoring import score_images, score_pixel_values
+        precision: "fp32", "bf16", "fp16" or "auto" for the vision tower (`autocast_dtype`, a torch dtype or a
+        PrecisionChoice, wins), resolved once."""
+        from .engines.torch_engine import TorchEngine
 
-        state = model.get_category(category)
-        low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device, model)
-
-        def batches(images, batch_size, progress, skip_unreadable):
-            return score_images(model, images, batch_size=batch_size, output_size=output_size, category=state.name,
-                                progress=progress, skip_unreadable=skip_unreadable, autocast_dtype=low)
-
-        def score_pixels(pixel_values):
-            return score_pixel_values(model, pixel_values, state.name, output_size, low)
-
-        return cls(batches, category=state.name,
-                   threshold=state.metadata.get("decision_threshold") if threshold is None else float(threshold),
-                   pixel_threshold=(state.metadata.get("pixel_threshold") if pixel_threshold is None
-                                    else float(pixel_threshold)),
-                   note=pipeline_check_note(model) if note is None else note, batch_size=batch_size,
-                   engine="torch", model=model, score_pixels=score_pixels)
+        engine = TorchEngine(model, category, precision=precision, autocast_dtype=autocast_dtype,
+                             output_size=output_size)
+        return cls(engine, threshold=threshold, pixel_threshold=pixel_threshold, note=note, batch_size=batch_size,
+                   decode_workers=decode_workers)
 
     @classmethod
     def from_pretrained(cls, base, category: str, *, revision: Optional[str] = None, device: str = "cpu",
@@ -162,20 +133,21 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str, *, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
-                  batch_size: int = 16) -> "Predictor":
-        """An exported category (`anomclip export`) on ONNX Runtime: no torch needed."""
-        from ..export.runtime import OnnxAnomalyDetector
+                  batch_size: int = 16, runtime: str = "onnxruntime", decode_workers: Optional[int] = None,
+                  **runtime_options) -> "Predictor":
+        """An exported category (`anomclip export`) on a runtime of `engines.ENGINES` (default ONNX Runtime):
+        no torch needed. providers: ONNX Runtime execution providers."""
+        from .engines import exported_engine
 
-        detector = OnnxAnomalyDetector(path, threshold=threshold, providers=providers)
+        if providers is not None:
+            runtime_options["providers"] = providers
+        engine = exported_engine(runtime)(path, threshold=_threshold(threshold), **runtime_options)
+        return cls(engine, batch_size=batch_size, decode_workers=decode_workers)
 
-        def batches(images, batch_size, progress, skip_unreadable):
-            return detector.score_batches(images, batch_size=batch_size, progress=progress,
-                                          skip_unreadable=skip_unreadable)
-
-        return cls(batches, category=detector.category, threshold=detector.threshold,
-                   pixel_threshold=detector.pixel_threshold, note=detector.note, batch_size=batch_size,
-                   engine="onnx", model=detector,
-                   score_pixels=lambda pixels: detector.run(pixels if isinstance(pixels, dict) else np.asarray(pixels)))
+    @property
+    def model(self):
+        """The engine's loaded model (an AnomCLIPModel for the torch engine, the detector for an exported one)."""
+        return getattr(self.engine, "model", None) or getattr(self.engine, "detector", None)
 
     # ------------------------------------------------------------------ scoring
     def outcome(self, score: float, threshold: Optional[float] = None) -> dict:
@@ -187,76 +159,191 @@ class Predictor:
 
     def score_pixel_values(self, pixel_values) -> tuple[np.ndarray, np.ndarray]:
         """(scores (B,), maps (B, H, W)) of already preprocessed pixel values (the pipeline's path)."""
-        return self._score_pixels(pixel_values)
+        return self.engine.score(pixel_values)
 
-    def score_batches(self, images: Sequence[PathOrImage], batch_size: Optional[int] = None, progress: bool = False,
-                      skip_unreadable: bool = True) -> Iterator[ScoredBatch]:
-        """The scoring loop's batches (`io.batches.scored_batches`) of paths or PIL images."""
-        return self._batches(images, batch_size or self.batch_size, progress, skip_unreadable)
+    def score_batches(self, images: Sequence[ImageLike], batch_size: Optional[int] = None, progress: bool = False,
+                      description: str = "scoring") -> Iterator[ScoredBatch]:
+        """Scored batches in input order: `indices` of the scored inputs, their decoded images, scores and
+        maps, and `failures` ((index, why) of the inputs that could not be scored since the last batch)."""
+        from tqdm.auto import tqdm
+
+        size = batch_size or self.batch_size
+        if size < 1:
+            raise ValueError(f"batch_size={size}; expected >= 1")
+        indices, decoded, failures = [], [], []
+        with tqdm(total=len(images), desc=description, disable=not progress, unit="img") as bar:
+            for index, image, error in self._decoded(images, lookahead=2 * size):
+                if error is not None:
+                    failures.append((index, error))
+                    bar.update(1)  # now: a run of bad files moves the bar too
+                else:
+                    indices.append(index)
+                    decoded.append(image)
+                # Batches hold `size` decoded images whatever failed around them, so a bad input changes no
+                # other input's batch (and no score).
+                if len(decoded) == size:
+                    yield self._scored(indices, decoded, failures)
+                    bar.update(len(indices))
+                    indices, decoded, failures = [], [], []
+            if decoded or failures:
+                yield self._scored(indices, decoded, failures)
+                bar.update(len(indices))
+
+    def _decoded(self, items: Sequence[ImageLike], lookahead: int) -> Iterator[tuple]:
+        """(index, RGB image or None, error or None) per input in input order; decoded ahead by the pool."""
+        def one(index):
+            try:
+                return index, decode(items[index]), None
+            except ValueError as error:  # decode turns every failure into an ImageReadError
+                return index, None, str(error)
+
+        if self.decode_workers == 0 or len(items) <= 1:
+            yield from map(one, range(len(items)))
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="anomclip-decode")
+        pending: collections.deque = collections.deque()
+        upcoming = iter(range(len(items)))
+        for index in upcoming:  # a bounded queue: at most `lookahead` decoded images wait for the engine
+            pending.append(self._pool.submit(one, index))
+            if len(pending) >= lookahead:
+                break
+        while pending:
+            yield pending.popleft().result()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append(self._pool.submit(one, following))
+
+    def _scored(self, indices: list, images: list, failures: list) -> ScoredBatch:
+        """One batch through the engine; a batch that fails is scored again input by input, so only the input
+        that fails is reported; a non-finite score or map fails its own input."""
+        scores, maps, problems = self._score_isolated(images)
+        keep = [i for i, problem in enumerate(problems) if problem is None]
+        failures = sorted(failures + [(indices[i], problem) for i, problem in enumerate(problems) if problem])
+        return ScoredBatch(indices=[indices[i] for i in keep], images=[images[i] for i in keep],
+                           image_scores=scores[keep] if len(images) else np.zeros(0, np.float32),
+                           anomaly_maps=maps[keep] if len(images) else np.zeros((0, 0, 0), np.float32),
+                           failures=failures)
+
+    def _score_isolated(self, images: list) -> tuple[np.ndarray, np.ndarray, list]:
+        """(scores, maps, problem or None per image)."""
+        if not images:
+            return np.zeros(0, np.float32), np.zeros((0, 0, 0), np.float32), []
+        try:
+            scores, maps = self.engine.score(self.engine.preprocess(images))
+            scores, maps = np.asarray(scores, np.float32).reshape(-1), np.asarray(maps, np.float32)
+            if scores.shape[0] != len(images) or maps.ndim != 3 or maps.shape[0] != len(images):
+                raise ValueError(f"the engine answered {scores.shape[0]} scores and maps of shape {maps.shape} for "
+                                 f"{len(images)} images")
+        except Exception as error:  # noqa: BLE001 - one input's failure must not take its neighbours down
+            if len(images) == 1:
+                return np.zeros(1, np.float32), np.zeros((1, 1, 1), np.float32), [_engine_failure(error)]
+            parts = [self._score_isolated([image]) for image in images]
+            good = next((part for part in parts if part[2][0] is None), parts[0])
+            shape = good[1].shape[1:]
+            return (np.concatenate([part[0] for part in parts]),
+                    np.concatenate([part[1] if part[1].shape[1:] == shape else np.zeros((1, *shape), np.float32)
+                                    for part in parts]),
+                    [part[2][0] for part in parts])
+        finite = np.isfinite(scores) & np.isfinite(maps.reshape(len(images), -1)).all(axis=1)
+        return scores, maps, [None if ok else NOT_FINITE for ok in finite]
 
     def predict(self, images: Union[ImageLike, Sequence[ImageLike]], *, batch_size: Optional[int] = None,
                 maps: bool = False, overlay_dir: Optional[str] = None, names: Optional[Sequence[str]] = None,
-                save_maps: bool = False, progress: bool = False) -> list[Prediction]:
-        """One Prediction per input, in input order; an input that cannot be decoded gets its error, the
+                save_maps: bool = False, progress: bool = False, overlays: str = "all") -> list[Prediction]:
+        """One Prediction per input, in input order; an input that cannot be scored gets its error, the
         others are scored. overlay_dir: also write each overlay PNG there (overlays/NAME, NAME from `names`,
-        default the input's file name or its index; with save_maps also maps/ and masks/) and return its path."""
+        default the input's file name or its index; with save_maps also maps/ and masks/) and return its path;
+        overlays: which inputs get one there ("all", "anomalous", "none")."""
+        check_overlays(overlays)
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         if names is not None and len(names) != len(items):
             raise ValueError(f"{len(names)} names for {len(items)} images")
         results: list[Optional[Prediction]] = [None] * len(items)
-        usable, positions = [], []
-        for index, item in enumerate(items):
-            try:
-                usable.append(as_image(item))
-                positions.append(index)
-            except ImageReadError as error:
-                results[index] = self._failed(index, item, str(error))
-        for batch in self.score_batches(usable, batch_size=batch_size, progress=progress):
-            for local, error in batch.failures:
-                index = positions[local]
+        for batch in self.score_batches(items, batch_size=batch_size, progress=progress):
+            for index, error in batch.failures:
                 results[index] = self._failed(index, items[index], error)
-            for offset, local in enumerate(batch.indices):
-                index = positions[local]
-                results[index] = self._scored(index, items[index], batch, offset, maps, overlay_dir,
-                                              None if names is None else names[index], save_maps)
+            for offset, index in enumerate(batch.indices):
+                results[index] = self._prediction(index, items[index], batch, offset, maps, overlay_dir,
+                                                  None if names is None else names[index], save_maps, overlays)
         return results  # type: ignore[return-value]
 
     __call__ = predict
 
     def _failed(self, index: int, item, error: str) -> Prediction:
-        return Prediction(index=index, source=_source_name(item), score=None, normalized_score=None, decision="",
+        return Prediction(index=index, source=source_name(item), score=None, normalized_score=None, decision="",
                           threshold=self.threshold, error=error)
 
-    def _scored(self, index: int, item, batch: ScoredBatch, offset: int, maps: bool, overlay_dir: Optional[str],
-                name: Optional[str], save_maps: bool) -> Prediction:
+    def _prediction(self, index: int, item, batch: ScoredBatch, offset: int, maps: bool, overlay_dir: Optional[str],
+                    name: Optional[str], save_maps: bool, overlays: str = "all") -> Prediction:
         outcome = self.outcome(float(batch.image_scores[offset]))
         overlay = None
-        if overlay_dir is not None:
-            from .prediction import write_image_outputs
-
+        drawn = overlays == "all" or (overlays == "anomalous" and outcome["decision"] == "anomalous")
+        if overlay_dir is not None and (drawn or save_maps):
             if name is None:
                 name = (os.path.splitext(os.path.basename(os.fspath(item)))[0] if isinstance(item, (str, os.PathLike))
                         else f"{index:06d}") + ".png"
-            overlay = write_image_outputs(overlay_dir, name, batch.images[offset], batch.anomaly_maps[offset],
+            written = write_image_outputs(overlay_dir, name, batch.images[offset], batch.anomaly_maps[offset],
                                           outcome["score"], threshold=self.threshold,
-                                          pixel_threshold=self.pixel_threshold, note=self.note, save_maps=save_maps)
-        return Prediction(index=index, source=_source_name(item), score=outcome["score"],
+                                          pixel_threshold=self.pixel_threshold, note=self.note, save_maps=save_maps,
+                                          overlay=drawn)
+            overlay = written[0] if drawn else None
+        return Prediction(index=index, source=source_name(item), score=outcome["score"],
                           normalized_score=outcome["normalized_score"], decision=outcome["decision"],
                           threshold=self.threshold, anomaly_map=batch.anomaly_maps[offset] if maps else None,
                           overlay=overlay)
 
     # ------------------------------------------------------------------ files
-    def write(self, paths: Sequence[str], output_dir: str, *, progress: bool = True, **write_options):
-        """Score image files and write scores.csv, overlays/ and errors.csv into `output_dir`, as `anomclip
-        predict` (`prediction.write_predictions`: its lock, atomic CSVs, removal of an earlier run's outputs).
-        write_options: root, ground_truth, extra_columns, keep_maps, not_images, unlistable, save_maps."""
-        from .prediction import write_scored
+    def write(self, paths: Sequence[str], output_dir: str, *, progress: bool = True, overlays: str = "all",
+              save_maps: bool = False, root: Optional[str] = None, not_images: Sequence[str] = (),
+              unlistable: Sequence[tuple[str, str]] = (), writer_workers: Optional[int] = None,
+              **writer_options) -> PredictionResult:
+        """Score image files and write scores.csv, overlays/ (all, anomalous or none), errors.csv and the run
+        manifest into `output_dir`, as `anomclip predict` (see `writers`). Inputs that cannot be scored, files
+        with undecodable names, the `not_images` found beside the images and the `unlistable` (folder, why)
+        pairs are reported in errors.csv and the result, never fatal. writer_options: ground_truth,
+        extra_columns, keep_maps (see `writers.PredictionWriter`)."""
+        paths = list(paths)
+        named = [path for path in paths if printable(path)]
+        workers = writer_workers if writer_workers is not None else max(1, self.decode_workers)
+        writer = PredictionWriter(output_dir, named, root=root, threshold=self.threshold,
+                                  pixel_threshold=self.pixel_threshold, note=self.note, overlays=overlays,
+                                  save_maps=save_maps, workers=workers, **writer_options)
+        with writer:
+            for path in paths:
+                if not printable(path):
+                    writer.fail(path, NOT_UTF8)
+            for batch in self.score_batches(named, progress=progress):
+                for index, error in batch.failures:
+                    writer.fail(named[index], error)
+                for offset, index in enumerate(batch.indices):
+                    writer.add(named[index], batch.images[offset], batch.anomaly_maps[offset],
+                               batch.image_scores[offset])
+            for folder, why in unlistable:
+                writer.fail(folder, why)
+            for path in not_images:
+                writer.fail(path, NOT_AN_IMAGE)
+        return writer.result
 
-        return write_scored(lambda named: self.score_batches(named, progress=progress), paths, output_dir,
-                            threshold=self.threshold, pixel_threshold=self.pixel_threshold, note=self.note,
-                            **write_options)
+    def close(self) -> None:
+        """Stop the decoding threads (they also stop when the Predictor is collected)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __del__(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
+def _engine_failure(error: Exception) -> str:
+    message = str(error) or type(error).__name__
+    return f"scoring failed: {message}" if not message.lower().startswith(("cannot", "scoring")) else message
+
+
+# ---------------------------------------------------------------------------------------------- spec
 @dataclass(frozen=True)
 class PredictorSpec:
     """How to load a Predictor, as plain values: what a Ray actor, an accelerate process or a server worker
@@ -272,6 +359,7 @@ class PredictorSpec:
     output_size: Optional[int] = None
     batch_size: int = 16
     memory_backbone: Optional[str] = None  # a DINOv2 memory for a base saved without one
+    runtime: str = "onnxruntime"  # the engine of an exported model (engines.ENGINES)
 
     def __post_init__(self):
         if self.onnx is None and not (self.base and self.category):
@@ -279,7 +367,8 @@ class PredictorSpec:
 
     def build(self) -> Predictor:
         if self.onnx is not None:
-            return Predictor.from_onnx(self.onnx, threshold=self.threshold, batch_size=self.batch_size)
+            return Predictor.from_onnx(self.onnx, threshold=self.threshold, batch_size=self.batch_size,
+                                       runtime=self.runtime)
         return Predictor.from_pretrained(self.base, self.category, revision=self.revision, device=self.device,
                                          precision=self.precision, threshold=self.threshold,
                                          output_size=self.output_size, batch_size=self.batch_size,
@@ -289,4 +378,32 @@ class PredictorSpec:
         """What decides the scores (for a run's plan: a rerun with other settings starts afresh)."""
         return {"base": self.base, "category": self.category, "onnx": self.onnx, "revision": self.revision,
                 "precision": self.precision, "threshold": self.threshold, "output_size": self.output_size,
-                "memory_backbone": self.memory_backbone}
+                "memory_backbone": self.memory_backbone, "runtime": self.runtime}
+
+
+# ---------------------------------------------------------------------------------------------- shortcuts
+def predict_files(model, paths: Sequence[str], output_dir: str, *, category: Optional[str] = None,
+                  threshold: Optional[float] = None, pixel_threshold: Optional[float] = None, batch_size: int = 16,
+                  output_size: Optional[int] = None, autocast_dtype=None, precision: str = "fp32",
+                  progress: bool = True, note: Optional[str] = None, **write_options) -> PredictionResult:
+    """`Predictor.from_model(model, category, ...).write(paths, output_dir, ...)`: scores.csv, overlays/ and
+    errors.csv of `paths` in `output_dir`. write_options: overlays, save_maps, root, ground_truth,
+    extra_columns, keep_maps, not_images, unlistable (see `Predictor.write`)."""
+    predictor = Predictor.from_model(model, category, threshold=threshold, pixel_threshold=pixel_threshold,
+                                     precision=precision, autocast_dtype=autocast_dtype, output_size=output_size,
+                                     note=note, batch_size=batch_size)
+    try:
+        return predictor.write(paths, output_dir, progress=progress, **write_options)
+    finally:
+        predictor.close()
+
+
+def predict_folder(model, images_dir: str, output_dir: str, **kwargs) -> PredictionResult:
+    """`predict_files` over every image under `images_dir` (recursive); the other files are reported."""
+    images, others, unlistable = find_inputs(images_dir, exclude=output_dir)
+    return predict_files(model, images, output_dir, root=images_dir, not_images=others, unlistable=unlistable,
+                         **kwargs)
+
+
+__all__ = ["Prediction", "PredictionResult", "Predictor", "PredictorSpec", "predict_files", "predict_folder",
+           "NOT_FINITE"]

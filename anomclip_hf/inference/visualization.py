@@ -18,10 +18,9 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 from ..io.image_io import resize_mask
-from ..model.thresholds import decision
+from ..model.decisions import decision
 
 GROUND_TRUTH_COLOUR = (255, 255, 0)
 PREDICTION_COLOUR = (255, 0, 0)
@@ -55,6 +54,8 @@ def mask_contour(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     mask = np.asarray(mask).astype(bool)
     if not mask.any():
         return np.zeros_like(mask)
+    from scipy import ndimage  # on first outline: the command line starts without scipy
+
     inner = ndimage.binary_erosion(mask, iterations=thickness, border_value=0)
     return mask & ~inner
 
@@ -122,10 +123,15 @@ def overlay_layout(image_size: tuple[int, int], header_lines: int, max_side: int
     """The layout of an image of `image_size`, its panels scaled down until the picture fits `max_side`."""
     width, height = image_size
     layout = OverlayLayout((width, height), header_lines)
-    while max(layout.size) > max_side and min(layout.panel) > 16:
+    while max(layout.size) > max_side:
+        # The short side stops at 16 px; the long side keeps shrinking, so an extreme aspect ratio (a 4000 x 40
+        # strip) is squeezed rather than drawn wider than max_side.
         scale = max_side / max(layout.size) * 0.99
-        layout = OverlayLayout((max(16, int(layout.panel[0] * scale)), max(16, int(layout.panel[1] * scale))),
-                               header_lines)
+        smaller = OverlayLayout((max(16, int(layout.panel[0] * scale)), max(16, int(layout.panel[1] * scale))),
+                                header_lines)
+        if smaller.panel == layout.panel:  # 16 x 16 panels: nothing left to shrink
+            break
+        layout = smaller
     return layout
 
 
@@ -136,15 +142,14 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _colour_bar(draw: ImageDraw.ImageDraw, layout: OverlayLayout, left: int, top: int, scale_max: float,
-                pixel_threshold: Optional[float], font) -> None:
+def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: OverlayLayout, left: int, top: int,
+                scale_max: float, pixel_threshold: Optional[float], font) -> None:
     """A vertical jet bar from 0 (bottom) to `scale_max` (top) with tick labels and the threshold marked."""
     bar_width = max(4, round(layout.panel[0] / 25))
     x0, x1 = left + layout.font_size // 3, left + layout.font_size // 3 + bar_width
     height = layout.panel[1]
-    for row in range(height):
-        colour = tuple(int(c) for c in jet(np.array([1.0 - row / max(height - 1, 1)]))[0])
-        draw.line([(x0, top + row), (x1, top + row)], fill=colour)
+    colours = jet(1.0 - np.arange(height) / max(height - 1, 1))  # one row per value, top = scale_max
+    canvas.paste(Image.fromarray(np.repeat(colours[:, None, :], x1 - x0 + 1, axis=1)), (x0, top))
     ticks = [(0.0, "0"), (scale_max, f"{scale_max:.3g}")]
     for value, text in ticks:
         y = top + round((1.0 - value / scale_max) * (height - 1))
@@ -198,6 +203,6 @@ def anomaly_panel(image: Image.Image, anomaly_map: np.ndarray, *, score: Optiona
             title = short
         draw.text((column * size[0] + layout.font_size // 3, layout.header_height), title, fill=TEXT_COLOUR,
                   font=font)
-    _colour_bar(draw, layout, 3 * size[0], top, scale_max, pixel_threshold, font)
+    _colour_bar(canvas, draw, layout, 3 * size[0], top, scale_max, pixel_threshold, font)
     return canvas
 

@@ -1,5 +1,5 @@
 """One scores.csv and errors.csv in input order from partial results (accelerate shards, Ray Data rows), in
-the format `prediction.write_predictions` writes for a single process."""
+the format `writers.PredictionWriter` writes for a single process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 from typing import Iterable, Optional, Sequence
 
-from ..inference.prediction import (
+from ..inference.writers import (
     ERRORS_FILE,
     NOT_AN_IMAGE,
     SCORES_FILE,

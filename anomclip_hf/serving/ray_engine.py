@@ -15,18 +15,24 @@ from __future__ import annotations
 import glob
 import math
 import os
-import shutil
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ..inference.prediction import (
+from ..inference.predictor import PredictorSpec
+from ..inference.writers import (
+    ERRORS_FILE,
+    MAPS_DIR,
+    MASKS_DIR,
+    OVERLAY_DIR,
+    SCORES_FILE,
     PredictionResult,
     overlay_name,
+    record_outputs,
     remove_earlier_outputs,
 )
-from ..inference.predictor import PredictorSpec
 from ..io.run_lock import folder_lock
+from ..model.decisions import decision
 from .extras import import_extra
 from .merge import SCORE_COLUMNS, write_merged
 
@@ -38,9 +44,9 @@ class ScoringActor:
     """One Predictor per actor, built once; scores a batch (a dict of numpy columns) and adds ROW_COLUMNS."""
 
     def __init__(self, spec: PredictorSpec, overlay_dir: Optional[str] = None, root: Optional[str] = None,
-                 save_maps: bool = False):
+                 save_maps: bool = False, overlays: str = "all"):
         self.predictor = spec.build()
-        self.overlay_dir, self.root, self.save_maps = overlay_dir, root, save_maps
+        self.overlay_dir, self.root, self.save_maps, self.overlays = overlay_dir, root, save_maps, overlays
 
     def __call__(self, batch: dict) -> dict:
         if "bytes" in batch:
@@ -52,7 +58,7 @@ class ScoringActor:
         names = None
         if self.overlay_dir is not None and "path" in batch:
             names = [overlay_name(str(path), self.root) for path in batch["path"]]
-        predictions = self.predictor.predict(items, names=names, save_maps=self.save_maps,
+        predictions = self.predictor.predict(items, names=names, save_maps=self.save_maps, overlays=self.overlays,
                                              overlay_dir=self.overlay_dir if names is not None else None)
         out = dict(batch)
         out.pop("bytes", None)  # the scores travel on, not the images
@@ -70,13 +76,14 @@ def _number(value: Optional[float]) -> float:
 
 
 def score_dataset(dataset, spec: PredictorSpec, *, actors: int = 2, num_gpus: float = 0, batch_size: int = 16,
-                  overlay_dir: Optional[str] = None, root: Optional[str] = None, save_maps: bool = False):
+                  overlay_dir: Optional[str] = None, root: Optional[str] = None, save_maps: bool = False,
+                  overlays: str = "all"):
     """`dataset` (a 'path' and/or 'bytes' column, any other columns pass through) with ROW_COLUMNS added: a
     NaN image_score and the reason in `error` for an input that could not be scored."""
     if actors < 1:
         raise ValueError(f"actors={actors}; expected >= 1")
     ray_data = import_extra("ray.data", "ray")
-    kwargs = {"spec": spec, "overlay_dir": overlay_dir, "root": root, "save_maps": save_maps}
+    kwargs = {"spec": spec, "overlay_dir": overlay_dir, "root": root, "save_maps": save_maps, "overlays": overlays}
     return dataset.map_batches(ScoringActor, fn_constructor_kwargs=kwargs,
                                batch_size=batch_size, batch_format="numpy",
                                compute=ray_data.ActorPoolStrategy(size=actors),
@@ -86,7 +93,7 @@ def score_dataset(dataset, spec: PredictorSpec, *, actors: int = 2, num_gpus: fl
 def predict_with_ray(spec: PredictorSpec, paths: Sequence[str], output_dir: str, *, address: Optional[str] = None,
                      actors: int = 2, num_gpus: float = 0, batch_size: int = 16, output_format: str = "parquet",
                      root: Optional[str] = None, not_images: Sequence[str] = (),
-                     unlistable: Sequence[tuple[str, str]] = (), overlays: bool = True,
+                     unlistable: Sequence[tuple[str, str]] = (), overlays: str = "all",
                      save_maps: bool = False) -> PredictionResult:
     """`anomclip predict --engine ray`: see the module docstring. address: a running cluster ("auto",
     "ray://host:10001"); default: a local one started (and stopped) here."""
@@ -102,24 +109,51 @@ def predict_with_ray(spec: PredictorSpec, paths: Sequence[str], output_dir: str,
     try:
         os.makedirs(output_dir, exist_ok=True)
         with folder_lock(output_dir, "predict run"):
-            remove_earlier_outputs(output_dir)
+            remove_earlier_outputs(output_dir)  # what the earlier run recorded, the ray/ row files included
             table_dir = os.path.join(output_dir, RAY_DIR)
-            shutil.rmtree(table_dir, ignore_errors=True)
             items = ray.data.from_items([{"index": i, "path": path} for i, path in enumerate(paths)])
+            earlier = set(_row_files(table_dir, output_format))
             scored = score_dataset(items, spec, actors=actors, num_gpus=num_gpus, batch_size=batch_size,
-                                   overlay_dir=output_dir if overlays else None, root=root, save_maps=save_maps)
+                                   overlay_dir=output_dir, root=root, save_maps=save_maps, overlays=overlays)
             getattr(scored, f"write_{output_format}")(table_dir)  # streamed: blocks are written as they finish
-            return _merge_rows(output_dir, table_dir, output_format, not_images, unlistable)
+            tables = [path for path in _row_files(table_dir, output_format) if path not in earlier]
+            result = _merge_rows(output_dir, tables, output_format, not_images, unlistable)
+            record_outputs(output_dir, [*(os.path.relpath(path, output_dir) for path in tables),
+                                        *(os.path.relpath(path, output_dir) for path in _pictures(
+                                            output_dir, result, root, overlays, save_maps)),
+                                        SCORES_FILE, *([ERRORS_FILE] if result.failures else [])])
+            return result
     finally:
         if started:
             ray.shutdown()
 
 
-def read_rows(table_dir: str, output_format: str = "parquet"):
-    """The rows Ray wrote under `table_dir`, as one pandas DataFrame sorted by input index."""
+def _row_files(table_dir: str, output_format: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(table_dir, f"*.{output_format}")))
+
+
+def _pictures(output_dir: str, result: PredictionResult, root, overlays: str, save_maps: bool) -> list[str]:
+    """The overlays, maps and masks the actors wrote for the scored rows (those that exist)."""
+    found = []
+    for path, score in result.scores.items():
+        name = overlay_name(path, root)
+        stem = os.path.splitext(name)[0]
+        candidates = []
+        if overlays == "all" or (overlays == "anomalous" and decision(score, result.threshold) == "anomalous"):
+            candidates.append(os.path.join(output_dir, OVERLAY_DIR, name))
+        if save_maps:
+            candidates += [os.path.join(output_dir, MAPS_DIR, stem + ".npy"),
+                           os.path.join(output_dir, MASKS_DIR, stem + ".png")]
+        found += [candidate for candidate in candidates if os.path.isfile(candidate)]
+    return found
+
+
+def read_rows(table_dir, output_format: str = "parquet"):
+    """The rows Ray wrote (the files under a folder, or a list of files), as one pandas DataFrame sorted by
+    input index."""
     import pandas as pd
 
-    files = sorted(glob.glob(os.path.join(table_dir, f"*.{output_format}")))
+    files = _row_files(table_dir, output_format) if isinstance(table_dir, (str, os.PathLike)) else list(table_dir)
     if output_format == "parquet":
         frames = [pd.read_parquet(path) for path in files]
     else:
@@ -130,7 +164,7 @@ def read_rows(table_dir: str, output_format: str = "parquet"):
     return frame.sort_values("index", kind="stable").reset_index(drop=True)
 
 
-def _merge_rows(output_dir: str, table_dir: str, output_format: str, not_images,
+def _merge_rows(output_dir: str, table_dir, output_format: str, not_images,
                 unlistable) -> PredictionResult:
     frame = read_rows(table_dir, output_format)
     note = str(frame["note"].iloc[0]) if len(frame) else ""

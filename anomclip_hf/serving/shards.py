@@ -18,25 +18,28 @@ import contextlib
 import csv
 import json
 import os
-import shutil
+import re
 from typing import Callable, Optional, Sequence
 
 from ..errors import AnomCLIPError
-from ..inference.prediction import (
+from ..inference.predictor import Predictor
+from ..inference.writers import (
     ERRORS_FILE,
     MAPS_DIR,
     MASKS_DIR,
     OVERLAY_DIR,
     SCORES_FILE,
     PredictionResult,
+    RunManifest,
+    record_outputs,
     remove_earlier_outputs,
 )
-from ..inference.predictor import Predictor
 from ..io.atomic_io import write_json
 from ..io.run_lock import folder_lock
 from .merge import plan_hash, write_merged
 
 SHARDS_DIR, PLAN_FILE, DONE_FILE = "shards", "plan.json", "done.json"
+SHARD_NAME = re.compile(r"\d{5}-of-\d{5}")  # the folder of one process's shard
 
 
 def launched_processes() -> int:
@@ -59,7 +62,7 @@ class ShardFailedError(AnomCLIPError, RuntimeError):
 def predict_sharded(build_predictor: Callable[[], Predictor], paths: Sequence[str], output_dir: str, *,
                     settings: dict, root: Optional[str] = None, not_images: Sequence[str] = (),
                     unlistable: Sequence[tuple[str, str]] = (), save_maps: bool = False,
-                    progress: bool = True) -> Optional[PredictionResult]:
+                    progress: bool = True, overlays: str = "all") -> Optional[PredictionResult]:
     """Score `paths` over the launch's processes; the merged result on the main process, None on the others.
 
     build_predictor: called at most once per process, only when its shard is not finished yet.
@@ -69,7 +72,8 @@ def predict_sharded(build_predictor: Callable[[], Predictor], paths: Sequence[st
     if launched_processes() > state.num_processes:
         raise ValueError(f"{launched_processes()} processes were launched but accelerate sees {state.num_processes}")
     paths = list(paths)
-    plan = {"hash": plan_hash(paths, root=root, save_maps=save_maps, processes=state.num_processes, **settings),
+    plan = {"hash": plan_hash(paths, root=root, save_maps=save_maps, overlays=overlays,
+                              processes=state.num_processes, **settings),
             "images": len(paths), "processes": state.num_processes}
     shards = os.path.join(output_dir, SHARDS_DIR)
     with contextlib.ExitStack() as held:
@@ -80,7 +84,7 @@ def predict_sharded(build_predictor: Callable[[], Predictor], paths: Sequence[st
         state.wait_for_everyone()
         with state.split_between_processes(list(range(len(paths)))) as mine:
             status = _score_shard(build_predictor, paths, mine, shards, plan, state.process_index, root=root,
-                                  output_dir=output_dir, save_maps=save_maps, progress=progress)
+                                  output_dir=output_dir, save_maps=save_maps, progress=progress, overlays=overlays)
         from accelerate.utils import gather_object
 
         statuses = gather_object([status])  # every process gets here, also after a failure
@@ -105,7 +109,7 @@ def _start_or_resume(output_dir: str, shards: str, plan: dict) -> None:
         same = False
     if not same:
         remove_earlier_outputs(output_dir)
-        shutil.rmtree(shards, ignore_errors=True)
+        _clear_shards(shards)
         write_json(plan_file, plan)
     else:  # the merged CSVs are rewritten from the shards at the end
         for name in (SCORES_FILE, ERRORS_FILE):
@@ -114,7 +118,7 @@ def _start_or_resume(output_dir: str, shards: str, plan: dict) -> None:
 
 
 def _score_shard(build_predictor, paths, mine: Sequence[int], shards: str, plan: dict, rank: int, *,
-                 root, output_dir: str, save_maps: bool, progress: bool) -> dict:
+                 root, output_dir: str, save_maps: bool, progress: bool, overlays: str = "all") -> dict:
     shard = f"{rank:05d}-of-{plan['processes']:05d}"
     folder = os.path.join(shards, shard)
     done = os.path.join(folder, DONE_FILE)
@@ -128,11 +132,18 @@ def _score_shard(build_predictor, paths, mine: Sequence[int], shards: str, plan:
             write_json(done, {"plan": plan["hash"], "first": None, "images": 0, "threshold": None})
             return status
         predictor = build_predictor()
-        predictor.write([paths[i] for i in mine], folder, root=root, save_maps=save_maps, progress=progress)
+        predictor.write([paths[i] for i in mine], folder, root=root, save_maps=save_maps, progress=progress,
+                        overlays=overlays)
+        pictures = [name for name in RunManifest(folder).recorded() if name.split(os.sep)[0] in
+                    (OVERLAY_DIR, MAPS_DIR, MASKS_DIR)]
+        for name in pictures:  # only what this shard wrote: the shard folder is the run's own
+            target = os.path.join(output_dir, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(os.path.join(folder, name), target)
         for part in (OVERLAY_DIR, MAPS_DIR, MASKS_DIR):
-            _move_tree(os.path.join(folder, part), os.path.join(output_dir, part))
+            _remove_empty_folders(os.path.join(folder, part))
         write_json(done, {"plan": plan["hash"], "first": mine[0] if mine else None, "images": len(mine),
-                          "threshold": predictor.threshold})
+                          "threshold": predictor.threshold, "files": pictures})
         return {**status, "threshold": predictor.threshold}
     except Exception as error:  # noqa: BLE001 - reported to every process after the gather
         return {**status, "error": f"{type(error).__name__}: {error}"}
@@ -146,23 +157,39 @@ def _read_done(path: str) -> Optional[dict]:
         return None
 
 
-def _move_tree(source: str, target: str) -> None:
-    """Move every file under `source` to the same relative place under `target` (renames, no copies)."""
-    if not os.path.isdir(source):
+def _clear_shards(shards: str) -> None:
+    """Remove what earlier launches wrote under shards/ (the plan, each RANK-of-N folder's CSVs, done marker and
+    recorded files), and the folders this empties; anything else there stays."""
+    if not os.path.isdir(shards):
         return
-    for folder, _, files in os.walk(source):
-        destination = os.path.join(target, os.path.relpath(folder, source))
-        os.makedirs(destination, exist_ok=True)
-        for name in files:
-            os.replace(os.path.join(folder, name), os.path.join(destination, name))
-    shutil.rmtree(source, ignore_errors=True)
+    for name in os.listdir(shards):
+        folder = os.path.join(shards, name)
+        if not (SHARD_NAME.fullmatch(name) and os.path.isdir(folder) and not os.path.islink(folder)):
+            continue
+        RunManifest(folder).remove_recorded()
+        for written in (SCORES_FILE, ERRORS_FILE, DONE_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, written))
+        _remove_empty_folders(folder)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(shards, PLAN_FILE))
+    with contextlib.suppress(OSError):
+        os.rmdir(shards)
+
+
+def _remove_empty_folders(top: str) -> None:
+    """Remove `top` and the folders under it that are empty (a folder with anything in it stays)."""
+    for folder, _, _ in sorted(os.walk(top), key=lambda entry: len(entry[0]), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _merge(output_dir: str, shards: str, names: Sequence[str], threshold, not_images, unlistable) -> PredictionResult:
     """scores.csv and errors.csv of the whole run from the shards' (contiguous shards, so input order)."""
-    header, rows, failures = None, [], []
+    header, rows, failures, files = None, [], [], []
     for name in names:
         folder = os.path.join(shards, name)
+        files += (_read_done(os.path.join(folder, DONE_FILE)) or {}).get("files") or []
         if not os.path.exists(os.path.join(folder, SCORES_FILE)):
             continue  # an empty shard
         with open(os.path.join(folder, SCORES_FILE), newline="", encoding="utf-8") as handle:
@@ -173,5 +200,7 @@ def _merge(output_dir: str, shards: str, names: Sequence[str], threshold, not_im
         if os.path.exists(errors):
             with open(errors, newline="", encoding="utf-8") as handle:
                 failures += [tuple(row) for row in list(csv.reader(handle))[1:]]
-    return write_merged(output_dir, header or ["path", "image_score", "normalized_score", "decision"], rows,
-                        failures, threshold=threshold, not_images=not_images, unlistable=unlistable)
+    result = write_merged(output_dir, header or ["path", "image_score", "normalized_score", "decision"], rows,
+                          failures, threshold=threshold, not_images=not_images, unlistable=unlistable)
+    record_outputs(output_dir, [*files, SCORES_FILE, *([ERRORS_FILE] if result.failures else [])])
+    return result

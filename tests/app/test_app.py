@@ -26,7 +26,7 @@ from anomclip_hf.app.uploads import stage_files
 from anomclip_hf.app.workspace import BusyError, Workspace
 from anomclip_hf.data import render_normal, render_sample
 from anomclip_hf.inference.batch_scoring import score_images
-from anomclip_hf.inference.prediction import NOT_AN_IMAGE
+from anomclip_hf.inference.writers import NOT_AN_IMAGE
 from anomclip_hf.inference.visualization import overlay_layout
 from anomclip_hf.model.category_io import REQUIRED_FILES
 from anomclip_hf.model.thresholds import decision, normalized_score

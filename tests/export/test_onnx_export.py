@@ -149,9 +149,9 @@ def _rows(path: Path) -> list[dict]:
 def test_predict_onnx_writes_the_files_of_the_pytorch_predict(exported, tmp_path, capsys):
     root, images = exported["root"], exported["images"]
     assert main(["predict", "--base", str(root / "base"), "--category", str(root / "adapter"), "--images", str(images),
-                 "--output", str(tmp_path / "torch"), "--quiet", "--batch-size", "2"]) == 0
+                 "--output", str(tmp_path / "torch"), "--quiet", "--batch-size", "2", "--overlays", "all"]) == 0
     assert main(["predict", "--onnx", str(exported["onnx"]), "--images", str(images), "--output",
-                 str(tmp_path / "onnx"), "--quiet", "--batch-size", "3"]) == 0
+                 str(tmp_path / "onnx"), "--quiet", "--batch-size", "3", "--overlays", "all"]) == 0
     torch_rows, onnx_rows = _rows(tmp_path / "torch" / "scores.csv"), _rows(tmp_path / "onnx" / "scores.csv")
     assert len(onnx_rows) == 5 and [r["path"] for r in onnx_rows] == [r["path"] for r in torch_rows]
     for ours, theirs in zip(onnx_rows, torch_rows):

@@ -115,3 +115,26 @@ def test_openvino_runs_where_torch_cannot_be_imported(exported, tmp_path):
     with torch.no_grad():
         expected = exported["model"](preprocess_images(exported["files"], 30)).image_scores.numpy()
     assert np.abs(np.array(reported["scores"]) - expected).max() < TOLERANCE
+
+
+def test_predict_onnx_runtime_openvino_writes_the_scores_of_onnx_runtime(exported, tmp_path):
+    import csv
+
+    images = exported["root"] / "images"
+    images.mkdir(exist_ok=True)
+    for path in exported["files"]:
+        Image.open(path).save(images / Path(path).name)
+    rows = {}
+    for runtime in ("onnxruntime", "openvino"):
+        assert main(["predict", "--onnx", str(exported["onnx"]), "--runtime", runtime, "--images", str(images),
+                     "--output", str(tmp_path / runtime), "--quiet"]) == 0
+        with open(tmp_path / runtime / "scores.csv", newline="") as handle:
+            rows[runtime] = list(csv.DictReader(handle))
+    assert len(rows["openvino"]) == 5
+    assert [r["path"] for r in rows["openvino"]] == [r["path"] for r in rows["onnxruntime"]]
+    for ours, theirs in zip(rows["openvino"], rows["onnxruntime"]):
+        assert abs(float(ours["image_score"]) - float(theirs["image_score"])) <= TOLERANCE
+        assert ours["decision"] == theirs["decision"]
+    with pytest.raises(SystemExit):  # --runtime without --onnx is an argument error
+        main(["predict", "--base", "b", "--category", "c", "--runtime", "openvino", "--images", str(images),
+              "--output", str(tmp_path / "x")])

@@ -134,7 +134,7 @@ def test_convert_golden_open_clip_and_predict(tmp_path, golden, golden_files):
     model.add_category("bottle", reference_images=[Image.open(images / "img_0.png"), Image.open(images / "img_1.png")])
     model.save_category(tmp_path / "bottle")
     assert main(["predict", "--base", str(out), "--category", str(tmp_path / "bottle"), "--images", str(images),
-                 "--output", str(tmp_path / "pred"), "--batch-size", "4"]) == 0
+                 "--output", str(tmp_path / "pred"), "--batch-size", "4", "--overlays", "all"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "pred" / "scores.csv")))
     scores = {os.path.basename(r["path"]): float(r["image_score"]) for r in rows}
     assert len(scores) == 6 and scores["img_0.png"] < min(scores["img_4.png"], scores["img_5.png"])

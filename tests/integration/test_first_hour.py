@@ -95,7 +95,7 @@ def test_random_base_labels_every_output(space, tmp_path):
     # predict: every row and every overlay (drawn, and in the PNG's text chunk)
     out = tmp_path / "predict"
     assert main(["predict", "--base", str(space / "base"), "--category", str(adapter), "--images",
-                 str(space / "data" / "widget" / "test"), "--output", str(out), "--quiet"]) == 0
+                 str(space / "data" / "widget" / "test"), "--output", str(out), "--quiet", "--overlays", "all"]) == 0
     rows = _rows(out / "scores.csv")
     assert rows and all(row["note"] == PIPELINE_CHECK_NOTE for row in rows)
     overlays = sorted((out / "overlays").rglob("*.png"))
@@ -159,12 +159,12 @@ def test_predict_takes_single_files_and_several_paths(space, tmp_path, capsys):
     single = sorted((test / "good").iterdir())[0]
     base, adapter = str(space / "base"), str(space / "fit" / "adapter")
     assert main(["predict", "--base", base, "--category", adapter, "--images", str(single),
-                 "--output", str(tmp_path / "one"), "--quiet"]) == 0
+                 "--output", str(tmp_path / "one"), "--quiet", "--overlays", "all"]) == 0
     assert [row["path"] for row in _rows(tmp_path / "one" / "scores.csv")] == [str(single)]
     assert (tmp_path / "one" / "overlays" / single.name).is_file()
     defects = [p for p in sorted(test.iterdir()) if p.name != "good"]
     assert main(["predict", "--base", base, "--category", adapter, "--images", str(single), *map(str, defects),
-                 "--output", str(tmp_path / "many"), "--quiet"]) == 0
+                 "--output", str(tmp_path / "many"), "--quiet", "--overlays", "all"]) == 0
     rows = _rows(tmp_path / "many" / "scores.csv")
     assert len(rows) == 1 + sum(len(os.listdir(d)) for d in defects)
     # overlays mirror the inputs below their common folder
@@ -197,7 +197,7 @@ def test_normalised_score_is_one_half_at_the_threshold(space, tmp_path):
     assert normalized_score(0.9, 0.3) == 1.0 and normalized_score(0.1, None) is None
     # scores.csv: set --threshold to one image's exact score: that row reads 0.5, every row score/(2t)
     from anomclip_hf import AnomCLIPModel
-    from anomclip_hf.inference.prediction import predict_folder
+    from anomclip_hf.inference.predictor import predict_folder
 
     base, adapter = str(space / "base"), str(space / "fit" / "adapter")
     images = str(space / "data" / "widget" / "test")

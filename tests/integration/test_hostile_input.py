@@ -22,12 +22,8 @@ import pytest
 from PIL import Image
 
 from anomclip_hf.data.files import probe_size
-from anomclip_hf.inference.prediction import (
-    ERRORS_FILE,
-    OVERLAY_DIR,
-    SCORES_FILE,
-    predict_folder,
-)
+from anomclip_hf.inference.predictor import predict_folder
+from anomclip_hf.inference.writers import ERRORS_FILE, MANIFEST_FILE, OVERLAY_DIR, SCORES_FILE
 from anomclip_hf.io.image_io import ImageReadError, load_image
 from anomclip_hf.io.run_lock import LOCK_FILE, FolderInUseError
 
@@ -220,18 +216,23 @@ def test_b_a_second_run_on_a_locked_folder_is_refused_naming_it(scored_model, tm
     assert len(result.scores) == 1 and not (output / LOCK_FILE).exists()
 
 
-def test_b_a_run_owns_its_outputs_stale_files_of_an_earlier_run_go(scored_model, tmp_path):
-    for name in ("a", "b"):
+def test_b_a_run_removes_what_the_earlier_run_wrote_and_nothing_else(scored_model, tmp_path):
+    for name in ("a", "b", "c"):
         random_png(tmp_path / "images" / f"{name}.png", seed=len(name))
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
     output = tmp_path / "out"
+    _predict(scored_model, tmp_path / "images", output)  # writes a, b, c and errors.csv (broken.png)
+    assert (output / ERRORS_FILE).exists()
     (output / OVERLAY_DIR / "sub").mkdir(parents=True)
-    (output / OVERLAY_DIR / "sub" / "old.png").write_bytes(b"old")
-    (output / ERRORS_FILE).write_text("path,error\nold.png,old\n")
-    (output / "notes.txt").write_text("mine")  # not an output of predict: kept
+    (output / OVERLAY_DIR / "sub" / "mine.png").write_bytes(b"mine")  # the user's, in a folder the run uses
+    (output / "notes.txt").write_text("mine")
+    for name in ("c.png", "broken.png"):
+        (tmp_path / "images" / name).unlink()
     _predict(scored_model, tmp_path / "images", output)
-    assert sorted(p.name for p in (output / OVERLAY_DIR).rglob("*")) == ["a.png", "b.png"]
-    assert not (output / ERRORS_FILE).exists()
+    assert sorted(p.name for p in (output / OVERLAY_DIR).rglob("*")) == ["a.png", "b.png", "mine.png", "sub"]
+    assert not (output / ERRORS_FILE).exists()  # the earlier run's: recorded in its manifest, so removed
     assert (output / "notes.txt").read_text() == "mine"
+    assert (output / OVERLAY_DIR / "sub" / "mine.png").read_bytes() == b"mine"
     assert [row[0] for row in read_csv(output / SCORES_FILE)[1:]] == [str(tmp_path / "images" / n)
                                                                        for n in ("a.png", "b.png")]
 
@@ -270,15 +271,19 @@ def test_b_disk_full_names_the_file_and_leaves_no_torn_csv(scored_model, tmp_pat
     monkeypatch.setattr(atomic_io.csv, "writer", FullDisk)
     with pytest.raises(OSError, match=rf"cannot write scores file {output / SCORES_FILE}.*: No space left on device"):
         _predict(scored_model, tmp_path / "images", output)
-    # the earlier run's scores.csv was removed at the start; no partial CSV, no lock stays behind
-    assert sorted(p.name for p in output.iterdir()) == [OVERLAY_DIR]
+    # no partial CSV, no lock stays behind; the scores.csv that no recorded run wrote is left as it was, and the
+    # unfinished run's manifest lists what it planned (the next run removes those)
+    assert sorted(p.name for p in output.iterdir()) == [MANIFEST_FILE, OVERLAY_DIR, SCORES_FILE]
+    assert (output / SCORES_FILE).read_text() == "path,image_score,decision\nold,1,\n"
+    manifest = json.loads((output / MANIFEST_FILE).read_text())
+    assert manifest["complete"] is False and f"{OVERLAY_DIR}/a.png" in manifest["files"]
 
 
 # ------------------------------------------------------------------------ C. kill -9 during adapter saves
 KILL_LOOP = r'''
 import json, os, random, signal, sys, time
 import numpy as np, torch
-sys.path.insert(0, "tests")
+sys.path.insert(0, "tests/helpers")
 from tiny_models import perturb_norms, tiny_clip_config
 from transformers import CLIPModel
 from anomclip_hf import AnomCLIPModel, atomic_io

@@ -116,7 +116,7 @@ def test_predictor_on_onnx_runtime_agrees_with_pytorch(workspace, reference, tmp
 
     export_onnx(reference["model"], str(tmp_path / "widget.onnx"), category="widget")
     predictor = PredictorSpec(onnx=str(tmp_path / "widget.onnx")).build()
-    assert predictor.engine == "onnx" and predictor.threshold == pytest.approx(reference["threshold"])
+    assert predictor.engine.name == "onnxruntime" and predictor.threshold == pytest.approx(reference["threshold"])
     paths = [str(p) for p in workspace.good]
     results = predictor.predict(paths + [str(workspace.broken)])
     assert results[-1].error and str(workspace.broken) in results[-1].error
@@ -165,7 +165,8 @@ def launch_predict(workspace, output: Path, *extra: str, images=None, timeout: f
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), "-m", "anomclip_hf", "predict",
                "--base", str(workspace.base), "--category", str(workspace.widget),
-               "--images", *(images or [str(workspace.images)]), "--output", str(output), "--quiet", *extra]
+               "--images", *(images or [str(workspace.images)]), "--output", str(output), "--quiet",
+               "--overlays", "all", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
@@ -197,10 +198,17 @@ def test_accelerate_two_processes_merge_one_scores_csv_in_input_order_and_resume
     assert "2 finished shard(s) of an earlier run reused" in again.stderr
     assert (output / "scores.csv").read_bytes() == before
     assert {s: (output / "shards" / s / "scores.csv").stat().st_mtime_ns for s in shards} == stamps
-    other = launch_predict(workspace, output, "--threshold", "0.01", images=good)  # other settings: afresh
+    for mine in (output / "shards" / "notes.txt", output / "shards" / shards[0] / "mine.txt",
+                 output / "overlays" / "mine.png"):
+        mine.write_text("the user's")  # files no run wrote, in the folders a run uses
+    other = launch_predict(workspace, output, "--threshold", "0.01", "--overlays", "none",
+                           images=good[:3])  # other settings: afresh
     assert other.returncode == 0, other.stderr[-3000:]
     assert "reused" not in other.stderr
     assert {row["decision"] for row in read_scores_csv(output / "scores.csv").values()} == {"anomalous"}
+    # the earlier run's overlays went (its manifest listed them); the user's files stayed
+    assert sorted(p.name for p in (output / "overlays").rglob("*")) == ["mine.png"]
+    assert (output / "shards" / "notes.txt").exists() and (output / "shards" / shards[0] / "mine.txt").exists()
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -209,7 +217,8 @@ def local_ray_cluster():
     """A local Ray cluster of 2 CPUs, always shut down; its workers see the package and tests/."""
     import ray
 
-    path = os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    here = str(Path(__file__).resolve().parent)  # this module: its DyingSpec travels to the workers by name
+    path = os.pathsep.join([str(REPO), str(TESTS), here, os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=200 * 1024 * 1024,
              runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})

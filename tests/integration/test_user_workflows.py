@@ -111,7 +111,8 @@ def test_fit_stores_leave_one_out_threshold_above_every_reference(workspace):
 def test_predict_scores_defects_above_normals_with_overlays(workspace, tmp_path, capsys):
     test_dir = workspace / "data" / "widget" / "test"
     code = main(["predict", "--base", str(workspace / "base"), "--category", str(workspace / "fit" / "adapter"),
-                 "--images", str(test_dir), "--output", str(tmp_path), "--batch-size", "4", "--quiet"])
+                 "--images", str(test_dir), "--output", str(tmp_path), "--batch-size", "4", "--quiet",
+                 "--overlays", "all"])
     assert code == 0
     rows = _rows(tmp_path / "scores.csv")
     assert len(rows) == 4 + 3 * 3  # recursive: good + three defect types

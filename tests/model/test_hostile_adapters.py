@@ -630,7 +630,7 @@ def test_a_threshold_that_is_not_a_finite_number_is_refused_everywhere(threshold
     # Before: NaN called every image "normal" (the CLI's --threshold already refused it), a string failed mid-run.
     from PIL import Image
 
-    from anomclip_hf.inference.prediction import predict_files
+    from anomclip_hf.inference.predictor import predict_files
 
     image = Image.new("RGB", (30, 30), (90, 120, 30))
     image.save(tmp_path / "a.png")
