@@ -117,7 +117,7 @@ def test_openvino_runs_where_torch_cannot_be_imported(exported, tmp_path):
     assert np.abs(np.array(reported["scores"]) - expected).max() < TOLERANCE
 
 
-def test_predict_onnx_runtime_openvino_writes_the_scores_of_onnx_runtime(exported, tmp_path):
+def test_predict_onnx_runtime_openvino_writes_the_scores_of_onnx_runtime(exported, tmp_path, capsys):
     import csv
 
     images = exported["root"] / "images"
@@ -135,6 +135,9 @@ def test_predict_onnx_runtime_openvino_writes_the_scores_of_onnx_runtime(exporte
     for ours, theirs in zip(rows["openvino"], rows["onnxruntime"]):
         assert abs(float(ours["image_score"]) - float(theirs["image_score"])) <= TOLERANCE
         assert ours["decision"] == theirs["decision"]
-    with pytest.raises(SystemExit):  # --runtime without --onnx is an argument error
-        main(["predict", "--base", "b", "--category", "c", "--runtime", "openvino", "--images", str(images),
-              "--output", str(tmp_path / "x")])
+    capsys.readouterr()
+    # --runtime without --onnx is refused before anything loads
+    assert main(["predict", "--base", "b", "--category", "c", "--runtime", "openvino", "--images", str(images),
+                 "--output", str(tmp_path / "x")]) != 0
+    assert "--runtime openvino runs an exported model: pass --onnx" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
