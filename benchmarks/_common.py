@@ -35,7 +35,7 @@ from anomclip_hf.model.tokenization import (
 )
 
 MIB = 2 ** 20
-# OpenCLIP ViT-B-16-plus-240 (the paper backbone, spec section 2), as a transformers CLIPConfig.
+# OpenCLIP ViT-B-16-plus-240 (the paper backbone: docs/method/promptad.md, "Backbone"), as a transformers CLIPConfig.
 PAPER_TEXT = dict(hidden_size=640, intermediate_size=2560, num_hidden_layers=12, num_attention_heads=10,
                   max_position_embeddings=77, hidden_act="gelu", eos_token_id=49407, bos_token_id=49406)
 PAPER_VISION = dict(hidden_size=896, intermediate_size=3584, num_hidden_layers=12, num_attention_heads=14,

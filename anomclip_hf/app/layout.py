@@ -11,6 +11,7 @@ import os
 from types import SimpleNamespace
 from typing import Optional
 
+from ..model.decisions import DEFAULT_SENSITIVITY, threshold_for_sensitivity
 from ..model.embedded_base import EMBEDDED_BACKBONE
 from .results import ScoredSet, large_view, write_scores_csv
 from .workspace import BusyError, Workspace
@@ -82,6 +83,19 @@ class PageHandlers:
 
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
+
+    def on_sensitivity(self, scored: Optional[ScoredSet], sensitivity: float):
+        """The threshold slider's value for a sensitivity over the stored threshold (`model.decisions`, the
+        mapping predict, serve and the ONNX runtime use); unchanged without a stored threshold."""
+        stored = scored.stored_threshold if scored is not None else None
+        if stored is None and self.workspace.category:
+            try:
+                stored = self.workspace.model.get_category(self.workspace.category).metadata.get("decision_threshold")
+            except (ValueError, KeyError):  # no base loaded, or the category is gone: nothing to move
+                stored = None
+        if stored is None:
+            return _gr().update()
+        return _gr().update(value=min(threshold_for_sensitivity(sensitivity, stored), 1.0))  # the slider's range
 
     def decide(self, scored: Optional[ScoredSet], threshold: float):
         """(summary, gallery, table, scores.csv button) at `threshold`: no scoring, only decisions."""
@@ -203,6 +217,9 @@ def _inspect_column(gr) -> SimpleNamespace:
         score_status = gr.Markdown(elem_id="score-status")
         threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.000001, label="Decision threshold (anomalous at or "
                               "above; moving it re-decides without scoring again)", elem_id="threshold")
+        sensitivity = gr.Slider(0.0, 1.0, value=DEFAULT_SENSITIVITY, step=0.01, label="Sensitivity over the stored "
+                                "threshold (0.5: the stored one; higher flags more; sets the threshold above)",
+                                elem_id="sensitivity")
         summary = gr.Markdown(elem_id="summary")
         gallery = gr.Gallery(label="Image | heat map | predicted defect; click one to enlarge",
                              columns=3, height=260, object_fit="contain", allow_preview=False,
@@ -212,7 +229,8 @@ def _inspect_column(gr) -> SimpleNamespace:
                          height=300, elem_id="large-view")
         large_caption = gr.Markdown(elem_id="large-caption")
     return SimpleNamespace(
-        test_images=test_images, score=score, score_status=score_status, threshold=threshold, summary=summary,
+        test_images=test_images, score=score, score_status=score_status, threshold=threshold,
+        sensitivity=sensitivity, summary=summary,
         gallery=gallery, table=table, large=large, large_caption=large_caption)
 
 
@@ -252,6 +270,7 @@ def build_app(workspace: Workspace):
         right.score.click(on.on_score, [right.test_images, right.threshold],
                           [scored_state, right.score_status, right.threshold, *decided])
         right.threshold.change(on.decide, [scored_state, right.threshold], decided)
+        right.sensitivity.release(on.on_sensitivity, [scored_state, right.sensitivity], [right.threshold])
         right.gallery.select(on_select, [scored_state, right.threshold], [right.large, right.large_caption])
         left.push.click(on.on_push, [left.repo_id, left.token, left.private], [left.push_status])
     return app

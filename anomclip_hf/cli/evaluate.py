@@ -57,7 +57,7 @@ def run(args) -> int:
                              shots=args.shots, seeds=args.seeds,
                              config=with_memory_backbone(config_from_args(args), args.memory_backbone),
                              resolution=args.resolution, pixel_mode=args.pixel_mode, train=not args.no_train,
-                             batch_size=args.batch_size, mode=args.mode)
+                             batch_size=args.batch_size, mode=args.mode, progress=args.progress_bar is not False)
     with open(os.path.join(args.output, "results.md"), encoding="utf-8") as handle:
         print(handle.read())
     print(f"{len(results['cells'])} cells; results.csv, results.json and results.md in {args.output}")

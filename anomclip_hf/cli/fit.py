@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from ..errors import ArgumentError
 from ..flags.numeric import fraction, nonnegative_int, positive_int
 from ._common import add_command, add_memory_backbone_argument, with_memory_backbone
 
@@ -37,6 +38,9 @@ def add_parser(commands) -> None:
                              "row up to 16384, a coreset of 16384 above)")
     memory.add_argument("--coreset-ratio", type=fraction, default=None,
                         help="the fraction of patch rows kept per memory layer, in (0, 1] (1: the exact bank)")
+    fit.add_argument("--no-train", action="store_true",
+                     help="build the memory and the thresholds with the hand-written prompts, train nothing (as "
+                          "--epochs 0)")
     fit.add_argument("--resume-from-checkpoint", dest="resume_from_checkpoint")
     fit.add_argument("--quiet", dest="progress_bar", action="store_false", default=None,
                      help="no progress bars (as --no-progress)")
@@ -53,6 +57,11 @@ def run(args) -> int:
     from ..model.prompts import read_phrases_file
     from ..training import config_from_args, train_category
 
+    train = not (args.no_train or args.epochs == 0)
+    if not train:
+        if args.resume_from_checkpoint:
+            raise ArgumentError("--resume-from-checkpoint resumes a training run; drop it with --no-train / --epochs 0")
+        args.epochs = None  # nothing trains: the run length does not apply
     config = with_memory_backbone(config_from_args(args), args.memory_backbone)
     phrases = read_phrases_file(args.phrases) if args.phrases else None
     shots = args.shots if args.shots is not None else len(load_split("folder", args.references, args.category, "train"))
@@ -67,13 +76,13 @@ def run(args) -> int:
                                  data_root=args.references, shots=shots, seed=args.seed, config=config,
                                  class_name=args.class_name, phrases=phrases, callbacks=[log_epoch],
                                  resume_from_checkpoint=args.resume_from_checkpoint,
-                                 memory_size=args.memory_size, coreset_ratio=args.coreset_ratio)
+                                 memory_size=args.memory_size, coreset_ratio=args.coreset_ratio, train=train)
     final = list(summary["final_losses"].items())[-1] if summary["final_losses"] else None
     threshold = summary["decision_threshold"]
     if summary.get("note"):
         print(summary["note"])
-    print(f"category {summary['category']!r} fitted on {summary['shots']} reference image(s), {summary['epochs']} "
-          f"epochs" + (f"; final loss {final[1]['loss']:.4f} ({final[0]})" if final else "")
+    trained = f"{summary['epochs']} epochs" if train else "no prompt training (hand-written prompts)"
+    print(f"category {summary['category']!r} fitted on {summary['shots']} reference image(s), {trained}" + (f"; final loss {final[1]['loss']:.4f} ({final[0]})" if final else "")
           + ("" if threshold is None else f"; decision threshold {threshold:.4f}"))
     memory = summary.get("memory")
     if isinstance(memory, dict):

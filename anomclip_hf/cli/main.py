@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import app, convert, demo, evaluate, export, fit, predict, push, serve
+from . import app, calibrate, convert, demo, evaluate, export, fit, predict, push, serve
 
-COMMANDS = (demo, convert, push, predict, export, fit, evaluate, app, serve)  # the order of `anomclip --help`
+COMMANDS = (demo, convert, push, predict, export, fit, calibrate, evaluate, app, serve)  # the order of `anomclip --help`
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import ArgumentError
 from ..flags.numeric import (
     MAX_OUTPUT_SIZE,
-    finite_float,
     int_range,
     nonnegative_float,
     positive_int,
+    sensitivity_value,
+    threshold_value,
 )
 from ..flags.precision import add_precision_argument
 from ._common import (
@@ -39,8 +41,16 @@ def add_parser(commands) -> None:
     predict.add_argument("--images", required=True, nargs="+",
                          help="image files and/or folders of images (sub-folders included)")
     predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
-    predict.add_argument("--threshold", type=finite_float, default=None,
-                         help="image-score decision threshold (default: the one stored with the category)")
+    decide = predict.add_mutually_exclusive_group()
+    decide.add_argument("--threshold", type=threshold_value, default=None,
+                        help="image-score decision threshold, in (0, 2] (default: the one stored with the category)")
+    decide.add_argument("--sensitivity", type=sensitivity_value, default=None,
+                        help="0-1 over the stored threshold: 0.5 decides at it, higher flags more images (threshold "
+                             "= 2 x stored x (1 - sensitivity); docs/guides/thresholds.md)")
+    predict.add_argument("--labels", default=None, metavar="FOLDER_OR_CSV",
+                         help="labels of the images: a folder with normal/ (or good/) and defect-type sub-folders, or "
+                              "a CSV of path,label; adds AUROC, F1 and confusion counts to the summary and writes "
+                              "OUTPUT/metrics.json")
     predict.add_argument("--batch-size", type=positive_int, default=16)
     predict.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                          help=f"anomaly-map size, at most {MAX_OUTPUT_SIZE} (default: model input)")
@@ -75,6 +85,11 @@ def run(args) -> int:
     from ..inference.inputs import find_inputs, input_root
     from ..serving.shards import launched_processes
 
+    labels = None
+    if args.labels is not None:  # before the model loads: a wrong labels file fails at once
+        from ..evaluation.labelled_predictions import read_labels
+
+        labels = read_labels(args.labels)
     spec = _spec(args)
     # Before the model loads: a wrong path fails at once. The output folder is never scanned as input.
     images, others, unlistable = find_inputs(args.images, exclude=args.output)
@@ -85,7 +100,7 @@ def run(args) -> int:
             raise ValueError("--engine ray shares the work over its own actors; run it once, not under accelerate launch")
         from ..serving.ray_engine import predict_with_ray
 
-        return _predict_summary(predict_with_ray(spec, images, args.output, address=args.ray_address,
+        return _predict_summary(args, labels, predict_with_ray(spec, images, args.output, address=args.ray_address,
                                                  actors=args.ray_actors, num_gpus=args.ray_gpus,
                                                  batch_size=args.batch_size, output_format=args.ray_format,
                                                  **pictures, **where))
@@ -103,9 +118,9 @@ def run(args) -> int:
             return 0
         if result.skipped_shards:
             print(f"{len(result.skipped_shards)} finished shard(s) of an earlier run reused", file=sys.stderr)
-        return _predict_summary(result)
+        return _predict_summary(args, labels, result)
     result = _load(args, spec).write(images, args.output, progress=not args.quiet, **pictures, **where)
-    return _predict_summary(result)
+    return _predict_summary(args, labels, result)
 
 
 def _spec(args):
@@ -119,7 +134,7 @@ def _spec(args):
         if given:
             raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
                              f"{', '.join(given)}")
-        return PredictorSpec(onnx=args.onnx, threshold=args.threshold, batch_size=args.batch_size,
+        return PredictorSpec(onnx=args.onnx, threshold=_threshold(args), batch_size=args.batch_size,
                              runtime=args.runtime or "onnxruntime")
     if args.runtime is not None:
         raise ValueError(f"--runtime {args.runtime} runs an exported model: pass --onnx MODEL.onnx")
@@ -129,8 +144,35 @@ def _spec(args):
 
     check_base(args.base)
     return PredictorSpec(base=args.base, category=args.category, revision=args.revision, precision=args.precision,
-                         threshold=args.threshold, output_size=args.output_size, batch_size=args.batch_size,
+                         threshold=_threshold(args), output_size=args.output_size, batch_size=args.batch_size,
                          memory_backbone=args.memory_backbone)
+
+
+def _threshold(args):
+    """--threshold, or the threshold of --sensitivity over the stored one (read from the adapter's category.json
+    or the ONNX sidecar before the model loads, so every engine and a rerun's plan see one threshold)."""
+    if args.sensitivity is None:
+        return args.threshold
+    from ..model.decisions import resolve_threshold
+
+    if args.onnx:
+        from ..export.sidecar import read_sidecar
+
+        stored, source = read_sidecar(args.onnx).get("decision_threshold"), args.onnx
+    else:
+        from ..model.category_io import read_category_record, resolve_category_folder
+
+        adapter = resolve_category_folder(args.category, revision=args.revision)
+        stored = read_category_record(adapter.folder, adapter.name, adapter.repo_files, adapter.allowed_root).get(
+            "decision_threshold")
+        source = args.category
+    if stored is None:
+        raise ArgumentError(f"--sensitivity is relative to the stored decision threshold, but {source} stores none; "
+                            "pass --threshold, or store one with `anomclip calibrate`")
+    threshold = resolve_threshold(stored, sensitivity=args.sensitivity)
+    print(f"sensitivity {args.sensitivity:g}: decision threshold {threshold:.4f} (stored {stored:.4f})",
+          file=sys.stderr)
+    return threshold
 
 
 def _load(args, spec, sharded: bool = False):
@@ -165,8 +207,18 @@ def _no_overlays(args) -> str:
     return " (and --overlays anomalous draws no overlay without one)" if args.overlays == "anomalous" else ""
 
 
-def _predict_summary(result) -> int:
+def _predict_summary(args, labels, result) -> int:
     for path, error in result.failures:
         print(f"skipped {path}: {error}", file=sys.stderr)
     print(result.summary())
+    if labels is not None:
+        import os
+
+        from ..evaluation.labelled_predictions import METRICS_FILE, format_labelled_metrics, labelled_metrics
+        from ..io.atomic_io import write_json
+
+        metrics = labelled_metrics(result.scores, labels, result.threshold)
+        print(format_labelled_metrics(metrics))
+        write_json(os.path.join(args.output, METRICS_FILE), {"labels": args.labels, "sensitivity": args.sensitivity,
+                                                             **metrics})
     return 0 if result.scores else 1

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..flags.numeric import (
     MAX_OUTPUT_SIZE,
-    finite_float,
     int_range,
     nonnegative_float,
     positive_int,
+    sensitivity_value,
+    threshold_value,
 )
 from ..flags.precision import add_precision_argument
 from ._common import add_command, resolve_device
@@ -32,8 +33,12 @@ def add_parser(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", choices=HOSTS,
                        help="address to listen on (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=int_range(1024, 65535), default=8000, help="(default: %(default)s)")
-    serve.add_argument("--threshold", type=finite_float, default=None,
-                       help="decision threshold for every category (default: each one's stored threshold)")
+    decide = serve.add_mutually_exclusive_group()
+    decide.add_argument("--threshold", type=threshold_value, default=None,
+                        help="decision threshold for every category, in (0, 2] (default: each one's stored threshold)")
+    decide.add_argument("--sensitivity", type=sensitivity_value, default=None,
+                        help="0-1 over each category's stored threshold: 0.5 decides at it, higher flags more "
+                             "(docs/guides/thresholds.md)")
     serve.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                        help="anomaly-map size of ?map=1 (default: model input)")
     serve.add_argument("--max-batch-size", type=positive_int, default=8,
@@ -63,5 +68,6 @@ def run(args) -> int:
     print(f"serving {len(args.category)} categor{'y' if len(args.category) == 1 else 'ies'} on "
           f"http://{args.host}:{args.port} (POST /predict, GET /health); Ctrl+C stops", flush=True)
     serve(args.base, args.category, options, revision=args.revision, precision=args.precision,
-          threshold=args.threshold, output_size=args.output_size)
+          threshold=args.threshold, output_size=args.output_size,
+          **({} if args.sensitivity is None else {"sensitivity": args.sensitivity}))
     return 0

@@ -74,22 +74,35 @@ def _mask_for(folder: LabelledFolder, image: str) -> str:
                              f"{os.path.join(folder.mask_dir, relative)}.png or {relative + MASK_SUFFIX}.png)")
 
 
+def abnormal_rows(folder: LabelledFolder) -> List[Dict]:
+    """The rows of the anomalous images (a sub-folder's name is the defect type), with their masks when the
+    folder has a mask folder. Images inside the normal folders are left out: a normal folder may lie in the
+    abnormal one (MVTec's test/good in test/) and counts as normal only."""
+    abnormal, _ = walk_images(require_dir(folder.abnormal_dir, "abnormal image"))
+    for normal in (folder, folder.normal_test_dir):
+        if normal is not None:
+            inside = os.path.join(os.path.abspath(normal), "")
+            abnormal = [path for path in abnormal if not os.path.abspath(path).startswith(inside)]
+    if not abnormal:
+        raise DatasetLayoutError(f"no anomalous images under {folder.abnormal_dir}")
+    if folder.mask_dir is not None:
+        require_dir(folder.mask_dir, "mask")
+    rows = []
+    for path in abnormal:
+        parent = os.path.dirname(os.path.relpath(path, folder.abnormal_dir))
+        defect = parent.replace(os.sep, "/") if parent else "anomalous"
+        rows.append(make_row(path, folder.category, defect,
+                             _mask_for(folder, path) if folder.mask_dir is not None else None))
+    return rows
+
+
 def load_labelled_folder(folder: LabelledFolder, split: str, *, check_files: bool = True) -> Dataset:
     """One split: "train" = the normal shot pool; "test" = held-out normals + every anomalous image."""
     check_split(split)
     normals = _normal_split(folder)
     rows = [make_row(path, folder.category, GOOD) for path in normals[split]]
     if split == "test":
-        abnormal, _ = walk_images(require_dir(folder.abnormal_dir, "abnormal image"))
-        if not abnormal:
-            raise DatasetLayoutError(f"no anomalous images under {folder.abnormal_dir}")
-        if folder.mask_dir is not None:
-            require_dir(folder.mask_dir, "mask")
-        for path in abnormal:
-            parent = os.path.dirname(os.path.relpath(path, folder.abnormal_dir))
-            defect = parent.replace(os.sep, "/") if parent else "anomalous"
-            rows.append(make_row(path, folder.category, defect,
-                                 _mask_for(folder, path) if folder.mask_dir is not None else None))
+        rows += abnormal_rows(folder)
     if check_files:
         check_row_files(rows)
     return build_dataset(rows)

@@ -1,4 +1,4 @@
-"""`anomclip evaluate`: the protocol of spec section 6, one resumable cell per (category, shots, seed).
+"""`anomclip evaluate`: the protocol of docs/method/promptad.md, "Evaluation protocol", one resumable cell per (category, shots, seed).
 
 Output folder:
     adapters/<dataset>/<category>/<k>shot/seed<s>/   training job folders (adapter/, summary.json, ...)
@@ -32,9 +32,11 @@ from ..training.config import TrainingConfig
 from ..training.grid import Job, build_jobs
 from ..training.inputs import add_reference_category, load_base_model
 from ..training.job import ADAPTER_DIR, train_category
+from .per_defect import per_defect_metrics
 from .tables import write_results
 
 CELL_DIR = "cells"
+PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1_threshold")
 
 
 @dataclass
@@ -105,7 +107,7 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
     images = ImageMetricAccumulator()
     size = settings.resolution
     labels = np.array(test["label"])
-    scores = []
+    scores = np.zeros(len(labels), np.float64)
     # Labelled folders without a mask folder: no pixel metrics (NaN), rather than all-zero masks.
     has_masks = any(path is not None for path in test["mask_path"])
     began = time.perf_counter()
@@ -116,11 +118,12 @@ def evaluate_cell(model: AnomCLIPModel, job: Job, data_root: str, settings: Eval
             masks = np.stack([read_mask(test[i], size=(size, size)) for i in batch.indices])
             pixels.update(batch.anomaly_maps, masks)
         images.update(batch.image_scores, labels[batch.indices])
-        scores.append(batch.image_scores)
+        scores[np.asarray(batch.indices)] = batch.image_scores
     stored = model.get_category(job.category).metadata.get("decision_threshold")
-    pixel_metrics = pixels.compute() if has_masks else dict.fromkeys(
-        ("pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1_threshold"), float("nan"))
-    return {**images.compute(), **pixel_metrics, **stored_threshold_metrics(np.concatenate(scores), labels, stored),
+    # Without masks the pixel metrics do not exist: None (null in JSON, left out of the tables), never NaN.
+    pixel_metrics = pixels.compute() if has_masks else dict.fromkeys(PIXEL_METRICS)
+    return {**images.compute(), **pixel_metrics, **stored_threshold_metrics(scores, labels, stored),
+            "per_defect": per_defect_metrics(scores, test["defect_type"], stored),
             "test_images": len(test), "eval_wall_time_s": round(time.perf_counter() - began, 3)}
 
 

@@ -4,17 +4,21 @@ over seeds (in %), plus the category mean."""
 from __future__ import annotations
 
 import csv
-import json
+import math
 import os
 from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
 
+from ..io.atomic_io import write_json
+
 # (key in the cell metrics, title in the tables)
 METRICS = (("image_auroc", "Image AUROC"), ("pixel_auroc", "Pixel AUROC"), ("aupro", "PRO (AUPRO@0.3)"),
            ("image_f1_max", "Image F1-max"), ("pixel_f1_max", "Pixel F1-max"), ("image_ap", "Image AP"),
            ("pixel_ap", "Pixel AP"))
+PIXEL_KEYS = ("pixel_auroc", "aupro", "pixel_f1_max", "pixel_ap")
+PER_DEFECT_METRICS = ("image_auroc", "image_ap", "recall_at_stored_threshold")
 # Decision thresholds: the F1-max one of the labelled test split, and the category's stored (leave-one-out) one.
 THRESHOLD_COLUMNS = ("image_f1_threshold", "stored_threshold", "stored_threshold_f1")
 CSV_COLUMNS = ("dataset", "category", "shots", "seed", "source") + tuple(key for key, _ in METRICS) + (
@@ -22,7 +26,18 @@ CSV_COLUMNS = ("dataset", "category", "shots", "seed", "source") + tuple(key for
 
 
 def _optional(value) -> str:
-    return "" if value is None else f"{value:.6f}"
+    return f"{value:.6f}" if _present(value) else ""
+
+
+def _write_per_defect_csv(path: str, cells: Sequence[dict]) -> None:
+    """results_per_defect.csv: one row per cell and defect type."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("dataset", "category", "shots", "seed", "defect_type", "images") + PER_DEFECT_METRICS)
+        for cell in cells:
+            for defect, row in sorted((cell["metrics"].get("per_defect") or {}).items()):
+                writer.writerow((cell["dataset"], cell["category"], cell["shots"], cell["seed"], defect, row["images"],
+                                 *(_optional(row.get(key)) for key in PER_DEFECT_METRICS)))
 
 
 def summarize(cells: Sequence[dict]) -> dict:
@@ -37,7 +52,8 @@ def summarize(cells: Sequence[dict]) -> dict:
         for category in categories:
             table[category] = {}
             for k in shot_counts:
-                values = [c["metrics"][key] for c in cells if c["category"] == category and c["shots"] == k]
+                values = [c["metrics"][key] for c in cells if c["category"] == category and c["shots"] == k
+                          and _present(c["metrics"].get(key))]
                 if values:
                     table[category][k] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
                                           "n": len(values)}
@@ -45,7 +61,8 @@ def summarize(cells: Sequence[dict]) -> dict:
         for k in shot_counts:
             per_seed = []
             for seed in seeds:
-                values = [c["metrics"][key] for c in cells if c["shots"] == k and c["seed"] == seed]
+                values = [c["metrics"][key] for c in cells if c["shots"] == k and c["seed"] == seed
+                          and _present(c["metrics"].get(key))]
                 if len(values) == len(categories):
                     per_seed.append(float(np.mean(values)))
             means = [table[cat][k]["mean"] for cat in categories if k in table[cat]]
@@ -53,7 +70,31 @@ def summarize(cells: Sequence[dict]) -> dict:
                 table["mean"][k] = {"mean": float(np.mean(means)), "std": float(np.std(per_seed)) if per_seed else 0.0,
                                     "n": len(per_seed)}
         tables[key] = table
-    return {"categories": categories, "shots": shot_counts, "seeds": seeds, "tables": tables}
+    return {"categories": categories, "shots": shot_counts, "seeds": seeds, "tables": tables,
+            "per_defect": summarize_per_defect(cells)}
+
+
+def _present(value) -> bool:
+    """A metric that was computed (None: it does not exist for the data, e.g. pixel metrics without masks)."""
+    return value is not None and math.isfinite(value)
+
+
+def summarize_per_defect(cells: Sequence[dict]) -> list[dict]:
+    """One row per (category, defect type, shots): the number of images and, over seeds, mean and std of the
+    image AUROC and AP of normal images against that type's, and of its recall at the stored threshold."""
+    groups: dict = {}
+    for cell in cells:
+        for defect, row in (cell["metrics"].get("per_defect") or {}).items():
+            groups.setdefault((cell["category"], defect, cell["shots"]), []).append(row)
+    summary = []
+    for (category, defect, shots), rows in sorted(groups.items()):
+        entry = {"category": category, "defect_type": defect, "shots": shots, "images": rows[0]["images"],
+                 "seeds": len(rows)}
+        for key in PER_DEFECT_METRICS:
+            values = [row[key] for row in rows if _present(row.get(key))]
+            entry[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))} if values else None
+        summary.append(entry)
+    return summary
 
 
 def variant_label(settings) -> str:
@@ -78,7 +119,13 @@ def _markdown(summary: dict, settings, label: str = "") -> str:
              f"{'' if settings.train else ' (no prompt training: memory + hand-written prompts)'}.", ""]
     header = "| category | " + " | ".join(f"{k}-shot" for k in summary["shots"]) + " |"
     rule = "|---|" + "---|" * len(summary["shots"])
+    missing = [key for key, _ in METRICS if not any(summary["tables"][key][row] for row in summary["tables"][key])]
+    if missing:
+        said = "no masks: pixel metrics" if set(missing) <= set(PIXEL_KEYS) else "not computed"
+        lines += [f"{said} ({', '.join(title for key, title in METRICS if key in missing)}) are not reported.", ""]
     for key, title in METRICS:
+        if key in missing:
+            continue
         table = summary["tables"][key]
         lines += [f"## {title}", "", header, rule]
         for row in summary["categories"] + ["mean"]:
@@ -89,7 +136,26 @@ def _markdown(summary: dict, settings, label: str = "") -> str:
             name = "**mean**" if row == "mean" else row
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _per_defect_markdown(summary["per_defect"])
     return "\n".join(lines)
+
+
+def _per_defect_markdown(rows: Sequence[dict]) -> list[str]:
+    if not rows:
+        return []
+
+    def cell(entry):
+        return "" if entry is None else f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+
+    lines = ["## Per defect type", "",
+             "Each defect type's images against the normal test images (in %; recall at the category's stored "
+             "threshold).", "", "| category | defect type | shots | images | Image AUROC | Image AP | "
+             "recall at stored threshold |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['category']} | {row['defect_type']} | {row['shots']} | {row['images']} | "
+                     f"{cell(row['image_auroc'])} | {cell(row['image_ap'])} | "
+                     f"{cell(row['recall_at_stored_threshold'])} |")
+    return lines + [""]
 
 
 def write_results(output_dir: str, cells: Sequence[dict], settings, base: str) -> dict:
@@ -104,7 +170,7 @@ def write_results(output_dir: str, cells: Sequence[dict], settings, base: str) -
         for cell in cells:
             writer.writerow({"dataset": cell["dataset"], "category": cell["category"], "shots": cell["shots"],
                              "seed": cell["seed"], "source": cell.get("source"),
-                             **{key: f"{cell['metrics'][key]:.6f}" for key, _ in METRICS},
+                             **{key: _optional(cell["metrics"].get(key)) for key, _ in METRICS},
                              **{key: _optional(cell["metrics"].get(key)) for key in THRESHOLD_COLUMNS},
                              "test_images": cell["metrics"]["test_images"], "resolution": settings.resolution,
                              **({"note": label} if label else {})})
@@ -112,8 +178,8 @@ def write_results(output_dir: str, cells: Sequence[dict], settings, base: str) -
                **({"pipeline_check": True, "note": label} if label else {}),
                "settings": asdict(settings), **summary,
                "cells": [{k: v for k, v in c.items() if k != "settings"} for c in cells]}
-    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
+    write_json(os.path.join(output_dir, "results.json"), payload)  # strict JSON: null where a value is missing
+    _write_per_defect_csv(os.path.join(output_dir, "results_per_defect.csv"), cells)
     with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(_markdown(summary, settings, label))
     return payload

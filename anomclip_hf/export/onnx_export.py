@@ -21,6 +21,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import ExportError
 from ..io.pixel_arrays import RESAMPLE_NAMES
+from ..model.decisions import DEFAULT_SENSITIVITY
 from .extras import import_extra
 from .sidecar import (
     INPUT_NAME,
@@ -145,6 +146,8 @@ def _sidecar(model, state, onnx_path: str, opset: int, output_size: int, precisi
         "output_size": output_size,
         "decision_threshold": record["decision_threshold"],
         "pixel_threshold": record["pixel_threshold"],
+        # the knob a deployment turns (model.decisions): 0.5 decides at decision_threshold
+        "sensitivity": DEFAULT_SENSITIVITY,
         "category": record,
         "base_model": model.base_identity(),
         "opset": opset, "precision": precision, "check": check,

@@ -20,9 +20,9 @@ from ..io.pixel_arrays import (
     pixel_array,
     pixel_range_problem,
 )
-from ..model.decisions import check_threshold, decision
+from ..model.decisions import check_sensitivity, check_threshold, decision, resolve_threshold
 from .extras import import_extra
-from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, read_sidecar
+from .sidecar import INPUT_NAME, MEMORY_INPUT_NAME, OUTPUT_NAMES, read_sidecar, sidecar_path
 
 if TYPE_CHECKING:
     from ..io.batches import ScoredBatch
@@ -39,12 +39,14 @@ class OnnxAnomalyDetector:
     """An exported category (`anomclip export`): `detector(images)` -> scores, decisions and maps.
 
     path: the .onnx file; its sidecar (`path + ".json"`) gives preprocessing and thresholds.
-    threshold: the image decision threshold (default: the category's stored one).
+    threshold: the image decision threshold (default: the sidecar's sensitivity over the category's stored
+        threshold; sensitivity 0.5, the stored threshold itself, unless the sidecar says otherwise).
+    sensitivity: a sensitivity in [0, 1] over the stored threshold instead (`model.decisions`).
     providers: ONNX Runtime execution providers (default: CPU).
     """
 
     def __init__(self, path: str, threshold: Optional[float] = None, providers: Optional[Sequence[str]] = None,
-                 session_options=None):
+                 session_options=None, sensitivity: Optional[float] = None):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model not found: {path}")
@@ -54,7 +56,12 @@ class OnnxAnomalyDetector:
         # With a DINOv2 memory the graph has a second input: the same images, its preprocessing.
         memory = self.settings.get("memory_preprocessing")
         self.memory_preprocessing = None if memory is None else _preprocessing(path, memory)
-        self.threshold = self.settings.get("decision_threshold") if threshold is None else check_threshold(threshold)
+        # the decision threshold: `threshold`, else a sensitivity (this one, else the sidecar's) over the stored one
+        stored = check_threshold(self.settings.get("decision_threshold"), f"{sidecar_path(path)}: decision_threshold")
+        if threshold is None and sensitivity is None and stored is not None:
+            sensitivity = check_sensitivity(self.settings.get("sensitivity"), f"{sidecar_path(path)}: sensitivity")
+        self.sensitivity = None if threshold is not None else check_sensitivity(sensitivity)
+        self.threshold = resolve_threshold(stored, check_threshold(threshold), self.sensitivity)
         self.pixel_threshold = self.settings.get("pixel_threshold")
         self.category = self.settings.get("category", {}).get("category")
         # A base of random weights: every output says PIPELINE CHECK, as the PyTorch path's do.

@@ -12,6 +12,13 @@ import math
 import numbers
 from typing import Callable, Optional
 
+# Decision thresholds, stored or given: scores are in [0, 1]; 0 would call every image anomalous, so a threshold
+# must be > 0; a leave-one-out estimate is (1 + margin) x a reference's score and may pass 1 (then every image is
+# "normal"): up to 2 is accepted. One rule for category.json, --threshold and the Python API.
+THRESHOLD_RANGE = (0.0, 2.0)
+THRESHOLD_EXPECTED = (f"a number greater than {THRESHOLD_RANGE[0]:g} and at most {THRESHOLD_RANGE[1]:g} "
+                      "(scores are in [0, 1])")
+
 # Largest anomaly-map side (--output-size): a 2048x2048 float32 map is 16 MB per image, in memory and per batch.
 MAX_OUTPUT_SIZE = 2048
 
@@ -72,6 +79,40 @@ def fraction(text: str) -> float:
         value = math.nan
     if not math.isfinite(value) or not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number greater than 0 and at most 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number greater than 0, e.g. calibrate's --percentile and --factor."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def threshold_value(text: str) -> float:
+    """A decision threshold (--threshold): the range rule of stored thresholds, (0, 2]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    low, high = THRESHOLD_RANGE
+    if not math.isfinite(value) or not low < value <= high:
+        raise argparse.ArgumentTypeError(f"expected {THRESHOLD_EXPECTED}, got {text!r}")
+    return value
+
+
+def sensitivity_value(text: str) -> float:
+    """A sensitivity (--sensitivity): a number from 0 to 1; 0.5 is the stored threshold."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1 (0.5: the stored threshold), got {text!r}")
     return value
 
 

@@ -64,16 +64,25 @@ def check_model_folder(folder: str, flag: str = "--base") -> None:
                          f"missing {' and '.join(missing)}, found: {found}")
 
 
+def _names_a_local_folder(value: str) -> bool:
+    """"converted/ViT-B-16" is a valid Hub id, but when ./converted exists it is a local path with a typo in
+    its last part: report the missing folder, not a missing Hub model."""
+    head = value.split("/", 1)[0] if "/" in value else value.split(os.sep, 1)[0]
+    return head != value and os.path.isdir(head)
+
+
 def check_base(value: str, flag: str = "--base") -> None:
     """Fail fast, naming `flag`, when `value` is neither a model folder nor a Hub id that can be loaded."""
     from .validation import looks_like_local_path, validate_repo_id
 
-    if os.path.exists(value) or looks_like_local_path(value):
+    if os.path.exists(value) or looks_like_local_path(value) or _names_a_local_folder(value):
         check_model_folder(value, flag)
         return
     try:
         validate_repo_id(value)
     except ValueError as error:
+        if os.sep in value or "/" in value:  # a path, mistyped: say so rather than blame the Hub id rules
+            check_model_folder(value, flag)
         raise CheckpointError(f"{flag} {value!r}: not a folder here and not a Hub model id ({error})") from None
     if not is_cached(value) and not hub_reachable():
         raise CheckpointError(f"{flag} {value}: not in the local Hugging Face cache and the Hub cannot be reached "

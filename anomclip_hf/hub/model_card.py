@@ -230,5 +230,12 @@ def _threshold_text(category: dict) -> str:
     estimate = category.get("threshold_estimate") or {}
     if not estimate:
         return f"{threshold:.4f}"
+    if "rule" in estimate:  # set by `anomclip calibrate`
+        data = estimate.get("data") or {}
+        on = (f" on {data.get('normal_images', 0)} normal and {data.get('abnormal_images', 0)} anomalous images"
+              if data else "")
+        return (f"{threshold:.4f} (score >= threshold is anomalous; calibrated {estimate.get('when') or ''}{on}: "
+                f"{estimate['method']}; {len(estimate.get('history') or [])} earlier threshold(s) kept in "
+                "category.json)")
     return (f"{threshold:.4f} (score >= threshold is anomalous; {estimate['method']}, margin "
             f"{estimate['margin']:.0%} above the highest of {len(estimate['leave_one_out_image_scores'])} scores)")

@@ -2,7 +2,7 @@
 
 One picture per image:
     header       score and decision (+ a note such as PIPELINE CHECK)
-    titles       "image (+ true defect)" | "anomaly map" | "predicted defect"
+    titles       "image (+ true defect)" | "anomaly map" | "predicted defect" ("image" without a mask)
     panels       image with the ground-truth outline | jet heat map blended on the image | image with the
                  predicted-defect outline (map > pixel threshold)
     colour bar   the heat map's scale, with the pixel threshold marked
@@ -161,6 +161,17 @@ def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: OverlayL
         draw.text((x1 + 3, y - layout.font_size // 2), f"thr {pixel_threshold:.3g}", fill=TEXT_COLOUR, font=font)
 
 
+def panel_titles(has_ground_truth: bool, has_pixel_threshold: bool) -> list[tuple[str, str]]:
+    """(title, short title) of the three panels: "true defect" only where a mask is drawn, "predicted defect"
+    only where a pixel threshold draws one."""
+    titles = list(zip(PANEL_TITLES, SHORT_TITLES))
+    if not has_ground_truth:
+        titles[0] = ("image", "image")
+    if not has_pixel_threshold:
+        titles[2] = ("image (no pixel threshold)", "image (no pixel threshold)")
+    return titles
+
+
 def anomaly_panel(image: Image.Image, anomaly_map: np.ndarray, *, score: Optional[float] = None,
                   threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
                   ground_truth: Optional[np.ndarray] = None, vmax: Optional[float] = None, alpha: float = 0.4,
@@ -196,9 +207,7 @@ def anomaly_panel(image: Image.Image, anomaly_map: np.ndarray, *, score: Optiona
     for number, line in enumerate(lines):
         draw.text((layout.font_size // 2, layout.font_size // 4 + number * layout.line_height), line,
                   fill=TEXT_COLOUR, font=font)
-    for column, (title, short) in enumerate(zip(PANEL_TITLES, SHORT_TITLES)):
-        if column == 2 and pixel_threshold is None:
-            title = short = "image (no pixel threshold)"
+    for column, (title, short) in enumerate(panel_titles(ground_truth is not None, pixel_threshold is not None)):
         if draw.textlength(title, font=font) > size[0] - layout.font_size // 2:
             title = short
         draw.text((column * size[0] + layout.font_size // 3, layout.header_height), title, fill=TEXT_COLOUR,

@@ -7,6 +7,7 @@ import csv
 import ctypes
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -30,10 +31,39 @@ def atomic_directory(target: str) -> Iterator[str]:
     staging = tempfile.mkdtemp(prefix=os.path.basename(_leftover_prefix(target, "partial", os.getpid())), dir=parent)
     try:
         yield staging
+        apply_umask(staging)
         replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def apply_umask(folder: str) -> None:
+    """Give `folder` and what was written in it the modes the user's umask gives new files and folders
+    (0o666 / 0o777 & ~umask): mkdtemp makes folders owner-only (0700), and some writers (safetensors) make
+    files owner-only (0600), which a second user of a shared machine cannot read."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, folders, files in os.walk(folder):  # links are left alone (never followed out of the folder)
+        for names, mode in ((folders, 0o777), (files, 0o666)):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, mode & ~mask)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc), else by setting and restoring."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def replace_directory(staging: str, final: str) -> None:
@@ -112,13 +142,46 @@ def _exchange(first: str, second: str) -> bool:
     raise OSError(code, os.strerror(code), second)
 
 
+def strict_json(value):
+    """`value` with every NaN or infinite float replaced by None: what JSON can hold (a bare NaN token is not
+    JSON; JavaScript's JSON.parse and other strict parsers reject the whole file)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
+        return strict_json(value.item())
+    return value
+
+
 def write_json(path: str, payload) -> None:
-    """Write a JSON file atomically (a temporary file beside it, then a rename)."""
+    """Write a strict JSON file (`strict_json`: null for NaN and infinities) atomically (a temporary file beside
+    it, then a rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.partial-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(strict_json(payload), handle, indent=2, allow_nan=False)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a UTF-8 text file atomically (a temporary file beside it, then a rename)."""
+    temporary = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def write_csv(path: str, rows: Iterable[Sequence]) -> None:

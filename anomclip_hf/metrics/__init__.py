@@ -7,7 +7,7 @@ categories fit in memory; load_evaluate_metric() gives the same image-level numb
 
 from .accumulators import ImageMetricAccumulator, PixelMetricAccumulator
 from .evaluate_loader import METRIC_SCRIPT, load_evaluate_metric
-from .functional import aupro, average_precision, f1_max, image_auroc, pixel_auroc
+from .functional import aupro, average_precision, decision_counts, f1_max, image_auroc, pixel_auroc
 
 __all__ = [
     "image_auroc",
@@ -15,6 +15,7 @@ __all__ = [
     "aupro",
     "f1_max",
     "average_precision",
+    "decision_counts",
     "PixelMetricAccumulator",
     "ImageMetricAccumulator",
     "load_evaluate_metric",

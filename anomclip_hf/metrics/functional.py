@@ -6,10 +6,12 @@ the same Counts batch by batch.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
 
 from . import _curves
-from ._inputs import binary_inputs, check_both_classes, check_fpr_limit, map_inputs
+from ._inputs import as_binary, as_scores, binary_inputs, check_both_classes, check_fpr_limit, check_same_shape, map_inputs
 from ._regions import region_sizes
 
 
@@ -31,6 +33,26 @@ def average_precision(scores: Any, labels: Any) -> float:
 def f1_max(scores: Any, labels: Any) -> Tuple[float, float]:
     """(best F1 over all thresholds, that threshold); predict anomalous when score >= threshold."""
     return _curves.f1_max(_counts(scores, labels, "f1_max"))
+
+
+def decision_counts(scores: Any, labels: Any, threshold: float) -> Dict[str, Optional[float]]:
+    """What deciding "anomalous" at score >= threshold does on 0/1 labels: the confusion counts (tp, fp, tn, fn)
+    and precision, recall and false-alarm rate (the fraction of normal images flagged); a rate whose
+    denominator is 0 (no positives, no negatives, nothing flagged) is None, never NaN."""
+    s = as_scores(scores, "decision_counts").reshape(-1)
+    y = as_binary(labels, "decision_counts").reshape(-1)
+    check_same_shape(s, y, "decision_counts")
+    flagged = s >= float(threshold)
+    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+    fn, tn = int((~flagged & y).sum()), int((~flagged & ~y).sum())
+
+    def ratio(numerator: int, denominator: int) -> Optional[float]:
+        return None if denominator == 0 else numerator / denominator
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    f1 = None if precision is None or recall is None else (0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn, "precision": precision,
+            "recall": recall, "false_alarm_rate": ratio(fp, fp + tn), "f1": f1}
 
 
 def pixel_auroc(maps: Any, masks: Any) -> float:

@@ -10,6 +10,7 @@ import math
 from typing import Any, Callable, Mapping, Optional
 
 from ..errors import AdapterError
+from ..flags.numeric import THRESHOLD_RANGE as _THRESHOLD_RANGE
 from .category import (
     MAX_REFERENCES,
     PROMPT_LAYOUT_KEYS,
@@ -29,9 +30,8 @@ MAX_TEXT_LENGTH = 256  # class name, base model name, ...
 MAX_PHRASES = 1024
 MAX_PATH_LENGTH = 4096
 MAX_DEPTH = 8  # nesting of the free-form records (training, evaluation, threshold_estimate, prompts)
-# Scores are in [0, 1]. A threshold of 0 would call every image anomalous, so it must be > 0; an estimate
-# is (1 + margin) x a reference's score, which may pass 1 (then every image is "normal"): up to 2 is accepted.
-THRESHOLD_RANGE = (0.0, 2.0)
+# (0, 2]: the one rule of stored and given thresholds (flags.numeric says why).
+THRESHOLD_RANGE = _THRESHOLD_RANGE
 
 
 _MISSING = object()

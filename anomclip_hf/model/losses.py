@@ -1,4 +1,4 @@
-"""PromptAD losses (spec section 4): CLIP-style alignment, explicit anomaly margin, suffix alignment."""
+"""PromptAD losses (docs/method/promptad.md, "Losses"): CLIP-style alignment, explicit anomaly margin, suffix alignment."""
 
 from __future__ import annotations
 

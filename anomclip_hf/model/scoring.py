@@ -1,4 +1,4 @@
-"""Scores of PromptAD (spec section 5): visual memory, text scores, fusion, maps and image scores."""
+"""Scores of PromptAD (docs/method/promptad.md, "Scoring"): visual memory, text scores, fusion, maps and image scores."""
 
 from __future__ import annotations
 

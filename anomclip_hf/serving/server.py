@@ -46,18 +46,21 @@ class ServeSpec:
     precision: str = "fp32"
     threshold: Optional[float] = None
     output_size: Optional[int] = None
+    sensitivity: Optional[float] = None  # over each category's stored threshold (model.decisions), not with threshold
     catalog: str = ""  # where the worker writes the loaded names and thresholds for the gate
 
     def load(self, device: str) -> dict:
         """{category name: Predictor}, every category in one model loaded once."""
         from ..inference.predictor import Predictor
+        from ..model.decisions import resolve_threshold
         from ..model.modeling_anomclip import AnomCLIPModel
 
         model = AnomCLIPModel.from_base(self.base).to(device)
         predictors = {}
         for source in self.categories:
             state = model.load_category(source, revision=self.revision, activate=False)
-            predictors[state.name] = Predictor.from_model(model, state.name, threshold=self.threshold,
+            threshold = resolve_threshold(state.metadata.get("decision_threshold"), self.threshold, self.sensitivity)
+            predictors[state.name] = Predictor.from_model(model, state.name, threshold=threshold,
                                                           precision=self.precision, output_size=self.output_size)
         return predictors
 

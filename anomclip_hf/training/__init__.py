@@ -1,6 +1,6 @@
 """PromptAD prompt training on top of AnomCLIPModel (plain torch + accelerate; the model knows nothing of it).
 
-    config.py         TrainingConfig (spec section 4) and the YAML presets (training/presets/)
+    config.py         TrainingConfig (docs/method/promptad.md, "Losses") and the YAML presets (training/presets/)
     step.py           the objective and one optimisation step (shared by the loop and the parity tests); the
                       text tower under the autocast of `config.precision` (anomclip_hf.model.precision decides)
     loop.py           fit_prompts: one full-batch SGD step per epoch, logging, checkpoints, resume

@@ -1,4 +1,4 @@
-"""TrainingConfig: every hyper-parameter of a PromptAD training run (spec section 4), and its YAML presets.
+"""TrainingConfig: every hyper-parameter of a PromptAD training run (docs/method/promptad.md, "Losses"), and its YAML presets.
 
 Presets live in `training/presets/<name>.yaml` at the repository root (`paper`, `ref-code`); any YAML
 path works too. A preset is a flat mapping of TrainingConfig fields; its `model:` mapping holds

@@ -42,7 +42,7 @@ from .inputs import (
     select_references,
     try_estimate_thresholds,
 )
-from .loop import EpochCallback, fit_prompts
+from .loop import EpochCallback, FitResult, fit_prompts
 from .step import ShotFeatures
 
 ADAPTER_DIR, SUMMARY_FILE, CHECKPOINT_DIR, TENSORBOARD_RUN = "adapter", "summary.json", "checkpoints", "logs"
@@ -66,6 +66,7 @@ def train_category(
     push_to_hub: Optional[HubTarget] = None,
     memory_size: Optional[int] = None,
     coreset_ratio: Optional[float] = None,
+    train: bool = True,
 ) -> dict:
     """Train the prompts of one category on k normal shots and write its adapter; returns the job summary.
 
@@ -80,6 +81,8 @@ def train_category(
     memory_size, coreset_ratio: the visual memory as a greedy coreset of that many patch rows (that fraction)
         per memory layer; default: exact up to 16384 rows, a coreset of 16384 above (`memory.policy`). References
         are encoded in batches; a large set streams from its files.
+    train: False builds the memory and the thresholds with the hand-written prompts and trains nothing (as
+        `fit --epochs 0` / `--no-train`; the run length of `config` is then ignored).
     """
     config = config or TrainingConfig()
     references = select_references(dataset, data_root, category, config.shots if shots is None else shots, seed)
@@ -115,12 +118,15 @@ def train_category(
     progress = config.progress_bar is not False
     vision = encode_references(model, images, spill=spill, progress=progress)
     state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
-                               learned_prompts=True, seed=config.prompt_seed, memory_size=memory_size,
+                               learned_prompts=train, seed=config.prompt_seed, memory_size=memory_size,
                                coreset_ratio=coreset_ratio, progress=progress)
-    result = _fit_tracked(model, category, ShotFeatures.from_vision(vision), config, accelerator, job,
-                          checkpoint_dir=checkpoint_dir, resume_from=resume_from, callbacks=callbacks,
-                          fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
-                          description=f"{dataset}/{category} {shots}-shot seed {seed}", precision=precision)
+    if train:
+        result = _fit_tracked(model, category, ShotFeatures.from_vision(vision), config, accelerator, job,
+                              checkpoint_dir=checkpoint_dir, resume_from=resume_from, callbacks=callbacks,
+                              fingerprint={**config.run_fingerprint(), **job, "reference_files": reference_files},
+                              description=f"{dataset}/{category} {shots}-shot seed {seed}", precision=precision)
+    else:
+        result = FitResult(history=[], epochs=0, resumed_from=None, start_epoch=0, wall_time_s=0.0)
 
     state.metadata.update(seed=config.prompt_seed, reference_files=reference_files,
                           training=_training_record(config, result, dataset, seed, precision))
@@ -158,7 +164,7 @@ def _training_record(config: TrainingConfig, result, dataset: str, seed: int, pr
     """category.json "training": how the prompts were trained."""
     return {
         "config": config.to_dict(), "preset": config.preset, "schedule": config.schedule,
-        "epochs": result.epochs, "stage_epochs": _stage_epochs(config),
+        "epochs": result.epochs, "stage_epochs": _stage_epochs(config) if result.epochs else {},
         "final_losses": result.final_losses(), "wall_time_s": round(result.wall_time_s, 3),
         "dataset": dataset, "shot_seed": int(seed), "prompt_seed": config.prompt_seed,
         "precision": precision.precision, "precision_reason": precision.reason, "resumed_from": result.resumed_from,

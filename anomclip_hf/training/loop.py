@@ -1,6 +1,6 @@
 """The training loop: full-batch SGD on the prompt vectors of one category, one step per epoch.
 
-No test-set evaluation inside the loop (the reported model is the final epoch's, spec section 6), and
+No test-set evaluation inside the loop (the reported model is the final epoch's: docs/method/promptad.md, "Evaluation protocol"), and
 no data loader: the k shots' frozen features are computed once, before the loop.
 """
 

@@ -137,7 +137,7 @@ def test_detector_refuses_what_the_graph_would_score_as_nonsense(exported, monke
     monkeypatch.setattr(detector.session, "run", lambda *args: [outputs[0] * np.float32("nan"), outputs[1]])
     with pytest.raises(ValueError, match=r"the exported model scored images \[0, 1\] of the batch NaN or infinite"):
         detector.run(noise)
-    with pytest.raises(ValueError, match=r"threshold=nan; expected a finite number"):
+    with pytest.raises(ValueError, match=r"threshold=nan; expected a number greater than 0 and at most 2"):
         OnnxAnomalyDetector(exported["onnx"], threshold=float("nan"))
 
 
@@ -249,3 +249,27 @@ def test_int8_and_fp16_exports_stay_close_to_float32(exported, tmp_path):
         assert sidecar["precision"] == ("int8" if name == "int8" else "float16")
         assert sidecar["check"] == result.check and result.check["max_abs_score_diff"] < tolerance
         assert not os.path.exists(path + ".float.onnx")
+
+
+def test_sidecar_sensitivity_sets_the_runtime_threshold(exported, tmp_path):
+    import json
+    import shutil
+
+    from anomclip_hf.export.runtime import OnnxAnomalyDetector
+
+    settings = json.loads((exported["root"] / "widget.onnx.json").read_text())
+    stored = settings["decision_threshold"]
+    assert settings["sensitivity"] == 0.5
+    assert OnnxAnomalyDetector(str(exported["onnx"])).threshold == stored
+    assert OnnxAnomalyDetector(str(exported["onnx"]), sensitivity=0.75).threshold == pytest.approx(stored / 2)
+    assert OnnxAnomalyDetector(str(exported["onnx"]), threshold=0.01).threshold == 0.01
+    copy = tmp_path / "widget.onnx"
+    shutil.copy(exported["onnx"], copy)
+    for value, expected in ((0.25, 1.5 * stored), (None, stored)):  # None: a sidecar written before the field
+        edited = {**settings, "sensitivity": value} if value is not None else \
+            {k: v for k, v in settings.items() if k != "sensitivity"}
+        (tmp_path / "widget.onnx.json").write_text(json.dumps(edited))
+        assert OnnxAnomalyDetector(str(copy)).threshold == pytest.approx(expected)
+    (tmp_path / "widget.onnx.json").write_text(json.dumps({**settings, "sensitivity": 7}))
+    with pytest.raises(ValueError, match="sensitivity=7; expected a number from 0 to 1"):
+        OnnxAnomalyDetector(str(copy))

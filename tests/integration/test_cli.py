@@ -14,7 +14,7 @@ from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import build_parser, main
 from anomclip_hf.inference.visualization import overlay_layout
 
-COMMANDS = ("demo", "convert-open-clip", "push", "predict", "export", "fit", "evaluate", "app", "serve")
+COMMANDS = ("demo", "convert-open-clip", "push", "predict", "export", "fit", "calibrate", "evaluate", "app", "serve")
 
 
 def test_help_lists_commands():

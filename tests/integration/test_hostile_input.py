@@ -155,7 +155,7 @@ NUMERIC_FLAG_CASES = [
     (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--output-size", "4096"],
      "--output-size", "expected an integer from 1 to 2048, got '4096'"),
     (["predict", "--base", "b", "--category", "c", "--images", "i", "--output", "o", "--threshold", "inf"],
-     "--threshold", "expected a finite number, got 'inf'"),
+     "--threshold", "expected a number greater than 0 and at most 2 (scores are in [0, 1]), got 'inf'"),
 ]
 
 

@@ -129,7 +129,7 @@ def test_predict_scores_defects_above_normals_with_overlays(workspace, tmp_path,
     assert "13 images scored" in capsys.readouterr().out
     # --threshold overrides the stored one
     assert main(["predict", "--base", str(workspace / "base"), "--category", str(workspace / "fit" / "adapter"),
-                 "--images", str(test_dir / "good"), "--output", str(tmp_path / "t"), "--threshold", "-1",
+                 "--images", str(test_dir / "good"), "--output", str(tmp_path / "t"), "--threshold", "1e-9",
                  "--quiet"]) == 0
     assert {row["decision"] for row in _rows(tmp_path / "t" / "scores.csv")} == {"anomalous"}
 
@@ -181,8 +181,8 @@ def test_pipeline_matches_the_model(workspace):
         np.testing.assert_allclose(result["anomaly_map"], expected, rtol=0, atol=1e-6)
         assert result["decision"] == ("anomalous" if result["score"] >= result["threshold"] else "normal")
     # a folder path loads once, a loaded name is used as is; threshold override per call
-    one = detector(files[0], threshold=-1.0)
-    assert one["decision"] == "anomalous" and one["threshold"] == -1.0
+    one = detector(files[0], threshold=1e-9)
+    assert one["decision"] == "anomalous" and one["threshold"] == 1e-9
     by_name = pipeline("image-anomaly-detection", model=model, category="widget")(files[0])
     assert by_name["score"] == pytest.approx(results[0]["score"], rel=1e-6)
 

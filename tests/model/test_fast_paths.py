@@ -310,7 +310,7 @@ def scored_model(tiny_model):
 
 
 def _plain_forward(model, pixel_values, output_size):
-    """The forward written with the plain upsample/blur/max of spec section 5."""
+    """The forward written with the plain upsample/blur/max of docs/method/promptad.md, "Scoring"."""
     features = model.encode_images(pixel_values)
     prototypes = model.text_prototypes()
     text_image = text_anomaly_probability(features.global_embeds, prototypes["image"], model.temperature)

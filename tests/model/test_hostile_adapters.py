@@ -638,7 +638,7 @@ def test_a_threshold_that_is_not_a_finite_number_is_refused_everywhere(threshold
     if threshold is None:  # control: no threshold given, the stored one decides
         assert detector(image)["threshold"] == loaded[0].get_category("widget").metadata["decision_threshold"]
         return
-    message = re.escape(f"={threshold!r}; expected a finite number (a NaN threshold calls every image normal)")
+    message = re.escape(f"={threshold!r}; expected a number greater than 0 and at most 2 (scores are in [0, 1])")
     with pytest.raises(ValueError, match="threshold" + message):
         detector(image, threshold=threshold)
     for keyword in ("threshold", "pixel_threshold"):

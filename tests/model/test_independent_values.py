@@ -1,4 +1,4 @@
-"""Scores against values computed here from their definitions (spec section 5), not from the package's helpers.
+"""Scores against values computed here from their definitions (docs/method/promptad.md, "Scoring"), not from the package's helpers.
 
 Zero-shot text scores come from transformers' own `CLIPModel.get_text_features` / `get_image_features`;
 the scoring modes' combination rules are rebuilt with torch's bilinear upsampling, a brute-force nearest

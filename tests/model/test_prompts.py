@@ -60,12 +60,12 @@ def test_head_prompts_layout(position):
     assert len(config.prompt_token_names) == (12 + 4) + (4 + 4)
 
 
-# ----------------------------------------------------------------------------- the phrase table, pinned to the spec
+# ----------------------------------------------------------------------------- the phrase table, pinned to the reference
 
 SPEC_GENERIC = ["damaged {}", "flawed {}", "abnormal {}", "imperfect {}", "blemished {}", "{} with flaw",
                 "{} with defect", "{} with damage"]
-# Copied verbatim from the appendix table of the project spec (promptad.md, "per-category manual phrases"),
-# checked against it when copied; no test reads the spec (it is not part of a clone).
+# Copied verbatim from the reference implementation's per-category phrase table (ad_prompts.py),
+# checked against it when copied.
 SPEC_PHRASE_TABLE = """\
 | bottle | {} with large breakage; {} with small breakage; {} with contamination |
 | toothbrush | {} with defect; {} with anomaly |
@@ -92,7 +92,7 @@ SPEC_PHRASE_TABLE = """\
 | pcb4 | {} with scratch; {} with extra; {} with missing; {} with wrong place; {} with damage; {} with burnt; {} with dirt |
 | pipe_fryum | {} with breakage; {} with small scratches; {} with burnt; {} with stuck together; {} with colour spot; {} with cracks |
 """
-# The spec's note under the table: "the reference keeps a trailing space in the metal_nut 'bent shape' phrase".
+# A note on that table: "the reference keeps a trailing space in the metal_nut 'bent shape' phrase".
 SPEC_NOTED_EXCEPTIONS = {("metal_nut", 0): "{} with a bent shape "}
 
 
@@ -116,4 +116,4 @@ def test_phrase_table_of_all_27_categories_is_pinned():
     for category, phrases in expected.items():
         assert list(CATEGORY_PHRASES[category]) == phrases, category
         assert manual_phrases(category) == SPEC_GENERIC + phrases, category
-    assert sorted(CATEGORY_PHRASES) == sorted(expected)  # no category beyond the spec's 27
+    assert sorted(CATEGORY_PHRASES) == sorted(expected)  # no category beyond the 27 of MVTec AD and VisA
