@@ -35,6 +35,8 @@ def add_parser(commands) -> None:
     predict.add_argument("--category", default=None, help="category adapter folder or Hub repo id")
     predict.add_argument("--onnx", default=None, help="an exported model (anomclip export) instead of --base and "
                          "--category: ONNX Runtime, no torch")
+    predict.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                         help="the runtime of --onnx: onnxruntime (default) or openvino (the openvino extra; float32)")
     add_memory_backbone_argument(predict)
     add_tiling_arguments(predict)
     predict.add_argument("--revision", default=None, help="Hub branch, tag or commit of --category (default: main)")
@@ -135,7 +137,9 @@ def _spec(args):
             raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
                              f"{', '.join(given)}")
         return PredictorSpec(onnx=args.onnx, threshold=_threshold(args), batch_size=args.batch_size, tile=args.tile,
-                             tile_overlap=args.tile_overlap)
+                             tile_overlap=args.tile_overlap, runtime=args.runtime or "onnxruntime")
+    if args.runtime is not None:
+        raise ValueError(f"--runtime {args.runtime} runs an exported model: pass --onnx MODEL.onnx")
     if not (args.base and args.category):
         raise ValueError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
     from ..hub.base_source import check_base

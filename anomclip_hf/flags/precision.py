@@ -33,7 +33,8 @@ def add_precision_argument(parser, *, default: Optional[str] = "fp32") -> None:
     """`--precision {fp32,bf16,fp16,auto}` for every command that runs the towers (one definition)."""
     parser.add_argument("--precision", dest="precision", type=_precision_argument, default=default,
                         metavar="{" + ",".join(PRECISIONS) + "}",
-                        help="tower precision: fp32, bf16, fp16, or auto = bf16 where the CPU/GPU runs it natively, "
+                        help="tower precision: fp32, bf16, fp16, or auto = the faster of fp32 and bf16 as measured on this "
+                             "machine where it has bf16 instructions (cached under ~/.cache/anomclip), "
                              "else fp32; weights, prompts, memory, scores and maps stay float32 "
                              f"(default: {default or 'the preset'})")
 

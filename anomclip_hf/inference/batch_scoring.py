@@ -44,7 +44,7 @@ def score_images(model: AnomCLIPModel, images: Sequence[PathOrImage], batch_size
     spelling and wins when given. mode: the model's scoring mode ("full", "memory", "text"; default: its own).
     """
     check_output_size(output_size)
-    low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device)
+    low = autocast_dtype if autocast_dtype is not None else resolve_precision(precision, model.device, model)
 
     def score(decoded: list):
         return score_pixel_values(model, model_inputs(model.config, decoded), category, output_size, low, mode)

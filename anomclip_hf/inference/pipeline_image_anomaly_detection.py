@@ -65,7 +65,7 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         if output_size is not None:
             forward["output_size"] = check_output_size(output_size)
         if precision is not None:  # resolved once here, not per image
-            forward["precision"] = resolve_precision(precision, self.model.device)
+            forward["precision"] = resolve_precision(precision, self.model.device, self.model)
         if threshold is not None:  # NaN would call every image normal, 0 or less every one anomalous
             postprocess["threshold"] = check_threshold(threshold)
         return {}, forward, postprocess

@@ -15,12 +15,14 @@ patch against one layer is ||x - c||^2 / 4 = (1 - cos) / 2, so r bounds what the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
+from ..io.progress import Phase
 from .search import nearest_distance
 
 # sklearn's johnson_lindenstrauss_min_dim at PatchCore's eps (anomalib's default as well).
@@ -31,6 +33,24 @@ PROJECTION_CHUNK_ROWS = 8192
 # faster than 4096 here) and kept rows per distance product.
 GREEDY_BLOCK_ROWS = 512
 GREEDY_CENTER_CHUNK = 2048
+# Torch threads of the greedy loop: its products are small (a 512-row block against a few kept rows), so with
+# more threads the pool's wake-up and contention cost more than they share (measured up to 10x slower a step
+# at 2 threads on a loaded 2-core machine). None: torch's current setting.
+GREEDY_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """Run the block with `count` intra-op torch threads (None: unchanged), restoring the setting after."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def johnson_lindenstrauss_dim(rows: int, eps: float = DEFAULT_JL_EPS) -> int:
@@ -64,7 +84,7 @@ def project_rows(features: torch.Tensor, projection: Optional[torch.Tensor],
 
 
 def greedy_k_center(points: torch.Tensor, size: int, seed: int = 0, progress: bool = False,
-                    block_rows: int = GREEDY_BLOCK_ROWS) -> torch.Tensor:
+                    block_rows: int = GREEDY_BLOCK_ROWS, threads: Optional[int] = GREEDY_THREADS) -> torch.Tensor:
     """(size,) row indices, in selection order, of the greedy k-center selection over `points` (N, d).
 
     The plain algorithm lowers every row's distance to the kept set after each step (a matrix-vector product
@@ -73,8 +93,14 @@ def greedy_k_center(points: torch.Tensor, size: int, seed: int = 0, progress: bo
     each step brings only the block with the highest bound up to date (one matrix product with the rows kept
     since its last update), until the block with the highest bound is current: its farthest row is then the
     farthest overall. Same selection as the plain loop (up to exact ties), O(N x d) memory, no N x N matrix.
-    Deterministic for a seed (it draws only the first row).
+    Deterministic for a seed (it draws only the first row). The loop runs at `threads` torch threads (the
+    caller's setting is restored after): the same indices at any setting.
     """
+    with torch_threads(threads):
+        return _greedy_k_center(points, size, seed, progress, block_rows)
+
+
+def _greedy_k_center(points: torch.Tensor, size: int, seed: int, progress: bool, block_rows: int) -> torch.Tensor:
     rows = points.shape[0]
     _check_size(size, rows)
     points = points.float().contiguous()
@@ -112,7 +138,7 @@ def greedy_k_center(points: torch.Tensor, size: int, seed: int = 0, progress: bo
         if bar is not None and (step + 1) % 256 == 0:
             bar.update(256)
     if bar is not None:
-        bar.update(size - bar.n)
+        bar.update(size - bar.count)
         bar.close()
     return kept
 
@@ -122,12 +148,8 @@ def _check_size(size: int, rows: int) -> None:
         raise ValueError(f"coreset size {size!r}; expected an integer from 1 to {rows} (the rows of the bank)")
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="coreset", unit="row", leave=False)
+def _progress(total: int, enabled: bool, name: str = "coreset", unit: str = "row"):
+    return Phase(name, total, unit) if enabled else None
 
 
 @dataclass(frozen=True)
@@ -157,22 +179,28 @@ def select_coreset(features, size: int, seed: int = 0, projection_dim: Optional[
     points = project_rows(features, projection)
     indices = greedy_k_center(points, size, seed, progress) if size < rows else torch.arange(rows)
     del points
-    radius = coverage_radius(features, take_rows(features, indices))
+    radius = coverage_radius(features, take_rows(features, indices), progress=progress)
     return Coreset(indices=indices, radius=radius, rows=rows, projection_dim=None if projection is None else dim,
                    seed=int(seed))
 
 
-def coverage_radius(features, kept: torch.Tensor, chunk_rows: int = PROJECTION_CHUNK_ROWS) -> float:
+def coverage_radius(features, kept: torch.Tensor, chunk_rows: int = PROJECTION_CHUNK_ROWS,
+                    progress: bool = False) -> float:
     """max over the rows of `features` of the Euclidean distance to the nearest row of `kept`.
 
     The search gives every row's distance through inner products (float32: an error near 1e-7 in the squared
     distance); the farthest row of each chunk is then measured again from its differences, so the radius of the
     row that attains it has no cancellation (0 when every row is kept, not sqrt(rounding))."""
     kept, radius = kept.float(), 0.0
+    bar = _progress(int(features.shape[0]), progress, "coverage radius")
     for start in range(0, int(features.shape[0]), chunk_rows):
         chunk = features[start: start + chunk_rows].float()
         farthest = chunk[int(nearest_distance(chunk, kept).argmax())]
         radius = max(radius, float((kept - farthest).square().sum(dim=1).min().sqrt()))
+        if bar is not None:
+            bar.update(int(chunk.shape[0]))
+    if bar is not None:
+        bar.close()
     return radius
 
 

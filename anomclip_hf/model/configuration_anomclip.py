@@ -76,7 +76,8 @@ class AnomCLIPConfig(PretrainedConfig):
         memory_search (`str`, *optional*, defaults to `"auto"`):
             How the visual memory is searched (all exact): `"exact"` (float32 products), `"shortlist"` (bf16
             candidates re-checked in float32), `"faiss"` (faiss' exact inner-product index, the `[faiss]` extra)
-            or `"auto"` (the shortlist for large banks where bf16 is native, else exact).
+            or `"auto"` (the shortlist for large banks where bf16 instructions exist and it measured faster than
+            the exact search on this machine, else exact).
         text_temperature (`float`, *optional*):
             tau, the scale of the cosine logits in the text scores and losses. `None` uses the raw
             `logit_scale` parameter, as the reference code does (about 4.6, not exp(logit_scale) = 100). Not

@@ -17,6 +17,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..errors import ArgumentError
+from ..io.progress import Phase
 from ..memory.coreset import select_coreset, take_rows
 from ..memory.policy import default_rule_text, memory_rows
 from ..memory.rows import SpilledRows
@@ -145,10 +146,13 @@ def memory_from_references(model, reference_images, memory_size: Optional[int] =
     """See `AnomCLIPModel.build_memory`."""
     if isinstance(reference_images, MemoryBank):
         return reference_images
-    if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
-        reference_images = list(reference_images)
-    count = (reference_images.global_embeds.shape[0] if isinstance(reference_images, VisionFeatures)
-             else len(reference_images))
+    if isinstance(reference_images, Mapping):  # the processor's output: its tensors, not its keys
+        count = len(reference_images["pixel_values"]) if "pixel_values" in reference_images else 0
+    else:
+        if not isinstance(reference_images, (torch.Tensor, VisionFeatures)):
+            reference_images = list(reference_images)
+        count = (reference_images.global_embeds.shape[0] if isinstance(reference_images, VisionFeatures)
+                 else len(reference_images))
     if count == 0:
         raise ArgumentError("reference_images is empty: pass at least one normal image (or None for text-only "
                             "zero-shot scoring)")
@@ -159,8 +163,5 @@ def memory_from_references(model, reference_images, memory_size: Optional[int] =
 
 
 def progress_bar(total: int, enabled: bool, description: str = "references"):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="img", leave=False)
+    """A `Phase` of `total` images (a bar on a terminal, one line with its duration elsewhere), or None."""
+    return Phase(description, total, "img") if enabled else None

@@ -274,16 +274,26 @@ class AnomCLIPModel(PreTrainedModel):
             if problem:
                 raise ArgumentError(problem)
 
-    def encode_images(self, pixel_values: torch.Tensor, memory_pixel_values: Optional[torch.Tensor] = None
-                      ) -> VisionFeatures:
+    def encode_images(self, pixel_values: torch.Tensor, memory_pixel_values: Optional[torch.Tensor] = None,
+                      clip_tower: bool = True) -> VisionFeatures:
         """Global, V-V patch and memory-tap features of preprocessed images (all L2-normalised, float32).
 
         The pixels are cast to the tower's dtype at its input and the features back to float32 at its output,
         so no matmul mixes dtypes whatever the checkpoint's dtype. With a DINOv2 memory backbone the memory
-        features are its patch tokens of `memory_pixel_values` (required then) instead of CLIP's taps."""
+        features are its patch tokens of `memory_pixel_values` (required then) instead of CLIP's taps.
+        clip_tower=False (a DINOv2 memory only): the memory features alone, global and patch embeddings None;
+        what the "memory" mode needs, without the cost of CLIP's vision tower."""
         self._check_pixel_values(pixel_values)
         if self.has_dino_memory:  # checked before either tower runs
             memory_backbone.check_memory_pixel_values(self.config, memory_pixel_values, pixel_values.shape[0])
+        elif not clip_tower:
+            raise ArgumentError("clip_tower=False needs a DINOv2 memory backbone: the CLIP memory taps are the "
+                                "tower's")
+        if not clip_tower:
+            memory = self.encode_memory(memory_pixel_values)
+            if not torch.compiler.is_exporting():
+                check_finite_features([memory], pixel_values)
+            return VisionFeatures(None, None, [memory])
         dtype = self.clip.visual_projection.weight.dtype
         features = dual_stream_vision_forward(self.clip.vision_model, self.clip.visual_projection,
                                               pixel_values.to(self.device, dtype), self.config.vv_layers,
@@ -308,9 +318,11 @@ class AnomCLIPModel(PreTrainedModel):
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
-        self._scoring_mode(self.get_category(category), mode)  # fail before the vision tower runs
-        output = self.score_features(self.encode_images(pixel_values, memory_pixel_values), category, output_size,
-                                     mode)
+        mode = self._scoring_mode(self.get_category(category), mode)  # fail before the vision tower runs
+        # The DINOv2 memory alone needs no CLIP tower (the bulk of the cost), so it does not run.
+        clip_tower = not (mode == "memory" and self.has_dino_memory)
+        features = self.encode_images(pixel_values, memory_pixel_values, clip_tower=clip_tower)
+        output = self.score_features(features, category, output_size, mode)
         return output if return_dict else output.to_tuple()
 
     def _scoring_mode(self, state: CategoryState, mode: Optional[str], memory_bank=None) -> str:
@@ -392,7 +404,8 @@ class AnomCLIPModel(PreTrainedModel):
     def add_category(self, name: str, reference_images=None, class_name: Optional[str] = None,
                      phrases: Optional[Sequence[str]] = None, category_phrases: Optional[bool] = None,
                      learned_prompts: bool = False, seed: int = 0, activate: bool = True,
-                     memory_size: Optional[int] = None, coreset_ratio: Optional[float] = None) -> CategoryState:
+                     memory_size: Optional[int] = None, coreset_ratio: Optional[float] = None,
+                     progress: bool = False) -> CategoryState:
         """Register a category: its memory bank (from normal reference images, or None for text-only),
         its manual phrases and a fresh prompt adapter (initialised from `seed`). Replaces a category of
         the same name. `learned_prompts=False` scores with hand-written prompts until trained.
@@ -401,7 +414,7 @@ class AnomCLIPModel(PreTrainedModel):
         validate_category_name(name)  # it becomes a PEFT adapter name, a folder name and part of repo ids
         use_category_phrases = self.config.category_phrases if category_phrases is None else category_phrases
         memory = None if reference_images is None else self.build_memory(reference_images, memory_size,
-                                                                          coreset_ratio, seed)
+                                                                          coreset_ratio, seed, progress)
         state = CategoryState(
             name=name, class_name=class_name or class_name_for(name),
             phrases=manual_phrases(name, use_category_phrases, phrases), learned_prompts=learned_prompts,
@@ -479,21 +492,21 @@ class AnomCLIPModel(PreTrainedModel):
         return memory_backbone.dino_memory_terms(memory_features, memory_bank)
 
     # ----------------------------------------------------------------------------------------- thresholds
-    def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def leave_one_out_scores(self, references: VisionFeatures, category: Optional[str] = None,
+                             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(image scores (k,), map maxima (k,)) of each reference scored against the memory of the others.
 
         `references` are the references' `encode_images` output, in the order of the category's memory bank
         (the features the memory bank was built from, so the vision tower does not run again).
         """
-        return thresholds.leave_one_out_scores(self, references, category)
+        return thresholds.leave_one_out_scores(self, references, category, progress)
 
     def estimate_thresholds(self, reference_images, category: Optional[str] = None,
-                            margin: Optional[float] = None) -> ThresholdEstimate:
+                            margin: Optional[float] = None, progress: bool = False) -> ThresholdEstimate:
         """Leave-one-out decision thresholds of a category from its k >= 2 reference images (the same images,
         in the same order, as its memory bank: PIL images, paths, pixel values or their `encode_images`
         output); stored in its metadata and category.json. See `thresholds`."""
-        return thresholds.estimate_thresholds(self, reference_images, category, margin)
+        return thresholds.estimate_thresholds(self, reference_images, category, margin, progress)
 
     # ----------------------------------------------------------------------------------------- text
     def tokenize_prompts(self, prompts: Sequence[str]) -> torch.Tensor:

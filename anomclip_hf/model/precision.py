@@ -6,8 +6,9 @@ optimizer state, memory bank, prototypes, scores and maps (scoring.py turns auto
     fp32  float32 everywhere (the default)
     bf16  bfloat16 towers; honoured on any device, with a warning where the hardware only emulates it
     fp16  float16 towers; likewise
-    auto  bf16 where the device runs it natively (a CUDA GPU that supports it; a CPU with AVX512_BF16 or
-          AMX-BF16, or an Arm CPU with BF16), else fp32; the log says which and why
+    auto  where the device has bf16 instructions (a CUDA GPU that supports it; a CPU with AVX512_BF16 or
+          AMX-BF16, or an Arm CPU with BF16): with the loaded model, the faster of fp32 and bf16 as measured on
+          its vision tower (`precision_probe`, cached); without it, bf16. Else fp32. The log says which and why
 
 Leaf module: imports nothing of the package (scoring, inference, training and the command line use it).
 """
@@ -94,16 +95,26 @@ class PrecisionChoice:
                                                  else "") + f": {self.reason}"
 
 
-def resolve_precision(requested: Optional[str], device: Union[str, torch.device]) -> PrecisionChoice:
-    """What runs on `device` for `requested`, logged with the reason (a warning when it is emulated)."""
+def resolve_precision(requested: Optional[str], device: Union[str, torch.device], model=None) -> PrecisionChoice:
+    """What runs on `device` for `requested`, logged with the reason (a warning when it is emulated).
+
+    auto with the loaded `model`: where the hardware has bf16 at all, a short probe of its vision tower in both
+    precisions decides (`precision_probe`, cached per machine, torch build and tower shape); without a model
+    the hardware flags alone decide."""
     requested = normalize_precision(requested)
     device = torch.device(device)
     if requested == "fp32":
         choice = PrecisionChoice(requested, "fp32", "float32 requested")
     elif requested == "auto":
         native, why = bf16_support(device)
-        choice = PrecisionChoice(requested, "bf16" if native else "fp32",
-                                 f"{why}: the towers run in bfloat16" if native else f"{why}: staying in float32")
+        if native and model is not None:
+            from .precision_probe import probe_precision
+
+            measured, figures = probe_precision(model, device)
+            choice = PrecisionChoice(requested, measured, f"{why}; {figures}")
+        else:
+            choice = PrecisionChoice(requested, "bf16" if native else "fp32",
+                                     f"{why}: the towers run in bfloat16" if native else f"{why}: staying in float32")
     elif device.type == "cuda" and requested == "fp16":
         choice = PrecisionChoice(requested, "fp16", "float16 requested on a GPU")
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,20 +12,27 @@ import torch.nn.functional as F
 from ..errors import ArgumentError
 from ..memory.dino import dino_patch_distances
 from ..memory.faiss_index import faiss_nearest_similarity
-from ..memory.search import SHORTLIST_MIN_ROWS, bf16_copy, nearest_similarity
+from ..memory.search import SHORTLIST_MIN_ROWS, bf16_copy, nearest_similarity, shortlist_measured_faster
 from .precision import native_bf16
 
 SEARCH_METHODS = ("auto", "exact", "shortlist", "faiss")
 
 
-def _use_shortlist(search: str, bank: torch.Tensor) -> bool:
+def _use_shortlist(search: str, bank: torch.Tensor) -> Optional[bool]:
+    """True / False, or None where "auto" must measure (`_auto_shortlist`)."""
     if search not in SEARCH_METHODS:
         raise ArgumentError(f"search={search!r}; expected one of {SEARCH_METHODS}")
     if search == "faiss":
         return False
     if search != "auto":
         return search == "shortlist"
-    return bank.shape[0] >= SHORTLIST_MIN_ROWS and native_bf16(bank.device)
+    if torch.compiler.is_exporting() or bank.shape[0] < SHORTLIST_MIN_ROWS or not native_bf16(bank.device):
+        return False
+    return None
+
+
+def _auto_shortlist(flat: torch.Tensor, bank: torch.Tensor, low_bank: torch.Tensor, max_block_elements: int) -> bool:
+    return shortlist_measured_faster(flat, bank, low_bank.to(flat.device), max_block_elements)
 
 
 def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Sequence[torch.Tensor],
@@ -38,7 +45,8 @@ def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Se
     search: "exact" (float32 matrix products), "shortlist" (a bfloat16 product shortlists candidates within
     its proven error bound, then float32 re-checks them: the same nearest neighbour, see
     `memory.search.shortlisted_nearest`), "faiss" (faiss' exact inner-product index, the `[faiss]` extra) or "auto"
-    (shortlist for banks of SHORTLIST_MIN_ROWS rows or more on hardware with native bfloat16, else exact).
+    (for banks of SHORTLIST_MIN_ROWS rows or more on hardware with bfloat16 instructions, the shortlist where it
+    measured faster than the exact search for this shape, `memory.search.shortlist_measured_faster`; else exact).
     Always float32, also inside an autocast region: a low-precision cosine would coarsen the scores.
     """
     if len(memory_features) != len(memory_bank):
@@ -49,7 +57,9 @@ def memory_patch_scores(memory_features: Sequence[torch.Tensor], memory_bank: Se
             flat = features.reshape(-1, features.shape[-1]).float()
             bank = layer.reshape(-1, layer.shape[-1]).to(flat)
             shortlist = _use_shortlist(search, bank)
-            low_bank = bf16_copy(layer).reshape(bank.shape).to(flat.device) if shortlist else None
+            low_bank = bf16_copy(layer).reshape(bank.shape).to(flat.device) if shortlist is not False else None
+            if shortlist is None:  # auto: the shortlist only where it measured faster than the exact search
+                shortlist = _auto_shortlist(flat, bank, low_bank, max_block_elements)
             if search == "faiss" and not torch.compiler.is_exporting():
                 nearest = faiss_nearest_similarity(flat, layer)  # its index is kept per bank buffer
             else:
@@ -66,9 +76,12 @@ def dino_memory_scores(features: torch.Tensor, bank: torch.Tensor, max_block_ele
     rows = bank.reshape(-1, bank.shape[-1])
     shortlist = _use_shortlist(search, rows)
     low_bank = None
-    if shortlist:  # a bank made inside inference_mode (leave-one-out subsets) has no version to cache by
+    if shortlist is not False:  # a bank made inside inference_mode (leave-one-out subsets) has no version to cache by
         low_bank = rows.to(torch.bfloat16) if bank.is_inference() else bf16_copy(bank).reshape(rows.shape)
         low_bank = low_bank.to(features.device)
+    if shortlist is None:  # auto: the shortlist only where it measured faster than the exact search
+        flat = features.reshape(-1, features.shape[-1]).float()
+        shortlist = _auto_shortlist(flat, rows.to(flat), low_bank, max_block_elements)
     return dino_patch_distances(features, rows, shortlist=shortlist, low_bank=low_bank,
                                 max_block_elements=max_block_elements)
 

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import ArgumentError, CategoryError
+from ..io.progress import Phase
 from .decisions import decision, normalized_score  # noqa: F401 (re-exported)
 from .memory_bank import encode_references, image_memory_rows, progress_bar
 from .vv_attention import VisionFeatures
@@ -67,8 +68,8 @@ def record_thresholds(metadata: dict, estimate: Optional[ThresholdEstimate]) -> 
     metadata["threshold_estimate"] = None if estimate is None else estimate.to_dict()
 
 
-def leave_one_out_scores(model, references: VisionFeatures, category: Optional[str] = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def leave_one_out_scores(model, references: VisionFeatures, category: Optional[str] = None,
+                         progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """See `AnomCLIPModel.leave_one_out_scores`."""
     state = model.get_category(category)
     bank = state.memory_bank
@@ -86,9 +87,9 @@ def leave_one_out_scores(model, references: VisionFeatures, category: Optional[s
             raise CategoryError(f"category {state.name!r} has a coreset memory loaded from an adapter: the thresholds "
                                 "of a coreset are estimated where it is built (add_category, fit), which knows "
                                 "the reference each kept row comes from")
-        return coreset_leave_one_out(model, state.name, bank, state.coreset_sources, references)
+        return coreset_leave_one_out(model, state.name, bank, state.coreset_sources, references, progress)
     image_scores, pixel_maxima = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), Phase("thresholds", shots, "img", enabled=progress) as bar:
         for index in range(shots):
             keep = torch.arange(shots, device=bank[0].device) != index
             held_out = VisionFeatures(references.global_embeds[index: index + 1],
@@ -99,6 +100,7 @@ def leave_one_out_scores(model, references: VisionFeatures, category: Optional[s
                                        memory_bank=[layer[keep] for layer in bank])
             image_scores.append(out.image_scores[0].float().cpu())
             pixel_maxima.append(out.anomaly_maps[0].float().max().cpu())
+            bar.update(1)
     return torch.stack(image_scores), torch.stack(pixel_maxima)
 
 
@@ -130,11 +132,11 @@ def coreset_leave_one_out(model, category: str, bank: Sequence[torch.Tensor], so
 
 
 def estimate_thresholds(model, reference_images, category: Optional[str] = None,
-                        margin: Optional[float] = None) -> ThresholdEstimate:
+                        margin: Optional[float] = None, progress: bool = False) -> ThresholdEstimate:
     """See `AnomCLIPModel.estimate_thresholds`."""
     if not isinstance(reference_images, VisionFeatures):  # images, paths or pixels: encoded batch by batch
         reference_images = encode_references(model, reference_images)
-    estimate = threshold_estimate(*leave_one_out_scores(model, reference_images, category),
+    estimate = threshold_estimate(*leave_one_out_scores(model, reference_images, category, progress),
                                   DEFAULT_MARGIN if margin is None else margin)
     record_thresholds(model.get_category(category).metadata, estimate)
     return estimate

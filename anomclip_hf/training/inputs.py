@@ -57,13 +57,13 @@ def add_reference_category(model: AnomCLIPModel, dataset: str, data_root: str, c
     return state
 
 
-def try_estimate_thresholds(model: AnomCLIPModel, references: VisionFeatures, category: Optional[str] = None
-                            ) -> Optional[ThresholdEstimate]:
+def try_estimate_thresholds(model: AnomCLIPModel, references: VisionFeatures, category: Optional[str] = None,
+                            progress: bool = False) -> Optional[ThresholdEstimate]:
     """`model.estimate_thresholds`, or None (thresholds left unset) when there are fewer than 2 references."""
     if references.global_embeds.shape[0] < 2:
         record_thresholds(model.get_category(category).metadata, None)
         return None
-    return model.estimate_thresholds(references, category)
+    return model.estimate_thresholds(references, category, progress=progress)
 
 
 def load_base_model(base, model_settings: Optional[Mapping[str, Any]] = None) -> AnomCLIPModel:

@@ -121,13 +121,14 @@ def train_category(
 
     began = time.perf_counter()
     device = PartialState(cpu=config.cpu).device
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, model)
     accelerator = _job_accelerator(config, output_dir, device, precision)
     model.to(accelerator.device)
+    # Every long phase shows progress: a bar on a terminal, one line with its duration elsewhere (--quiet: none).
+    progress = config.progress_bar is not False
     tiles = None
     if grid is not None:  # the tiles of every reference: memory, training features and thresholds
-        tiles = encode_tiled_references(model, images, tiling, names=reference_files, spill=spill,
-                                        progress=config.progress_bar is not False)
+        tiles = encode_tiled_references(model, images, tiling, names=reference_files, spill=spill, progress=progress)
         vision = tiles.features
         state = add_tiled_category(model, category, tiles, tiling, class_name=class_name, phrases=phrases,
                                    learned_prompts=train, seed=config.prompt_seed, memory_size=memory_size,
@@ -137,10 +138,10 @@ def train_category(
             images = AnomCLIPProcessor.from_model(model)(images=images)  # pixel_values (+ memory_pixel_values)
         # One float32 forward of the k shots serves the memory bank and the training features alike (the
         # precision setting applies to the text tower of the epochs: run once, the shots are worth the float32).
-        vision = encode_references(model, images, spill=spill, progress=config.progress_bar is not False and shots > 64)
+        vision = encode_references(model, images, spill=spill, progress=progress)
         state = model.add_category(category, reference_images=vision, class_name=class_name, phrases=phrases,
                                    learned_prompts=train, seed=config.prompt_seed, memory_size=memory_size,
-                                   coreset_ratio=coreset_ratio)
+                                   coreset_ratio=coreset_ratio, progress=progress)
     if train:
         result = _fit_tracked(model, category, ShotFeatures.from_vision(vision), config, accelerator, job,
                               checkpoint_dir=checkpoint_dir, resume_from=resume_from, callbacks=callbacks,
@@ -153,9 +154,9 @@ def train_category(
     state.metadata.update(seed=config.prompt_seed, reference_files=reference_files,
                           training=_training_record(config, result, dataset, seed, precision))
     if tiles is None:
-        thresholds = try_estimate_thresholds(model, vision, category)
+        thresholds = try_estimate_thresholds(model, vision, category, progress=progress)
     elif tiles.references >= 2:  # one threshold for a whole image, from whole tiled references
-        thresholds = estimate_tiled_thresholds(model, tiles, category, progress=config.progress_bar is not False)
+        thresholds = estimate_tiled_thresholds(model, tiles, category, progress=progress)
     else:
         thresholds = None
         record_thresholds(state.metadata, None)

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from tqdm.auto import tqdm
 
 from ..errors import AnomCLIPError
 from ..model.modeling_anomclip import AnomCLIPModel
+from ..io.progress import Phase
 from ..model.precision import PrecisionChoice, resolve_precision
 from .checkpointing import (
     TrainingProgress,
@@ -81,8 +81,8 @@ def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, con
         clear_checkpoints(checkpoint_dir)
 
     total, start = config.total_epochs, progress.epoch + 1
-    bar = tqdm(total=total, initial=progress.epoch, desc=description or category, unit="epoch",
-               disable=not config.progress_bar)
+    bar = Phase(f"training {description or category}".strip(), total, "epoch", initial=progress.epoch,
+                enabled=config.progress_bar is not False)
     try:
         for epoch in range(start, total + 1):
             began = time.perf_counter()
@@ -105,8 +105,9 @@ def fit_prompts(model: AnomCLIPModel, category: str, features: ShotFeatures, con
                 save_checkpoint(checkpoint_dir, epoch, limit=config.checkpoint_limit, **states)
             for callback in callbacks:
                 callback(epoch, logs)
+        bar.close()  # done: on a terminal the bar goes, elsewhere one line with the duration
     finally:
-        bar.close()
+        bar.abandon()
         model.clear_prototype_cache(category)  # the vectors changed; prototypes are recomputed on demand
     return FitResult(history=list(progress.history), epochs=total, resumed_from=resume_from, start_epoch=start,
                      wall_time_s=progress.wall_time_s)

@@ -11,6 +11,7 @@ batching, isolating an input that fails, decisions, writing. Engines here:
 
     TorchEngine        (torch_engine.py)        an AnomCLIPModel's category, fp32/bf16/fp16 towers
     OnnxRuntimeEngine  (onnxruntime_engine.py)  an exported model (`anomclip export`) on ONNX Runtime, torch-free
+    OpenVinoEngine     (openvino_engine.py)     the same exported model on OpenVINO (f32 unless told), torch-free
 
 Adding a runtime (OpenVINO, TensorRT, ...) for the exported graph takes one module of ~50 lines:
 
@@ -33,13 +34,13 @@ from ..._lazy import lazy_exports
 from .base import Engine, EngineDescription, Preprocessing
 
 # runtime name (of `Predictor.from_onnx(..., runtime=)`) -> "module:class" of an ExportedModelEngine
-ENGINES = {"onnxruntime": "onnxruntime_engine:OnnxRuntimeEngine"}
+ENGINES = {"onnxruntime": "onnxruntime_engine:OnnxRuntimeEngine", "openvino": "openvino_engine:OpenVinoEngine"}
 
-_EXPORTS = {"TorchEngine": "torch_engine", "OnnxRuntimeEngine": "onnxruntime_engine",
+_EXPORTS = {"TorchEngine": "torch_engine", "OnnxRuntimeEngine": "onnxruntime_engine", "OpenVinoEngine": "openvino_engine",
             "ExportedModelEngine": "exported"}
 
 __all__ = ["ENGINES", "Engine", "EngineDescription", "ExportedModelEngine", "OnnxRuntimeEngine", "Preprocessing",
-           "TorchEngine", "exported_engine"]
+           "OpenVinoEngine", "TorchEngine", "exported_engine"]
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 

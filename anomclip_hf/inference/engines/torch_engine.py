@@ -27,7 +27,7 @@ class TorchEngine(Engine):
         self.category = state.name
         self.output_size = check_output_size(output_size)
         if isinstance(autocast_dtype, PrecisionChoice) or autocast_dtype is None:
-            self.precision = autocast_dtype or resolve_precision(precision, model.device)
+            self.precision = autocast_dtype or resolve_precision(precision, model.device, model=model)
         else:  # a torch dtype
             self.precision = autocast_dtype
         config = model.config
