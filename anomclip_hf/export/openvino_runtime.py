@@ -14,7 +14,8 @@ import numpy as np
 
 from .extras import import_extra
 from .runtime import OnnxAnomalyDetector
-from .sidecar import OUTPUT_NAMES
+from ..errors import ExportError
+from .sidecar import GRAPH_CATEGORY_KEY, OUTPUT_NAMES
 
 # OpenVINO's names for INFERENCE_PRECISION_HINT
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -36,14 +37,24 @@ class OpenVinoAnomalyDetector(OnnxAnomalyDetector):
         super().__init__(path, threshold=threshold)  # reads the sidecar, then `_open_session`
 
     def _open_session(self, path: str, providers=None, session_options=None):
+        if self.settings.get("tiling") is not None:
+            raise ExportError(f"{path} is a tiled category (its graph scores tiles); run it on ONNX Runtime "
+                              "(--runtime onnxruntime): the OpenVINO runtime scores whole images only")
         openvino = import_extra("openvino")
         properties = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
         if self.threads is not None:
             properties["INFERENCE_NUM_THREADS"] = int(self.threads)
         core = openvino.Core()
-        self.compiled = core.compile_model(core.read_model(path), self.device, properties)
+        graph = core.read_model(path)
+        # OpenVINO's ONNX reader keeps the graph's metadata_props under rt_info["framework"]
+        self._graph_metadata = {key: graph.get_rt_info(["framework", key]).astype(str)
+                                for key in (GRAPH_CATEGORY_KEY,) if graph.has_rt_info(["framework", key])}
+        self.compiled = core.compile_model(graph, self.device, properties)
         self._outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
         return self.compiled.create_infer_request()
+
+    def _metadata(self) -> dict:
+        return self._graph_metadata
 
     def _infer(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
         results = self.session.infer(feeds)
