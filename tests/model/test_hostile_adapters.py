@@ -1,4 +1,4 @@
-"""Hostile category adapters (issue 14, adapters): one row per root cause, each refused with one ValueError that
+"""Hostile category adapters: one row per root cause, each refused with one ValueError that
 names the file and the field, before the model changes. Every row loads its bad adapter under the name of an
 already loaded good category ("widget"), so each also shows that a failed load changes nothing."""
 
@@ -27,51 +27,10 @@ from anomclip_hf.model.category_io import (
     TENSOR_HEADER_SLACK,
 )
 from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
+from adapter_setup import PATCHES, WIDTH, assert_unchanged, fake_features, fresh_model, scores_of
 
 WEIGHT_KEY = "token_embedding.trainable_tokens_delta"
-PATCHES, WIDTH, TOKENS = 225, 32, 24  # tiny CLIP: (30 / 2)^2 patches, width 32; 24 prompt tokens
-
-
-def _fresh(tiny_clip) -> AnomCLIPModel:
-    return AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
-
-
-@pytest.fixture(scope="module")
-def good_adapter(tiny_clip, tmp_path_factory) -> Path:
-    """A learned category with a 3-shot memory bank and a leave-one-out threshold."""
-    model = _fresh(tiny_clip)
-    generator = torch.Generator().manual_seed(0)
-    references = torch.randn(3, 3, 30, 30, generator=generator)
-    model.add_category("widget", reference_images=references, learned_prompts=True, seed=2)
-    model.estimate_thresholds(references)
-    return Path(model.save_category(tmp_path_factory.mktemp("good") / "adapter"))
-
-
-@pytest.fixture(scope="module")
-def pixel_values() -> torch.Tensor:
-    return torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_clip, good_adapter, pixel_values):
-    """A model with the good "widget" loaded, and its scores."""
-    model = _fresh(tiny_clip)
-    model.load_category(str(good_adapter))
-    return model, _scores(model, pixel_values)
-
-
-def _scores(model, pixel_values):
-    with torch.no_grad():
-        out = model(pixel_values, category="widget")
-    return out.image_scores.clone(), out.anomaly_maps.clone()
-
-
-def _assert_unchanged(loaded, pixel_values):
-    model, (image_scores, maps) = loaded
-    assert model.categories == ["widget"] and model.category_bank.prompt_tokens.adapter_names == ["widget"]
-    now = _scores(model, pixel_values)
-    assert torch.equal(now[0], image_scores) and torch.equal(now[1], maps)
-    assert model.get_category("widget").metadata["decision_threshold"] is not None
+TOKENS = 24  # prompt tokens of the tiny CLIP's category
 
 
 # ------------------------------------------------------------------------------------------- mutations
@@ -308,12 +267,12 @@ def test_hostile_adapter_is_refused_and_changes_nothing(row, good_adapter, loade
     for fragment in ROWS[row][1]:  # ... the file, the field and what was expected
         assert fragment in message, f"{fragment!r} not in {message!r}"
     assert "\n" not in message
-    _assert_unchanged(loaded, pixel_values)
+    assert_unchanged(loaded, pixel_values)
 
 
 def test_the_good_adapter_and_its_limits(good_adapter, loaded, tiny_clip):
     # Control: the rows above start from an adapter that loads, scores and keeps its threshold.
-    fresh = _fresh(tiny_clip)
+    fresh = fresh_model(tiny_clip)
     state = fresh.load_category(str(good_adapter))
     assert state.shots == 3 and state.metadata["decision_threshold"] > 0
     expected = fresh.adapter_expectations()
@@ -325,14 +284,14 @@ def test_the_good_adapter_and_its_limits(good_adapter, loaded, tiny_clip):
     shutil.copytree(good_adapter, linked)
     (linked / "category.json").rename(linked / "record.json")
     os.symlink("record.json", linked / "category.json")
-    assert _fresh(tiny_clip).load_category(str(linked)).shots == 3
+    assert fresh_model(tiny_clip).load_category(str(linked)).shots == 3
 
 
 def test_an_exact_memory_holds_at_most_max_shots(tiny_model):
     # more references are kept as a coreset (issue 23); asking for the exact bank of them is refused
     with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images in an exact memory bank; it holds at "
                                          f"most {MAX_SHOTS}"):
-        tiny_model.add_category("widget", reference_images=_fake_features(MAX_SHOTS + 1), coreset_ratio=1.0)
+        tiny_model.add_category("widget", reference_images=fake_features(MAX_SHOTS + 1), coreset_ratio=1.0)
     assert tiny_model.categories == [] and tiny_model.category_bank.prompt_tokens.adapter_names == []
 
 
@@ -342,12 +301,6 @@ def test_saving_refuses_a_record_that_would_not_load(tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"adapter: category.json field 'decision_threshold' is nan; expected null"):
         tiny_model.save_category(tmp_path / "adapter")
     assert list(tmp_path.iterdir()) == []
-
-
-def _fake_features(k):
-    from anomclip_hf.model.vv_attention import VisionFeatures
-
-    return VisionFeatures(torch.zeros(k, 16), torch.zeros(k, PATCHES, 16), [torch.zeros(k, PATCHES, WIDTH)] * 2)
 
 
 def test_failure_inside_peft_keeps_the_old_category_and_leaves_no_orphan(good_adapter, loaded, pixel_values,
@@ -364,16 +317,10 @@ def test_failure_inside_peft_keeps_the_old_category_and_leaves_no_orphan(good_ad
     for name in ("widget", "gadget"):  # the same name as a loaded category, and a new one
         with pytest.raises(RuntimeError, match="simulated failure"):
             model.load_category(str(good_adapter), name=name)
-        _assert_unchanged(loaded, pixel_values)
+        assert_unchanged(loaded, pixel_values)
 
 
 # ------------------------------------------------------------------------------------------- entry points
-@pytest.fixture(scope="module")
-def base_folder(tiny_clip, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("base") / "base"
-    _fresh(tiny_clip).save_pretrained(folder)
-    return folder
-
 
 @pytest.mark.parametrize("row", ["decision_threshold_string", "category_json_is_a_fifo", "nan_in_memory_bank",
                                  "huge_prompt_vectors_without_prototypes", "memory_bank_scaled_up"])
@@ -408,11 +355,11 @@ def test_pipeline_with_a_bad_category_refuses_and_changes_nothing(good_adapter, 
     image = Image.new("RGB", (30, 30), (90, 120, 30))
     with pytest.raises(ValueError, match="category.json field 'shots' is 3 but memory_bank.safetensors is missing"):
         detector(image, category=str(folder))
-    _assert_unchanged(loaded, pixel_values)
+    assert_unchanged(loaded, pixel_values)
     assert 0.0 <= detector(image, category="widget")["score"] <= 1.0
 
 
-# ------------------------------------------------------------------------------------------- issue 26: degenerate
+# ------------------------------------------------------------------------------------------- values that would score every image alike
 # Any stored tensor at a hostile scale: refused naming its file, or scores that are finite and still tell images
 # apart (never the constant 0 "normal" that a NaN prototype or a scaled memory bank used to give).
 HOSTILE_SCALES = (1e-30, 1e-12, 1e-3, 1e3, 1e12, 1e30, INF, -INF, NAN)
@@ -448,7 +395,7 @@ def test_hostile_scales_are_refused_or_score_finite_and_distinct(target, scale, 
     if not keep_prototypes:
         (folder / PROTOTYPES_FILE).unlink()
     _edit_tensors(filename, _hostile_edit(scale, seed))(folder)
-    model = _fresh(tiny_clip)
+    model = fresh_model(tiny_clip)
     try:
         model.load_category(str(folder))
     except ValueError as error:  # refused: naming the adapter and the file, before the model changed
@@ -456,7 +403,7 @@ def test_hostile_scales_are_refused_or_score_finite_and_distinct(target, scale, 
         assert message.startswith(f"{folder}: ") and filename in message and "\n" not in message, message
         assert model.categories == [] and model.category_bank.prompt_tokens.adapter_names == []
         return
-    image_scores, maps = _scores(model, pixel_values)
+    image_scores, maps = scores_of(model, pixel_values)
     assert torch.isfinite(image_scores).all() and torch.isfinite(maps).all()
     assert ((image_scores >= 0) & (image_scores <= 1)).all()
     assert image_scores.max() - image_scores.min() > 1e-6  # two different images, two different scores
@@ -466,7 +413,7 @@ def test_hostile_scales_are_refused_or_score_finite_and_distinct(target, scale, 
 def test_the_issue_case_scored_zero_normal_before_and_is_refused_now(good_adapter, tiny_clip, tmp_path):
     # Issue 26: huge prompt vectors, no stored prototypes: NaN prototypes, fused to a score of 0.0, "normal".
     folder = _bad_adapter(good_adapter, tmp_path, "huge_prompt_vectors_without_prototypes")
-    model = _fresh(tiny_clip)
+    model = fresh_model(tiny_clip)
     with pytest.raises(ValueError, match="largest |value| 6.8e+28"):
         model.load_category(str(folder))
     # The prototypes the model would have computed are NaN indeed (the reason for the refusal).
@@ -488,7 +435,7 @@ def test_prototypes_computed_at_load_equal_the_stored_ones(good_adapter, tiny_cl
     shutil.copytree(good_adapter, folder)
     (folder / PROTOTYPES_FILE).unlink()
     stored = load_file(str(good_adapter / PROTOTYPES_FILE))
-    state = _fresh(tiny_clip).load_category(str(folder))
+    state = fresh_model(tiny_clip).load_category(str(folder))
     for head, prototypes in stored.items():  # computed while loading (checked), the same as save_category stored
         assert (state.prototypes[head] - prototypes).abs().max() < 1e-6
 
@@ -502,8 +449,8 @@ def test_scoring_never_turns_nan_into_a_normal_zero(good_adapter, loaded, pixel_
     for scale in (200.0, 1e30):
         with pytest.raises(ValueError, match=r"pixel_values reach [\d.e+]+; expected preprocessed images \(\(pixels "
                                              r"in \[0, 1\] - mean\) / std, within \+-2\.15.*beyond \+-34\.3"):
-            _scores(loaded[0], pixel_values.abs() * scale)
-    _assert_unchanged(loaded, pixel_values)
+            scores_of(loaded[0], pixel_values.abs() * scale)
+    assert_unchanged(loaded, pixel_values)
     # a vision tower whose weights overflow: NaN features, refused instead of fused to 0
     model = AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
     model.add_category("widget", reference_images=pixel_values)
@@ -511,7 +458,7 @@ def test_scoring_never_turns_nan_into_a_normal_zero(good_adapter, loaded, pixel_
         model.clip.vision_model.embeddings.patch_embedding.weight.mul_(1e30)
     with pytest.raises(ValueError, match=r"the vision tower computed NaN or infinite features for images \[0, 1\] of "
                                          r"the batch \(pixel_values reach \d\.\d+\); expected preprocessed images"):
-        _scores(model, pixel_values)
+        scores_of(model, pixel_values)
     # a base whose logit_scale (the text temperature when the config sets none) turns NaN or negative
     model = AnomCLIPModel.from_clip(copy.deepcopy(tiny_clip), tokenizer=build_offline_clip_tokenizer(real_vocab=False))
     model.load_category(str(good_adapter))
@@ -520,7 +467,7 @@ def test_scoring_never_turns_nan_into_a_normal_zero(good_adapter, loaded, pixel_
             model.clip.logit_scale.fill_(value)
         with pytest.raises(ValueError, match=rf"the base's logit_scale is {value}, the text temperature; expected a "
                                              "finite positive number"):
-            _scores(model, pixel_values)
+            scores_of(model, pixel_values)
 
 
 @pytest.mark.parametrize("setting, value, message", [
@@ -555,108 +502,6 @@ def test_base_settings_that_would_score_silently_wrong_are_refused(setting, valu
         AnomCLIPModel.from_pretrained(str(folder))
 
 
-# ------------------------------------------------------------------------------------------- issue 26: devices
-NO_GPU_HERE = "expected auto or one of the devices of this machine: cpu"
-
-
-@pytest.fixture
-def without_gpus(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-
-
-@pytest.mark.parametrize("device, message", [
-    ("banana", f"--device banana: not a device name; {NO_GPU_HERE}"),
-    ("cuda", f"--device cuda: no CUDA GPU is available on this machine; {NO_GPU_HERE}"),
-    ("cuda:1", f"--device cuda:1: no CUDA GPU is available on this machine; {NO_GPU_HERE}"),
-    ("mps", f"--device mps: Apple MPS is not available on this machine; {NO_GPU_HERE}"),
-    ("meta", f"--device meta: not a device anomclip-hf computes on; {NO_GPU_HERE}"),
-])
-def test_cli_device_that_is_not_here_is_one_line_naming_the_flag(device, message, without_gpus, good_adapter,
-                                                                 base_folder, tmp_path, capsys):
-    from PIL import Image
-
-    from anomclip_hf.cli import main
-
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.new("RGB", (30, 30), (90, 120, 30)).save(images / "a.png")
-    code = main(["predict", "--base", str(base_folder), "--category", str(good_adapter), "--images", str(images),
-                 "--output", str(tmp_path / "out"), "--device", device, "--quiet"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.strip() == f"anomclip predict: error: {message}", err
-    assert not (tmp_path / "out").exists()
-
-
-def test_python_api_device_that_is_not_here_names_the_argument(without_gpus, tiny_clip, base_folder, loaded):
-    tokenizer = build_offline_clip_tokenizer(real_vocab=False)
-    calls = {"from_clip": lambda device: AnomCLIPModel.from_clip(tiny_clip, tokenizer=tokenizer, device=device),
-             "from_pretrained": lambda device: AnomCLIPModel.from_pretrained(str(base_folder), device=device),
-             "from_base": lambda device: AnomCLIPModel.from_base(str(base_folder), device=device),
-             "pipeline": lambda device: pipeline("image-anomaly-detection", model=loaded[0], device=device)}
-    for name, call in calls.items():
-        with pytest.raises(ValueError, match=re.escape(f"device='banana': not a device name; {NO_GPU_HERE}")):
-            call("banana")
-        with pytest.raises(ValueError, match=re.escape(f"device='cuda': no CUDA GPU is available on this machine; "
-                                                       f"{NO_GPU_HERE}")):
-            call("cuda")
-        assert call("cpu").device.type == "cpu", name
-    assert pipeline("image-anomaly-detection", model=loaded[0], device=-1).device.type == "cpu"  # transformers' CPU
-
-
-def test_devices_listed_are_the_ones_present(monkeypatch):
-    from anomclip_hf.model.devices import available_devices, resolve_device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert available_devices() == ["cpu", "cuda", "cuda:0", "cuda:1"]
-    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
-    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
-    with pytest.raises(ValueError, match=re.escape("--device cuda:2: this machine has 2 CUDA GPU(s); expected auto or "
-                                                   "one of the devices of this machine: cpu, cuda, cuda:0, cuda:1")):
-        resolve_device("cuda:2", "--device")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert available_devices() == ["cpu", "mps"] and resolve_device("auto") == torch.device("mps")
-    with pytest.raises(ValueError, match=re.escape("device='cuda': no CUDA GPU is available on this machine; expected "
-                                                   "auto or one of the devices of this machine: cpu, mps")):
-        resolve_device("cuda")
-
-
-# ------------------------------------------------------------------------------------------- issue 26: thresholds
-@pytest.mark.parametrize("threshold", [NAN, INF, "0.5", True, None])
-def test_a_threshold_that_is_not_a_finite_number_is_refused_everywhere(threshold, loaded, tmp_path):
-    # Before: NaN called every image "normal" (the CLI's --threshold already refused it), a string failed mid-run.
-    from PIL import Image
-
-    from anomclip_hf.inference.predictor import predict_files
-
-    image = Image.new("RGB", (30, 30), (90, 120, 30))
-    image.save(tmp_path / "a.png")
-    detector = pipeline("image-anomaly-detection", model=loaded[0])
-    if threshold is None:  # control: no threshold given, the stored one decides
-        assert detector(image)["threshold"] == loaded[0].get_category("widget").metadata["decision_threshold"]
-        return
-    message = re.escape(f"={threshold!r}; expected a number greater than 0 and at most 2 (scores are in [0, 1])")
-    with pytest.raises(ValueError, match="threshold" + message):
-        detector(image, threshold=threshold)
-    for keyword in ("threshold", "pixel_threshold"):
-        with pytest.raises(ValueError, match=keyword + message):
-            predict_files(loaded[0], [str(tmp_path / "a.png")], str(tmp_path / "out"), progress=False,
-                          **{keyword: threshold})
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("size", [0, -5, True, 2.5, 4096])
-def test_pipeline_output_size_out_of_range_is_refused(size, loaded):
-    from PIL import Image
-
-    detector = pipeline("image-anomaly-detection", model=loaded[0])
-    with pytest.raises(ValueError, match=re.escape(f"output_size={size!r}; expected 1..2048")):
-        detector(Image.new("RGB", (30, 30)), output_size=size)
-
-
 # ------------------------------------------------------------------------------------------- Hub cache links
 def test_hub_snapshot_links_into_the_repo_blobs_load_and_links_leaving_it_do_not(fake_hub, good_adapter, tiny_clip,
                                                                                  tmp_path):
@@ -664,7 +509,7 @@ def test_hub_snapshot_links_into_the_repo_blobs_load_and_links_leaving_it_do_not
 
     repo = "tester/anomclip-widget"
     upload_category_folder(str(good_adapter), repo)
-    fresh = _fresh(tiny_clip)
+    fresh = fresh_model(tiny_clip)
     assert fresh.load_category(repo).shots == 3  # every snapshot file is a link to ../../blobs/<hash>
     snapshots = list((tmp_path / "hf-cache").glob("models--tester--anomclip-widget/snapshots/*"))
     assert len(snapshots) == 1
@@ -676,21 +521,21 @@ def test_hub_snapshot_links_into_the_repo_blobs_load_and_links_leaving_it_do_not
     shutil.copy(link, outside)
     link.unlink()
     os.symlink(outside, link)
-    other = _fresh(tiny_clip)
+    other = fresh_model(tiny_clip)
     with pytest.raises(ValueError, match=rf"memory_bank.safetensors is a link to {outside}, outside .*"
                                          "models--tester--anomclip-widget"):
         other.load_category(repo, local_files_only=True)
     assert other.categories == [] and other.category_bank.prompt_tokens.adapter_names == []
 
 
-# --- issue 23: coreset memory ---
+# ------------------------------------------------------------------------------------------- coreset adapters
 CORESET_ROWS = 300  # of the 3 x 225 reference patch rows per layer
 
 
 @pytest.fixture(scope="module")
 def coreset_adapter(tiny_clip, tmp_path_factory) -> Path:
     """The 3-shot "widget" with its memory as a coreset of 300 rows per layer (format 2)."""
-    model = _fresh(tiny_clip)
+    model = fresh_model(tiny_clip)
     references = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
     model.add_category("widget", reference_images=references, learned_prompts=True, seed=2, memory_size=CORESET_ROWS)
     model.estimate_thresholds(references)
@@ -742,220 +587,15 @@ def test_hostile_coreset_adapter_is_refused_and_changes_nothing(row, coreset_ada
     assert message.startswith(f"{folder}: "), message
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
-    _assert_unchanged(loaded, pixel_values)
+    assert_unchanged(loaded, pixel_values)
 
 
 def test_the_good_coreset_adapter_loads(coreset_adapter, tiny_clip):
-    state = _fresh(tiny_clip).load_category(str(coreset_adapter))
+    state = fresh_model(tiny_clip).load_category(str(coreset_adapter))
     assert state.shots == 3 and tuple(state.memory_bank[0].shape) == (CORESET_ROWS, WIDTH)
 
 
-@pytest.mark.parametrize("settings, fragment", [
-    ({"memory_size": 0}, "memory_size=0; expected a positive number of patch rows"),
-    ({"memory_size": 3 * PATCHES + 1}, "memory_size=676 is larger than the memory bank: its 675 rows"),
-    ({"coreset_ratio": -0.5}, "coreset_ratio=-0.5; expected a fraction of the bank's rows to keep, greater than 0"),
-    ({"coreset_ratio": float("nan")}, "coreset_ratio=nan"),
-    ({"memory_size": 10, "coreset_ratio": 0.5}, "give one of them"),
-])
-def test_bad_memory_settings_are_refused_before_anything_is_added(tiny_model, settings, fragment):
-    references = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        tiny_model.add_category("widget", reference_images=references, **settings)
-    assert tiny_model.categories == [] and tiny_model.category_bank.prompt_tokens.adapter_names == []
-
-
-def test_reference_features_with_nan_rows_are_refused_by_the_coreset(tiny_model):
-    features = _fake_features(3)
-    features.memory_features[1] = torch.randn(3, PATCHES, WIDTH)
-    features.memory_features[0] = torch.randn(3, PATCHES, WIDTH).index_fill(1, torch.tensor([7]), float("nan"))
-    with pytest.raises(ValueError, match=r"row 7 of the memory bank holds NaN or infinite values \(3 such rows"):
-        tiny_model.add_category("widget", reference_images=features, memory_size=100)
-    assert tiny_model.categories == []
-
-
-@pytest.mark.parametrize("flag, value, fragment", [
-    ("--memory-size", "0", "argument --memory-size: expected an integer >= 1, got '0'"),
-    ("--coreset-ratio", "-0.1", "argument --coreset-ratio: expected a number greater than 0 and at most 1, got '-0.1'"),
-    ("--coreset-ratio", "1.5", "expected a number greater than 0 and at most 1, got '1.5'"),
-])
-def test_fit_refuses_bad_memory_flags(flag, value, fragment, capsys, tmp_path):
-    from anomclip_hf.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--base", "b", "--references", str(tmp_path), "--category", "c", "--output", str(tmp_path / "o"),
-              flag, value])
-    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
-
-
-def test_a_failed_fit_leaves_no_half_written_adapter(tiny_clip, tmp_path, monkeypatch):
-    import numpy as np
-    from PIL import Image
-
-    from anomclip_hf.training import TrainingConfig, train_category
-
-    good = tmp_path / "refs" / "widget"
-    good.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(4)
-    for index in range(40):  # more than one batch: streamed from the files
-        pixels = (torch.rand(30, 30, 3, generator=generator) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(good / f"{index:03d}.png")
-    config = TrainingConfig(stage1_epochs=1, stage2_epochs=1, trackers="none", progress_bar=False)
-    model = _fresh(tiny_clip)
-    with pytest.raises(ValueError, match="memory_size=9001 is larger than the memory bank: its 9000 rows"):
-        train_category(model, "widget", str(tmp_path / "job"), dataset="folder", data_root=str(tmp_path / "refs"),
-                       shots=40, config=config, memory_size=9001)
-    assert not (tmp_path / "job" / "adapter").exists() and model.categories == []
-    (good / "039.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(ValueError, match="039.png"):
-        train_category(model, "widget", str(tmp_path / "job"), dataset="folder", data_root=str(tmp_path / "refs"),
-                       shots=40, config=config, memory_size=2000)
-    assert not (tmp_path / "job" / "adapter").exists() and model.categories == []
-    # a failure after the forwards (inside the coreset selection) leaves nothing either
-    Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(good / "039.png")
-    import anomclip_hf.model.memory_bank as memory_bank
-
-    def interrupted(*args, **kwargs):
-        raise RuntimeError("interrupted while selecting the coreset")
-
-    monkeypatch.setattr(memory_bank, "select_coreset", interrupted)
-    with pytest.raises(RuntimeError, match="interrupted while selecting"):
-        train_category(model, "widget", str(tmp_path / "job"), dataset="folder", data_root=str(tmp_path / "refs"),
-                       shots=40, config=config, memory_size=2000)
-    assert not (tmp_path / "job" / "adapter").exists() and not (tmp_path / "job" / "summary.json").exists()
-    assert model.categories == []
-
-
-# --- issue 24: scale and serve ---
-# Hostile input at the new entry points: the server answers each bad request with its 4xx (or 503 for a burst
-# beyond its queue), never a 500, and keeps serving; Ray and accelerate turn a corrupt image into an error row
-# and score the rest. The server, the Ray cluster and the launch come from tests/test_serve.py and
-# tests/test_scale.py (imported inside the fixtures, so this file needs neither extra to collect).
-_PNG_TYPE = {"content-type": "image/png"}
-
-
-@pytest.fixture(scope="module")
-def scale_workspace(tiny_clip, tmp_path_factory):
-    from scale_setup import write_scale_workspace
-
-    return write_scale_workspace(tmp_path_factory.mktemp("hostile-scale"), tiny_clip)
-
-
-@pytest.fixture(scope="module")
-def hostile_server(scale_workspace):
-    pytest.importorskip("litserve")
-    from test_serve import start_server
-
-    # A request holds a queue slot from its last body byte to its answer: the half-second batch window keeps a
-    # burst of 16 in the queue long enough for the bound of 3 to shed some, however fast the tiny model scores.
-    with start_server(scale_workspace, "--max-queue", "3", "--max-mb", "1", "--batch-timeout", "0.5") as url:
-        yield url
-
-
-def _serve_rows(workspace):
-    good = workspace.good[0].read_bytes()
-    return {
-        "oversize_body": (dict(url="/predict/widget", content=b"\0" * (1024 * 1024 + 1), headers=_PNG_TYPE), 413,
-                          "over the limit of 1,048,576 bytes"),
-        "wrong_content_type": (dict(url="/predict/widget", content=good, headers={"content-type": "text/plain"}), 415,
-                               "'text/plain' is not accepted"),
-        "json_content_type": (dict(url="/predict/widget", json={"image": "x"}), 415, "'application/json'"),
-        "unknown_category": (dict(url="/predict/bolt", content=good, headers=_PNG_TYPE), 404,
-                             "unknown category 'bolt'; served: widget, gadget"),
-        "unknown_category_query": (dict(url="/predict?category=bolt", content=good, headers=_PNG_TYPE), 404,
-                                   "unknown category 'bolt'"),
-        "no_category_of_several": (dict(url="/predict", content=good, headers=_PNG_TYPE), 400,
-                                   "several categories are served"),
-        "corrupt_image": (dict(url="/predict/widget", content=b"\x89PNG\r\n\x1a\n garbage", headers=_PNG_TYPE), 400,
-                          "cannot read image <image bytes>"),
-        "truncated_png": (dict(url="/predict/widget", content=good[: len(good) // 2], headers=_PNG_TYPE), 400,
-                          "cannot read image <image bytes>"),
-        "empty_body": (dict(url="/predict/widget", content=b"", headers=_PNG_TYPE), 400, "no image bytes"),
-        "multipart_without_file": (dict(url="/predict/widget", data={"note": "no file"},
-                                        files={"other": ("", b"", "")}), 400, "no file part"),
-    }
-
-
-@pytest.mark.parametrize("row", ["oversize_body", "wrong_content_type", "json_content_type", "unknown_category",
-                                 "unknown_category_query", "no_category_of_several", "corrupt_image", "truncated_png",
-                                 "empty_body", "multipart_without_file"])
-def test_serve_answers_a_bad_request_with_its_4xx_and_stays_up(row, hostile_server, scale_workspace):
-    import httpx
-
-    request, status, message = _serve_rows(scale_workspace)[row]
-    request["url"] = hostile_server + request["url"]
-    answer = httpx.post(timeout=60, **request)
-    assert answer.status_code == status, answer.text
-    body = answer.json()
-    assert body["status"] == status and message in body["error"] and "Traceback" not in answer.text
-    assert httpx.get(hostile_server + "/health", timeout=10).status_code == 200
-    good = httpx.post(hostile_server + "/predict/widget", content=scale_workspace.good[1].read_bytes(),
-                      headers=_PNG_TYPE, timeout=60)
-    assert good.status_code == 200 and good.json()["decision"] in ("normal", "anomalous")
-
-
-def test_serve_sheds_a_burst_beyond_its_queue_with_503_and_recovers(hostile_server, scale_workspace):
-    from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
-
-    image = scale_workspace.good[2].read_bytes()
-
-    def post(_):
-        return httpx.post(hostile_server + "/predict/gadget", content=image, headers=_PNG_TYPE, timeout=60)
-
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(post, range(32)))
-    statuses = [a.status_code for a in answers]
-    assert set(statuses) <= {200, 503} and statuses.count(503) >= 1 and statuses.count(200) >= 3
-    shed = next(a for a in answers if a.status_code == 503)
-    assert shed.headers["retry-after"] == "1" and "queue holds 3" in shed.json()["error"]
-    scores = [a.json()["score"] for a in answers if a.status_code == 200]
-    assert max(scores) - min(scores) < 1e-6  # one image, one score (batches of any size)
-    assert post(0).status_code == 200
-
-
-def test_ray_turns_corrupt_image_bytes_into_error_rows_and_scores_the_rest(scale_workspace):
-    import math
-
-    pytest.importorskip("ray")
-    from test_scale import local_ray_cluster
-
-    from anomclip_hf.inference.predictor import PredictorSpec
-    from anomclip_hf.serving.ray_engine import score_dataset
-
-    good = scale_workspace.good[0].read_bytes()
-    items = [good, b"\x89PNG\r\n\x1a\n garbage", good[: len(good) // 2], b"", scale_workspace.good[3].read_bytes()]
-    spec = PredictorSpec(base=str(scale_workspace.base), category=str(scale_workspace.widget))
-    with local_ray_cluster() as ray:
-        dataset = ray.data.from_items([{"key": i, "bytes": item} for i, item in enumerate(items)])
-        rows = sorted(score_dataset(dataset, spec, actors=2, batch_size=2).take_all(), key=lambda row: row["key"])
-    assert [row["key"] for row in rows] == list(range(len(items)))  # each input once, none lost
-    errors = [row["error"] for row in rows]
-    assert [bool(e) for e in errors] == [False, True, True, True, False]
-    assert "cannot read image <image bytes>" in errors[1] and "no image data" in errors[3]
-    expected = PredictorSpec(**{**spec.__dict__}).build().predict([items[0], items[4]])
-    assert abs(rows[0]["image_score"] - expected[0].score) < 1e-6
-    assert abs(rows[4]["image_score"] - expected[1].score) < 1e-6
-    assert all(math.isnan(rows[i]["image_score"]) and rows[i]["decision"] == "" for i in (1, 2, 3))
-
-
-def test_accelerate_launch_reports_a_corrupt_image_and_scores_the_rest(scale_workspace, tmp_path):
-    import csv
-
-    from test_scale import launch_predict
-
-    done = launch_predict(scale_workspace, tmp_path / "out")  # the folder holds broken.png and notes.txt
-    assert done.returncode == 0, done.stderr[-3000:]
-    with open(tmp_path / "out" / "scores.csv", newline="", encoding="utf-8") as handle:
-        scored = [row["path"] for row in csv.DictReader(handle)]
-    assert sorted(scored) == sorted(str(p) for p in scale_workspace.good)
-    with open(tmp_path / "out" / "errors.csv", newline="", encoding="utf-8") as handle:
-        errors = {row["path"]: row["error"] for row in csv.DictReader(handle)}
-    assert set(errors) == {str(scale_workspace.broken), str(scale_workspace.images / "notes.txt")}
-    assert "cannot read image file" in errors[str(scale_workspace.broken)]
-
-
-# --- issue 25: DINO memory ---
+# ------------------------------------------------------------------------------------------- DINOv2 memory adapters
 _DINO_GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "dino"
 
 
@@ -972,7 +612,7 @@ def dino_adapter(tiny_clip, tmp_path_factory) -> Path:
 
 
 def test_dino_adapter_refuses_a_base_without_a_memory_backbone(tiny_clip, dino_adapter):
-    model = _fresh(tiny_clip)
+    model = fresh_model(tiny_clip)
     with pytest.raises(ValueError, match=r"made with memory backbone '.*tiny_dinov2' \(dinov2.*this model's memory "
                                          r"backbone is none.*--memory-backbone .*tiny_dinov2"):
         model.load_category(dino_adapter)
