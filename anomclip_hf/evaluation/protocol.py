@@ -53,7 +53,7 @@ class EvaluationSettings:
     training: dict = field(default_factory=dict)
     precision: str = "fp32"  # of the towers while scoring the test images (as requested: fp32/bf16/fp16/auto)
     mode: Optional[str] = None  # the scoring mode: None/"full" (memory + prompts), "memory" (the memory alone)
-    memory_backbone: Optional[str] = None  # a DINOv2 memory (issue 25), else the CLIP memory
+    memory_backbone: Optional[str] = None  # a DINOv2 memory, else the CLIP memory
     tiling: Optional[dict] = None  # --tile / --tile-overlap (`io.tiling.TilingSpec.record()`); None: whole images
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""A DINOv2 visual memory (issue 25): the patch memory of AnomalyDINO (Damm et al., 2024) in place of CLIP's.
+"""A DINOv2 visual memory: the patch memory of AnomalyDINO (Damm et al., 2024) in place of CLIP's.
 
 A transformers `Dinov2Model` or `Dinov2WithRegistersModel` (e.g. facebook/dinov2-small, -base, -large, or
 facebook/dinov2-with-registers-*) encodes images at its own resolution with its own normalisation. Its final

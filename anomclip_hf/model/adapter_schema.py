@@ -183,7 +183,7 @@ CORESET_SCHEMA = _object({
     "coverage_radius": (True, _list_of(_radius, 4096, 1)),  # per memory layer, in the order of "layers"
     "reference_patch_score_bound": (False, _radius),
 })
-# A DINOv2 memory backbone (issue 25): compared with the base's by model type, sizes and fingerprint.
+# A DINOv2 memory backbone: compared with the base's by model type, sizes and fingerprint.
 MEMORY_BACKBONE_SCHEMA = _object({
     "name_or_path": (False, _nullable(_string(MAX_PATH_LENGTH))),
     "revision": (False, _nullable(_string())),

@@ -38,7 +38,7 @@ METADATA_KEYS = ("seed", "reference_files", "training", "evaluation", "decision_
 # The most reference images a category may hold: the Hub adapter's memory bank is at most
 # MAX_SHOTS x patches x width float32 per memory layer, which bounds what loading an adapter reads.
 MAX_SHOTS = 1024
-# The most reference images a coreset memory may be built from (issue 23): its bank holds at most
+# The most reference images a coreset memory may be built from: its bank holds at most
 # MAX_SHOTS x patches rows per layer however many references there were.
 MAX_REFERENCES = 1 << 16
 

@@ -1,4 +1,4 @@
-"""A category's visual memory from its reference images, for any number of them (issue 23).
+"""A category's visual memory from its reference images, for any number of them.
 
 - `encode_references`: the references through the vision tower `REFERENCE_BATCH` images at a time (decoded,
   preprocessed and encoded per batch, so the decoded images never all sit in memory); with `spill`, the memory

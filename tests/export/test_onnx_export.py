@@ -121,7 +121,7 @@ def test_detector_scores_images_as_the_model_does(exported):
 
 
 def test_detector_refuses_what_the_graph_would_score_as_nonsense(exported, monkeypatch):
-    # Issue 26: the graph cannot check its inputs or values (data-dependent). Far out of range, ONNX Runtime
+    # The graph cannot check its inputs or values (data-dependent). Far out of range, ONNX Runtime
     # returns finite nonsense: the same score for every image, which read as a valid "normal".
     session = onnxruntime.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
     noise = np.random.default_rng(0).standard_normal((2, 3, 30, 30)).astype(np.float32)

@@ -101,7 +101,7 @@ def _refuse_network(monkeypatch) -> list:
 
 @pytest.mark.parametrize("local_base", [False, True], ids=["embedded-base", "saved-base-folder"])
 def test_demo_on_a_local_base_never_reaches_for_the_network(local_base, tmp_path, capsys, caplog, monkeypatch):
-    # Issue 22: offline, the embedded base was looked up on the Hub by its name (retries and a network warning).
+    # Offline, the embedded base was looked up on the Hub by its name (retries and a network warning).
     from anomclip_hf.model import embedded_base
 
     monkeypatch.setattr(embedded_base, "hub_reachable", lambda *args, **kwargs: False)  # the one probe: "offline"

@@ -1,4 +1,4 @@
-"""The first hour of a new user (issue 15): a fast CLI, honest labels on a random base, errors naming the flag,
+"""The first hour of a new user: a fast CLI, honest labels on a random base, errors naming the flag,
 single-file predict, normalised scores, maps/masks, bounded overlays and a labelled folder data set."""
 
 import csv

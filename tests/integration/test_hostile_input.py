@@ -1,4 +1,4 @@
-"""Hostile input and faults (issue 14, everything but adapter loading): one test row per root cause.
+"""Hostile input and faults: one test row per root cause.
 
 Each row asserts the exact outcome: the errors.csv row, the error type and the path/field its message
 names, or the bytes on disk. Kill tests run real subprocesses. Nothing here touches the network.

@@ -1,4 +1,4 @@
-"""Issue 24: one Predictor for every entry point, accelerate shards, the Ray Data actor pool.
+"""One Predictor for every entry point, accelerate shards, the Ray Data actor pool.
 
 Every engine is held to the scores of the plain scoring loop (`score_images` on a model loaded here) and to
 exact input/output counts. Ray runs on a local cluster of 2 CPUs started (and always shut down) here;

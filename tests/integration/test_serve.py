@@ -1,4 +1,4 @@
-"""Issue 24: `anomclip serve` over real HTTP (httpx) against a server on 127.0.0.1, a random port, started
+"""`anomclip serve` over real HTTP (httpx) against a server on 127.0.0.1, a random port, started
 and stopped by the test (its whole process group), plus the request gate alone on an in-process ASGI app.
 
 Answers are held to the in-process Predictor's scores; bad requests (hostile rows) are in

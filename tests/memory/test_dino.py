@@ -1,4 +1,4 @@
-"""The DINOv2 visual memory (issue 25): parity with AnomalyDINO's reference code, an independent brute-force
+"""The DINOv2 visual memory: parity with AnomalyDINO's reference code, an independent brute-force
 recomputation, the fused mode, adapters and bases that record the memory backbone.
 
 tests/golden/dino/ holds tiny random DINOv2 folders (plain and with registers), five images and what

@@ -1,4 +1,4 @@
-"""The bounded visual memory (issue 23): chunked exact search, faiss, the greedy coreset and its radius, checked
+"""The bounded visual memory: chunked exact search, faiss, the greedy coreset and its radius, checked
 against brute-force computations done here; coreset adapters saved, loaded and scored on every path."""
 
 from __future__ import annotations

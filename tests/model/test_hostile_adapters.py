@@ -213,7 +213,7 @@ ROWS = {
                                                ["memory_bank.safetensors is not a readable safetensors file"]),
     "category_json_over_the_size_limit": (_sparse("category.json", (4 << 20) + 1),
                                           ["category.json has 4194305 bytes; at most 4194304"]),
-    # issue 26: finite, of the right shape, and still scoring every image the same
+    # finite, of the right shape, and still scoring every image the same
     "huge_prompt_vectors_without_prototypes": (
         lambda f: (_remove(PROTOTYPES_FILE)(f), _edit_tensors(ADAPTER_WEIGHTS, _scale(WEIGHT_KEY, 1e30))(f)),
         ["adapter_model.safetensors (no stored prototypes)", "text prototypes computed from its prompt vectors",
@@ -288,7 +288,7 @@ def test_the_good_adapter_and_its_limits(good_adapter, loaded, tiny_clip):
 
 
 def test_an_exact_memory_holds_at_most_max_shots(tiny_model):
-    # more references are kept as a coreset (issue 23); asking for the exact bank of them is refused
+    # more references are kept as a coreset; asking for the exact bank of them is refused
     with pytest.raises(ValueError, match=f"{MAX_SHOTS + 1} reference images in an exact memory bank; it holds at "
                                          f"most {MAX_SHOTS}"):
         tiny_model.add_category("widget", reference_images=fake_features(MAX_SHOTS + 1), coreset_ratio=1.0)
@@ -411,7 +411,7 @@ def test_hostile_scales_are_refused_or_score_finite_and_distinct(target, scale, 
 
 
 def test_the_issue_case_scored_zero_normal_before_and_is_refused_now(good_adapter, tiny_clip, tmp_path):
-    # Issue 26: huge prompt vectors, no stored prototypes: NaN prototypes, fused to a score of 0.0, "normal".
+    # Huge prompt vectors, no stored prototypes: NaN prototypes, fused to a score of 0.0, "normal".
     folder = _bad_adapter(good_adapter, tmp_path, "huge_prompt_vectors_without_prototypes")
     model = fresh_model(tiny_clip)
     with pytest.raises(ValueError, match="largest |value| 6.8e+28"):
