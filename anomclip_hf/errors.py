@@ -26,7 +26,8 @@ class ArgumentError(AnomCLIPError, ValueError):
 
 
 class CheckpointError(AnomCLIPError, ValueError):
-    """A base checkpoint (CLIP, AnomCLIP or open_clip) that cannot be wrapped, loaded or converted as asked."""
+    """A checkpoint (a CLIP, AnomCLIP or open_clip base, or a training run's) that cannot be wrapped, loaded,
+    converted or resumed as asked."""
 
 
 class AdapterError(AnomCLIPError, ValueError):

@@ -19,6 +19,7 @@ from ..model.embedded_base import (
     EMBEDDED_BACKBONE,
     embedded_demo_model,
 )
+from ..errors import ArgumentError
 
 # The training preset whose model settings the base is loaded with (the one `anomclip fit` defaults to).
 FIT_PRESET = "paper"
@@ -49,7 +50,7 @@ def choose_base(base: Optional[str] = None) -> BaseChoice:
         try:
             validate_repo_id(name)
         except ValueError:
-            raise ValueError(f"base {name!r} is neither a folder nor a Hub model id") from None
+            raise ArgumentError(f"base {name!r} is neither a folder nor a Hub model id") from None
         if not is_cached(name) and not hub_reachable():
             return BaseChoice(name, None, message=offline_message(name))
     from ..training import TrainingConfig

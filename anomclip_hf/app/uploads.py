@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ..data.files import is_image_file
 from ..inference.writers import NOT_AN_IMAGE
+from ..errors import ArgumentError
 
 MAX_FILES = 200
 MAX_FILE_MB = 20
@@ -42,7 +43,7 @@ def stage_files(sources: Sequence[str], folder: str, *, max_files: int = MAX_FIL
     """Copy the image files among `sources` into `folder`; ValueError when there are more than `max_files`."""
     sources = [os.fspath(source) for source in sources or []]
     if len(sources) > max_files:
-        raise ValueError(f"{len(sources)} files given; at most {max_files} at once")
+        raise ArgumentError(f"{len(sources)} files given; at most {max_files} at once")
     os.makedirs(folder, exist_ok=True)
     staged = StagedFiles()
     for source in sources:
@@ -64,6 +65,6 @@ def folder_sources(folder: str) -> list[str]:
     """Every visible file directly inside a server-side folder (images and others, so the others are reported)."""
     folder = os.path.expanduser(folder.strip())
     if not os.path.isdir(folder):
-        raise ValueError(f"folder not found on the server: {folder}")
+        raise ArgumentError(f"folder not found on the server: {folder}")
     names = sorted(name for name in os.listdir(folder) if not name.startswith("."))
     return [os.path.join(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]

@@ -147,7 +147,7 @@ class Workspace:
     @property
     def model(self):
         if self.base.model is None:
-            raise ValueError(self.base.message or "load a base model first")
+            raise ArgumentError(self.base.message or "load a base model first")
         return self.base.model
 
     @property
@@ -184,7 +184,7 @@ class Workspace:
     @staticmethod
     def require_category(session: Session) -> str:
         if session.category is None or session.adapter is None:
-            raise ValueError("fit a category or load an adapter first")
+            raise ArgumentError("fit a category or load an adapter first")
         return session.category
 
     def _activate(self, session: Session) -> str:
@@ -219,14 +219,14 @@ class Workspace:
         source = (source or "").strip()
         session = session or self.session()
         if not source:
-            raise ValueError("enter an adapter folder or Hub repo id")
+            raise ArgumentError("enter an adapter folder or Hub repo id")
         folder = self._visitor_download(source, token, session) if self.visitors else None
         with self.exclusive(f"loading {source}"):
             try:
                 state = self.model.load_category(folder or source, activate=False,
                                                  **({} if folder else self._hub_token(token)))
             except ValueError as error:  # name the repo, not where the page keeps its copy
-                raise ValueError(str(error).replace(folder, source) if folder else str(error)) from None
+                raise ArgumentError(str(error).replace(folder, source) if folder else str(error)) from None
             self._keep(session, state.name)
         threshold = state.metadata.get("decision_threshold")
         stored = "no stored threshold" if threshold is None else f"stored threshold {threshold:.4f}"
@@ -291,7 +291,7 @@ class Workspace:
         validate_category_name(category)
         epochs = int(epochs)
         if epochs < 1:
-            raise ValueError(f"epochs={epochs}; expected 1 or more")
+            raise ArgumentError(f"epochs={epochs}; expected 1 or more")
         if (server_folder or "").strip() and not self.allow_server_folders:
             raise ArgumentError(SERVER_FILES_OFF)
         session = session or self.session()
@@ -302,7 +302,7 @@ class Workspace:
             staged = decodable(stage_files(sources, os.path.join(job, "references", category),
                                            max_files=self.max_files, max_file_mb=self.max_file_mb))
             if not staged.images:
-                raise ValueError("no usable reference image" + rejected_suffix(staged.rejected))
+                raise ArgumentError("no usable reference image" + rejected_suffix(staged.rejected))
             config = TrainingConfig.from_preset(FIT_PRESET).with_epochs(epochs).with_overrides(
                 {"progress_bar": False, "trackers": "none", "checkpoint_every": 0})
             callbacks = [] if progress is None else [lambda epoch, logs: progress(epoch, config.total_epochs, logs)]
@@ -324,7 +324,7 @@ class Workspace:
         session = session or self.session()
         self.require_category(session)
         if not sources:
-            raise ValueError("upload test images first")
+            raise ArgumentError("upload test images first")
         with self.exclusive("scoring"):
             category = self._activate(session)
             folder = self.new_folder("scores")
@@ -366,7 +366,7 @@ class Workspace:
         session = session or self.session()
         repo_id = (repo_id or "").strip()
         if not repo_id:
-            raise ValueError("enter a Hub repo id, e.g. user/anomclip-bracket")
+            raise ArgumentError("enter a Hub repo id, e.g. user/anomclip-bracket")
         token = (token or "").strip()
         if self.visitors and not token:
             raise ArgumentError(OWN_TOKEN_NEEDED)

@@ -6,6 +6,7 @@ import os
 
 from ..flags.numeric import nonnegative_int, positive_int
 from ._common import add_command, add_memory_backbone_argument, add_tiling_arguments, with_memory_backbone
+from ..errors import ArgumentError
 
 
 def add_parser(commands) -> None:
@@ -72,11 +73,11 @@ def _evaluation_data(args):
     folders = ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir")
     if args.dataset == "folder" and args.normal_dir is not None:
         if args.abnormal_dir is None:
-            raise ValueError("--dataset folder --normal-dir needs --abnormal-dir (the anomalous test images)")
+            raise ArgumentError("--dataset folder --normal-dir needs --abnormal-dir (the anomalous test images)")
         for name in folders:
             value = getattr(args, name)
             if value is not None and not os.path.isdir(value):
-                raise ValueError(f"--{name.replace('_', '-')} {value}: folder does not exist")
+                raise ArgumentError(f"--{name.replace('_', '-')} {value}: folder does not exist")
         from ..data.labelled_folder import LabelledFolder
 
         return LabelledFolder(args.normal_dir, args.abnormal_dir, mask_dir=args.mask_dir,
@@ -84,8 +85,8 @@ def _evaluation_data(args):
                               category=None if args.categories == ["all"] else args.categories[0])
     given = [f"--{name.replace('_', '-')}" for name in folders if getattr(args, name) is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} go with --dataset folder --normal-dir DIR --abnormal-dir DIR")
+        raise ArgumentError(f"{', '.join(given)} go with --dataset folder --normal-dir DIR --abnormal-dir DIR")
     if args.data_root is None:
-        raise ValueError(f"--dataset {args.dataset} needs --data-root"
+        raise ArgumentError(f"--dataset {args.dataset} needs --data-root"
                          + (" (or --normal-dir and --abnormal-dir)" if args.dataset == "folder" else ""))
     return args.data_root

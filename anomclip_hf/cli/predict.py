@@ -99,7 +99,7 @@ def run(args) -> int:
     pictures = dict(overlays=args.overlays, save_maps=args.save_maps)
     if args.engine == "ray":
         if launched_processes() > 1:
-            raise ValueError("--engine ray shares the work over its own actors; run it once, not under accelerate launch")
+            raise ArgumentError("--engine ray shares the work over its own actors; run it once, not under accelerate launch")
         from ..serving.ray_engine import predict_with_ray
 
         return _predict_summary(args, labels, predict_with_ray(spec, images, args.output, address=args.ray_address,
@@ -110,7 +110,7 @@ def run(args) -> int:
                                      ("--ray-gpus", args.ray_gpus != 0), ("--ray-format", args.ray_format != "parquet"))
              if used]
     if given:
-        raise ValueError(f"{', '.join(given)} go with --engine ray")
+        raise ArgumentError(f"{', '.join(given)} go with --engine ray")
     if launched_processes() > 1:
         from ..serving.shards import predict_sharded
 
@@ -134,14 +134,14 @@ def _spec(args):
                                           ("--revision", args.revision), ("--output-size", args.output_size))
                  if value is not None] + (["--precision"] if args.precision != "fp32" else [])
         if given:
-            raise ValueError(f"--onnx takes the category, base and map size from the exported model; drop "
+            raise ArgumentError(f"--onnx takes the category, base and map size from the exported model; drop "
                              f"{', '.join(given)}")
         return PredictorSpec(onnx=args.onnx, threshold=_threshold(args), batch_size=args.batch_size, tile=args.tile,
                              tile_overlap=args.tile_overlap, runtime=args.runtime or "onnxruntime")
     if args.runtime is not None:
-        raise ValueError(f"--runtime {args.runtime} runs an exported model: pass --onnx MODEL.onnx")
+        raise ArgumentError(f"--runtime {args.runtime} runs an exported model: pass --onnx MODEL.onnx")
     if not (args.base and args.category):
-        raise ValueError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
+        raise ArgumentError("predict needs --base and --category (a PyTorch model), or --onnx (an exported one)")
     from ..hub.base_source import check_base
 
     check_base(args.base)

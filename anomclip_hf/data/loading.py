@@ -19,6 +19,7 @@ from .folder import list_folder_categories, load_folder
 from .labelled_folder import LabelledFolder, load_labelled_folder
 from .mvtec import list_mvtec_categories, load_mvtec
 from .visa import list_visa_categories, load_visa
+from ..errors import DatasetError
 
 DATASETS = ("mvtec", "visa", "folder")
 
@@ -26,7 +27,7 @@ DATASETS = ("mvtec", "visa", "folder")
 def _dataset_name(dataset: str) -> str:
     name = str(dataset).lower()
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
     return name
 
 
@@ -53,7 +54,7 @@ def load_split(dataset: str, root: str, category: Optional[str], split: str, *, 
         folder = sub if sub and os.path.isdir(sub) else root
         return load_folder(folder, category, split, check_files=check_files)
     if not category:
-        raise ValueError(f"dataset {name!r} needs a category; list them with list_categories({name!r}, root)")
+        raise DatasetError(f"dataset {name!r} needs a category; list them with list_categories({name!r}, root)")
     if name == "mvtec":
         return load_mvtec(root, category, split, check_files=check_files)
     return load_visa(root, category, split, check_files=check_files)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from datasets import ClassLabel, Dataset, Features, Image, Value
+from ..errors import DatasetError
 
 LABEL_NAMES = ["normal", "anomaly"]
 NORMAL, ANOMALY = 0, 1
@@ -64,5 +65,5 @@ def build_dataset(rows: List[Dict]) -> Dataset:
 def check_split(split: str) -> str:
     """`split` itself, or ValueError if it is not "train" or "test"."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        raise DatasetError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     return split

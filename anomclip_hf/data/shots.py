@@ -15,6 +15,7 @@ from typing import Iterable, List, Union
 from datasets import Dataset
 
 from .schema import NORMAL
+from ..errors import DatasetError
 
 
 def sample_shots(source: Union[Dataset, Iterable[str]], k: int, seed: int) -> List[str]:
@@ -24,7 +25,7 @@ def sample_shots(source: Union[Dataset, Iterable[str]], k: int, seed: int) -> Li
     """
     pool = _normal_paths(source)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > len(pool):
-        raise ValueError(
+        raise DatasetError(
             f"cannot draw k={k!r} shots from {len(pool)} normal images in {_describe(pool, source)}; "
             f"k must be an integer between 1 and {len(pool)}"
         )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import numpy as np
+from ..errors import ArgumentError
 
 DEFECT_TYPES = ("scratch", "blob", "missing")
 MIN_CHANGE = 24  # per-pixel change (max over RGB) below which a defect pixel is reverted
@@ -56,7 +57,7 @@ def render_sample(
     rng = rng_for(seed, category, image_id, "defects")
     for number, defect in enumerate(defects, start=1):
         if defect not in DEFECT_TYPES:
-            raise ValueError(f"unknown defect {defect!r}; expected one of {list(DEFECT_TYPES)}")
+            raise ArgumentError(f"unknown defect {defect!r}; expected one of {list(DEFECT_TYPES)}")
         for _ in range(20):  # redraw the rare defect that barely touches the object
             region, colour = _draw_defect(defect, rng, clean, background, radius, centre)
             candidate = image.copy()
@@ -164,9 +165,9 @@ def render_highres_sample(category: str, image_id: str, size: int = HIGHRES_SIZE
     224-240 px shrinks below one pixel. `defect_count` 0: a normal image (mask all zero)."""
     low, high = (int(defect_size[0]), int(defect_size[1]))
     if not 1 <= low <= high:
-        raise ValueError(f"defect_size={defect_size!r}; expected (smallest, largest) pixels with 1 <= smallest <= largest")
+        raise ArgumentError(f"defect_size={defect_size!r}; expected (smallest, largest) pixels with 1 <= smallest <= largest")
     if defect_count < 0:
-        raise ValueError(f"defect_count={defect_count}; expected >= 0")
+        raise ArgumentError(f"defect_count={defect_count}; expected >= 0")
     clean = render_surface(category, image_id, size, seed)
     image, labels = clean.copy(), np.zeros(clean.shape[:2], dtype=np.uint8)
     rng = rng_for(seed, category, image_id, "small defects")

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .synthetic_images import DEFECT_TYPES, render_sample, rng_for
+from ..errors import ArgumentError
 
 JPEG_QUALITY = 95
 RAW, PYTORCH = "raw", "pytorch"
@@ -69,7 +70,7 @@ def generate_visa_tree(
                       0/255 masks ground_truth/bad/<stem>.png.
     """
     if layout not in (RAW, PYTORCH):
-        raise ValueError(f"unknown VisA layout {layout!r}; expected 'raw' or 'pytorch'")
+        raise ArgumentError(f"unknown VisA layout {layout!r}; expected 'raw' or 'pytorch'")
     root = os.fspath(root)
     _claim(root, list(categories) + (["split_csv"] if layout == RAW else []), exist_ok)
     csv_rows: List[List[str]] = []

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 from datasets import Dataset
 
-from ..errors import DatasetLayoutError
+from ..errors import DatasetError, DatasetLayoutError
 from .files import check_row_files, list_subdirs, require_dir
 from .mvtec import list_mvtec_categories, load_mvtec
 from .schema import GOOD, build_dataset, check_split, make_row
@@ -81,7 +81,7 @@ def _resolve_layout(root: str, layout: Optional[str]) -> str:
     if layout is None:
         return detect_visa_layout(root)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown VisA layout {layout!r}; expected one of {list(LAYOUTS)}")
+        raise DatasetError(f"unknown VisA layout {layout!r}; expected one of {list(LAYOUTS)}")
     return layout
 
 

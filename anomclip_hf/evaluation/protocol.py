@@ -36,6 +36,7 @@ from ..training.inputs import add_reference_category, load_base_model
 from ..training.job import ADAPTER_DIR, train_category
 from .per_defect import per_defect_metrics
 from .tables import write_results
+from ..errors import ArgumentError
 
 CELL_DIR = "cells"
 PIXEL_METRICS = ("pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1_threshold")
@@ -58,13 +59,13 @@ class EvaluationSettings:
 
     def __post_init__(self):
         if self.mode not in (None, "full", "memory", "text"):
-            raise ValueError(f"mode={self.mode!r}; expected 'full', 'memory' or 'text'")
+            raise ArgumentError(f"mode={self.mode!r}; expected 'full', 'memory' or 'text'")
         if self.pixel_mode not in ("exact", "binned"):
-            raise ValueError(f"pixel_mode={self.pixel_mode!r}; expected 'exact' or 'binned'")
+            raise ArgumentError(f"pixel_mode={self.pixel_mode!r}; expected 'exact' or 'binned'")
         if self.resolution < 1:
-            raise ValueError(f"resolution={self.resolution}; expected a positive size in pixels")
+            raise ArgumentError(f"resolution={self.resolution}; expected a positive size in pixels")
         if self.tiling is not None and not self.train:
-            raise ValueError("--tile with --no-train: the tiled memory is built by the training job; drop --no-train")
+            raise ArgumentError("--tile with --no-train: the tiled memory is built by the training job; drop --no-train")
 
     @property
     def tiling_spec(self) -> Optional[TilingSpec]:

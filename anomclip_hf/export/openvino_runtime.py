@@ -32,7 +32,7 @@ class OpenVinoAnomalyDetector(OnnxAnomalyDetector):
     def __init__(self, path: str, threshold: Optional[float] = None, precision: str = "fp32", device: str = "CPU",
                  threads: Optional[int] = None):
         if precision not in OPENVINO_PRECISIONS:
-            raise ValueError(f"precision={precision!r}; expected one of {sorted(OPENVINO_PRECISIONS)}")
+            raise ExportError(f"precision={precision!r}; expected one of {sorted(OPENVINO_PRECISIONS)}")
         self.precision, self.device, self.threads = precision, device, threads
         super().__init__(path, threshold=threshold)  # reads the sidecar, then `_open_session`
 

@@ -42,6 +42,7 @@ from .sidecar import (
     read_sidecar,
     sidecar_path,
 )
+from ..errors import ExportError
 
 TILE_BATCH = 64  # tiles per run of a tiled graph
 
@@ -124,7 +125,7 @@ class OnnxAnomalyDetector:
         scores, maps = self.run_unchecked(pixel_values)
         bad = ~(np.isfinite(scores) & np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1))
         if bad.any():  # the graph cannot check (data-dependent), so its outputs are checked here
-            raise ValueError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "
+            raise ExportError(f"{self.path}: the exported model scored images {np.flatnonzero(bad).tolist()} of the "
                              "batch NaN or infinite; no scores are returned (they would read as 'normal')")
         return scores, maps
 
@@ -136,7 +137,7 @@ class OnnxAnomalyDetector:
             size, mean, std, _ = self.memory_preprocessing
             feeds[MEMORY_INPUT_NAME] = _checked_input(given.get(MEMORY_INPUT_NAME), MEMORY_INPUT_NAME, size, mean, std)
             if feeds[MEMORY_INPUT_NAME].shape[0] != feeds[INPUT_NAME].shape[0]:
-                raise ValueError(f"{MEMORY_INPUT_NAME} holds {feeds[MEMORY_INPUT_NAME].shape[0]} images but "
+                raise ExportError(f"{MEMORY_INPUT_NAME} holds {feeds[MEMORY_INPUT_NAME].shape[0]} images but "
                                  f"{INPUT_NAME} {feeds[INPUT_NAME].shape[0]}")
         scores, maps = self._infer(feeds)
         return np.asarray(scores, dtype=np.float32), np.asarray(maps, dtype=np.float32)
@@ -147,7 +148,7 @@ class OnnxAnomalyDetector:
         feeds = {INPUT_NAME: _checked_input(pixel_values, INPUT_NAME, self.image_size, self.mean, self.std)}
         outputs = self.session.run(list(TILE_OUTPUT_NAMES), feeds)  # (an OpenVINO subclass: not tiled yet)
         if not all(np.isfinite(output).all() for output in outputs):
-            raise ValueError(f"{self.path}: the exported model scored tiles NaN or infinite; no scores are returned "
+            raise ExportError(f"{self.path}: the exported model scored tiles NaN or infinite; no scores are returned "
                              "(they would read as 'normal')")
         return tuple(output.astype(np.float32, copy=False) for output in outputs)
 
@@ -183,7 +184,7 @@ class OnnxAnomalyDetector:
     def predict(self, images, batch_size: int = 16) -> OnnxPrediction:
         """Scores, decisions and maps of PIL images, paths or uint8 arrays (one or a list)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}; expected >= 1")
+            raise ExportError(f"batch_size={batch_size}; expected >= 1")
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         scores, maps = [], []
         for start in range(0, len(images), batch_size):
@@ -213,7 +214,7 @@ def _preprocessing(path: str, settings: dict) -> tuple:
     """(image_size, mean, std, PIL resample filter) of a sidecar's preprocessing block."""
     filters = {name: value for value, name in RESAMPLE_NAMES.items()}
     if settings["resample"] not in filters:
-        raise ValueError(f"{path}: resample {settings['resample']!r} is not a PIL filter "
+        raise ExportError(f"{path}: resample {settings['resample']!r} is not a PIL filter "
                          f"(expected one of {sorted(filters)})")
     return int(settings["image_size"]), tuple(settings["mean"]), tuple(settings["std"]), filters[settings["resample"]]
 
@@ -222,14 +223,14 @@ def _checked_input(values, name: str, size: int, mean, std) -> np.ndarray:
     """One input of the graph as float32, refused (naming it) when missing, misshapen, non-finite or far out of
     the preprocessed range: the graph cannot check, and would return finite nonsense."""
     if values is None:
-        raise ValueError(f"{name} is missing: this exported model takes {INPUT_NAME} and {MEMORY_INPUT_NAME} "
+        raise ExportError(f"{name} is missing: this exported model takes {INPUT_NAME} and {MEMORY_INPUT_NAME} "
                          "(preprocess() makes both)")
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 4 or values.shape[1:] != (3, size, size):
-        raise ValueError(f"{name} has shape {values.shape}; expected (batch, 3, {size}, {size})")
+        raise ExportError(f"{name} has shape {values.shape}; expected (batch, 3, {size}, {size})")
     if not np.isfinite(values).all():
-        raise ValueError(f"{name} contains {int((~np.isfinite(values)).sum())} NaN or infinite values")
+        raise ExportError(f"{name} contains {int((~np.isfinite(values)).sum())} NaN or infinite values")
     problem = pixel_range_problem(float(np.abs(values).max()) if values.size else 0.0, mean, std)
     if problem:
-        raise ValueError(problem)
+        raise ExportError(problem)
     return values

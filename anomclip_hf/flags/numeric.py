@@ -11,6 +11,7 @@ import argparse
 import math
 import numbers
 from typing import Callable, Optional
+from ..errors import ArgumentError
 
 # Decision thresholds, stored or given: scores are in [0, 1]; 0 would call every image anomalous, so a threshold
 # must be > 0; a leave-one-out estimate is (1 + margin) x a reference's score and may pass 1 (then every image is
@@ -61,7 +62,7 @@ def check_output_size(value) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= MAX_OUTPUT_SIZE:
-        raise ValueError(f"output_size={value!r}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
+        raise ArgumentError(f"output_size={value!r}; expected 1..{MAX_OUTPUT_SIZE} (or None: the model input size)")
     return value
 
 

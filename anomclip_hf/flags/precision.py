@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from typing import Optional
+from ..errors import ArgumentError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 # Other names of the same choices: accelerate's mixed_precision "no", "none", and torch's dtype names.
@@ -18,7 +19,7 @@ def normalize_precision(value: Optional[str]) -> str:
         return "fp32"
     name = _ALIASES.get(str(value).strip().lower(), str(value).strip().lower())
     if name not in PRECISIONS:
-        raise ValueError(f"precision={value!r}; expected one of {PRECISIONS} (or no/none/float32/bfloat16/float16)")
+        raise ArgumentError(f"precision={value!r}; expected one of {PRECISIONS} (or no/none/float32/bfloat16/float16)")
     return name
 
 

@@ -26,7 +26,7 @@ _CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,95}")
 
 
 def validate_category_name(name: Any) -> str:
-    """Return `name` if it is a safe category name, else raise ValueError saying what is allowed."""
+    """Return `name` if it is a safe category name, else raise ArgumentError saying what is allowed."""
     if not isinstance(name, str) or not _CATEGORY_NAME.fullmatch(name):
         raise ArgumentError(f"category name {name!r} is not allowed: expected 1-96 letters, digits, '_' or '-', "
                          "starting with a letter or digit (e.g. 'metal_nut')")
@@ -34,7 +34,7 @@ def validate_category_name(name: Any) -> str:
 
 
 def validate_repo_id(repo_id: Any) -> str:
-    """Return `repo_id` if it is a valid Hub repo id ('name' or 'owner/name'), else raise ValueError."""
+    """Return `repo_id` if it is a valid Hub repo id ('name' or 'owner/name'), else raise ArgumentError."""
     if not isinstance(repo_id, str) or not repo_id:
         raise ArgumentError(f"Hub repo id {repo_id!r} is not valid: expected 'owner/name'")
     try:

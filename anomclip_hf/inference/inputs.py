@@ -19,6 +19,7 @@ from ..data.files import IMAGE_EXTENSIONS, is_image_file, walk_images
 from ..io.decoding import decode_bytes
 from ..io.image_io import ImageReadError, display_path, load_image
 from ..io.pixel_arrays import as_pil
+from ..errors import ArgumentError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 BYTES_NAME = "<image bytes>"
@@ -74,15 +75,15 @@ def find_inputs(inputs: Union[str, Sequence[str]], flag: str = "--images", exclu
             others += other
         elif os.path.isfile(item):
             if not is_image_file(item):
-                raise ValueError(f"{flag} {display_path(item)}: not an image file (expected {extensions})")
+                raise ArgumentError(f"{flag} {display_path(item)}: not an image file (expected {extensions})")
             images.append(item)
         else:
-            raise ValueError(f"{flag} {display_path(item)}: no such file or folder")
+            raise ArgumentError(f"{flag} {display_path(item)}: no such file or folder")
     images, others = list(dict.fromkeys(images)), list(dict.fromkeys(others))  # a file named twice: once
     if not images:
         found = (f" (only other files, e.g. {display_path(others[0])})" if others
                  else f" ({unlistable[0][1]}: {display_path(unlistable[0][0])})" if unlistable else " (it is empty)")
-        raise ValueError(f"{flag}: no image files ({extensions}) under "
+        raise ArgumentError(f"{flag}: no image files ({extensions}) under "
                          f"{', '.join(display_path(os.fspath(p)) for p in inputs)}{found}")
     return images, others, unlistable
 

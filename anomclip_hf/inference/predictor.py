@@ -44,6 +44,7 @@ from .writers import (
     check_overlays,
     write_image_outputs,
 )
+from ..errors import ArgumentError
 
 NOT_FINITE = "the model scored this image NaN or infinite; no score is given (it would read as 'normal')"
 
@@ -89,7 +90,7 @@ class Predictor:
     def __init__(self, engine: Engine, *, threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
                  note: Optional[str] = None, batch_size: int = 16, decode_workers: Optional[int] = None):
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}; expected >= 1")
+            raise ArgumentError(f"batch_size={batch_size}; expected >= 1")
         info = engine.description
         self.engine = engine
         self.category = info.category
@@ -176,7 +177,7 @@ class Predictor:
 
         size = batch_size or self.batch_size
         if size < 1:
-            raise ValueError(f"batch_size={size}; expected >= 1")
+            raise ArgumentError(f"batch_size={size}; expected >= 1")
         indices, decoded, failures = [], [], []
         with tqdm(total=len(images), desc=description, disable=not progress, unit="img") as bar:
             for index, image, error in self._decoded(images, lookahead=2 * size):
@@ -247,13 +248,13 @@ class Predictor:
             if isinstance(maps, list):  # a tiled engine: one map per image at its own size
                 maps = [np.asarray(m, np.float32) for m in maps]
                 if scores.shape[0] != len(images) or len(maps) != len(images) or any(m.ndim != 2 for m in maps):
-                    raise ValueError(f"the engine answered {scores.shape[0]} scores and {len(maps)} maps for "
+                    raise ArgumentError(f"the engine answered {scores.shape[0]} scores and {len(maps)} maps for "
                                      f"{len(images)} images")
                 finite = [bool(np.isfinite(score) and np.isfinite(m).all()) for score, m in zip(scores, maps)]
                 return scores, maps, [None if ok else NOT_FINITE for ok in finite]
             maps = np.asarray(maps, np.float32)
             if scores.shape[0] != len(images) or maps.ndim != 3 or maps.shape[0] != len(images):
-                raise ValueError(f"the engine answered {scores.shape[0]} scores and maps of shape {maps.shape} for "
+                raise ArgumentError(f"the engine answered {scores.shape[0]} scores and maps of shape {maps.shape} for "
                                  f"{len(images)} images")
         except Exception as error:  # noqa: BLE001 - one input's failure must not take its neighbours down
             if len(images) == 1:
@@ -281,7 +282,7 @@ class Predictor:
         check_overlays(overlays)
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         if names is not None and len(names) != len(items):
-            raise ValueError(f"{len(names)} names for {len(items)} images")
+            raise ArgumentError(f"{len(names)} names for {len(items)} images")
         results: list[Optional[Prediction]] = [None] * len(items)
         for batch in self.score_batches(items, batch_size=batch_size, progress=progress):
             for index, error in batch.failures:
@@ -387,7 +388,7 @@ class PredictorSpec:
 
     def __post_init__(self):
         if self.onnx is None and not (self.base and self.category):
-            raise ValueError("a predictor needs base and category (a PyTorch model), or onnx (an exported one)")
+            raise ArgumentError("a predictor needs base and category (a PyTorch model), or onnx (an exported one)")
 
     def build(self) -> Predictor:
         if self.onnx is not None:

@@ -33,6 +33,7 @@ from ..io.image_io import display_path, load_mask
 from ..io.run_lock import FolderInUseError, folder_lock
 from ..model.decisions import decision, normalized_score
 from .visualization import anomaly_panel
+from ..errors import ArgumentError
 
 SCORES_FILE, ERRORS_FILE, OVERLAY_DIR = "scores.csv", "errors.csv", "overlays"
 MAPS_DIR, MASKS_DIR = "maps", "masks"
@@ -77,7 +78,7 @@ def overlay_name(path: str, root: Optional[str]) -> str:
 
 def check_overlays(choice: str) -> str:
     if choice not in OVERLAY_CHOICES:
-        raise ValueError(f"overlays={choice!r}; expected one of {', '.join(OVERLAY_CHOICES)}")
+        raise ArgumentError(f"overlays={choice!r}; expected one of {', '.join(OVERLAY_CHOICES)}")
     return choice
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .image_io import ImageReadError, PathOrImage, load_image
+from ..errors import ArgumentError
 
 # decoded RGB PIL images -> (image scores (b,), anomaly maps (b, H, W)) as float32 numpy arrays
 BatchScorer = Callable[[list], "tuple[np.ndarray, np.ndarray]"]
@@ -47,7 +48,7 @@ def scored_batches(images: Sequence[PathOrImage], scorer: BatchScorer, batch_siz
     (default: raise the ImageReadError naming the file).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}; expected >= 1")
+        raise ArgumentError(f"batch_size={batch_size}; expected >= 1")
     with tqdm(total=len(images), desc=description, disable=not progress, unit="img") as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start: start + batch_size]

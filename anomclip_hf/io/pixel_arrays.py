@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .image_io import PathOrImage, load_image
+from ..errors import ArgumentError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -40,7 +41,7 @@ def as_pil(item: ImageInput) -> Image.Image:
     """An RGB PIL image from a path, a PIL image of any mode or a uint8 (H, W[, C]) array."""
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8:
-            raise ValueError(f"numpy images must be uint8 (H, W[, C]); got {item.dtype}")
+            raise ArgumentError(f"numpy images must be uint8 (H, W[, C]); got {item.dtype}")
         item = Image.fromarray(item)
     return load_image(item)
 
@@ -57,7 +58,7 @@ def pixel_array(images: Sequence[ImageInput], image_size: int, mean=OPENAI_CLIP_
     batch = [np.asarray(as_pil(item).resize((image_size, image_size), filter_), dtype=np.float32) / 255.0
              for item in images]
     if not batch:
-        raise ValueError("no images given")
+        raise ArgumentError("no images given")
     pixels = np.stack(batch).transpose(0, 3, 1, 2)
     mean_a = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
     std_a = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from ..errors import AdapterError
 
 # Flags that refuse a link swapped in after the checks and keep a FIFO from blocking the open (absent on Windows).
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
@@ -34,23 +35,23 @@ def read_regular_file(path: str, root: str, limit: int, what: str) -> bytes:
     is inside `root`; else ValueError starting with `what` (which names the file for the reader)."""
     real = os.path.realpath(path)
     if not is_inside(real, root):
-        raise ValueError(f"{what} is a link to {real}, outside {os.path.realpath(root)}; only files inside the "
+        raise AdapterError(f"{what} is a link to {real}, outside {os.path.realpath(root)}; only files inside the "
                          "adapter folder are read")
     try:
         mode = os.stat(real).st_mode  # no open: stat never blocks on a FIFO or reads a device
     except FileNotFoundError:
-        raise ValueError(f"{what} does not exist (a dangling link?)") from None
+        raise AdapterError(f"{what} does not exist (a dangling link?)") from None
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{what} is {_kind(mode)}; expected a regular file")
+        raise AdapterError(f"{what} is {_kind(mode)}; expected a regular file")
     fd = os.open(real, _OPEN_FLAGS)
     try:
         info = os.fstat(fd)  # the file actually opened, in case it was swapped after the checks
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{what} is {_kind(info.st_mode)}; expected a regular file")
+            raise AdapterError(f"{what} is {_kind(info.st_mode)}; expected a regular file")
         if info.st_size == 0:
-            raise ValueError(f"{what} is empty (0 bytes); save or download the adapter again")
+            raise AdapterError(f"{what} is empty (0 bytes); save or download the adapter again")
         if info.st_size > limit:
-            raise ValueError(f"{what} has {info.st_size} bytes; at most {limit} are expected for this base model")
+            raise AdapterError(f"{what} has {info.st_size} bytes; at most {limit} are expected for this base model")
         # One read of the whole file in the common case (no chunk copies); never more than limit + 1 bytes.
         want = info.st_size + 1
         chunks, total = [], 0
@@ -63,5 +64,5 @@ def read_regular_file(path: str, root: str, limit: int, what: str) -> bytes:
     finally:
         os.close(fd)
     if total != info.st_size:
-        raise ValueError(f"{what} changed size while it was read ({info.st_size} bytes, then {total})")
+        raise AdapterError(f"{what} changed size while it was read ({info.st_size} bytes, then {total})")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

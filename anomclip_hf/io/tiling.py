@@ -272,7 +272,7 @@ def stitch_patch_scores(tile_scores: np.ndarray, grid: TileGrid) -> np.ndarray:
     g = grid.grid_side
     scores = np.asarray(tile_scores, dtype=np.float64).reshape(-1, g, g)
     if scores.shape[0] != grid.count:
-        raise ValueError(f"{scores.shape[0]} tiles of scores for a grid of {grid.count} tiles")
+        raise ArgumentError(f"{scores.shape[0]} tiles of scores for a grid of {grid.count} tiles")
     weights = tile_weights(g)
     total, weight = np.zeros(grid.cells), np.zeros(grid.cells)
     step = grid.patch_pixels

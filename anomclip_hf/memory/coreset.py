@@ -24,6 +24,7 @@ import torch
 
 from ..io.progress import Phase
 from .search import nearest_distance
+from ..errors import ConfigurationError
 
 # sklearn's johnson_lindenstrauss_min_dim at PatchCore's eps (anomalib's default as well).
 DEFAULT_JL_EPS = 0.9
@@ -57,7 +58,7 @@ def johnson_lindenstrauss_dim(rows: int, eps: float = DEFAULT_JL_EPS) -> int:
     """Smallest width keeping pairwise distances of `rows` points within 1 +- eps with high probability:
     4 ln(n) / (eps^2 / 2 - eps^3 / 3) (Dasgupta & Gupta), as scikit-learn's johnson_lindenstrauss_min_dim."""
     if not 0 < eps < 1:
-        raise ValueError(f"eps={eps}; expected a number strictly between 0 and 1")
+        raise ConfigurationError(f"eps={eps}; expected a number strictly between 0 and 1")
     return max(1, int(4 * math.log(max(rows, 2)) / (eps ** 2 / 2 - eps ** 3 / 3)))
 
 
@@ -77,7 +78,7 @@ def project_rows(features: torch.Tensor, projection: Optional[torch.Tensor],
         finite = torch.isfinite(chunk).all(dim=1)
         if not bool(finite.all()):
             bad = start + int((~finite).nonzero()[0])
-            raise ValueError(f"row {bad} of the memory bank holds NaN or infinite values ({int((~finite).sum())} such "
+            raise ConfigurationError(f"row {bad} of the memory bank holds NaN or infinite values ({int((~finite).sum())} such "
                              f"rows from row {start} on); expected finite features")
         out[start: start + chunk.shape[0]] = chunk if projection is None else chunk @ projection
     return out
@@ -145,7 +146,7 @@ def _greedy_k_center(points: torch.Tensor, size: int, seed: int, progress: bool,
 
 def _check_size(size: int, rows: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= rows:
-        raise ValueError(f"coreset size {size!r}; expected an integer from 1 to {rows} (the rows of the bank)")
+        raise ConfigurationError(f"coreset size {size!r}; expected an integer from 1 to {rows} (the rows of the bank)")
 
 
 def _progress(total: int, enabled: bool, name: str = "coreset", unit: str = "row"):
@@ -174,7 +175,7 @@ def select_coreset(features, size: int, seed: int = 0, projection_dim: Optional[
     _check_size(size, rows)
     dim = johnson_lindenstrauss_dim(rows, eps) if projection_dim is None else int(projection_dim)
     if dim < 1:
-        raise ValueError(f"projection_dim={projection_dim}; expected a positive integer")
+        raise ConfigurationError(f"projection_dim={projection_dim}; expected a positive integer")
     projection = random_projection(width, dim, seed) if dim < width else None
     points = project_rows(features, projection)
     indices = greedy_k_center(points, size, seed, progress) if size < rows else torch.arange(rows)

@@ -26,6 +26,7 @@ from torch import nn
 
 from .dino_settings import DINO_MODEL_TYPES, TOP_FRACTION, check_dino_config
 from .search import nearest_similarity
+from ..errors import ConfigurationError
 
 
 def dino_config_class(model_type: str):
@@ -64,7 +65,7 @@ def patch_grid(backbone: nn.Module, image_size: int) -> int:
     """The side of the square patch grid at `image_size` pixels (which must be a multiple of the patch)."""
     patch = int(backbone.config.patch_size)
     if image_size % patch:
-        raise ValueError(f"memory_image_size={image_size} is not a multiple of the memory backbone's patch size "
+        raise ConfigurationError(f"memory_image_size={image_size} is not a multiple of the memory backbone's patch size "
                          f"{patch}; use e.g. {image_size - image_size % patch or patch}")
     return image_size // patch
 

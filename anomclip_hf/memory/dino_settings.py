@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Mapping, Optional
+from ..errors import ConfigurationError
 
 # model_type -> (position-table interpolation offset, antialias): the released DINOv2 hub models' settings.
 DINO_MODEL_TYPES = {"dinov2": (0.1, False), "dinov2_with_registers": (0.0, True)}
@@ -16,7 +17,7 @@ def check_dino_config(config_dict: Mapping, source: str) -> None:
     """Refuse a checkpoint that is not a DINOv2 model (by its config.json model_type), naming both."""
     model_type = config_dict.get("model_type")
     if model_type not in DINO_MODEL_TYPES:
-        raise ValueError(f"memory backbone {source}: config.json has model_type {model_type!r}; the memory backbone "
+        raise ConfigurationError(f"memory backbone {source}: config.json has model_type {model_type!r}; the memory backbone "
                          f"must be a DINOv2 model (model_type one of {sorted(DINO_MODEL_TYPES)}, e.g. "
                          "facebook/dinov2-small or facebook/dinov2-with-registers-small)")
 

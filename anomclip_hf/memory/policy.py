@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from typing import Optional
+from ..errors import ConfigurationError
 
 DEFAULT_MAX_EXACT_ROWS = 16384
 
@@ -21,19 +22,19 @@ def memory_rows(rows: int, memory_size: Optional[int] = None, coreset_ratio: Opt
     Raises ValueError naming the value and what was expected for a size of 0 or larger than the bank, a ratio
     outside (0, 1], or both given."""
     if memory_size is not None and coreset_ratio is not None:
-        raise ValueError(f"memory_size={memory_size!r} and coreset_ratio={coreset_ratio!r}: give one of them")
+        raise ConfigurationError(f"memory_size={memory_size!r} and coreset_ratio={coreset_ratio!r}: give one of them")
     if memory_size is not None:
         if isinstance(memory_size, bool) or not isinstance(memory_size, int) or memory_size < 1:
-            raise ValueError(f"memory_size={memory_size!r}; expected a positive number of patch rows to keep per "
+            raise ConfigurationError(f"memory_size={memory_size!r}; expected a positive number of patch rows to keep per "
                              f"memory layer (at most the bank's {rows})")
         if memory_size > rows:
-            raise ValueError(f"memory_size={memory_size} is larger than the memory bank: its {rows} rows (reference "
+            raise ConfigurationError(f"memory_size={memory_size} is larger than the memory bank: its {rows} rows (reference "
                              f"images x patches) per layer; expected 1 to {rows}")
         return None if memory_size == rows else memory_size
     if coreset_ratio is not None:
         if isinstance(coreset_ratio, bool) or not isinstance(coreset_ratio, (int, float)) or \
                 not math.isfinite(coreset_ratio) or not 0 < coreset_ratio <= 1:
-            raise ValueError(f"coreset_ratio={coreset_ratio!r}; expected a fraction of the bank's rows to keep, "
+            raise ConfigurationError(f"coreset_ratio={coreset_ratio!r}; expected a fraction of the bank's rows to keep, "
                              "greater than 0 and at most 1 (1: the exact bank)")
         size = max(1, round(coreset_ratio * rows))
         return None if size >= rows else size

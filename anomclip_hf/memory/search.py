@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 import torch
 
 from .bank_cache import per_bank
+from ..errors import ConfigurationError
 
 # The approximate search pays off once the bank is large: below this many rows per layer (about 16 reference
 # images of 225 patches) the exact product is cheap and `search="auto"` keeps it.
@@ -159,14 +160,14 @@ def nearest_similarity(queries: torch.Tensor, bank: torch.Tensor, *, shortlist: 
     float32 rounding).
     """
     if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (N, W) and (M, W) "
+        raise ConfigurationError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (N, W) and (M, W) "
                          "of the same width W")
     if torch.compiler.is_exporting():
         # One block: a loop over a batch-dependent row count cannot be part of a graph with a dynamic batch
         # (anomclip export). The same maxima, only not bounded in memory.
         return (queries @ bank.T).amax(dim=1)
     if bank.shape[0] == 0:
-        raise ValueError("the memory bank has no rows to search")
+        raise ConfigurationError("the memory bank has no rows to search")
     if faiss:
         from .faiss_index import faiss_nearest_similarity
 

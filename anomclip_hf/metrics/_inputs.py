@@ -10,6 +10,7 @@ import sys
 from typing import Any, Tuple
 
 import numpy as np
+from ..errors import ArgumentError
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -31,7 +32,7 @@ def as_scores(x: Any, metric: str, what: str = "scores") -> np.ndarray:
     elif a.dtype.kind in "biu":
         a = a.astype(np.float64)
     elif a.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{metric}: {what} must be real numbers, got dtype {a.dtype}")
+        raise ArgumentError(f"{metric}: {what} must be real numbers, got dtype {a.dtype}")
     check_finite(a, metric, what)
     return a
 
@@ -41,7 +42,7 @@ def check_finite(a: np.ndarray, metric: str, what: str = "scores") -> None:
     if not finite.all():
         n_nan = int(np.isnan(a).sum())
         n_inf = int(a.size - finite.sum()) - n_nan
-        raise ValueError(f"{metric}: {what} contain {n_nan} NaN and {n_inf} inf values; all scores must be finite")
+        raise ArgumentError(f"{metric}: {what} contain {n_nan} NaN and {n_inf} inf values; all scores must be finite")
 
 
 def as_binary(x: Any, metric: str, what: str = "labels") -> np.ndarray:
@@ -50,11 +51,11 @@ def as_binary(x: Any, metric: str, what: str = "labels") -> np.ndarray:
     if a.dtype == np.bool_:
         return a
     if a.dtype.kind not in "biuf":
-        raise ValueError(f"{metric}: {what} must be 0/1 or bool, got dtype {a.dtype}")
+        raise ArgumentError(f"{metric}: {what} must be 0/1 or bool, got dtype {a.dtype}")
     bad = (a != 0) & (a != 1)
     if bad.any():
         examples = np.unique(a[bad])[:5].tolist()
-        raise ValueError(
+        raise ArgumentError(
             f"{metric}: {what} must contain only 0 and 1; found {int(bad.sum())} other values (e.g. {examples})"
         )
     return a != 0
@@ -62,7 +63,7 @@ def as_binary(x: Any, metric: str, what: str = "labels") -> np.ndarray:
 
 def check_same_shape(scores: np.ndarray, labels: np.ndarray, metric: str, names=("scores", "labels")) -> None:
     if scores.shape != labels.shape:
-        raise ValueError(
+        raise ArgumentError(
             f"{metric}: shape mismatch between {names[0]} {tuple(scores.shape)} and {names[1]} {tuple(labels.shape)}"
         )
 
@@ -71,8 +72,8 @@ def check_both_classes(n_pos: int, n_neg: int, metric: str, what: str = "labels"
     if n_pos == 0 or n_neg == 0:
         present = "1 (anomalous)" if n_neg == 0 else "0 (normal)"
         if n_pos == 0 and n_neg == 0:
-            raise ValueError(f"{metric}: no data; both normal (0) and anomalous (1) {what} are needed")
-        raise ValueError(
+            raise ArgumentError(f"{metric}: no data; both normal (0) and anomalous (1) {what} are needed")
+        raise ArgumentError(
             f"{metric}: {what} contain only class {present}; both normal (0) and anomalous (1) are needed"
         )
 
@@ -96,12 +97,12 @@ def map_inputs(maps: Any, masks: Any, metric: str) -> Tuple[np.ndarray, np.ndarr
     if m.ndim == 2:
         m, g = m[None], g[None]
     if m.ndim != 3:
-        raise ValueError(f"{metric}: anomaly maps must have shape (N, H, W) or (H, W), got {tuple(m.shape)}")
+        raise ArgumentError(f"{metric}: anomaly maps must have shape (N, H, W) or (H, W), got {tuple(m.shape)}")
     return m, g
 
 
 def check_fpr_limit(fpr_limit: float) -> float:
     fpr_limit = float(fpr_limit)
     if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"aupro: fpr_limit must be in (0, 1], got {fpr_limit}")
+        raise ArgumentError(f"aupro: fpr_limit must be in (0, 1], got {fpr_limit}")
     return fpr_limit

@@ -29,6 +29,7 @@ from ._inputs import (
     map_inputs,
 )
 from ._regions import region_sizes
+from ..errors import ArgumentError
 
 
 class PixelMetricAccumulator:
@@ -44,12 +45,12 @@ class PixelMetricAccumulator:
         fpr_limit: float = 0.3,
     ) -> None:
         if mode not in ("exact", "binned"):
-            raise ValueError(f"{self._NAME}: mode must be 'exact' or 'binned', got {mode!r}")
+            raise ArgumentError(f"{self._NAME}: mode must be 'exact' or 'binned', got {mode!r}")
         if int(num_bins) != num_bins or num_bins < 1:
-            raise ValueError(f"{self._NAME}: num_bins must be a positive integer, got {num_bins!r}")
+            raise ArgumentError(f"{self._NAME}: num_bins must be a positive integer, got {num_bins!r}")
         lo, hi = (float(v) for v in score_range)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise ValueError(f"{self._NAME}: score_range must be finite with min < max, got {score_range!r}")
+            raise ArgumentError(f"{self._NAME}: score_range must be finite with min < max, got {score_range!r}")
         self.mode = mode
         self.num_bins = int(num_bins)
         self.score_range = (lo, hi)
@@ -80,7 +81,7 @@ class PixelMetricAccumulator:
             lo, hi = self.score_range
             outside = int(np.count_nonzero((m < lo) | (m > hi)))
             if outside:
-                raise ValueError(
+                raise ArgumentError(
                     f"{self._NAME}: {outside} scores lie outside score_range [{lo}, {hi}] "
                     f"(min {m.min()}, max {m.max()}); binned mode needs the range in advance"
                 )

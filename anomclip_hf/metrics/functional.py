@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
 
 from . import _curves
 from ._inputs import as_binary, as_scores, binary_inputs, check_both_classes, check_fpr_limit, check_same_shape, map_inputs
 from ._regions import region_sizes
+from ..errors import ArgumentError
 
 
 def _counts(scores: Any, labels: Any, metric: str) -> _curves.Counts:
@@ -73,6 +73,6 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     m, g = map_inputs(maps, masks, "aupro")
     sizes, n_regions = region_sizes(g)
     if n_regions == 0:
-        raise ValueError("aupro: masks contain no anomalous region (mask == 1); at least one region is needed")
+        raise ArgumentError("aupro: masks contain no anomalous region (mask == 1); at least one region is needed")
     check_both_classes(sizes.size, g.size - sizes.size, "aupro", "masks")
     return _curves.aupro(_curves.exact_counts(m[g], m[~g], 1.0 / sizes, n_regions, overwrite_neg=True), fpr_limit)

@@ -33,10 +33,10 @@ from ..io.tiling import (
     whole_image_sigma,
 )
 from ..memory.rows import SpilledRows
-from .memory_bank import REFERENCE_BATCH
 from .processing_anomclip import model_pixel_values
 from .thresholds import DEFAULT_MARGIN, ThresholdEstimate, record_thresholds, threshold_estimate
 from .vv_attention import VisionFeatures
+from ..errors import ArgumentError
 
 TILE_BATCH = 64  # tiles per forward of the vision tower
 
@@ -100,7 +100,7 @@ def encode_tiled_references(model, images: Sequence[ImageInput], spec: TilingSpe
     spill: the memory features go to `SpilledRows` (a coreset is built from them) instead of memory."""
     images = list(images)
     if not images:
-        raise ValueError("reference_images is empty: pass at least one normal image")
+        raise ArgumentError("reference_images is empty: pass at least one normal image")
     names = [str(name) for name in names] if names is not None else [f"reference {i}" for i in range(len(images))]
     first = image_array(images[0])
     height, width = first.shape[:2]
@@ -200,10 +200,10 @@ def tiled_leave_one_out(model, references: TiledReferences, category: Optional[s
     state = model.get_category(category)
     bank = state.memory_bank
     if bank is None or references.references < 2:
-        raise ValueError(f"category {state.name!r}: leave-one-out thresholds need at least 2 tiled references")
+        raise ArgumentError(f"category {state.name!r}: leave-one-out thresholds need at least 2 tiled references")
     if state.coreset is not None:
         if state.coreset_sources is None:
-            raise ValueError(f"category {state.name!r} has a coreset memory loaded from an adapter: thresholds are "
+            raise ArgumentError(f"category {state.name!r} has a coreset memory loaded from an adapter: thresholds are "
                              "estimated where it is built")
         row_owner = [references.owners[source.cpu()] for source in state.coreset_sources]
     else:
@@ -214,7 +214,7 @@ def tiled_leave_one_out(model, references: TiledReferences, category: Optional[s
     for index in range(references.references):
         others = [layer[(owner != index).to(device)] for layer, owner in zip(bank, row_owner)]
         if min(layer.shape[0] for layer in others) == 0:
-            raise ValueError(f"every memory row comes from reference {index}: no memory of the other references "
+            raise ArgumentError(f"every memory row comes from reference {index}: no memory of the other references "
                              "is left to score it against; keep more rows (memory_size)")
         tiles = (references.owners == index).nonzero().flatten()
         terms = []

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import AnomCLIPError
+from ..errors import AnomCLIPError, ArgumentError
 from ..inference.inputs import printable
 from ..inference.predictor import PredictorSpec
 from ..inference.writers import (
@@ -58,7 +58,7 @@ def cluster_endpoint(address: Optional[str]) -> Optional[tuple[str, int]]:
     text = address.split("://", 1)[1] if "://" in address else address
     host, _, port = text.rstrip("/").rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+        raise ArgumentError(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
     return host.strip("[]"), int(port)
 
 
@@ -91,7 +91,7 @@ class ScoringActor:
         elif "path" in batch:
             items = [str(item) for item in batch["path"]]
         else:
-            raise ValueError(f"a batch needs a 'path' or a 'bytes' column; got {sorted(batch)}")
+            raise ArgumentError(f"a batch needs a 'path' or a 'bytes' column; got {sorted(batch)}")
         names = None
         if self.overlay_dir is not None and "path" in batch:
             names = [overlay_name(str(path), self.root) for path in batch["path"]]
@@ -118,7 +118,7 @@ def score_dataset(dataset, spec: PredictorSpec, *, actors: int = 2, num_gpus: fl
     """`dataset` (a 'path' and/or 'bytes' column, any other columns pass through) with ROW_COLUMNS added: a
     NaN image_score and the reason in `error` for an input that could not be scored."""
     if actors < 1:
-        raise ValueError(f"actors={actors}; expected >= 1")
+        raise ArgumentError(f"actors={actors}; expected >= 1")
     ray_data = import_extra("ray.data", "ray")
     kwargs = {"spec": spec, "overlay_dir": overlay_dir, "root": root, "save_maps": save_maps, "overlays": overlays}
     return dataset.map_batches(ScoringActor, fn_constructor_kwargs=kwargs,
@@ -135,7 +135,7 @@ def predict_with_ray(spec: PredictorSpec, paths: Sequence[str], output_dir: str,
     """`anomclip predict --engine ray`: see the module docstring. address: a running cluster ("auto",
     "ray://host:10001"); default: a local one started (and stopped) here."""
     if output_format not in ("parquet", "csv"):
-        raise ValueError(f"output_format={output_format!r}; expected 'parquet' or 'csv'")
+        raise ArgumentError(f"output_format={output_format!r}; expected 'parquet' or 'csv'")
     ray = import_extra("ray", "ray")
     import ray.data  # noqa: F401,F811 - the Data library of the extra
 

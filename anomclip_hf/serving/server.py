@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import CategoryError, ImageReadError
+from ..errors import ArgumentError, CategoryError, ImageReadError
 from ..io.atomic_io import write_json
 from .extras import import_extra
 from .connections import (
@@ -250,7 +250,7 @@ def build_server(spec: ServeSpec, options: ServerOptions):
     """The LitServer (not started): the API behind the gate; a worker writes the catalog once loaded. LitServe
     restarts a worker that dies (restart_workers); the gate answers the requests it held with 503."""
     if not spec.catalog:
-        raise ValueError("ServeSpec.catalog: a file path for the workers' category list is needed")
+        raise ArgumentError("ServeSpec.catalog: a file path for the workers' category list is needed")
     accelerator = "cpu" if options.device == "cpu" else ("cuda" if options.device.startswith("cuda") else "auto")
     limits = dataclasses.replace(options.limits, max_bytes=int(options.max_mb * 1024 * 1024),
                                  max_in_flight=options.max_queue)
@@ -276,7 +276,7 @@ def serve(base: str, categories, options: Optional[ServerOptions] = None, **spec
     server until SIGINT/SIGTERM: both drain the requests in flight and stop the workers."""
     options = options or ServerOptions()
     if not categories:
-        raise ValueError("serve needs at least one --category")
+        raise ArgumentError("serve needs at least one --category")
     with tempfile.TemporaryDirectory(prefix="anomclip-serve-") as work:
         spec = ServeSpec(base=os.fspath(base), categories=tuple(map(os.fspath, categories)),
                          catalog=os.path.join(work, "catalog.json"), **spec_options)

@@ -21,7 +21,7 @@ import os
 import re
 from typing import Callable, Optional, Sequence
 
-from ..errors import AnomCLIPError
+from ..errors import AnomCLIPError, ArgumentError
 from ..inference.predictor import Predictor
 from ..inference.writers import (
     ERRORS_FILE,
@@ -70,7 +70,7 @@ def predict_sharded(build_predictor: Callable[[], Predictor], paths: Sequence[st
     """
     state = launch_state()
     if launched_processes() > state.num_processes:
-        raise ValueError(f"{launched_processes()} processes were launched but accelerate sees {state.num_processes}")
+        raise ArgumentError(f"{launched_processes()} processes were launched but accelerate sees {state.num_processes}")
     paths = list(paths)
     plan = {"hash": plan_hash(paths, root=root, save_maps=save_maps, overlays=overlays,
                               processes=state.num_processes, **settings),

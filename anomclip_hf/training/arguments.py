@@ -17,6 +17,7 @@ import yaml
 from ..flags.numeric import finite_float, nonnegative_float, nonnegative_int
 from ..flags.precision import add_precision_argument
 from .config import SCHEDULES, TrainingConfig
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:  # the Hub client loads only when a run pushes
     from ..hub.push import HubTarget
@@ -80,7 +81,7 @@ def hub_target_from_args(args: argparse.Namespace) -> Optional[HubTarget]:
     """The push target of --push-to-hub (None without it); the token comes from HF_TOKEN or `hf auth login`."""
     if not getattr(args, "push_to_hub", False):
         if getattr(args, "hub_repo_id", None):
-            raise ValueError("--hub-repo-id is given without --push-to-hub")
+            raise ConfigurationError("--hub-repo-id is given without --push-to-hub")
         return None
     from ..hub.push import HubTarget
 
@@ -109,6 +110,6 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 def _parse_setting(item: str) -> tuple[str, Optional[Any]]:
     if "=" not in item:
-        raise ValueError(f"--model-setting {item!r}: expected KEY=VALUE")
+        raise ConfigurationError(f"--model-setting {item!r}: expected KEY=VALUE")
     key, value = item.split("=", 1)
     return key.strip(), yaml.safe_load(value)

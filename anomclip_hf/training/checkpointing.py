@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..flags.precision import normalize_precision
 from ..io.atomic_io import atomic_directory
+from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d+)$")
@@ -53,7 +54,7 @@ class TrainingProgress:
         if state["fingerprint"] != self.fingerprint:
             differing = sorted(key for key in set(state["fingerprint"]) | set(self.fingerprint)
                                if state["fingerprint"].get(key) != self.fingerprint.get(key))
-            raise ValueError(f"the checkpoint belongs to a different run: {differing} differ "
+            raise CheckpointError(f"the checkpoint belongs to a different run: {differing} differ "
                              f"(checkpoint: {[state['fingerprint'].get(k) for k in differing]}, "
                              f"now: {[self.fingerprint.get(k) for k in differing]})")
         self.epoch = int(state["epoch"])
@@ -82,7 +83,7 @@ def resolve_resume(resume_from_checkpoint: Optional[str], checkpoint_dir: str) -
         checkpoints = list_checkpoints(checkpoint_dir)
         return checkpoints[-1][1] if checkpoints else None
     if not os.path.isdir(resume_from_checkpoint):
-        raise ValueError(f"checkpoint folder not found: {resume_from_checkpoint}")
+        raise CheckpointError(f"checkpoint folder not found: {resume_from_checkpoint}")
     return resume_from_checkpoint
 
 
@@ -138,18 +139,18 @@ def load_checkpoint(path: str, *, vectors: torch.Tensor, optimizer, scheduler, p
     folder is not such a checkpoint (an accelerate pickle checkpoint is refused, never unpickled)."""
     tensor_file, state_file = os.path.join(path, TENSORS_FILE), os.path.join(path, STATE_FILE)
     if not (os.path.isfile(tensor_file) and os.path.isfile(state_file)):
-        raise ValueError(f"{path} is not a checkpoint of this package: it needs {TENSORS_FILE} and {STATE_FILE} "
+        raise CheckpointError(f"{path} is not a checkpoint of this package: it needs {TENSORS_FILE} and {STATE_FILE} "
                          "(older pickle checkpoints are not read; start the run again)")
     try:
         with open(state_file, encoding="utf-8") as handle:
             state = json.load(handle)
         tensors = load_file(tensor_file)
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+            raise CheckpointError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
         progress.load_state_dict(state["progress"])  # first: a checkpoint of another run changes nothing
         stored = tensors["prompt_vectors"]
         if stored.shape != vectors.shape:
-            raise ValueError(f"prompt vectors have shape {tuple(stored.shape)}, the run has {tuple(vectors.shape)}")
+            raise CheckpointError(f"prompt vectors have shape {tuple(stored.shape)}, the run has {tuple(vectors.shape)}")
         optimizer_state = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
         for index, values in state["optimizer"]["state"].items():
             buffers = {key[len(f"optimizer.{index}."):]: value for key, value in tensors.items()
@@ -170,11 +171,11 @@ def load_checkpoint(path: str, *, vectors: torch.Tensor, optimizer, scheduler, p
         if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
     except (KeyError, TypeError, IndexError, json.JSONDecodeError, SafetensorError) as error:
-        raise ValueError(f"checkpoint {path} is damaged ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"checkpoint {path} is damaged ({type(error).__name__}: {error})") from error
     except ValueError as error:
         if str(path) in str(error):
             raise
-        raise ValueError(f"checkpoint {path}: {error}") from error
+        raise CheckpointError(f"checkpoint {path}: {error}") from error
 
 
 def _jsonable(value):

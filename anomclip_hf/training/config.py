@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from ..flags.precision import normalize_precision
+from ..errors import ConfigurationError
 
 SCHEDULES = ("two_stage", "joint")
 # training/presets/ of the repository, shipped in the package as anomclip_hf.presets (see pyproject.toml).
@@ -82,19 +83,19 @@ class TrainingConfig:
             elif isinstance(default, (int, float)):
                 setattr(self, spec.name, _as_number(spec.name, value, type(default)))
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
+            raise ConfigurationError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
         self.precision = normalize_precision(self.precision)
         for name in ("stage1_epochs", "stage2_epochs", "joint_epochs", "checkpoint_every", "checkpoint_limit"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)}; expected a non-negative integer")
+                raise ConfigurationError(f"{name}={getattr(self, name)}; expected a non-negative integer")
         if self.total_epochs < 1:
-            raise ValueError(f"schedule {self.schedule!r} has no epochs; set its epoch counts")
+            raise ConfigurationError(f"schedule {self.schedule!r} has no epochs; set its epoch counts")
         if self.shots < 1:
-            raise ValueError(f"shots={self.shots}; expected a positive integer")
+            raise ConfigurationError(f"shots={self.shots}; expected a positive integer")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"lr={self.lr}, min_lr={self.min_lr}; expected 0 <= min_lr <= lr and lr > 0")
+            raise ConfigurationError(f"lr={self.lr}, min_lr={self.min_lr}; expected 0 <= min_lr <= lr and lr > 0")
         if not isinstance(self.model, Mapping):
-            raise ValueError(f"model settings must be a mapping, got {type(self.model).__name__}")
+            raise ConfigurationError(f"model settings must be a mapping, got {type(self.model).__name__}")
         self.model = dict(self.model)
         validate_model_settings(self.model)
 
@@ -106,7 +107,7 @@ class TrainingConfig:
     def stage(self, epoch: int) -> str:
         """The stage of a 1-based epoch: "stage1" / "stage2" (two_stage) or "joint"; derived, never stored."""
         if not 1 <= epoch <= self.total_epochs:
-            raise ValueError(f"epoch {epoch} is outside 1..{self.total_epochs}")
+            raise ConfigurationError(f"epoch {epoch} is outside 1..{self.total_epochs}")
         if self.schedule == "joint":
             return "joint"
         return "stage1" if epoch <= self.stage1_epochs else "stage2"
@@ -125,7 +126,7 @@ class TrainingConfig:
             values.setdefault("precision", legacy)
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown training setting(s) {unknown}; valid: {sorted(names)}")
+            raise ConfigurationError(f"unknown training setting(s) {unknown}; valid: {sorted(names)}")
         return cls(**dict(values))
 
     @classmethod
@@ -135,7 +136,7 @@ class TrainingConfig:
         with open(path, encoding="utf-8") as handle:
             values = yaml.safe_load(handle) or {}
         if not isinstance(values, Mapping):
-            raise ValueError(f"preset {path} must hold a mapping of training settings")
+            raise ConfigurationError(f"preset {path} must hold a mapping of training settings")
         values = dict(values)
         values.setdefault("preset", Path(path).stem)
         return cls.from_dict(values).with_overrides(overrides or {})
@@ -169,16 +170,16 @@ class TrainingConfig:
 
 def _as_number(name: str, value, kind: type):
     if isinstance(value, bool):
-        raise ValueError(f"training setting {name}={value!r} is not a number")
+        raise ConfigurationError(f"training setting {name}={value!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"training setting {name}={value!r} is not a number") from None
+        raise ConfigurationError(f"training setting {name}={value!r} is not a number") from None
     if not math.isfinite(number):  # nan passes every "<= 0" check and trains NaN prompt vectors
-        raise ValueError(f"training setting {name}={value!r} is not a finite number")
+        raise ConfigurationError(f"training setting {name}={value!r} is not a finite number")
     if kind is int:
         if not number.is_integer():
-            raise ValueError(f"training setting {name}={value!r} is not an integer")
+            raise ConfigurationError(f"training setting {name}={value!r} is not an integer")
         return int(number)
     return number
 
@@ -191,7 +192,7 @@ def _as_bool(name: str, value) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"training setting {name}={value!r} is not a boolean")
+    raise ConfigurationError(f"training setting {name}={value!r} is not a boolean")
 
 
 def available_presets() -> list[str]:
@@ -204,10 +205,10 @@ def resolve_preset(preset: str) -> str:
     if os.path.isfile(preset):
         return preset
     if preset.endswith((".yaml", ".yml")) or os.sep in preset:
-        raise ValueError(f"preset file not found: {preset}")
+        raise ConfigurationError(f"preset file not found: {preset}")
     path = PRESET_DIR / f"{preset}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown preset {preset!r}; available in {PRESET_DIR}: {available_presets()} "
+        raise ConfigurationError(f"unknown preset {preset!r}; available in {PRESET_DIR}: {available_presets()} "
                          "(or pass a YAML file path)")
     return str(path)
 
@@ -222,10 +223,10 @@ def _model_setting_names() -> set[str]:
 
 
 def validate_model_settings(settings: Mapping[str, Any], clip_config=None) -> None:
-    """Unknown names or values AnomCLIPConfig refuses raise ValueError here, before any model is loaded."""
+    """Unknown names or values AnomCLIPConfig refuses raise ConfigurationError here, before any model is loaded."""
     from ..model.configuration_anomclip import AnomCLIPConfig
 
     unknown = sorted(set(settings) - _model_setting_names())
     if unknown:
-        raise ValueError(f"unknown model setting(s) {unknown}; valid: {sorted(_model_setting_names())}")
+        raise ConfigurationError(f"unknown model setting(s) {unknown}; valid: {sorted(_model_setting_names())}")
     AnomCLIPConfig(clip_config=clip_config, **dict(settings))

@@ -23,7 +23,7 @@ from accelerate.utils import gather_object
 
 from ..data import list_categories
 from ..data.loading import DATASETS
-from ..errors import AnomCLIPError
+from ..errors import AnomCLIPError, ConfigurationError
 from ..hub.push import HubTarget
 from ..io.atomic_io import write_json
 from ..model.modeling_anomclip import AnomCLIPModel
@@ -56,13 +56,13 @@ def build_jobs(dataset: str, data_root: str, categories: Union[str, Sequence[str
                seeds: Sequence[int]) -> list[Job]:
     """The grid in a fixed order; `categories` "all" (or ["all"]) means every category under data_root."""
     if str(dataset).lower() not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+        raise ConfigurationError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
     dataset = str(dataset).lower()
     names = [categories] if isinstance(categories, str) else list(categories)
     if names == ["all"]:
         names = list_categories(dataset, data_root)
     if not names or not list(shots) or not list(seeds):
-        raise ValueError("the grid is empty: give at least one category, one shot count and one seed")
+        raise ConfigurationError("the grid is empty: give at least one category, one shot count and one seed")
     return [Job(dataset, category, int(k), int(s)) for category in names for k in shots for s in seeds]
 
 
@@ -88,17 +88,17 @@ def run_grid(
         training); a finished job that was not pushed yet (e.g. the Hub was down) is pushed on the rerun.
     """
     if on_error not in ("record", "raise"):
-        raise ValueError(f"on_error={on_error!r}; expected 'record' or 'raise'")
+        raise ConfigurationError(f"on_error={on_error!r}; expected 'record' or 'raise'")
     config = config or TrainingConfig()
     jobs = build_jobs(dataset, data_root, categories, shots, seeds)
     hub_repo_ids = push_to_hub.check_unique(jobs) if push_to_hub is not None else {}
     if resume_from_checkpoint not in (None, "latest") and len(jobs) > 1:
-        raise ValueError("a checkpoint folder can resume one job only; use 'latest' for a grid")
+        raise ConfigurationError("a checkpoint folder can resume one job only; use 'latest' for a grid")
     state = PartialState(cpu=config.cpu)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > state.num_processes:
         # Each process would believe it is alone and train the whole grid, all writing the same folders.
-        raise ValueError(f"{launched} processes were launched but accelerate sees {state.num_processes}; "
+        raise ConfigurationError(f"{launched} processes were launched but accelerate sees {state.num_processes}; "
                          "without GPUs pass --cpu (TrainingConfig.cpu=True) so they form a CPU process group")
     results, fatal = [], None
     try:
@@ -185,7 +185,7 @@ def _finished_summary(job: Job, job_dir: str, config: TrainingConfig) -> Optiona
     if stored is not None and summary.get("run_hash") != settings_hash(current):
         differing = sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
         changes = ", ".join(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}" for key in differing)
-        raise ValueError(f"refusing to rerun {job_dir}: its adapter was trained with other settings ({changes}); "
+        raise ConfigurationError(f"refusing to rerun {job_dir}: its adapter was trained with other settings ({changes}); "
                          "it is kept as it is. Use another --output-dir, or delete that folder to retrain")
     return summary
 

@@ -20,12 +20,13 @@ from ..model.modeling_anomclip import AnomCLIPModel, is_anomclip_base
 from ..model.thresholds import ThresholdEstimate, record_thresholds
 from ..model.vv_attention import VisionFeatures
 from .config import validate_model_settings
+from ..errors import ConfigurationError
 
 
 def select_references(dataset: str, data_root: str, category: str, shots: Union[int, str], seed: int) -> list[str]:
     """The k normal training images of a job: `sample_shots` over the category's train split ("all": every one)."""
     if data_root is None:
-        raise ValueError("data_root is required: the folder holding the dataset")
+        raise ConfigurationError("data_root is required: the folder holding the dataset")
     train = load_split(dataset, data_root, category, "train")
     if shots == "all":
         shots = sum(1 for label in train["label"] if label == NORMAL)
@@ -76,7 +77,7 @@ def load_base_model(base, model_settings: Optional[Mapping[str, Any]] = None) ->
     if is_anomclip:
         changed = sorted(k for k in PROMPT_TOKEN_KEYS if k in settings and settings[k] != config_dict.get(k))
         if changed:
-            raise ValueError(f"model settings {changed} change the prompt tokens of the AnomCLIP base {base}; "
+            raise ConfigurationError(f"model settings {changed} change the prompt tokens of the AnomCLIP base {base}; "
                              "start from its CLIP model instead")
     return AnomCLIPModel.from_base(base, **settings)
 
@@ -86,5 +87,5 @@ def check_model_settings(model: AnomCLIPModel, model_settings: Mapping[str, Any]
     differing = {k: (getattr(model.config, k, None), v) for k, v in model_settings.items()
                  if getattr(model.config, k, None) != v}
     if differing:
-        raise ValueError(f"the given model's settings differ from the training config's model settings "
+        raise ConfigurationError(f"the given model's settings differ from the training config's model settings "
                          f"(model, config): {differing}; load the model with them")

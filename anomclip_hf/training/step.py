@@ -12,6 +12,7 @@ from ..model.losses import promptad_loss
 from ..model.modeling_anomclip import AnomCLIPModel
 from ..model.precision import PrecisionChoice, tower_autocast
 from ..model.vv_attention import VisionFeatures
+from ..errors import ConfigurationError
 
 
 @dataclass
@@ -23,7 +24,7 @@ class ShotFeatures:
 
     def for_head(self, head: str) -> torch.Tensor:
         if head not in HEADS:
-            raise ValueError(f"head={head!r}; expected one of {HEADS}")
+            raise ConfigurationError(f"head={head!r}; expected one of {HEADS}")
         return getattr(self, head)  # the fields are named after the heads
 
     @classmethod

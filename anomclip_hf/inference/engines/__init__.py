@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from ..._lazy import lazy_exports
 from .base import Engine, EngineDescription, Preprocessing
+from ...errors import ArgumentError
 
 # runtime name (of `Predictor.from_onnx(..., runtime=)`) -> "module:class" of an ExportedModelEngine
 ENGINES = {"onnxruntime": "onnxruntime_engine:OnnxRuntimeEngine", "openvino": "openvino_engine:OpenVinoEngine"}
@@ -49,6 +50,6 @@ def exported_engine(runtime: str):
     import importlib
 
     if runtime not in ENGINES:
-        raise ValueError(f"runtime {runtime!r} is not known; expected one of {sorted(ENGINES)}")
+        raise ArgumentError(f"runtime {runtime!r} is not known; expected one of {sorted(ENGINES)}")
     module, name = ENGINES[runtime].split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)

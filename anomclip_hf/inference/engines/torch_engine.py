@@ -13,6 +13,7 @@ from ...model.precision import PrecisionChoice, resolve_precision
 from ...model.processing_anomclip import model_inputs
 from ..batch_scoring import score_pixel_values
 from .base import Engine, EngineDescription, Preprocessing
+from ...errors import ArgumentError
 
 
 class TorchEngine(Engine):
@@ -74,7 +75,7 @@ class TiledTorchEngine(TorchEngine):
         from ...model.tiling import score_tiled
 
         if not isinstance(pixel_batch, list):
-            raise ValueError(f"category {self.category!r} is tiled ({self.tiling.describe()}): it scores images, cut "
+            raise ArgumentError(f"category {self.category!r} is tiled ({self.tiling.describe()}): it scores images, cut "
                              "into tiles at their own resolution, not pixel values preprocessed to the tower's size")
         with tower_autocast(self.precision, self.model.device):
             scores, maps = score_tiled(self.model, pixel_batch, self.tiling, self.category)
