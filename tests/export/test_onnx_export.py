@@ -17,6 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from inference_setup import save_trained_category
+
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import main
 from anomclip_hf.export import OnnxAnomalyDetector, export_onnx
@@ -26,7 +28,6 @@ from anomclip_hf.model.processing_anomclip import (
     OPENAI_CLIP_STD,
     preprocess_images,
 )
-from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
@@ -42,16 +43,7 @@ def exported(tmp_path_factory, tiny_clip):
     """A trained-looking category (memory of 3 references, learned prompt vectors moved off their start,
     leave-one-out thresholds) saved as base + adapter folders, then exported through the CLI."""
     root = tmp_path_factory.mktemp("onnx")
-    model = AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
-    references = [_image(seed) for seed in range(3)]
-    model.add_category("widget", reference_images=references, learned_prompts=True, seed=3)
-    with torch.no_grad():
-        vectors = model.prompt_parameters()[0]
-        vectors.add_(0.05 * torch.randn(vectors.shape, generator=torch.Generator().manual_seed(1)))
-    model.clear_prototype_cache()
-    model.estimate_thresholds(references)
-    model.save_pretrained(root / "base")
-    model.save_category(str(root / "adapter"))
+    save_trained_category(root, tiny_clip)
     images = root / "images"
     (images / "sub").mkdir(parents=True)
     for seed in range(5):

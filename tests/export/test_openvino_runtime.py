@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from inference_setup import save_trained_category
+
 from anomclip_hf import AnomCLIPModel
 from anomclip_hf.cli import main
 from anomclip_hf.export import OnnxAnomalyDetector
 from anomclip_hf.model.processing_anomclip import preprocess_images
-from anomclip_hf.model.tokenization import build_offline_clip_tokenizer
 
 openvino = pytest.importorskip("openvino", reason="the openvino extra is not installed")
 from anomclip_hf.export import OpenVinoAnomalyDetector  # noqa: E402
@@ -35,16 +36,7 @@ def _image(seed: int, size=(30, 30)) -> Image.Image:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_clip):
     root = tmp_path_factory.mktemp("openvino")
-    model = AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
-    references = [_image(seed) for seed in range(3)]
-    model.add_category("widget", reference_images=references, learned_prompts=True, seed=3)
-    with torch.no_grad():
-        vectors = model.prompt_parameters()[0]
-        vectors.add_(0.05 * torch.randn(vectors.shape, generator=torch.Generator().manual_seed(1)))
-    model.clear_prototype_cache()
-    model.estimate_thresholds(references)
-    model.save_pretrained(root / "base")
-    model.save_category(str(root / "adapter"))
+    save_trained_category(root, tiny_clip)
     assert main(["export", "--base", str(root / "base"), "--category", str(root / "adapter"),
                  "--output", str(root / "widget.onnx")]) == 0
     loaded = AnomCLIPModel.from_base(str(root / "base"))

@@ -49,9 +49,9 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
             "text_bomb.png": "text chunk past Pillow's limit"}
 
 
-def exported_category(root: Path, tiny_clip) -> SimpleNamespace:
-    """A category with a memory and leave-one-out thresholds, as base + adapter folders, exported to ONNX;
-    `good`: a folder of 7 images of several sizes (sub-folder included)."""
+def save_trained_category(root: Path, tiny_clip) -> AnomCLIPModel:
+    """A trained-looking "widget" (a memory of 3 references, learned prompt vectors moved off their start,
+    leave-one-out thresholds), saved as root/base and root/adapter."""
     model = AnomCLIPModel.from_clip(tiny_clip, tokenizer=build_offline_clip_tokenizer(real_vocab=False))
     references = [random_image(seed) for seed in range(3)]
     model.add_category("widget", reference_images=references, learned_prompts=True, seed=3)
@@ -62,6 +62,13 @@ def exported_category(root: Path, tiny_clip) -> SimpleNamespace:
     model.estimate_thresholds(references)
     model.save_pretrained(root / "base")
     model.save_category(str(root / "adapter"))
+    return model
+
+
+def exported_category(root: Path, tiny_clip) -> SimpleNamespace:
+    """A category with a memory and leave-one-out thresholds, as base + adapter folders, exported to ONNX;
+    `good`: a folder of 7 images of several sizes (sub-folder included)."""
+    save_trained_category(root, tiny_clip)
     good = root / "good"
     (good / "sub").mkdir(parents=True)
     for seed in range(7):
