@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+from ..flags.numeric import sensitivity_value, threshold_value
+
 
 def add_command(commands, name: str, help: str, *examples: str, description: Optional[str] = None):
     """A subcommand whose --help ends with its examples."""
@@ -22,6 +24,17 @@ def add_memory_backbone_argument(parser) -> None:
     """--memory-backbone ID_OR_FOLDER (fit, predict, evaluate, export): the optional DINOv2 memory."""
     parser.add_argument("--memory-backbone", dest="memory_backbone", default=None,
                         metavar="ID_OR_FOLDER", help=MEMORY_BACKBONE_HELP)
+
+
+def add_decision_arguments(parser, scope: str) -> None:
+    """--threshold T | --sensitivity S (predict, serve): the decision over `scope`'s stored threshold, one rule
+    for both (`model.decisions`: threshold = 2 x stored x (1 - sensitivity))."""
+    decide = parser.add_mutually_exclusive_group()
+    decide.add_argument("--threshold", type=threshold_value, default=None,
+                        help=f"image-score decision threshold, in (0, 2] (default: {scope}'s stored threshold)")
+    decide.add_argument("--sensitivity", type=sensitivity_value, default=None,
+                        help=f"0-1 over {scope}'s stored threshold: 0.5 decides at it, higher flags more images "
+                             "(threshold = 2 x stored x (1 - sensitivity); docs/guides/thresholds.md)")
 
 
 def with_memory_backbone(config, memory_backbone: Optional[str]):

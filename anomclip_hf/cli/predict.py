@@ -10,12 +10,11 @@ from ..flags.numeric import (
     int_range,
     nonnegative_float,
     positive_int,
-    sensitivity_value,
-    threshold_value,
 )
 from ..flags.precision import add_precision_argument
 from ._common import (
     add_command,
+    add_decision_arguments,
     add_memory_backbone_argument,
     add_tiling_arguments,
     resolve_device,
@@ -43,12 +42,7 @@ def add_parser(commands) -> None:
     predict.add_argument("--images", required=True, nargs="+",
                          help="image files and/or folders of images (sub-folders included)")
     predict.add_argument("--output", required=True, help="gets scores.csv, overlays/ and errors.csv")
-    decide = predict.add_mutually_exclusive_group()
-    decide.add_argument("--threshold", type=threshold_value, default=None,
-                        help="image-score decision threshold, in (0, 2] (default: the one stored with the category)")
-    decide.add_argument("--sensitivity", type=sensitivity_value, default=None,
-                        help="0-1 over the stored threshold: 0.5 decides at it, higher flags more images (threshold "
-                             "= 2 x stored x (1 - sensitivity); docs/guides/thresholds.md)")
+    add_decision_arguments(predict, "the category")
     predict.add_argument("--labels", default=None, metavar="FOLDER_OR_CSV",
                          help="labels of the images: a folder with normal/ (or good/) and defect-type sub-folders, or "
                               "a CSV of path,label; adds AUROC, F1 and confusion counts to the summary and writes "

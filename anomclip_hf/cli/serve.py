@@ -11,11 +11,9 @@ from ..flags.numeric import (
     int_range,
     nonnegative_float,
     positive_int,
-    sensitivity_value,
-    threshold_value,
 )
 from ..flags.precision import add_precision_argument
-from ._common import add_command, add_memory_backbone_argument, add_tiling_arguments, resolve_device
+from ._common import add_command, add_decision_arguments, add_memory_backbone_argument, add_tiling_arguments, resolve_device
 
 API_KEY_ENV = "ANOMCLIP_API_KEY"
 MAX_BODY_MB = 1024.0
@@ -39,12 +37,7 @@ def add_parser(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", choices=HOSTS,
                        help="address to listen on (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=int_range(1024, 65535), default=8000, help="(default: %(default)s)")
-    decide = serve.add_mutually_exclusive_group()
-    decide.add_argument("--threshold", type=threshold_value, default=None,
-                        help="decision threshold for every category, in (0, 2] (default: each one's stored threshold)")
-    decide.add_argument("--sensitivity", type=sensitivity_value, default=None,
-                        help="0-1 over each category's stored threshold: 0.5 decides at it, higher flags more "
-                             "(docs/guides/thresholds.md)")
+    add_decision_arguments(serve, "each category")
     serve.add_argument("--output-size", type=int_range(1, MAX_OUTPUT_SIZE), default=None,
                        help="anomaly-map size of ?map=1 (default: model input)")
     serve.add_argument("--max-batch-size", type=positive_int, default=8,
