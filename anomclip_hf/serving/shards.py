@@ -88,6 +88,9 @@ def predict_sharded(build_predictor: Callable[[], Predictor], paths: Sequence[st
         from accelerate.utils import gather_object
 
         statuses = gather_object([status])  # every process gets here, also after a failure
+        # The last collective: leave the group now, so no process exits with its gloo threads still running
+        # (under load that aborts the process at exit: "terminate called without an active exception").
+        state.destroy_process_group()
         failed = [s for s in statuses if s["error"]]
         if failed:
             raise ShardFailedError(f"shard {failed[0]['shard']} failed: {failed[0]['error']}")
