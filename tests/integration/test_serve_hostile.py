@@ -239,7 +239,9 @@ def test_many_large_bodies_are_refused_early_not_buffered(workspace):
         with ThreadPoolExecutor(64) as pool:
             statuses = list(pool.map(post, range(64)))
         growth = {process.pid: peak_rss(process) - before[process.pid] for process in processes}
-        assert statuses.count(503) >= 48 and set(statuses) <= {400, 503, None}, statuses
+        # At most 3 bodies of 19 MB fit the 64 MB budget at once; how many get their turn after an earlier one is
+        # answered depends on the machine's load (48 refused when quiet, 44 seen under a loaded test run).
+        assert statuses.count(503) >= 32 and set(statuses) <= {400, 503, None}, statuses
         assert max(growth.values()) < 400 * 2 ** 20, growth
         assert httpx.get(server.url + "/health", timeout=10).status_code == 200
 
