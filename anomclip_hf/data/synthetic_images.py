@@ -66,6 +66,11 @@ def render_sample(
                 break
         image = candidate
         labels[region] = number
+    return _visible_sample(image, clean, labels)
+
+
+def _visible_sample(image: np.ndarray, clean: np.ndarray, labels: np.ndarray) -> SyntheticSample:
+    """The sample with changes too faint to see undone, and only visible changes labelled as defect."""
     change = _change(image, clean)
     image[(change > 0) & (change < MIN_CHANGE)] = clean[(change > 0) & (change < MIN_CHANGE)]
     labels[change < MIN_CHANGE] = 0
@@ -180,10 +185,7 @@ def render_highres_sample(category: str, image_id: str, size: int = HIGHRES_SIZE
                 break
         image = candidate
         labels[region] = number
-    change = _change(image, clean)
-    image[(change > 0) & (change < MIN_CHANGE)] = clean[(change > 0) & (change < MIN_CHANGE)]
-    labels[change < MIN_CHANGE] = 0
-    return SyntheticSample(image=image, clean=clean, mask=labels)
+    return _visible_sample(image, clean, labels)
 
 
 def _small_defect(rng, clean, low, high):

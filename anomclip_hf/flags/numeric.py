@@ -11,6 +11,7 @@ import argparse
 import math
 import numbers
 from typing import Callable, Optional
+
 from ..errors import ArgumentError
 
 # Decision thresholds, stored or given: scores are in [0, 1]; 0 would call every image anomalous, so a threshold
@@ -22,6 +23,14 @@ THRESHOLD_EXPECTED = (f"a number greater than {THRESHOLD_RANGE[0]:g} and at most
 
 # Largest anomaly-map side (--output-size): a 2048x2048 float32 map is 16 MB per image, in memory and per batch.
 MAX_OUTPUT_SIZE = 2048
+
+
+def _number(text: str) -> float:
+    """`text` as a float; NaN when it is no number (so each parser's range check refuses it with its own words)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _integer(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
@@ -74,10 +83,7 @@ nonnegative_float = _real(0.0)  # learning rates, momentum, weight decay, loss w
 
 def fraction(text: str) -> float:
     """A finite number greater than 0 and at most 1, e.g. --coreset-ratio (1: everything)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not math.isfinite(value) or not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number greater than 0 and at most 1, got {text!r}")
     return value
@@ -85,10 +91,7 @@ def fraction(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """A finite number greater than 0, e.g. calibrate's --percentile and --factor."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
@@ -96,10 +99,7 @@ def positive_float(text: str) -> float:
 
 def threshold_value(text: str) -> float:
     """A decision threshold (--threshold): the range rule of stored thresholds, (0, 2]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     low, high = THRESHOLD_RANGE
     if not math.isfinite(value) or not low < value <= high:
         raise argparse.ArgumentTypeError(f"expected {THRESHOLD_EXPECTED}, got {text!r}")
@@ -108,10 +108,7 @@ def threshold_value(text: str) -> float:
 
 def sensitivity_value(text: str) -> float:
     """A sensitivity (--sensitivity): a number from 0 to 1; 0.5 is the stored threshold."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not math.isfinite(value) or not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1 (0.5: the stored threshold), got {text!r}")
     return value
